@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make run` and `make test`. Each builds .venv when needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+
+.PHONY: install run test ui lint format clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Materialize the last 7 complete days from the built-in simulator and print their KPIs.
+run: $(STAMP)
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/cdr-pipeline materialize --last 7
+
+## The whole suite: lint, then every test.
+test: $(STAMP)
+	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests
+	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests
+	$(BIN)/pytest -n 2 -q -p no:cacheprovider
+
+## The Dagster UI on http://127.0.0.1:3000 with the runs of `make run`.
+ui: $(STAMP)
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+lint: $(STAMP)
+	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests
+	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix cdr_pipeline cdr_pipeline_tests
+	$(BIN)/ruff format cdr_pipeline cdr_pipeline_tests
+
+clean:
+	rm -rf $(VENV) .dagster_home data/raw data/cdr data/cdr_rejects data/call_outcome_daily \
+	  data/call_kpis_daily data/_state

@@ -1,0 +1,417 @@
+"""An httpx client of getCdr that is right about retries, paging, truncation and secrets.
+
+It knows nothing of Dagster: it takes windows in epoch seconds and returns every response
+body it kept, exactly as received, with what it took to get it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from cdr_pipeline.api.errors import (
+    CdrApiError,
+    ConfigurationApiError,
+    FatalApiError,
+    MalformedResponseError,
+    PagingError,
+    ResponseTooLargeError,
+    RetriesExhaustedError,
+    TransientApiError,
+    TransportError,
+    describe_window,
+    error_for_code,
+)
+from cdr_pipeline.api.wire import (
+    DEFAULT_MAX_BODY_BYTES,
+    Document,
+    decode_body,
+    encode_request,
+    install_log_redaction,
+    parse_document,
+    redact,
+    register_secret,
+)
+
+log = logging.getLogger(__name__)
+Window = tuple[int, int]
+
+
+class InvalidEndpointError(ValueError):
+    """The configured endpoint is unusable (bad URL, or plain http to a remote host)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(url: str) -> str:
+    """Accept ``https://host/path``, or ``http://`` only to a loopback host."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise InvalidEndpointError(f"CDR_API_URL is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidEndpointError(
+            "CDR_API_URL must look like https://HOST/201511v3/getCdr "
+            f"(got scheme {parts.scheme or 'none'!r} and host {host or 'none'!r})"
+        )
+    if parts.query or parts.fragment:
+        raise InvalidEndpointError(
+            "CDR_API_URL must not carry a query string: the id goes in CDR_API_ID"
+        )
+    if parts.scheme == "http" and not is_loopback(host):
+        raise InvalidEndpointError(
+            f"CDR_API_URL uses plain http to {host!r}: credentials would cross the network in "
+            "clear text; use https (plain http is allowed only for a loopback simulator)"
+        )
+    return url
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    max_attempts: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    compress: bool = True
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_pages_per_query: int = 1000
+    min_window_s: int = 1
+    concurrency: int = 4
+    rate_limit_per_s: float = 0.0  # 0: unlimited
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One successful response, kept exactly as received."""
+
+    window: Window
+    cursor_sent: str | None
+    cursor_received: str | None
+    attempts: int
+    body: bytes
+    encoding: str
+    decoded_bytes: int
+    record_count: int
+    records: list[Any] = field(repr=False, compare=False)
+
+
+class TokenBucket:
+    """A thread-safe requests-per-second limit shared by every worker of a client."""
+
+    def __init__(
+        self, rate: float, burst: float | None = None, clock=time.monotonic, sleep=time.sleep
+    ):
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(1.0, rate)
+        self.tokens = self.capacity
+        self.clock, self.sleep = clock, sleep
+        self.updated = clock()
+        self.lock = threading.Lock()
+
+    def acquire(self) -> None:
+        if self.rate <= 0:
+            return
+        while True:
+            with self.lock:
+                now = self.clock()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                wait = (1 - self.tokens) / self.rate
+            self.sleep(wait)
+
+
+class CdrApiClient:
+    """Talks to one getCdr endpoint with one set of credentials."""
+
+    def __init__(
+        self,
+        url: str,
+        api_id: str,
+        app_id: str,
+        settings: ClientSettings | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = check_endpoint(url)
+        self.settings = settings or ClientSettings()
+        register_secret(api_id)
+        register_secret(app_id)
+        install_log_redaction()
+        self._api_id = api_id
+        self._app_id = app_id
+        self._sleep = sleep
+        self._jitter = random.Random()
+        self._bucket = TokenBucket(self.settings.rate_limit_per_s)
+        self._stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
+        s = self.settings
+        self._http = httpx.Client(
+            transport=transport,
+            timeout=httpx.Timeout(s.read_timeout_s, connect=s.connect_timeout_s),
+            limits=httpx.Limits(max_connections=max(4, s.concurrency * 2)),
+            follow_redirects=False,
+            headers={
+                "User-Agent": "cdr-pipeline",
+                "Content-Type": "application/json; charset=utf-8",
+            },
+        )
+
+    def __repr__(self) -> str:
+        return f"CdrApiClient(host={urlsplit(self.url).hostname!r}, credentials=<redacted>)"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> CdrApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self._stats[name] += n
+
+    # --- one request, with retries --------------------------------------------------
+
+    def _post_once(self, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        cap = self.settings.max_body_bytes
+        with self._http.stream(
+            "POST", self.url, params={"id": self._api_id}, content=encode_request(params)
+        ) as resp:
+            chunks, size = [], 0
+            for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise ResponseTooLargeError(
+                        f"response body passed the cap of {cap} bytes while downloading"
+                    )
+                chunks.append(chunk)
+            return resp.status_code, dict(resp.headers), b"".join(chunks)
+
+    def _request(
+        self, params: dict[str, str], *, window: Window | None = None, call_id: str | None = None
+    ) -> tuple[Document, bytes, str, int, int]:
+        """Send one logical request; return (document, body, encoding, decoded size, attempts)."""
+        s = self.settings
+        full = {"appId": self._app_id, **params}
+        if s.compress:
+            full["compress"] = "1"
+        last: CdrApiError | None = None
+        for attempt in range(1, s.max_attempts + 1):
+            self._bucket.acquire()
+            self._count("requests")
+            ctx = {"window": window, "call_id": call_id}
+            try:
+                status, headers, body = self._post_once(full)
+            except httpx.TimeoutException as exc:
+                last = TransportError(f"the request timed out ({type(exc).__name__})", **ctx)
+            except httpx.TransportError as exc:
+                last = TransportError(
+                    f"the connection failed ({type(exc).__name__}: {redact(str(exc))[:200]})", **ctx
+                )
+            else:
+                self._count("bytes_received", len(body))
+                if status == 429 or status >= 500:
+                    last = TransientApiError(
+                        "the server is overloaded or failing",
+                        http_status=status,
+                        retry_after=_retry_after(headers.get("retry-after")),
+                        **ctx,
+                    )
+                elif status >= 400 or status < 200 or status >= 300:
+                    hint = (
+                        "check CDR_API_URL (host and path)"
+                        if status in (301, 302, 404)
+                        else "check the endpoint and credentials"
+                    )
+                    raise FatalApiError(
+                        "the server refused the request", http_status=status, hint=hint, **ctx
+                    )
+                else:
+                    try:
+                        decoded, encoding = decode_body(body, max_bytes=s.max_body_bytes)
+                        doc = parse_document(decoded)
+                    except MalformedResponseError as exc:
+                        exc.window, exc.call_id = window, call_id
+                        last = exc
+                    except ResponseTooLargeError as exc:
+                        exc.window, exc.call_id = window, call_id
+                        raise
+                    else:
+                        if doc.error_code == "0":
+                            return doc, body, encoding, len(decoded), attempt
+                        err = error_for_code(doc.error_code, doc.result, http_status=status, **ctx)
+                        if not err.retryable:
+                            raise err
+                        last = err
+            self._count("retries")
+            log.info("getCdr attempt %d of %d failed: %s", attempt, s.max_attempts, last)
+            if attempt < s.max_attempts:
+                self._sleep(self._backoff(attempt, getattr(last, "retry_after", None)))
+        assert last is not None
+        raise RetriesExhaustedError(
+            f"gave up after {s.max_attempts} attempts; the last one failed with: {last.message}",
+            code=last.code,
+            meaning=last.meaning,
+            http_status=last.http_status,
+            hint="the provider kept failing; the partition can be re-run later",
+            window=window,
+            call_id=call_id,
+            attempts=s.max_attempts,
+            last=last,
+        )
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        s = self.settings
+        if retry_after is not None:
+            return min(s.backoff_max_s, retry_after)
+        base = min(s.backoff_max_s, s.backoff_base_s * 2 ** (attempt - 1))
+        return base * (0.5 + self._jitter.random() / 2)
+
+    # --- queries --------------------------------------------------------------------
+
+    def lookup(self, call_id: str) -> dict[str, Any] | None:
+        """One call's CDR, or None when the provider says the callId is unknown (-201)."""
+        try:
+            doc, *_ = self._request({"callId": call_id}, call_id=call_id)
+        except CdrApiError as exc:
+            if exc.code == "-201":
+                return None
+            raise
+        return doc.records[0] if doc.records else None
+
+    def query_window(self, start: int, end: int, src: str | None = None) -> list[Exchange]:
+        """Every response needed to hold all records of ``[start, end]``, following cursors
+        and splitting the window when the server ignores them."""
+        if start > end:
+            raise ValueError(f"window start {start} is after its end {end}")
+        return self._list((start, end), src)
+
+    def _list(self, window: Window, src: str | None) -> list[Exchange]:
+        start, end = window
+        base = {"startTimeStamp": str(start), "endTimeStamp": str(end)}
+        if src:
+            base["src"] = src
+        pages: list[Exchange] = []
+        seen: set[str] = set()
+        cursor: str | None = None
+        while True:
+            params = dict(base, offset=cursor) if cursor is not None else base
+            doc, body, encoding, size, attempts = self._request(params, window=window)
+            self._count("pages")
+            page = Exchange(
+                window,
+                cursor,
+                doc.offset,
+                attempts,
+                body,
+                encoding,
+                size,
+                len(doc.records),
+                doc.records,
+            )
+            if not doc.truncated:
+                pages.append(page)
+                return pages
+            received = str(doc.offset)
+            if cursor is not None and received == cursor:
+                return self._split(window, src, len(pages) + 1)
+            if received in seen:
+                raise PagingError(
+                    f"the server's cursor {received!r} repeated after {len(pages) + 1} pages",
+                    window=window,
+                    hint="the provider's paging loops; report it, and try a smaller window_hours",
+                )
+            pages.append(page)
+            seen.add(received)
+            if len(pages) >= self.settings.max_pages_per_query:
+                raise PagingError(
+                    f"more than {self.settings.max_pages_per_query} pages for one query",
+                    window=window,
+                    hint="lower window_hours, or raise max_pages_per_query if this is real volume",
+                )
+            cursor = received
+
+    def _split(self, window: Window, src: str | None, discarded: int) -> list[Exchange]:
+        start, end = window
+        if end - start <= self.settings.min_window_s:
+            raise PagingError(
+                "the server truncates even a one-second window and ignores the cursor, "
+                "so some records of it cannot be fetched",
+                window=window,
+                hint="ask the provider for a larger page size; the day is not published partially",
+            )
+        self._count("window_splits")
+        self._count("pages_discarded", discarded)
+        log.info("server ignored the cursor; splitting %s in two", describe_window(window))
+        mid = (start + end) // 2
+        # Halves share their boundary second: the API may treat the end as exclusive.
+        return self._list((start, mid), src) + self._list((mid, end), src)
+
+    def fetch_windows(
+        self, windows: Sequence[Window], src: str | None = None
+    ) -> Iterator[tuple[Window, list[Exchange]]]:
+        """Query several windows with bounded concurrency; results come back in order."""
+        workers = max(1, min(self.settings.concurrency, len(windows)))
+        if workers == 1:
+            for w in windows:
+                yield w, self.query_window(w[0], w[1], src)
+            return
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="getCdr")
+        try:
+            futures = [pool.submit(self.query_window, w[0], w[1], src) for w in windows]
+            for w, fut in zip(windows, futures, strict=True):
+                yield w, fut.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+__all__ = [
+    "CdrApiClient",
+    "ClientSettings",
+    "ConfigurationApiError",
+    "Exchange",
+    "InvalidEndpointError",
+    "TokenBucket",
+    "check_endpoint",
+    "is_loopback",
+]

@@ -1,0 +1,252 @@
+"""The provider's error codes as typed exceptions.
+
+Every exception carries the code, its meaning, whether a retry can help and a hint for the
+operator, plus the query window it happened in. Messages never contain credentials: the
+client only ever passes redacted text in here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    meaning: str
+    retryable: bool
+    kind: str
+    hint: str
+
+
+ERROR_CODES: dict[str, CodeInfo] = {
+    "-1": CodeInfo(
+        "version not supported",
+        False,
+        "configuration",
+        "check CDR_API_URL: the path must end in /201511v3/getCdr",
+    ),
+    "-2": CodeInfo(
+        "bad parameters",
+        False,
+        "request",
+        "the request was rejected as malformed; report it with the window below",
+    ),
+    "-201": CodeInfo("bad callId", False, "request", "the callId is unknown or malformed"),
+    "-202": CodeInfo(
+        "bad timestamp parameters",
+        False,
+        "request",
+        "the window was refused; try a smaller window_hours on the API resource",
+    ),
+    "-203": CodeInfo("network error (provider side)", True, "transient", "retried with backoff"),
+    "-401": CodeInfo("appId invalid", False, "credentials", "check CDR_APP_ID"),
+    "-402": CodeInfo(
+        "URL mismatch",
+        False,
+        "configuration",
+        "check CDR_API_URL (host and path) and CDR_API_ID",
+    ),
+    "-403": CodeInfo(
+        "caller IP not on the allow-list",
+        False,
+        "deployment",
+        "ask the provider to add this machine's public IP to the account's allow-list",
+    ),
+    "-423": CodeInfo(
+        "calls blocked by the server (caller compromised or abusive)",
+        False,
+        "blocked",
+        "the provider blocked this account: stop all jobs, rotate the credentials and "
+        "contact the provider before retrying",
+    ),
+    "-501": CodeInfo("server error", True, "transient", "retried with backoff"),
+}
+
+
+def _fmt_ts(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe_window(window: tuple[int, int] | None) -> str:
+    if window is None:
+        return "no window"
+    start, end = window
+    return f"window [{_fmt_ts(start)}, {_fmt_ts(end)}] (epoch {start}..{end})"
+
+
+class CdrApiError(Exception):
+    """Base of every error the client raises."""
+
+    retryable: bool = False
+    kind: str = "api"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        meaning: str | None = None,
+        hint: str | None = None,
+        window: tuple[int, int] | None = None,
+        call_id: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        self.message = message
+        self.code = code
+        self.meaning = meaning
+        self.hint = hint
+        self.window = window
+        self.call_id = call_id
+        self.http_status = http_status
+        self.partition: str | None = None
+        super().__init__(message)
+
+    def with_partition(self, partition: str) -> CdrApiError:
+        self.partition = partition
+        return self
+
+    def __str__(self) -> str:
+        parts = []
+        if self.partition:
+            parts.append(f"partition {self.partition}")
+        if self.code is not None:
+            parts.append(f"API code {self.code} ({self.meaning or 'unknown code'})")
+        if self.http_status is not None:
+            parts.append(f"HTTP {self.http_status}")
+        if self.window is not None:
+            parts.append(describe_window(self.window))
+        if self.call_id is not None:
+            parts.append(f"callId {self.call_id!r}")
+        head = f"[{self.kind}] {self.message}"
+        text = head + (": " + ", ".join(parts) if parts else "")
+        if self.hint:
+            text += f". What to check: {self.hint}"
+        return text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+    def __reduce__(self):  # keep exceptions picklable across Dagster's process boundary
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[CdrApiError], state: dict) -> CdrApiError:
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, state.get("message", ""))
+    obj.__dict__.update(state)
+    return obj
+
+
+class TransientApiError(CdrApiError):
+    """Worth retrying: provider-side network/server errors, 429, 5xx, timeouts."""
+
+    retryable = True
+    kind = "transient"
+
+    def __init__(self, *args, retry_after: float | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.retry_after = retry_after
+
+
+class TransportError(TransientApiError):
+    kind = "transport"
+
+
+class MalformedResponseError(TransientApiError):
+    """A body that does not decode or parse; retried a bounded number of times, then fatal."""
+
+    kind = "malformed-response"
+
+
+class FatalApiError(CdrApiError):
+    retryable = False
+    kind = "fatal"
+
+
+class ConfigurationApiError(FatalApiError):
+    kind = "configuration"
+
+
+class CredentialsError(FatalApiError):
+    kind = "credentials"
+
+
+class DeploymentError(FatalApiError):
+    kind = "deployment"
+
+
+class BlockedError(FatalApiError):
+    """-423: never retried; the operator must act."""
+
+    kind = "blocked"
+
+
+class RequestRejectedError(FatalApiError):
+    kind = "request"
+
+
+class UnknownCodeError(FatalApiError):
+    kind = "unknown-code"
+
+
+class ResponseTooLargeError(FatalApiError):
+    kind = "response-too-large"
+
+
+class PagingError(FatalApiError):
+    """The server's cursors loop, or a window cannot be split small enough."""
+
+    kind = "paging"
+
+
+class RetriesExhaustedError(FatalApiError):
+    kind = "retries-exhausted"
+
+    def __init__(self, *args, attempts: int = 0, last: CdrApiError | None = None, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.attempts = attempts
+        self.last = last
+
+
+_KIND_CLASS: dict[str, type[FatalApiError]] = {
+    "configuration": ConfigurationApiError,
+    "credentials": CredentialsError,
+    "deployment": DeploymentError,
+    "blocked": BlockedError,
+    "request": RequestRejectedError,
+}
+
+
+def error_for_code(
+    code: str,
+    result_text: str | None,
+    *,
+    window: tuple[int, int] | None = None,
+    call_id: str | None = None,
+    http_status: int | None = None,
+) -> CdrApiError:
+    """Map a non-zero ``errorCode`` to its exception (unknown codes are fatal)."""
+    info = ERROR_CODES.get(code)
+    detail = (result_text or "").strip()[:200]
+    if info is None:
+        return UnknownCodeError(
+            f"the API answered an unknown error code; its text: {detail!r}",
+            code=code,
+            meaning="unknown code",
+            hint="compare with the provider's documentation; the code is not retried",
+            window=window,
+            call_id=call_id,
+            http_status=http_status,
+        )
+    message = f"the API answered {info.meaning!r}" + (f" (text: {detail!r})" if detail else "")
+    cls: type[CdrApiError] = TransientApiError if info.retryable else _KIND_CLASS[info.kind]
+    return cls(
+        message,
+        code=code,
+        meaning=info.meaning,
+        hint=info.hint,
+        window=window,
+        call_id=call_id,
+        http_status=http_status,
+    )

@@ -1,0 +1,173 @@
+"""The wire format: request bodies, decompression by content, response parsing, redaction.
+
+Nothing here does I/O, so the transform can reuse :func:`decode_body` and
+:func:`parse_document` on the raw layer without touching HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from cdr_pipeline.api.errors import MalformedResponseError, ResponseTooLargeError
+
+DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
+
+ENCODING_EXT = {"zlib": "zlib", "gzip": "gz", "plain": "json"}
+
+
+def encode_request(params: dict[str, str]) -> bytes:
+    """Every parameter is a string on the wire; keys sorted so bodies are reproducible."""
+    return json.dumps({k: str(v) for k, v in params.items()}, sort_keys=True).encode("utf-8")
+
+
+def sniff_encoding(body: bytes) -> str:
+    """Tell zlib, gzip and plain JSON apart by their first bytes, never by headers."""
+    if len(body) >= 2:
+        b0, b1 = body[0], body[1]
+        if b0 == 0x1F and b1 == 0x8B:
+            return "gzip"
+        if (b0 & 0x0F) == 8 and (b0 >> 4) <= 7 and ((b0 << 8) | b1) % 31 == 0:
+            return "zlib"
+    return "plain"
+
+
+def decode_body(body: bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> tuple[bytes, str]:
+    """Return ``(json_bytes, encoding)``; a stream inflating past ``max_bytes`` is refused."""
+    encoding = sniff_encoding(body)
+    if encoding == "plain":
+        if len(body) > max_bytes:
+            raise ResponseTooLargeError(
+                f"response body of {len(body)} bytes exceeds the cap of {max_bytes} bytes"
+            )
+        return body, encoding
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise MalformedResponseError(f"broken {encoding} stream: {exc}") from None
+    if len(out) > max_bytes or inflater.unconsumed_tail:
+        raise ResponseTooLargeError(
+            f"{encoding} body inflates past the cap of {max_bytes} bytes "
+            "(a decompression bomb or a far too large page)"
+        )
+    if not inflater.eof:
+        raise MalformedResponseError(f"truncated {encoding} stream ({len(body)} bytes received)")
+    return out, encoding
+
+
+@dataclass(frozen=True)
+class Document:
+    """A parsed, successful-or-not response document."""
+
+    error_code: str
+    result: str | None
+    records: list[Any]
+    offset: str | None
+    raw: dict[str, Any]
+
+    @property
+    def truncated(self) -> bool:
+        return self.offset not in (None, "", "0", 0)
+
+
+def parse_document(json_bytes: bytes) -> Document:
+    """Parse a decoded body; structural problems are :class:`MalformedResponseError`."""
+    try:
+        doc = json.loads(json_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        snippet = json_bytes[:80].decode("utf-8", "replace")
+        raise MalformedResponseError(
+            f"body is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+            f"it starts with {snippet!r}"
+        ) from None
+    except RecursionError:
+        raise MalformedResponseError("body is JSON nested too deeply to parse") from None
+    if not isinstance(doc, dict):
+        raise MalformedResponseError(
+            f"body is a JSON {type(doc).__name__}, not an object with errorCode"
+        )
+    if "errorCode" not in doc:
+        raise MalformedResponseError("body has no errorCode")
+    code = doc["errorCode"]
+    if isinstance(code, bool) or not isinstance(code, (str, int)):
+        raise MalformedResponseError(f"errorCode is a {type(code).__name__}, not a string")
+    code = str(code).strip()
+    result = doc.get("result")
+    result = None if result is None else str(result)
+    offset = doc.get("offset")
+    offset = None if offset is None else str(offset)
+    records: list[Any] = []
+    if code == "0":
+        cdr = doc.get("cdr", [])
+        if cdr is None:
+            cdr = []
+        if not isinstance(cdr, list):
+            raise MalformedResponseError(f"cdr is a JSON {type(cdr).__name__}, not a list")
+        records = cdr
+    return Document(code, result, records, offset, doc)
+
+
+# --- secret redaction -------------------------------------------------------------------
+
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+REDACTED = "***"
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a credential so every log line and message passing through here is scrubbed."""
+    if value and len(value) >= 3:
+        with _SECRETS_LOCK:
+            _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a log record so no registered secret survives, then lets it through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _SECRETS:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record: let logging report it as usual
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg = clean
+            record.args = None
+        return True
+
+
+_HTTP_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+)
+_filter_installed = False
+
+
+def install_log_redaction() -> None:
+    """httpx logs every request URL (with ``id=``) at INFO: scrub it at the source loggers."""
+    global _filter_installed
+    if _filter_installed:
+        return
+    flt = RedactingFilter()
+    for name in _HTTP_LOGGERS:
+        logging.getLogger(name).addFilter(flt)
+    _filter_installed = True

@@ -1,0 +1,264 @@
+"""``cdr-pipeline``: run the simulator, look up a call, debug a window, materialize days."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from cdr_pipeline.api.errors import CdrApiError
+from cdr_pipeline.config import ConfigError, Settings, load_settings
+
+
+def _client(settings: Settings):
+    from cdr_pipeline.definitions import api_resource
+
+    return api_resource(settings).open_client(settings.timezone)
+
+
+def _instant(text: str, tz: ZoneInfo) -> int:
+    """Epoch seconds from epoch digits, YYYY-MM-DD (local midnight) or an ISO date-time."""
+    if text.isdigit():
+        return int(text)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"cannot read {text!r} as epoch seconds, a date or a date-time") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=tz)
+    return int(value.timestamp())
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from cdr_pipeline.api.simulator import SimConfig, serve
+
+    config = SimConfig(
+        seed=args.seed,
+        calls_per_day=args.calls_per_day,
+        page_size=args.page_size,
+        honour_cursor=not args.ignore_cursor,
+        filter_on=args.filter_on,
+        timezone=args.timezone,
+        fault_rate=args.fault_rate,
+        bad_record_rate=args.bad_record_rate,
+        duplicate_rate=args.duplicate_rate,
+        app_id=args.app_id,
+        api_id=args.api_id,
+    )
+    server = serve(config, args.host, args.port)
+    print(f"getCdr simulator listening on {server.url}", flush=True)
+    print("set CDR_API_URL to that address (and any CDR_API_ID / CDR_APP_ID); Ctrl-C stops it")
+    try:
+        server._thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    with _client(settings) as client:
+        record = client.lookup(args.call_id)
+    if record is None:
+        print(f"callId {args.call_id!r} not found (API code -201)", file=sys.stderr)
+        return 1
+    print(json.dumps(record, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    start, end = _instant(args.start, settings.tz), _instant(args.end, settings.tz)
+    total_records = total_pages = 0
+    with _client(settings) as client:
+        for page in client.query_window(start, end, args.src):
+            total_pages += 1
+            total_records += page.record_count
+            print(
+                f"page {total_pages:4d}  window {page.window[0]}..{page.window[1]}  "
+                f"records {page.record_count:6d}  {page.encoding:5s} {len(page.body):9d} bytes  "
+                f"attempts {page.attempts}  cursor {page.cursor_sent or '-'} -> "
+                f"{page.cursor_received or '-'}"
+            )
+        stats = client.stats
+    print(
+        f"total: {total_records} records in {total_pages} pages; {stats.get('requests', 0)} "
+        f"requests, {stats.get('retries', 0)} retries, {stats.get('window_splits', 0)} window splits"
+    )
+    return 0
+
+
+def _day_range(args: argparse.Namespace, settings: Settings) -> list[str]:
+    today = datetime.now(settings.tz).date()
+    if args.last:
+        end = today - timedelta(days=1)
+        start = end - timedelta(days=args.last - 1)
+    else:
+        if not (args.start and args.end):
+            raise SystemExit("give --start and --end (YYYY-MM-DD), or --last N")
+        start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
+    if start > end:
+        raise SystemExit(f"--start {start} is after --end {end}")
+    if end >= today:
+        raise SystemExit(f"{end} is not complete yet in {settings.timezone} (today is {today})")
+    first = date.fromisoformat(settings.start_date)
+    if start < first:
+        raise SystemExit(f"{start} is before CDR_START_DATE ({first})")
+    return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+
+
+def _progress(done: int, total: int, label: str) -> None:
+    width = 30
+    filled = width * done // total
+    bar = "#" * filled + "." * (width - filled)
+    end = "\n" if done == total or not sys.stderr.isatty() else ""
+    print(f"\r[{bar}] {done}/{total} {label}", end=end, file=sys.stderr, flush=True)
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from cdr_pipeline.definitions import build_definitions
+
+    settings = load_settings()
+    days = _day_range(args, settings)
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+    job = build_definitions(settings).resolve_job_def("cdr_daily_job")
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    failed = []
+    with dg.DagsterInstance.get() as instance:
+        for i, day in enumerate(days):
+            _progress(i, len(days), f"materializing {day}")
+            result = job.execute_in_process(
+                instance=instance, partition_key=day, run_config=quiet, raise_on_error=False
+            )
+            if not result.success:
+                failed.append(day)
+                for event in result.all_events:
+                    if event.is_failure and event.event_specific_data is not None:
+                        err = getattr(event.event_specific_data, "error", None)
+                        if err is not None:
+                            print(f"\n{day}: {err.message.strip()}", file=sys.stderr)
+            _progress(i + 1, len(days), day)
+    print_kpis(settings, days)
+    if failed:
+        print(f"failed partitions: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+KPI_COLUMNS = (
+    ("date", "{}"),
+    ("total_calls", "{:>7}"),
+    ("connect_rate", "{:.1%}"),
+    ("caller_answer_rate", "{:.1%}"),
+    ("callee_answer_rate", "{:.1%}"),
+    ("acd_s", "{:.0f}"),
+    ("billed_minutes", "{:.0f}"),
+    ("peak_hour", "{}"),
+    ("rejected_records", "{}"),
+    ("duplicates_dropped", "{}"),
+)
+
+
+def print_kpis(settings: Settings, days: Sequence[str]) -> None:
+    import pyarrow.parquet as pq
+
+    from cdr_pipeline import storage
+
+    rows: list[dict[str, Any]] = []
+    for day in days:
+        path = storage.day_dir(settings.data_dir, "call_kpis_daily", day) / storage.PART_NAME
+        if path.exists():
+            rows.append({"date": day, **pq.read_table(path).to_pylist()[0]})
+    if not rows:
+        print("no KPIs to show")
+        return
+    headers = [c for c, _ in KPI_COLUMNS]
+    cells = [[("—" if r[c] is None else fmt.format(r[c])) for c, fmt in KPI_COLUMNS] for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+    print()
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+    print(
+        f"\ndatasets under {settings.data_dir}/ (cdr, cdr_rejects, call_outcome_daily, "
+        "call_kpis_daily, raw/cdr); e.g."
+    )
+    print(
+        f"  duckdb -c \"select * from read_parquet('{settings.data_dir}/call_kpis_daily/*/*.parquet',"
+        ' hive_partitioning=true) order by date"'
+    )
+
+
+def cmd_kpis(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    print_kpis(settings, _day_range(args, settings))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cdr-pipeline", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate-api", help="serve the built-in getCdr simulator over HTTP")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8787)
+    s.add_argument("--seed", type=int, default=20190123)
+    s.add_argument("--calls-per-day", type=int, default=2000)
+    s.add_argument("--page-size", type=int, default=1000)
+    s.add_argument("--fault-rate", type=float, default=0.0, help="share of requests that fail")
+    s.add_argument("--bad-record-rate", type=float, default=0.0)
+    s.add_argument("--duplicate-rate", type=float, default=0.0)
+    s.add_argument("--ignore-cursor", action="store_true", help="answer every page as the first")
+    s.add_argument("--filter-on", choices=("start", "end"), default="start")
+    s.add_argument("--timezone", default=os.environ.get("CDR_TIMEZONE", "Asia/Shanghai"))
+    s.add_argument("--app-id", default=None, help="require this appId (default: accept any)")
+    s.add_argument("--api-id", default=None, help="require this id (default: accept any)")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("lookup", help="print one call's CDR as JSON")
+    s.add_argument("call_id")
+    s.set_defaults(func=cmd_lookup)
+
+    s = sub.add_parser("fetch", help="query a window and print per-page counts")
+    s.add_argument("--start", required=True, help="epoch seconds, YYYY-MM-DD or ISO date-time")
+    s.add_argument("--end", required=True)
+    s.add_argument("--src", default=None, help="only this caller's CDRs")
+    s.set_defaults(func=cmd_fetch)
+
+    for name, func, text in (
+        ("materialize", cmd_materialize, "materialize a range of days through Dagster"),
+        ("kpis", cmd_kpis, "print the KPI table of a range of days"),
+    ):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--start", help="first day, YYYY-MM-DD")
+        s.add_argument("--end", help="last day, YYYY-MM-DD (inclusive)")
+        s.add_argument("--last", type=int, help="the last N complete days instead")
+        s.set_defaults(func=func)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except CdrApiError as exc:
+        print(f"API error: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""One day, end to end, without Dagster: fetch to the raw layer, validate, summarize.
+
+The Dagster assets are thin wrappers around these three functions, which is also what the
+CLI and the tests call when they want a day without an orchestrator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+
+from cdr_pipeline import storage
+from cdr_pipeline.api.client import CdrApiClient, Window
+from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES
+from cdr_pipeline.transform.parse import RawPage, read_body
+from cdr_pipeline.transform.summarize import call_outcome_daily, kpi_table, kpi_values
+from cdr_pipeline.transform.validate import DayBuilder
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Day:
+    """A partition: its key and its bounds as epoch seconds, ``[start, end)``."""
+
+    key: str
+    start: int
+    end: int
+
+    @classmethod
+    def from_datetimes(cls, key: str, start: datetime, end: datetime) -> Day:
+        return cls(storage.check_day(key), int(start.timestamp()), int(end.timestamp()))
+
+    @classmethod
+    def from_key(cls, key: str, tz: ZoneInfo) -> Day:
+        """Local midnight to local midnight: 23 or 25 hours on daylight-saving days."""
+        d = datetime.fromisoformat(storage.check_day(key)).date()
+        start = datetime(d.year, d.month, d.day, tzinfo=tz)
+        nxt = d.fromordinal(d.toordinal() + 1)
+        end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz)
+        return cls.from_datetimes(key, start, end)
+
+
+def fetch_windows(day: Day, window_hours: int, margin_s: int) -> list[Window]:
+    """Sub-windows covering the day widened by the margin; neighbours share one second.
+
+    Only the day's two outer edges are widened: inner boundaries need no margin because the
+    same partition fetches both sides of them.
+    """
+    step = window_hours * 3600
+    edges = list(range(day.start, day.end, step)) + [day.end]
+    edges[0] -= margin_s
+    edges[-1] += margin_s
+    return list(zip(edges, edges[1:], strict=False))
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fetch_raw_day(
+    client: CdrApiClient,
+    root: Path,
+    day: Day,
+    *,
+    window_hours: int,
+    margin_s: int,
+    src: str | None = None,
+    endpoint: str = "simulator",
+) -> dict[str, Any]:
+    """Fetch a day into ``raw/cdr/date=DAY/`` and return its manifest."""
+    windows = fetch_windows(day, window_hours, margin_s)
+    before = client.stats
+    requests, bodies = [], []
+    for _window, pages in client.fetch_windows(windows, src):
+        for page in pages:
+            name, digest = storage.body_name(page.body, page.encoding)
+            bodies.append((page.body, page.encoding))
+            requests.append(
+                {
+                    "file": name,
+                    "sha256": digest,
+                    "window": list(page.window),
+                    "window_utc": [_iso(page.window[0]), _iso(page.window[1])],
+                    "cursor_sent": page.cursor_sent,
+                    "cursor_received": page.cursor_received,
+                    "attempts": page.attempts,
+                    "encoding": page.encoding,
+                    "bytes": len(page.body),
+                    "decoded_bytes": page.decoded_bytes,
+                    "records": page.record_count,
+                }
+            )
+    after = client.stats
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "date": day.key,
+        "day_window": [day.start, day.end],
+        "day_window_utc": [_iso(day.start), _iso(day.end)],
+        "fetch_windows": [list(w) for w in windows],
+        "margin_s": margin_s,
+        "src": src,
+        "endpoint": endpoint,
+        "fetched_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "requests": requests,
+        "totals": {
+            "pages": len(requests),
+            "records": sum(r["records"] for r in requests),
+            "bytes": sum(r["bytes"] for r in requests),
+            "decoded_bytes": sum(r["decoded_bytes"] for r in requests),
+            "http_requests": delta.get("requests", 0),
+            "retries": delta.get("retries", 0),
+            "window_splits": delta.get("window_splits", 0),
+            "pages_discarded": delta.get("pages_discarded", 0),
+        },
+    }
+    storage.write_raw_day(root, day.key, bodies, manifest)
+    return manifest
+
+
+@dataclass
+class ValidatedDay:
+    accounting: dict[str, Any]
+    paths: dict[str, Path]
+    cdr: pa.Table
+    rejects: pa.Table
+
+
+def validate_day(
+    root: Path, day: Day, tz: ZoneInfo, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> ValidatedDay:
+    """Raw layer -> ``cdr`` and ``cdr_rejects`` for the day, plus its accounting record."""
+    manifest = storage.read_raw_manifest(root, day.key)
+    builder = DayBuilder(day.start, day.end, tz)
+    for entry, body in storage.iter_raw_bodies(root, day.key, manifest):
+        records = read_body(body, max_bytes=max_bytes)
+        source = f"{entry['file']}"
+        builder.add_page(RawPage(source, tuple(entry["window"]), records))
+    result = builder.finish()
+    acc = result.accounting
+    acc["raw_records"] = manifest["totals"]["records"]
+    paths = storage.publish_day(root, day.key, {"cdr": result.cdr, "cdr_rejects": result.rejects})
+    state = {
+        "date": day.key,
+        "accounting": acc,
+        "cdr_sha256": _sha(paths["cdr"]),
+        "fetch": manifest["totals"],
+    }
+    storage.write_state(root, "validation", day.key, state)
+    return ValidatedDay(acc, paths, result.cdr, result.rejects)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def outcome_day(root: Path, day: Day) -> tuple[pa.Table, Path]:
+    cdr = storage.read_day_table(root, "cdr", day.key)
+    table = call_outcome_daily(cdr)
+    return table, storage.publish_day(root, day.key, {"call_outcome_daily": table})[
+        "call_outcome_daily"
+    ]
+
+
+def kpis_day(root: Path, day: Day, tz: ZoneInfo) -> tuple[dict[str, Any], Path]:
+    cdr = storage.read_day_table(root, "cdr", day.key)
+    accounting = storage.read_state(root, "validation", day.key)["accounting"]
+    values = kpi_values(cdr, accounting, tz)
+    path = storage.publish_day(root, day.key, {"call_kpis_daily": kpi_table(values)})
+    return values, path["call_kpis_daily"]

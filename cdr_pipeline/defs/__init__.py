@@ -1,0 +1,1 @@
+"""Dagster glue: partitions, resources, assets, checks and schedules."""
