@@ -90,8 +90,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             )
         stats = client.stats
     print(
-        f"total: {total_records} records in {total_pages} pages; {stats.get('requests', 0)} "
-        f"requests, {stats.get('retries', 0)} retries, {stats.get('window_splits', 0)} window splits"
+        f"total: {total_records} records in {total_pages} pages; "
+        f"{stats.get('requests', 0)} requests, {stats.get('retries', 0)} retries, "
+        f"{stats.get('window_splits', 0)} window splits"
     )
     return 0
 
@@ -194,10 +195,9 @@ def print_kpis(settings: Settings, days: Sequence[str]) -> None:
         f"\ndatasets under {settings.data_dir}/ (cdr, cdr_rejects, call_outcome_daily, "
         "call_kpis_daily, raw/cdr); e.g."
     )
-    print(
-        f"  duckdb -c \"select * from read_parquet('{settings.data_dir}/call_kpis_daily/*/*.parquet',"
-        ' hive_partitioning=true) order by date"'
-    )
+    glob = f"{settings.data_dir}/call_kpis_daily/*/*.parquet"
+    query = f"select * from read_parquet('{glob}', hive_partitioning=true) order by date"
+    print(f'  duckdb -c "{query}"')
 
 
 def cmd_kpis(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ CLI and the tests call when they want a day without an orchestrator.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,10 +55,10 @@ def fetch_windows(day: Day, window_hours: int, margin_s: int) -> list[Window]:
     same partition fetches both sides of them.
     """
     step = window_hours * 3600
-    edges = list(range(day.start, day.end, step)) + [day.end]
+    edges = [*list(range(day.start, day.end, step)), day.end]
     edges[0] -= margin_s
     edges[-1] += margin_s
-    return list(zip(edges, edges[1:], strict=False))
+    return list(itertools.pairwise(edges))
 
 
 def _iso(ts: int) -> str:

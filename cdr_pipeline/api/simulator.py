@@ -8,6 +8,7 @@ HTTP (:func:`serve`), with switchable paging modes, compression, data defects an
 
 from __future__ import annotations
 
+import contextlib
 import gzip as _gzip
 import hashlib
 import json
@@ -393,10 +394,7 @@ class CdrSimulator:
         compress = params.get("compress", "0")
         if compress not in ("0", "1"):
             return self._error("-2", "parameter exception")
-        if params.get("callId"):
-            doc = self._lookup(params["callId"])
-        else:
-            doc = self._query(params)
+        doc = self._lookup(params["callId"]) if params.get("callId") else self._query(params)
         if isinstance(doc, SimResponse):
             return doc
         raw = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -560,10 +558,8 @@ def _make_handler(sim: CdrSimulator) -> type[BaseHTTPRequestHandler]:
             resp = sim.handle(self.command, parts.path, query, body)
             if resp.action == "drop":
                 self.close_connection = True
-                try:
+                with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 return
             if resp.action == "slow":
                 time.sleep(sim.config.slow_seconds)
