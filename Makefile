@@ -16,7 +16,7 @@ install: $(STAMP)
 
 ## Materialize the last 7 complete days from the built-in simulator and print their KPIs.
 run: $(STAMP)
-	mkdir -p $(DAGSTER_HOME)
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/cdr-pipeline materialize --last 7
 
 ## The whole suite: lint, then every test.
@@ -27,7 +27,7 @@ test: $(STAMP)
 
 ## The Dagster UI on http://127.0.0.1:3000 with the runs of `make run`.
 ui: $(STAMP)
-	mkdir -p $(DAGSTER_HOME)
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 lint: $(STAMP)

@@ -17,9 +17,16 @@ from cdr_pipeline.config import ConfigError, Settings, load_settings
 
 
 def _client(settings: Settings):
-    from cdr_pipeline.definitions import api_resource
+    """The same resource the assets use, with the credentials read from the environment."""
+    from cdr_pipeline.defs.resources import CdrApiResource
 
-    return api_resource(settings).open_client(settings.timezone)
+    resource = CdrApiResource(
+        api_url=settings.api_url,
+        api_id=os.environ.get("CDR_API_ID") if settings.api_url else None,
+        app_id=os.environ.get("CDR_APP_ID") if settings.api_url else None,
+        **settings.tuning,
+    )
+    return resource.open_client(settings.timezone)
 
 
 def _instant(text: str, tz: ZoneInfo) -> int:
@@ -133,6 +140,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     days = _day_range(args, settings)
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
     home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()  # an empty instance config: local storage under home
     job = build_definitions(settings).resolve_job_def("cdr_daily_job")
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     failed = []

@@ -168,6 +168,12 @@ class CdrApiClient:
         self._bucket = TokenBucket(self.settings.rate_limit_per_s)
         self._stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
+        # Until one request has succeeded, requests go one at a time, so a fatal answer
+        # (a wrong id, -423) costs exactly one request however many workers are waiting;
+        # after a fatal answer the client sends nothing more.
+        self._proven = False
+        self._probe = threading.Lock()
+        self._halted: CdrApiError | None = None
         s = self.settings
         self._http = httpx.Client(
             transport=transport,
@@ -222,6 +228,29 @@ class CdrApiClient:
         self, params: dict[str, str], *, window: Window | None = None, call_id: str | None = None
     ) -> tuple[Document, bytes, str, int, int]:
         """Send one logical request; return (document, body, encoding, decoded size, attempts)."""
+        if not self._proven:
+            with self._probe:
+                if not self._proven:
+                    result = self._guarded(params, window, call_id)
+                    self._proven = True
+                    return result
+        return self._guarded(params, window, call_id)
+
+    def _guarded(
+        self, params: dict[str, str], window: Window | None, call_id: str | None
+    ) -> tuple[Document, bytes, str, int, int]:
+        if self._halted is not None:
+            raise self._halted
+        try:
+            return self._attempts(params, window=window, call_id=call_id)
+        except CdrApiError as exc:
+            if exc.code != "-201":  # an unknown callId says nothing about the account
+                self._halted = exc
+            raise
+
+    def _attempts(
+        self, params: dict[str, str], *, window: Window | None = None, call_id: str | None = None
+    ) -> tuple[Document, bytes, str, int, int]:
         s = self.settings
         full = {"appId": self._app_id, **params}
         if s.compress:

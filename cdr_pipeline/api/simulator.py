@@ -84,6 +84,7 @@ class SimConfig:
     uncompressed_rate: float = 0.0
     gzip: bool = False
     force_error: str | None = None
+    paging_fault: str | None = None  # "cycle": cursors loop back; "endless": never ends
     latency_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -456,15 +457,20 @@ class CdrSimulator:
         ):
             return self._error("-202", "timestamp parameter exception")
         records = self.listing(int(s), int(e), params.get("src") or None)
-        pos = 0
         cursor = params.get("offset", "")
-        if cfg.honour_cursor and cursor not in ("", "0"):
-            if not cursor.isdigit() or int(cursor) > len(records):
-                return self._error("-2", "parameter exception")
-            pos = int(cursor)
-        page = records[pos : pos + cfg.page_size]
-        nxt = pos + cfg.page_size
-        offset = str(nxt) if nxt < len(records) else "0"
+        if cfg.paging_fault == "cycle":  # cursors c1 -> c2 -> c1 -> ...
+            page, offset = records[: cfg.page_size], "c2" if cursor == "c1" else "c1"
+        elif cfg.paging_fault == "endless":  # a fresh cursor every time, never the end
+            page, offset = records[: cfg.page_size], str(int(cursor or "0") + 1)
+        else:
+            pos = 0
+            if cfg.honour_cursor and cursor not in ("", "0"):
+                if not cursor.isdigit() or int(cursor) > len(records):
+                    return self._error("-2", "parameter exception")
+                pos = int(cursor)
+            page = records[pos : pos + cfg.page_size]
+            nxt = pos + cfg.page_size
+            offset = str(nxt) if nxt < len(records) else "0"
         with self._lock:
             self.stats["pages"] += 1
             self.stats["records_served"] += len(page)

@@ -1,0 +1,143 @@
+"""The ``cdr-pipeline`` command as a user runs it: separate processes, a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import duckdb
+import pytest
+
+from cdr_pipeline.api.simulator import CdrSimulator, SimConfig
+from cdr_pipeline.config import ConfigError, load_settings
+from cdr_pipeline_tests.conftest import API_ID, APP_ID
+
+CLI = str(Path(sys.executable).parent / "cdr-pipeline")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def api_process():
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            CLI,
+            "simulate-api",
+            "--port",
+            str(port),
+            "--seed",
+            "7",
+            "--page-size",
+            "100",
+            "--app-id",
+            APP_ID,
+            "--api-id",
+            API_ID,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    assert "listening on" in line, line + proc.stderr.read()
+    yield line.split("listening on ")[1].strip()
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _env(tmp_path: Path, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CDR_", "DAGSTER_"))}
+    env.update(CDR_DATA_DIR=str(tmp_path / "data"), DAGSTER_HOME=str(tmp_path / "home"), **extra)
+    return env
+
+
+def test_lookup_and_fetch_against_the_server_process(api_process, tmp_path):
+    env = _env(tmp_path, CDR_API_URL=api_process, CDR_API_ID=API_ID, CDR_APP_ID=APP_ID)
+    sim = CdrSimulator(SimConfig(seed=7, page_size=100))
+    call = sim.calls_between(1_709_251_200, 1_709_254_800)[0]
+    out = subprocess.run(
+        [CLI, "lookup", call.call_id], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == call.wire
+    missing = subprocess.run([CLI, "lookup", "nope"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    out = subprocess.run(
+        [CLI, "fetch", "--start", "2024-03-01T09:00:00", "--end", "2024-03-01T15:00:00"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    expected = len(sim.listing(1_709_254_800, 1_709_276_400))
+    assert expected > 300
+    assert f"total: {expected} records" in out.stdout
+    pages = [line for line in out.stdout.splitlines() if line.startswith("page ")]
+    assert len(pages) == -(-expected // 100)
+    for secret in (API_ID, APP_ID):
+        assert secret not in out.stdout + out.stderr
+    wrong = subprocess.run(
+        [CLI, "lookup", call.call_id],
+        capture_output=True,
+        text=True,
+        env=env | {"CDR_APP_ID": "APP-wrong-1"},
+    )
+    assert wrong.returncode == 3 and "-401" in wrong.stderr and "CDR_APP_ID" in wrong.stderr
+
+
+def test_materialize_a_range_then_print_kpis(tmp_path):
+    env = _env(tmp_path, CDR_SIM_CALLS_PER_DAY="300")
+    out = subprocess.run(
+        [CLI, "materialize", "--start", "2024-02-28", "--end", "2024-03-01"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "3/3" in out.stderr
+    for day in ("2024-02-28", "2024-02-29", "2024-03-01"):
+        assert day in out.stdout
+    glob = tmp_path / "data" / "call_kpis_daily" / "*" / "*.parquet"
+    n = duckdb.sql(f"select count(*) from read_parquet('{glob}', hive_partitioning=true)")
+    assert n.fetchall()[0][0] == 3
+    assert (tmp_path / "home" / "history").exists()  # the runs are in the persistent instance
+
+
+def test_configuration_errors_name_the_setting(tmp_path):
+    tomorrow = (datetime.now(ZoneInfo("Asia/Shanghai")) + timedelta(days=2)).date().isoformat()
+    cases = [
+        ({"CDR_TIMEZONE": "Mars/Olympus"}, "CDR_TIMEZONE"),
+        ({"CDR_API_URL": "http://api.example.com/201511v3/getCdr"}, "plain http"),
+        ({"CDR_API_URL": "https://api.example.com/201511v3/getCdr"}, "CDR_API_ID"),
+        ({"CDR_API_URL": "https://h/201511v3/getCdr", "CDR_API_ID": "x"}, "CDR_APP_ID"),
+        ({"CDR_START_DATE": tomorrow}, "CDR_START_DATE"),
+        ({"CDR_START_DATE": "2024-02-30"}, "CDR_START_DATE"),
+        ({"CDR_WINDOW_HOURS": "six"}, "CDR_WINDOW_HOURS"),
+    ]
+    for env, name in cases:
+        with pytest.raises(ConfigError, match=name):
+            load_settings({"CDR_DATA_DIR": str(tmp_path), **env})
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="CDR_DATA_DIR"):
+        load_settings({"CDR_DATA_DIR": str(blocker / "sub")})
+    out = subprocess.run(
+        [CLI, "kpis", "--last", "1"],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path, CDR_TIMEZONE="Nowhere/Land"),
+    )
+    assert out.returncode == 2 and "CDR_TIMEZONE" in out.stderr

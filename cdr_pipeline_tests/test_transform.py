@@ -1,0 +1,322 @@
+"""Parsing, validation, de-duplication, accounting and KPIs as pure functions."""
+
+from __future__ import annotations
+
+import math
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cdr_pipeline.transform.parse import BadValue, RawPage, parse_time
+from cdr_pipeline.transform.summarize import call_outcome_daily, kpi_table, kpi_values
+from cdr_pipeline.transform.validate import (
+    CDR_SCHEMA,
+    REJECT_REASONS,
+    DayBuilder,
+    Reject,
+    rows_to_table,
+    validate_record,
+)
+
+SH = ZoneInfo("Asia/Shanghai")
+T0 = 1_548_235_059  # 2019-01-23 17:17:39 Asia/Shanghai
+DAY = (1_548_172_800, 1_548_259_200)  # 2019-01-23 in Asia/Shanghai
+
+
+def record(**over):
+    rec = {
+        "bizId": "",
+        "callEndStatus": "1",
+        "callId": "12-190123-2773afbbe3",
+        "callType": "3",
+        "dst": "008613631234568",
+        "dstAcceptTime": str(T0 + 20),
+        "duration": "40",
+        "endCallTime": str(T0 + 60),
+        "orderId": "",
+        "recordUrl": "https://r.example/x.mp3",
+        "src": "008613500000000",
+        "srcAcceptTime": str(T0 + 8),
+        "startDstCallTime": str(T0 + 9),
+        "startDstRingTime": str(T0 + 12),
+        "startSrcCallTime": str(T0),
+        "startSrcRingTime": str(T0 + 3),
+    }
+    for k, v in over.items():
+        if v is ...:
+            rec.pop(k, None)
+        else:
+            rec[k] = v
+    return rec
+
+
+# --- time values -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1548235059", T0),
+        ("1548235059123", T0),
+        (T0, T0),
+        ("2019-01-23 17:17:39", T0),
+        (" 1548235059 ", T0),
+        ("0", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_time_forms(value, expected):
+    assert parse_time(value, SH) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "abc",
+        "2019-13-45 99:61:00",
+        "15482350591",
+        "154823505912345",
+        "-5",
+        True,
+        1.5,
+        [],
+        {},
+        "١٥٤٨٢٣٥٠٥٩",
+        "2019-01-23T17:17:39",
+        "12",
+    ],
+)
+def test_bad_time_values(value):
+    with pytest.raises(BadValue):
+        parse_time(value, SH)
+
+
+def test_text_time_uses_the_configured_zone():
+    berlin = ZoneInfo("Europe/Berlin")
+    assert parse_time("2019-01-23 10:17:39", berlin) == T0
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+def test_a_good_record_becomes_a_typed_row():
+    row = validate_record(record(), SH)
+    assert not isinstance(row, Reject)
+    assert row["call_id"] == "12-190123-2773afbbe3"
+    assert row["start_src_call_time"] == T0
+    assert row["call_end_status"] == 1 and row["call_end_status_label"] == "connected"
+    assert row["duration_s"] == 40 and row["call_type"] == 3
+    assert row["biz_id"] is None and row["order_id"] is None
+    assert row["extra"] is None
+
+
+def test_defaults_and_unknown_fields():
+    row = validate_record(record(callType=..., newField={"a": 1}, dstAcceptTime="0"), SH)
+    assert row["call_type"] == 3
+    assert row["dst_accept_time"] is None
+    assert row["extra"] == '{"newField": {"a": 1}}'
+
+
+@pytest.mark.parametrize(
+    ("over", "reason"),
+    [
+        ({"callId": ...}, "missing_call_id"),
+        ({"callId": "  "}, "missing_call_id"),
+        ({"callId": 12}, "missing_call_id"),
+        ({"startSrcCallTime": "0"}, "missing_start_time"),
+        ({"startSrcCallTime": ...}, "missing_start_time"),
+        ({"startSrcCallTime": "yesterday"}, "bad_timestamp"),
+        ({"dstAcceptTime": "2019-02-30 10:00:00"}, "bad_timestamp"),
+        ({"callEndStatus": "6"}, "bad_status"),
+        ({"callEndStatus": ""}, "bad_status"),
+        ({"duration": "-1"}, "bad_duration"),
+        ({"duration": "1.5"}, "bad_duration"),
+        ({"duration": str(2**31)}, "bad_duration"),
+        ({"callType": "4"}, "bad_call_type"),
+        ({"endCallTime": str(T0 - 1)}, "end_before_start"),
+        ({"src": ["x"]}, "bad_field"),
+    ],
+)
+def test_reject_reasons(over, reason):
+    result = validate_record(record(**over), SH)
+    assert isinstance(result, Reject)
+    assert result.reason == reason
+    assert result.detail
+
+
+@pytest.mark.parametrize("value", ["text", 5, None, [1, 2], True])
+def test_not_an_object(value):
+    assert validate_record(value, SH).reason == "not_an_object"
+
+
+def test_several_defects_give_the_first_reason_in_contract_order():
+    rec = record(callEndStatus="9", duration="-3", callType="8", startSrcRingTime="x")
+    assert validate_record(rec, SH).reason == "bad_timestamp"
+    rec = record(callId=..., startSrcCallTime="0", callEndStatus="9")
+    assert validate_record(rec, SH).reason == "missing_call_id"
+
+
+# --- a day -----------------------------------------------------------------------------
+
+
+def page(records, window=DAY):
+    return RawPage("p1", window, records)
+
+
+def test_day_accounting_dedup_and_outside_day():
+    b = DayBuilder(*DAY, SH)
+    good = record()
+    less_complete = record(recordUrl="")
+    other = record(callId="other", startSrcCallTime=str(T0 - 86400), endCallTime=str(T0 - 86000))
+    early_end = record(callId="c2", endCallTime=str(T0 + 50))
+    late_end = record(callId="c2", endCallTime=str(T0 + 55))
+    bad = record(callId="bad", callEndStatus="x")
+    b.add_page(page([less_complete, good, good, other, early_end, late_end, bad, bad, "junk"]))
+    result = b.finish()
+    acc = result.accounting
+    assert acc["fetched"] == 9
+    assert acc["valid"] == 2
+    assert acc["rejected"] == 2
+    assert acc["outside_day"] == 1
+    assert acc["duplicates_exact"] == 2
+    assert acc["duplicates_conflicting"] == 2
+    assert acc["duplicates_dropped"] == 4
+    assert acc["fetched"] == acc["valid"] + acc["rejected"] + acc["duplicates_dropped"] + 1
+    rows = {r["call_id"]: r for r in result.cdr.to_pylist()}
+    assert rows["12-190123-2773afbbe3"]["record_url"] == "https://r.example/x.mp3"
+    assert rows["c2"]["end_call_time"].timestamp() == T0 + 55
+    assert acc["rejects_by_reason"] == {"not_an_object": 1, "bad_status": 1}
+    assert result.cdr.schema == CDR_SCHEMA
+
+
+def test_reject_day_assignment():
+    # Start unreadable: the end time decides; nothing readable: the window's middle.
+    b = DayBuilder(*DAY, SH)
+    next_day_end = record(callId="x", startSrcCallTime="0", endCallTime=str(DAY[1] + 5))
+    b.add_page(page([next_day_end]))
+    b.add_page(page(["junk"], window=(DAY[1] - 3600, DAY[1] + 7200)))
+    b.add_page(page(["junk2"], window=(DAY[0] - 3600, DAY[0] + 7200)))
+    acc = b.accounting()
+    assert acc["outside_day"] == 2 and acc["rejected"] == 1
+
+
+def test_same_input_same_table():
+    recs = [record(callId=f"c{i}", startSrcCallTime=str(T0 + i)) for i in range(50)]
+    a = DayBuilder(*DAY, SH)
+    a.add_page(page(recs))
+    b = DayBuilder(*DAY, SH)
+    b.add_page(page(list(reversed(recs))))
+    assert a.finish().cdr.equals(b.finish().cdr)
+
+
+# --- property: nothing escapes, every record lands in exactly one bucket ----------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+field_values = st.one_of(
+    json_values,
+    st.sampled_from(
+        ["0", "", "1548235059", "1548235059000", "2019-01-23 17:17:39", "1", "3", "-1", "9" * 40]
+    ),
+    st.text(max_size=2000),
+)
+records = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {},
+        optional={k: field_values for k in record()} | {"surprise": json_values},
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(records, max_size=25))
+def test_any_input_is_accounted_for(recs):
+    b = DayBuilder(*DAY, SH)
+    b.add_page(page(recs))
+    result = b.finish()
+    acc = result.accounting
+    assert acc["fetched"] == len(recs)
+    assert (
+        acc["fetched"]
+        == acc["valid"] + acc["rejected"] + acc["duplicates_dropped"] + acc["outside_day"]
+    )
+    assert result.cdr.num_rows == acc["valid"] and result.rejects.num_rows == acc["rejected"]
+    assert set(result.rejects["reason"].to_pylist()) <= set(REJECT_REASONS)
+
+
+# --- summaries -------------------------------------------------------------------------
+
+
+def _rows():
+    base = validate_record(record(), SH)
+    rows = []
+    for i, (status, dur, dst_acc, url) in enumerate(
+        [(1, 40, T0 + 20, "u"), (1, 5, T0 + 20, None), (2, 0, None, None), (3, 0, None, None)]
+    ):
+        r = dict(
+            base,
+            call_id=f"c{i}",
+            call_end_status=status,
+            duration_s=dur,
+            dst_accept_time=dst_acc,
+            record_url=url,
+            src=f"s{i % 2}",
+        )
+        if status != 1:
+            r["call_end_status_label"] = "caller_no_answer" if status == 2 else "callee_no_answer"
+        if status == 2:
+            r["src_accept_time"] = r["start_dst_call_time"] = r["start_dst_ring_time"] = None
+        rows.append(r)
+    return rows
+
+
+def test_kpis_on_a_hand_made_day():
+    table = rows_to_table(_rows())
+    k = kpi_values(table, {"rejected": 3, "duplicates_dropped": 2}, SH)
+    assert k["total_calls"] == 4 and k["connected_calls"] == 2
+    assert k["connect_rate"] == 0.5
+    assert k["caller_answer_rate"] == 0.75
+    assert k["callee_answer_rate"] == pytest.approx(2 / 3)
+    assert k["ner_proxy"] == 1.0
+    assert k["acd_s"] == 22.5
+    assert k["aloc_s"] == 40.0
+    assert k["billed_minutes"] == pytest.approx(45 / 60)
+    assert k["median_caller_pdd_s"] == 3.0
+    assert k["median_callee_pdd_s"] == 3.0
+    assert k["median_bridge_s"] == 1.0
+    assert k["short_call_ratio"] == 0.5
+    assert k["recording_coverage"] == 0.5
+    assert k["unique_callers"] == 2 and k["unique_callees"] == 1
+    assert k["peak_hour"] == 17
+    assert (k["rejected_records"], k["duplicates_dropped"]) == (3, 2)
+
+
+def test_empty_day_has_null_ratios_not_nan():
+    table = rows_to_table([])
+    values = kpi_values(table, {"rejected": 0, "duplicates_dropped": 0}, SH)
+    kpis = kpi_table(values).to_pylist()[0]
+    assert kpis["total_calls"] == 0 and kpis["connect_rate"] is None
+    assert kpis["acd_s"] is None and kpis["peak_hour"] is None
+    assert not any(isinstance(v, float) and math.isnan(v) for v in kpis.values())
+    assert call_outcome_daily(table).num_rows == 0
+
+
+def test_outcome_summary():
+    out = call_outcome_daily(rows_to_table(_rows())).to_pylist()
+    assert [(r["call_end_status"], r["calls"], r["billed_seconds"]) for r in out] == [
+        (1, 2, 45),
+        (2, 1, 0),
+        (3, 1, 0),
+    ]
+    assert out[0]["avg_billed_seconds"] == 22.5 and out[0]["share_of_calls"] == 0.5
+    assert call_outcome_daily(rows_to_table(_rows())).schema.field("calls").type == pa.int64()
