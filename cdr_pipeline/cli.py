@@ -205,7 +205,7 @@ def print_kpis(settings: Settings, days: Sequence[str]) -> None:
     )
     glob = f"{settings.data_dir}/call_kpis_daily/*/*.parquet"
     query = f"select * from read_parquet('{glob}', hive_partitioning=true) order by date"
-    print(f'  duckdb -c "{query}"')
+    print(f'  .venv/bin/python -c "import duckdb; print(duckdb.sql(\\"{query}\\"))"')
 
 
 def cmd_kpis(args: argparse.Namespace) -> int:

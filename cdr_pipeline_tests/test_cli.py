@@ -141,3 +141,28 @@ def test_configuration_errors_name_the_setting(tmp_path):
         env=_env(tmp_path, CDR_TIMEZONE="Nowhere/Land"),
     )
     assert out.returncode == 2 and "CDR_TIMEZONE" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dagster", "asset", "materialize", "-m", "cdr_pipeline.definitions", "--select", "*"],
+        ["dg", "launch", "--assets", "*"],
+    ],
+)
+def test_dagster_clis_backfill_a_range_in_one_run(tmp_path, command):
+    env = _env(tmp_path, CDR_SIM_CALLS_PER_DAY="200")
+    (tmp_path / "home").mkdir()
+    exe = str(Path(sys.executable).parent / command[0])
+    out = subprocess.run(
+        [exe, *command[1:], "--partition-range", "2024-03-01...2024-03-02"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.count("RUN_SUCCESS") == 1  # a single-run backfill
+    for day in ("2024-03-01", "2024-03-02"):
+        assert (tmp_path / "data" / "call_kpis_daily" / f"date={day}" / "part-0.parquet").exists()

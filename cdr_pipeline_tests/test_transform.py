@@ -238,7 +238,9 @@ records = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(st.lists(records, max_size=25))
 def test_any_input_is_accounted_for(recs):
     b = DayBuilder(*DAY, SH)
