@@ -222,14 +222,19 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
         )
         yield dg.MaterializeResult(asset_key="cdr_rejects")
 
-    @dg.asset(
-        name="call_outcome_daily",
+    # The two summaries share everything but their name, schema and description.
+    summary_kwargs = dict(
         deps=["cdr"],
         group_name=GROUP,
         kinds={"parquet", "pyarrow"},
         owners=OWNERS,
         partitions_def=partitions_def,
         backfill_policy=backfill,
+    )
+
+    @dg.asset(
+        name="call_outcome_daily",
+        **summary_kwargs,
         description="Calls and billed seconds by call type and end status.",
         metadata={"dagster/column_schema": column_schema(OUTCOME_SCHEMA)},
     )
@@ -250,12 +255,7 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
 
     @dg.asset(
         name="call_kpis_daily",
-        deps=["cdr"],
-        group_name=GROUP,
-        kinds={"parquet", "pyarrow"},
-        owners=OWNERS,
-        partitions_def=partitions_def,
-        backfill_policy=backfill,
+        **summary_kwargs,
         description="One row of call KPIs per day (connect rate, ACD, ALOC, PDD, ...).",
         metadata={"dagster/column_schema": column_schema(KPI_SCHEMA)},
     )
