@@ -97,6 +97,10 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
         context: dg.AssetExecutionContext, cdr_api: CdrApiResource, cdr_storage: CdrStorageResource
     ) -> dg.MaterializeResult:
         totals: dict[str, int] = {}
+        if cdr_api.uses_simulator:
+            context.log.warning(
+                "CDR_API_URL is not set: these CDRs come from the built-in simulator, not the API"
+            )
         with cdr_api.open_client(cdr_storage.timezone) as client:
             for day in days_of(context, partitions_def):
                 try:
