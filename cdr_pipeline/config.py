@@ -104,6 +104,8 @@ TUNING_ENV = {
     "CDR_RATE_LIMIT_PER_S": ("rate_limit_per_s", float),
     "CDR_MAX_ATTEMPTS": ("max_attempts", int),
     "CDR_READ_TIMEOUT_S": ("read_timeout_s", float),
+    "CDR_BACKOFF_BASE_S": ("backoff_base_s", float),
+    "CDR_BACKOFF_MAX_S": ("backoff_max_s", float),
     "CDR_SIM_CALLS_PER_DAY": ("simulator_calls_per_day", int),
     "CDR_SIM_SEED": ("simulator_seed", int),
 }

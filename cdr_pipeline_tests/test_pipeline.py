@@ -3,7 +3,6 @@ with the datasets read back by DuckDB and pandas."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -16,11 +15,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from cdr_pipeline.config import load_settings
-from cdr_pipeline.daily import Day
-from cdr_pipeline.definitions import build_definitions
-from cdr_pipeline.defs.schedules import DAILY_JOB
-from cdr_pipeline_tests.conftest import API_ID, APP_ID
+from cdr_pipeline_tests.conftest import API_ID, APP_ID, Env, digests
 
 QUIRKS = dict(
     bad_record_rate=0.02,
@@ -58,50 +53,6 @@ CDR_COLUMNS = {
     "extra": "VARCHAR",
     "date": "DATE",
 }
-
-
-class Env:
-    """One project set-up: env vars, a data dir, a Dagster instance, the loaded definitions."""
-
-    def __init__(self, monkeypatch, tmp_path: Path, server, tz: str = "Asia/Shanghai", **env):
-        self.root = tmp_path / "data"
-        self.server = server
-        self.tz = ZoneInfo(tz)
-        values = {
-            "CDR_DATA_DIR": str(self.root),
-            "CDR_TIMEZONE": tz,
-            "CDR_START_DATE": "2024-01-01",
-            "CDR_API_URL": server.url,
-            "CDR_API_ID": API_ID,
-            "CDR_APP_ID": APP_ID,
-            "CDR_READ_TIMEOUT_S": "2",
-            **env,
-        }
-        for k, v in values.items():
-            monkeypatch.setenv(k, v)
-        self.defs = build_definitions(load_settings())
-        self.job = self.defs.resolve_job_def(DAILY_JOB)
-
-    def run(self, instance, start: str, end: str | None = None, **kw):
-        if end is None:
-            return self.job.execute_in_process(instance=instance, partition_key=start, **kw)
-        tags = {
-            "dagster/asset_partition_range_start": start,
-            "dagster/asset_partition_range_end": end,
-        }
-        return self.job.execute_in_process(instance=instance, tags=tags, **kw)
-
-    def day(self, key: str) -> Day:
-        return Day.from_key(key, self.tz)
-
-    def glob(self, dataset: str) -> str:
-        return str(self.root / dataset / "*" / "*.parquet")
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def _none(value):
@@ -200,20 +151,13 @@ def _assert_summaries(env: Env, con, key: str, cdr: pd.DataFrame) -> None:
     assert outcome.share_of_calls.sum() == pytest.approx(1.0)
 
 
-def _digests(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*.parquet"))
-    }
-
-
 def test_rematerializing_gives_identical_bytes(monkeypatch, tmp_path, sim_server, instance):
     env = Env(monkeypatch, tmp_path, sim_server(**QUIRKS))
     assert env.run(instance, "2024-03-05").success
-    first = _digests(env.root)
+    first = digests(env.root)
     assert len(first) == 4
     assert env.run(instance, "2024-03-05").success
-    assert _digests(env.root) == first
+    assert digests(env.root) == first
     leftovers = [p for p in env.root.rglob("*") if p.name.startswith(".")]
     assert leftovers == []
 

@@ -193,6 +193,41 @@ def test_day_accounting_dedup_and_outside_day():
     assert result.cdr.schema == CDR_SCHEMA
 
 
+def test_copies_from_overlapping_windows_are_not_the_providers_duplicates():
+    # Two windows share the second T0; the provider lists "dup" twice and one reject twice.
+    a, b = (DAY[0], T0), (T0, DAY[1])
+    at_edge = record(callId="edge")
+    dup = record(callId="dup")
+    bad = record(callId="bad", callEndStatus="x")
+    builder = DayBuilder(*DAY, SH)
+    builder.add_page(RawPage("p1", a, [at_edge, dup, bad]))
+    builder.add_page(RawPage("p2", a, [dup, bad]))  # second page of the same query
+    builder.add_page(RawPage("p3", b, [at_edge, dup, dup, bad, bad]))
+    acc = builder.accounting()
+    assert acc["fetched"] == 10
+    assert (acc["valid"], acc["rejected"]) == (2, 1)
+    assert acc["duplicates_dropped"] == 2  # one extra "dup", one extra reject, per query
+    assert acc["overlap_copies"] == 5  # everything the second query repeated
+    assert acc["duplicates_exact"] == 2 and acc["duplicates_conflicting"] == 0
+    # The same records fetched by one query only: the same duplicates, no overlap.
+    single = DayBuilder(*DAY, SH)
+    single.add_page(RawPage("p", DAY, [at_edge, dup, bad, dup, bad]))
+    assert single.accounting()["duplicates_dropped"] == 2
+    assert single.accounting()["overlap_copies"] == 0
+
+
+def test_conflicting_versions_count_once_per_version():
+    short = record(callId="c", endCallTime=str(T0 + 50))
+    full = record(callId="c", endCallTime=str(T0 + 55))
+    builder = DayBuilder(*DAY, SH)
+    builder.add_page(RawPage("p1", (DAY[0], T0), [short, full]))
+    builder.add_page(RawPage("p2", (T0, DAY[1]), [full, short]))
+    acc = builder.accounting()
+    assert (acc["duplicates_conflicting"], acc["duplicates_exact"]) == (1, 0)
+    assert acc["overlap_copies"] == 2
+    assert builder.finish().cdr.column("end_call_time")[0].as_py().timestamp() == T0 + 55
+
+
 def test_reject_day_assignment():
     # Start unreadable: the end time decides; nothing readable: the window's middle.
     b = DayBuilder(*DAY, SH)

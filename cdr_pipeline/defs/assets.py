@@ -15,7 +15,7 @@ from cdr_pipeline.api.errors import CdrApiError, RetriesExhaustedError
 from cdr_pipeline.daily import Day, fetch_raw_day, kpis_day, outcome_day, validate_day
 from cdr_pipeline.defs.resources import CdrApiResource, CdrStorageResource
 from cdr_pipeline.transform.summarize import KPI_SCHEMA, OUTCOME_SCHEMA
-from cdr_pipeline.transform.validate import CDR_SCHEMA, REJECTS_SCHEMA
+from cdr_pipeline.transform.validate import ACCOUNTING_BUCKETS, CDR_SCHEMA, REJECTS_SCHEMA
 
 GROUP = "cdr"
 OWNERS = ["team:data-platform"]
@@ -178,20 +178,14 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
                 total[k] += acc[k]
             row = {
                 "date": day.key,
-                **{
-                    k: acc[k]
-                    for k in ("fetched", "valid", "rejected", "duplicates_dropped", "outside_day")
-                },
+                **{k: acc[k] for k in ("fetched", *ACCOUNTING_BUCKETS)},
             }
             rows.append(row)
             common = {
                 "accounting/" + k: acc[k]
                 for k in (
                     "fetched",
-                    "valid",
-                    "rejected",
-                    "duplicates_dropped",
-                    "outside_day",
+                    *ACCOUNTING_BUCKETS,
                     "duplicates_exact",
                     "duplicates_conflicting",
                 )

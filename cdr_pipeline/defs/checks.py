@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from cdr_pipeline import storage
 from cdr_pipeline.defs.resources import CdrStorageResource
+from cdr_pipeline.transform.validate import ACCOUNTING_BUCKETS, unaccounted
 
 REJECT_RATE_WARN = 0.05
 BILLED_TOLERANCE_S = 60
@@ -32,10 +33,11 @@ def _accounting_problems(root, day: str) -> tuple[dict[str, Any], list[str]]:
     ).num_rows
     raw_records = manifest["totals"]["records"]
     problems = []
-    balance = acc["valid"] + acc["rejected"] + acc["duplicates_dropped"] + acc["outside_day"]
-    if acc["fetched"] != balance:
+    missing = unaccounted(acc)
+    if missing:
         problems.append(
-            f"fetched {acc['fetched']} != valid + rejected + duplicates + outside_day {balance}"
+            f"fetched {acc['fetched']} != {' + '.join(ACCOUNTING_BUCKETS)} "
+            f"({acc['fetched'] - missing}): {missing} records unaccounted for"
         )
     if raw_records != acc["fetched"]:
         problems.append(f"raw manifest holds {raw_records} records but {acc['fetched']} were read")
@@ -50,7 +52,8 @@ def _accounting_problems(root, day: str) -> tuple[dict[str, Any], list[str]]:
     asset="cdr",
     name="accounting_balances",
     blocking=True,
-    description="fetched = valid + rejected + duplicates_dropped + outside_day, per day, "
+    description="fetched = valid + rejected + duplicates_dropped + overlap_copies + outside_day, "
+    "per day, "
     "and the files hold exactly those counts.",
 )
 def accounting_balances(
@@ -66,10 +69,7 @@ def accounting_balances(
         meta[day] = (
             " / ".join(problems)
             if problems
-            else (
-                f"{acc['fetched']} = {acc['valid']} + {acc['rejected']} + "
-                f"{acc['duplicates_dropped']} + {acc['outside_day']}"
-            )
+            else f"{acc['fetched']} = " + " + ".join(str(acc[b]) for b in ACCOUNTING_BUCKETS)
         )
         failures += [f"{day}: {p}" for p in problems]
     return dg.AssetCheckResult(

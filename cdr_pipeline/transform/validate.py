@@ -1,7 +1,13 @@
 """Reject rules, day assignment, de-duplication and the accounting of one day.
 
 The accounting is the promise to operators: every fetched record ends up in exactly one of
-``valid``, ``rejected``, ``duplicates_dropped`` or ``outside_day``.
+``valid``, ``rejected``, ``duplicates_dropped``, ``overlap_copies`` or ``outside_day``.
+
+Two kinds of copies are told apart so the figures do not depend on how the day was fetched:
+a *duplicate* is a copy the provider serves (a record listed twice by one query), an *overlap
+copy* is one the client caused by asking for the same instant twice (windows share their
+boundary second, and split windows more of them). A record's provider multiplicity is the most
+copies any single query returned; every further copy is an overlap copy.
 """
 
 from __future__ import annotations
@@ -167,21 +173,50 @@ class DayResult:
     accounting: dict[str, Any]
 
 
+# Where every fetched record goes; they sum to ``fetched``.
+ACCOUNTING_BUCKETS = ("valid", "rejected", "duplicates_dropped", "overlap_copies", "outside_day")
+
+
+def unaccounted(accounting: dict[str, Any]) -> int:
+    """Records fetched but in no bucket: 0 unless something was lost (or counted twice)."""
+    return accounting["fetched"] - sum(accounting[b] for b in ACCOUNTING_BUCKETS)
+
+
+class _Copies:
+    """How often one key was seen: in total, and at most within a single query."""
+
+    __slots__ = ("in_query", "max_in_query", "query", "total")
+
+    def __init__(self, query: object) -> None:
+        self.query, self.in_query, self.max_in_query, self.total = query, 1, 1, 1
+
+    def see(self, query: object) -> None:
+        self.total += 1
+        if query == self.query:
+            self.in_query += 1
+            self.max_in_query = max(self.max_in_query, self.in_query)
+        else:
+            self.query, self.in_query = query, 1
+
+
 @dataclass
 class DayBuilder:
-    """Feeds pages of one day in, keeps what belongs to ``[day_start, day_end)``."""
+    """Feeds pages of one day in, keeps what belongs to ``[day_start, day_end)``.
+
+    Pages of one query (same window) must arrive together, as the raw manifest lists them.
+    """
 
     day_start: int
     day_end: int
     tz: ZoneInfo
     fetched: int = 0
     outside_day: int = 0
-    exact_dupes: int = 0
-    conflicting_dupes: int = 0
-    reject_dupes: int = 0
     _rows: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)
     _rejects: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     _reasons: Counter[str] = field(default_factory=Counter)
+    _copies: dict[str, _Copies] = field(default_factory=dict)
+    # call ids served in more than one version: the distinct versions seen
+    _versions: dict[str, set[str]] = field(default_factory=dict)
 
     def _in_day(self, t: int) -> bool:
         return self.day_start <= t < self.day_end
@@ -189,9 +224,17 @@ class DayBuilder:
     def add_page(self, page: RawPage) -> None:
         mid = (page.window[0] + page.window[1]) // 2
         for rec in page.records:
-            self.add(rec, page.source, mid)
+            self.add(rec, page.source, mid, page.window)
 
-    def add(self, rec: Any, source: str, window_mid: int) -> None:
+    def _first_copy(self, key: str, query: object) -> bool:
+        copies = self._copies.get(key)
+        if copies is None:
+            self._copies[key] = _Copies(query)
+            return True
+        copies.see(query)
+        return False
+
+    def add(self, rec: Any, source: str, window_mid: int, query: object = None) -> None:
         self.fetched += 1
         result = validate_record(rec, self.tz)
         if isinstance(result, Reject):
@@ -200,37 +243,43 @@ class DayBuilder:
                 self.outside_day += 1
                 return
             raw = to_json(rec)
-            if raw in self._rejects:
-                self.reject_dupes += 1
-                return
-            self._rejects[raw] = (result.reason, result.detail, source)
-            self._reasons[result.reason] += 1
+            if self._first_copy("R" + raw, query):
+                self._rejects[raw] = (result.reason, result.detail, source)
+                self._reasons[result.reason] += 1
             return
         if not self._in_day(result["start_src_call_time"]):
             self.outside_day += 1
             return
         raw = to_json(rec)
-        seen = self._rows.get(result["call_id"])
-        if seen is None:
-            self._rows[result["call_id"]] = (result, raw)
+        call_id = result["call_id"]
+        if self._first_copy("V" + call_id, query):
+            self._rows[call_id] = (result, raw)
             return
+        seen = self._rows[call_id]
         if seen[1] == raw or seen[0] == result:
-            self.exact_dupes += 1
             return
-        self.conflicting_dupes += 1
-        if _completeness(result) > _completeness(seen[0]):
-            self._rows[result["call_id"]] = (result, raw)
+        mine = _completeness(result)
+        kept = _completeness(seen[0])
+        self._versions.setdefault(call_id, {kept[2]}).add(mine[2])
+        if mine > kept:
+            self._rows[call_id] = (result, raw)
 
     def accounting(self) -> dict[str, Any]:
-        dupes = self.exact_dupes + self.conflicting_dupes + self.reject_dupes
+        provider = sum(c.max_in_query - 1 for c in self._copies.values())
+        copies = sum(c.total - 1 for c in self._copies.values())
+        conflicting = sum(
+            min(len(v) - 1, self._copies["V" + k].max_in_query - 1)
+            for k, v in self._versions.items()
+        )
         return {
             "fetched": self.fetched,
             "valid": len(self._rows),
             "rejected": len(self._rejects),
-            "duplicates_dropped": dupes,
+            "duplicates_dropped": provider,
+            "overlap_copies": copies - provider,
             "outside_day": self.outside_day,
-            "duplicates_exact": self.exact_dupes + self.reject_dupes,
-            "duplicates_conflicting": self.conflicting_dupes,
+            "duplicates_exact": provider - conflicting,
+            "duplicates_conflicting": conflicting,
             "rejects_by_reason": {r: self._reasons[r] for r in REJECT_REASONS if self._reasons[r]},
         }
 

@@ -1,0 +1,168 @@
+"""A hostile provider and a fault-free one serve the same seed: the datasets must not differ.
+
+The figures this test measures are the ones the README's "Reliability" section states; the
+test fails if they drift apart, so the README stays true.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from cdr_pipeline.api.simulator import REJECT_KINDS
+from cdr_pipeline.transform.validate import unaccounted
+from cdr_pipeline_tests.conftest import API_ID, APP_ID, Env, digests
+
+DAYS = [f"2024-05-{d:02d}" for d in range(6, 13)]  # a week, Monday to Sunday
+DATA = dict(
+    seed=4242,
+    calls_per_day=700,
+    duplicate_rate=0.02,
+    datetime_text_rate=0.10,
+    bad_record_rate=0.02 * len(REJECT_KINDS),  # 2% of every reject kind
+    app_id=APP_ID,
+    api_id=API_ID,
+)
+HOSTILE = dict(
+    fault_rate=0.20,
+    fault_kinds=("code-203", "code-501", "http503", "http429", "drop", "slow", "malformed"),
+    retry_after_s=1,
+    slow_seconds=2.5,
+    honour_cursor=False,
+    page_size=40,
+    uncompressed_rate=0.30,
+)
+TUNING = dict(
+    CDR_READ_TIMEOUT_S="1",
+    CDR_MAX_ATTEMPTS="4",
+    CDR_BACKOFF_BASE_S="0.01",
+    CDR_BACKOFF_MAX_S="0.05",
+    CDR_CONCURRENCY="4",
+)
+PUBLISHED = ("cdr", "call_outcome_daily", "call_kpis_daily")
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _materialize(monkeypatch, folder: Path, server, instance) -> Env:
+    env = Env(monkeypatch, folder, server, **TUNING)
+    result = env.run(instance, DAYS[0], DAYS[-1])
+    assert result.success
+    return env
+
+
+def _manifests(env: Env) -> list[dict]:
+    return [
+        json.loads((env.root / "raw" / "cdr" / f"date={d}" / "manifest.json").read_text())
+        for d in DAYS
+    ]
+
+
+def _accounting(env: Env) -> list[dict]:
+    return [
+        json.loads((env.root / "_state" / "validation" / f"date={d}.json").read_text())[
+            "accounting"
+        ]
+        for d in DAYS
+    ]
+
+
+def _rejects(env: Env) -> list[tuple]:
+    con = duckdb.connect()
+    return con.execute(
+        f"select date, reason, raw from read_parquet('{env.glob('cdr_rejects')}', "
+        "hive_partitioning=true) order by all"
+    ).fetchall()
+
+
+def test_chaos_run_publishes_the_same_bytes_as_a_fault_free_run(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    calm = _materialize(monkeypatch, tmp_path / "calm", sim_server(**DATA), instance)
+    stormy_server = sim_server(**DATA, **HOSTILE)
+    stormy = _materialize(monkeypatch, tmp_path / "stormy", stormy_server, instance)
+
+    for dataset in PUBLISHED:
+        want = digests(calm.root / dataset)
+        assert len(want) == len(DAYS)
+        assert digests(stormy.root / dataset) == want, f"{dataset} differs"
+    assert _rejects(stormy) == _rejects(calm)
+
+    # Nothing lost against the simulator's own truth, and every record accounted for.
+    sim = stormy_server.sim
+    con = duckdb.connect()
+    reasons: Counter[str] = Counter()
+    valid = 0
+    for key, acc in zip(DAYS, _accounting(stormy), strict=True):
+        day = stormy.day(key)
+        truth = sim.truth(day.start, day.end)
+        ids = {
+            r[0]
+            for r in con.execute(
+                f"select call_id from read_parquet('{stormy.glob('cdr')}', "
+                f"hive_partitioning=true) where date = DATE '{key}'"
+            ).fetchall()
+        }
+        assert ids == set(truth.valid)
+        assert acc["rejects_by_reason"] == dict(truth.rejects)
+        assert unaccounted(acc) == 0
+        reasons.update(acc["rejects_by_reason"])
+        valid += acc["valid"]
+    assert set(reasons) == set(REJECT_KINDS)
+
+    stormy_acc, calm_acc = _accounting(stormy), _accounting(calm)
+    totals = [m["totals"] for m in _manifests(stormy)]
+    calm_totals = [m["totals"] for m in _manifests(calm)]
+    faults = {k.split(":", 1)[1]: v for k, v in sim.stats.items() if k.startswith("fault:")}
+    assert set(faults) == set(HOSTILE["fault_kinds"])
+    figures = {
+        "days": len(DAYS),
+        "requests": sum(t["http_requests"] for t in totals),
+        "requests_fault_free": sum(t["http_requests"] for t in calm_totals),
+        "retries": sum(t["retries"] for t in totals),
+        "faults_injected": sum(faults.values()),
+        "window_splits": sum(t["window_splits"] for t in totals),
+        "pages_discarded": sum(t["pages_discarded"] for t in totals),
+        "records_fetched": sum(a["fetched"] for a in stormy_acc),
+        "records_fetched_fault_free": sum(a["fetched"] for a in calm_acc),
+        "valid": valid,
+        "rejected": sum(reasons.values()),
+        "duplicates_dropped": sum(a["duplicates_dropped"] for a in stormy_acc),
+        "overlap_copies": sum(a["overlap_copies"] for a in stormy_acc),
+        "outside_day": sum(a["outside_day"] for a in stormy_acc),
+        "records_lost": sum(unaccounted(a) for a in stormy_acc),
+    }
+    assert figures["records_lost"] == 0
+    assert figures["retries"] >= figures["faults_injected"] > 0
+    assert figures["window_splits"] > 0
+    rows = [*figures.items(), *((f"rejects: {r}", reasons[r]) for r in REJECT_KINDS)]
+    rows += [(f"faults: {k}", faults[k]) for k in HOSTILE["fault_kinds"]]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    documented = re.search(
+        r"<!-- chaos-figures -->\n\| figure \| value \|\n\|---\|---\|\n(.*?)\n<!-- /chaos-figures -->",
+        README.read_text(),
+        re.S,
+    )
+    assert documented, "the README's Reliability section lost its chaos-figures table"
+    assert documented.group(1) == table, f"update the README's chaos figures to:\n{table}"
+
+
+@pytest.mark.parametrize("honour_cursor", [True, False])
+def test_overlap_copies_are_not_duplicates(monkeypatch, tmp_path, sim_server, instance, honour_cursor):
+    """Window boundaries shared by the client never show up as the provider's duplicates."""
+    server = sim_server(seed=7, calls_per_day=3000, page_size=50, honour_cursor=honour_cursor)
+    env = Env(monkeypatch, tmp_path, server, CDR_WINDOW_HOURS="1")
+    assert env.run(instance, "2024-05-06").success
+    acc = _accounting_of(env, "2024-05-06")
+    assert acc["duplicates_dropped"] == 0
+    assert acc["overlap_copies"] == (1 if honour_cursor else 4)  # seed 7: 1 shared second
+    assert unaccounted(acc) == 0
+
+
+def _accounting_of(env: Env, key: str) -> dict:
+    path = env.root / "_state" / "validation" / f"date={key}.json"
+    return json.loads(path.read_text())["accounting"]
