@@ -111,4 +111,5 @@ def digests(root: Path, pattern: str = "*.parquet") -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob(pattern))
+        if p.is_file()
     }

@@ -232,21 +232,6 @@ def _latest(instance, asset: str, partition: str):
     return records[0].asset_materialization
 
 
-def test_fatal_code_fails_the_partition_and_publishes_nothing(
-    monkeypatch, tmp_path, sim_server, instance
-):
-    server = sim_server(force_error="-423")
-    env = Env(monkeypatch, tmp_path, server)
-    result = env.run(instance, "2024-03-01", raise_on_error=False)
-    assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    message = failure.step_failure_data.error.message
-    assert "2024-03-01" in message and "-423" in message and "window" in message
-    assert "blocked" in message
-    assert server.sim.stats["requests"] == 1
-    assert not list(env.root.rglob("*.parquet"))
-
-
 def test_schedules_target_the_right_partitions(monkeypatch, tmp_path, sim_server):
     env = Env(monkeypatch, tmp_path, sim_server(), CDR_LATE_DAYS="3")
     daily = env.defs.get_schedule_def("cdr_daily_schedule")

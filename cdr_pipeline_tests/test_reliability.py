@@ -143,7 +143,8 @@ def test_chaos_run_publishes_the_same_bytes_as_a_fault_free_run(
     rows += [(f"faults: {k}", faults[k]) for k in HOSTILE["fault_kinds"]]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     documented = re.search(
-        r"<!-- chaos-figures -->\n\| figure \| value \|\n\|---\|---\|\n(.*?)\n<!-- /chaos-figures -->",
+        r"<!-- chaos-figures -->\n\| figure \| value \|\n\|---\|---\|\n(.*?)\n"
+        r"<!-- /chaos-figures -->",
         README.read_text(),
         re.S,
     )
@@ -152,7 +153,9 @@ def test_chaos_run_publishes_the_same_bytes_as_a_fault_free_run(
 
 
 @pytest.mark.parametrize("honour_cursor", [True, False])
-def test_overlap_copies_are_not_duplicates(monkeypatch, tmp_path, sim_server, instance, honour_cursor):
+def test_overlap_copies_are_not_duplicates(
+    monkeypatch, tmp_path, sim_server, instance, honour_cursor
+):
     """Window boundaries shared by the client never show up as the provider's duplicates."""
     server = sim_server(seed=7, calls_per_day=3000, page_size=50, honour_cursor=honour_cursor)
     env = Env(monkeypatch, tmp_path, server, CDR_WINDOW_HOURS="1")
@@ -166,3 +169,63 @@ def test_overlap_copies_are_not_duplicates(monkeypatch, tmp_path, sim_server, in
 def _accounting_of(env: Env, key: str) -> dict:
     path = env.root / "_state" / "validation" / f"date={key}.json"
     return json.loads(path.read_text())["accounting"]
+
+
+# --- fatal answers -------------------------------------------------------------------------
+
+FATAL = {
+    "-401": ("appId invalid", "CDR_APP_ID"),
+    "-402": ("URL mismatch", "CDR_API_ID"),
+    "-403": ("caller IP not on the allow-list", "allow-list"),
+    "-423": ("calls blocked by the server", "contact the provider"),
+    "-1": ("version not supported", "/201511v3/getCdr"),
+    "-2": ("bad parameters", "report it"),
+    "-202": ("bad timestamp parameters", "window_hours"),
+    "-777": ("unknown code", "provider's documentation"),
+}
+
+
+def _failure_message(result) -> str:
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert len(failures) == 1, [e.step_key for e in failures]
+    return failures[0].step_failure_data.error.message
+
+
+@pytest.mark.parametrize("code", list(FATAL))
+def test_fatal_answers_stop_the_run_after_one_request(
+    monkeypatch, tmp_path, sim_server, instance, code
+):
+    good = Env(monkeypatch, tmp_path, sim_server(**DATA))
+    assert good.run(instance, DAYS[0]).success
+    before = digests(good.root, "*")
+
+    server = sim_server(**DATA, force_error=code)
+    env = Env(monkeypatch, tmp_path, server, CDR_CONCURRENCY="8", CDR_MAX_ATTEMPTS="5")
+    result = env.run(instance, DAYS[0], DAYS[-1], raise_on_error=False)
+    assert not result.success
+    assert server.sim.stats["requests"] == 1  # not retried, not by any of the 8 workers
+    message = _failure_message(result)
+    meaning, hint = FATAL[code]
+    assert f"partition {DAYS[0]}" in message
+    assert f"API code {code} ({meaning}" in message
+    assert "window [2024-05-05T" in message  # the first sub-window, margin included
+    assert "What to check" in message and hint in message
+    # Nothing was published, and the good version of the first day is untouched.
+    assert digests(env.root, "*") == before
+    for key in DAYS[1:]:
+        assert not (env.root / "raw" / "cdr" / f"date={key}").exists()
+
+
+def test_a_fatal_answer_mid_run_sends_nothing_more(monkeypatch, tmp_path, sim_server, instance):
+    server = sim_server(**DATA, page_size=40, force_error="-423", force_error_after=30)
+    env = Env(monkeypatch, tmp_path, server, CDR_CONCURRENCY="4")
+    result = env.run(instance, DAYS[0], DAYS[-1], raise_on_error=False)
+    assert not result.success
+    # the requests already in flight on the other 3 workers may still land; no new one starts
+    assert 31 <= server.sim.stats["requests"] <= 30 + 4
+    message = _failure_message(result)
+    assert "-423" in message and "partition 2024-05-0" in message
+    assert not list(env.root.rglob("*.parquet"))
+    manifests = sorted(p.parent.name for p in env.root.rglob("manifest.json"))
+    failed_day = re.search(r"partition (\S+)", message).group(1)
+    assert f"date={failed_day}" not in manifests

@@ -84,6 +84,7 @@ class SimConfig:
     uncompressed_rate: float = 0.0
     gzip: bool = False
     force_error: str | None = None
+    force_error_after: int = 0  # answer this many requests normally before force_error
     paging_fault: str | None = None  # "cycle": cursors loop back; "endless": never ends
     latency_s: float = 0.0
 
@@ -361,6 +362,7 @@ class CdrSimulator:
         cfg = self.config
         with self._lock:
             self.stats["requests"] += 1
+            served = self.stats["requests"]
         if cfg.latency_s:
             time.sleep(cfg.latency_s)
         if method != "POST":
@@ -379,7 +381,7 @@ class CdrSimulator:
             return self._error("-2", "parameter exception")
         if cfg.app_id is not None and params.get("appId") != cfg.app_id:
             return self._error("-401", "appId invalid")
-        if cfg.force_error:
+        if cfg.force_error and served > cfg.force_error_after:
             return self._error(cfg.force_error, f"forced error {cfg.force_error}")
         key = json.dumps(params, sort_keys=True)
         with self._lock:
