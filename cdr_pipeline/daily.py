@@ -6,7 +6,6 @@ CLI and the tests call when they want a day without an orchestrator.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -147,19 +146,14 @@ def validate_day(
     result = builder.finish()
     acc = result.accounting
     acc["raw_records"] = manifest["totals"]["records"]
-    paths = storage.publish_day(root, day.key, {"cdr": result.cdr, "cdr_rejects": result.rejects})
-    state = {
-        "date": day.key,
-        "accounting": acc,
-        "cdr_sha256": _sha(paths["cdr"]),
-        "fetch": manifest["totals"],
-    }
-    storage.write_state(root, "validation", day.key, state)
+    state = {"date": day.key, "accounting": acc, "fetch": manifest["totals"]}
+    paths = storage.publish_day(
+        root,
+        day.key,
+        {"cdr": result.cdr, "cdr_rejects": result.rejects},
+        state={"validation": state},
+    )
     return ValidatedDay(acc, paths, result.cdr, result.rejects)
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def outcome_day(root: Path, day: Day) -> tuple[pa.Table, Path]:

@@ -3,8 +3,14 @@
 Each dataset holds one Parquet file per day (``<dataset>/date=YYYY-MM-DD/part-0.parquet``),
 written to a hidden temporary name in the same folder and moved into place with
 ``os.replace``: a reader sees the old file or the new one, never half of one, and readers
-(DuckDB's ``*.parquet`` globs, pyarrow datasets) skip the hidden temporary. The raw layer
-stores bodies under their sha256 and commits a day by replacing its ``manifest.json``.
+(DuckDB's ``*.parquet`` globs, pyarrow and Spark datasets) skip the hidden temporary.
+
+Files that belong together (``cdr``, ``cdr_rejects`` and the day's accounting) are published as
+one transaction: all are staged completely first, then a journal listing the moves is written,
+then the moves are made and the journal removed. A crash before the journal leaves the previous
+day untouched (plus hidden debris the next write sweeps); a crash after it is rolled forward
+by the next reader or writer of that day, so a day is never left mixed. The raw layer stores
+bodies under their sha256 and commits a day by replacing its ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -70,17 +76,7 @@ def _tmp_name(target: Path) -> Path:
     return target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
 
 
-def _sweep_tmp(folder: Path, keep: set[str]) -> None:
-    """Remove debris of interrupted writes and files no longer part of the day."""
-    for entry in folder.iterdir():
-        if entry.name in keep:
-            continue
-        if entry.name.endswith(".tmp") or entry.suffix == ".parquet":
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-
-
-def write_bytes_atomic(target: Path, data: bytes) -> None:
+def _write_bytes_tmp(target: Path, data: bytes) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(target)
     try:
@@ -88,6 +84,16 @@ def write_bytes_atomic(target: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
+def write_bytes_atomic(target: Path, data: bytes) -> None:
+    tmp = _write_bytes_tmp(target, data)
+    try:
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -96,8 +102,12 @@ def write_bytes_atomic(target: Path, data: bytes) -> None:
     _fsync_dir(target.parent)
 
 
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 def write_json_atomic(target: Path, obj: Any) -> None:
-    write_bytes_atomic(target, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(target, _json_bytes(obj))
 
 
 def _write_parquet_tmp(table: pa.Table, target: Path) -> Path:
@@ -123,28 +133,80 @@ def _write_parquet_tmp(table: pa.Table, target: Path) -> Path:
     return tmp
 
 
-def publish_day(root: Path, day: str, tables: dict[str, pa.Table]) -> dict[str, Path]:
-    """Replace a day's file in each dataset; every file is written before any is swapped in."""
-    staged = []
+def journal_path(root: Path, day: str) -> Path:
+    return root / "_state" / "journal" / f"date={check_day(day)}.json"
+
+
+def recover_day(root: Path, day: str) -> bool:
+    """Finish a publish of ``day`` that a crash interrupted; True if there was one."""
+    journal = journal_path(root, day)
+    try:
+        moves = json.loads(journal.read_text())["moves"]
+    except FileNotFoundError:
+        return False
+    _apply_moves(root, moves)
+    journal.unlink()
+    _fsync_dir(journal.parent)
+    return True
+
+
+def _apply_moves(root: Path, moves: list[list[str]]) -> None:
+    for tmp_rel, target_rel in moves:
+        tmp, target = root / tmp_rel, root / target_rel
+        if tmp.exists():  # absent: this move was made before the crash
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+    for _, target_rel in moves:
+        _sweep_debris(root / target_rel)
+
+
+def _sweep_debris(target: Path) -> None:
+    """Remove temporaries that interrupted writes of ``target`` left behind; in a dataset's
+    day folder also any Parquet file that is no longer the day's."""
+    for entry in target.parent.iterdir():
+        if entry == target:
+            continue
+        stale_tmp = entry.name.startswith(f".{target.name}.") and entry.name.endswith(".tmp")
+        if stale_tmp or (target.suffix == ".parquet" and entry.suffix == ".parquet"):
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+
+
+def publish_day(
+    root: Path,
+    day: str,
+    tables: dict[str, pa.Table],
+    state: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Path]:
+    """Replace a day's file in each dataset (and its state records) as one transaction."""
+    recover_day(root, day)
+    staged: list[tuple[Path, Path]] = []
     try:
         for dataset, table in tables.items():
             target = day_dir(root, dataset, day) / PART_NAME
             staged.append((_write_parquet_tmp(table, target), target))
+        for kind, obj in (state or {}).items():
+            target = state_path(root, kind, day)
+            staged.append((_write_bytes_tmp(target, _json_bytes(obj)), target))
     except BaseException:
         for tmp, _ in staged:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         raise
-    written = {}
-    for (tmp, target), dataset in zip(staged, tables, strict=True):
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        _sweep_tmp(target.parent, keep={PART_NAME})
-        written[dataset] = target
-    return written
+    moves = [[str(tmp.relative_to(root)), str(target.relative_to(root))] for tmp, target in staged]
+    if len(moves) > 1:
+        journal = journal_path(root, day)
+        write_json_atomic(journal, {"date": day, "moves": moves})
+        _apply_moves(root, moves)
+        journal.unlink()
+        _fsync_dir(journal.parent)
+    else:
+        _apply_moves(root, moves)
+    return {dataset: day_dir(root, dataset, day) / PART_NAME for dataset in tables}
 
 
 def read_day_table(root: Path, dataset: str, day: str) -> pa.Table:
+    recover_day(root, day)
     path = day_dir(root, dataset, day) / PART_NAME
     if not path.exists():
         raise StorageError(f"{dataset} has no data for {day} (expected {path})")
@@ -203,13 +265,8 @@ def state_path(root: Path, kind: str, day: str) -> Path:
     return root / "_state" / kind / f"date={check_day(day)}.json"
 
 
-def write_state(root: Path, kind: str, day: str, obj: dict) -> Path:
-    path = state_path(root, kind, day)
-    write_json_atomic(path, obj)
-    return path
-
-
 def read_state(root: Path, kind: str, day: str) -> dict:
+    recover_day(root, day)
     path = state_path(root, kind, day)
     if not path.exists():
         raise StorageError(f"no {kind} record for {day}: materialize the cdr asset first")

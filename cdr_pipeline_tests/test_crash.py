@@ -1,0 +1,208 @@
+"""SIGKILL a real materialization while it writes a day; the previous day must survive.
+
+The run is ``cdr-pipeline materialize`` in a subprocess. The only thing the test changes in
+that process is *when* it stops: a wrapper around one write call announces that the write is
+under way (half a file on disk, or one of two files moved into place) and then waits for the
+kill. Everything else (Dagster, the simulator, the storage code) is the real thing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import duckdb
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from cdr_pipeline import storage
+from cdr_pipeline.api.simulator import CdrSimulator, SimConfig
+from cdr_pipeline.daily import Day
+from cdr_pipeline.defs.resources import DEMO_QUIRKS
+from cdr_pipeline.transform.validate import unaccounted
+from cdr_pipeline_tests.conftest import digests
+
+DAY = "2024-04-10"
+CLI = str(Path(sys.executable).parent / "cdr-pipeline")
+CRASHING_RUN = r"""
+import os, sys, time
+from pathlib import Path
+
+point, ready = os.environ["CRASH_POINT"], Path(os.environ["CRASH_READY"])
+
+def stop_here():
+    ready.write_text("writing")
+    time.sleep(600)  # the test kills us long before this ends
+
+import pyarrow.parquet as pq
+from cdr_pipeline import storage
+
+if point == "parquet-staging":
+    real_write = pq.write_table
+    def write_table(table, where, **kw):
+        real_write(table, where, **kw)
+        if "/cdr/" in str(where):
+            with open(where, "r+b") as fh:  # the file as it is half way through the write
+                fh.truncate(os.path.getsize(where) // 2)
+            stop_here()
+    pq.write_table = write_table
+elif point == "between-moves":
+    real_replace = os.replace
+    def replace(src, dst):
+        real_replace(src, dst)
+        if str(dst).endswith("/cdr/date=%s/part-0.parquet"):
+            stop_here()
+    os.replace = replace
+elif point == "raw-bodies":
+    real_tmp = storage._write_bytes_tmp
+    calls = []
+    def write_tmp(target, data):
+        calls.append(target)
+        if len(calls) == 3:
+            tmp = real_tmp(target, data[: len(data) // 2])
+            stop_here()
+        return real_tmp(target, data)
+    storage._write_bytes_tmp = write_tmp
+
+from cdr_pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+""".replace("%s", DAY)
+
+
+def _env(tmp_path: Path, calls: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CDR_", "DAGSTER_"))}
+    env.update(
+        CDR_DATA_DIR=str(tmp_path / "data"),
+        DAGSTER_HOME=str(tmp_path / "home"),
+        CDR_SIM_CALLS_PER_DAY=str(calls),
+        CDR_TIMEZONE="Asia/Shanghai",
+    )
+    return env
+
+
+def _materialize(env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [CLI, "materialize", "--start", DAY, "--end", DAY],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _visible(root: Path) -> dict[str, str]:
+    """What a reader can see: the day's Parquet files, its accounting and its raw manifest."""
+    out = digests(root, "*.parquet")
+    out |= digests(root / "_state" / "validation", "*.json")
+    out |= digests(root / "raw", "manifest.json")
+    return {k: v for k, v in out.items() if not Path(k).name.startswith(".")}
+
+
+def _readers_see_whole_files(root: Path) -> dict[str, int]:
+    counts = {}
+    for dataset in storage.DATASETS:
+        glob = root / dataset / "*" / "*.parquet"
+        n = duckdb.sql(f"select count(*) from read_parquet('{glob}', hive_partitioning=true)")
+        counts[dataset] = n.fetchall()[0][0]
+        table = ds.dataset(root / dataset, format="parquet", partitioning="hive").to_table()
+        assert table.num_rows == counts[dataset]
+        assert pq.read_table(storage.day_dir(root, dataset, DAY) / storage.PART_NAME)
+    return counts
+
+
+@pytest.mark.parametrize("point", ["parquet-staging", "between-moves", "raw-bodies"])
+def test_sigkill_while_writing_a_day(tmp_path, point):
+    root = tmp_path / "data"
+    _materialize(_env(tmp_path, calls=300))  # the previous version of the day
+    before = _visible(root)
+    counts_before = _readers_see_whole_files(root)
+
+    ready = tmp_path / "ready"
+    env = _env(tmp_path, calls=400) | {"CRASH_POINT": point, "CRASH_READY": str(ready)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_RUN, "materialize", "--start", DAY, "--end", DAY],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 240
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the run never reached the write"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    # Readers see whole files only, and no debris: every leftover is a hidden temporary.
+    counts = _readers_see_whole_files(root)
+    debris = [p for p in root.rglob("*") if p.is_file() and p.name.startswith(".")]
+    assert debris, "the kill should have left a temporary behind"
+    assert all(p.name.endswith(".tmp") for p in debris)
+    after = _visible(root)
+    raw = "cdr/date=2024-04-10/manifest.json"
+    if point != "raw-bodies":  # the raw asset had completed: its new version is committed
+        assert after.pop(raw) != before.pop(raw)
+    if point == "between-moves":
+        # cdr is the new version already; the journal makes the next touch finish the rest
+        assert after.pop("cdr/date=2024-04-10/part-0.parquet") != before.pop(
+            "cdr/date=2024-04-10/part-0.parquet"
+        )
+        assert after == before
+        assert storage.journal_path(root, DAY).exists()
+        assert counts["cdr_rejects"] == counts_before["cdr_rejects"]
+    else:
+        assert after == before  # the previous version, byte for byte
+        assert counts == counts_before
+
+    # The next run completes normally, sweeps the debris and publishes the new day in full.
+    _materialize(_env(tmp_path, calls=400))
+    leftovers = [p for p in root.rglob("*") if p.name.startswith(".")]
+    assert leftovers == []
+    assert not storage.journal_path(root, DAY).exists()
+    tz = ZoneInfo("Asia/Shanghai")
+    day = Day.from_key(DAY, tz)
+    sim = CdrSimulator(SimConfig(calls_per_day=400, **DEMO_QUIRKS))
+    truth = sim.truth(day.start, day.end)
+    cdr = storage.read_day_table(root, "cdr", DAY)
+    assert set(cdr.column("call_id").to_pylist()) == set(truth.valid)
+    acc = storage.read_state(root, "validation", DAY)["accounting"]
+    assert unaccounted(acc) == 0 and acc["valid"] == len(truth.valid)
+    assert acc["rejected"] == sum(truth.rejects.values())
+
+
+def test_an_interrupted_publish_is_rolled_forward_by_the_next_reader(tmp_path):
+    """In-process: stage two files, record the journal, move one; a reader finishes it."""
+    import pyarrow as pa
+
+    root = tmp_path / "data"
+    old = {"cdr": pa.table({"x": [1]}), "cdr_rejects": pa.table({"y": [1]})}
+    storage.publish_day(root, DAY, old, state={"validation": {"v": 1}})
+    new = {"cdr": pa.table({"x": [2, 2]}), "cdr_rejects": pa.table({"y": [2, 2]})}
+    real = os.replace
+    moved = []
+
+    def crash_after_first(src, dst):
+        if moved:
+            raise KeyboardInterrupt  # the process dies here
+        real(src, dst)
+        moved.append(dst)
+
+    storage.os.replace = crash_after_first
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            storage.publish_day(root, DAY, new, state={"validation": {"v": 2}})
+    finally:
+        storage.os.replace = real
+    assert storage.journal_path(root, DAY).exists()
+    assert storage.read_state(root, "validation", DAY) == {"v": 2}  # rolled forward
+    assert storage.read_day_table(root, "cdr_rejects", DAY).num_rows == 2
+    assert not storage.journal_path(root, DAY).exists()
+    assert [p for p in root.rglob("*") if p.name.startswith(".")] == []
