@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
+import zlib
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdr_pipeline.transform.parse import BadValue, RawPage, parse_time
+from cdr_pipeline.api import errors
+from cdr_pipeline.transform.parse import BadValue, RawPage, parse_time, read_body
 from cdr_pipeline.transform.summarize import call_outcome_daily, kpi_table, kpi_values
 from cdr_pipeline.transform.validate import (
     CDR_SCHEMA,
@@ -18,6 +23,7 @@ from cdr_pipeline.transform.validate import (
     DayBuilder,
     Reject,
     rows_to_table,
+    unaccounted,
     validate_record,
 )
 
@@ -118,7 +124,7 @@ def test_defaults_and_unknown_fields():
     row = validate_record(record(callType=..., newField={"a": 1}, dstAcceptTime="0"), SH)
     assert row["call_type"] == 3
     assert row["dst_accept_time"] is None
-    assert row["extra"] == '{"newField": {"a": 1}}'
+    assert row["extra"] == '{"newField":{"a":1}}'
 
 
 @pytest.mark.parametrize(
@@ -250,10 +256,18 @@ def test_same_input_same_table():
 
 # --- property: nothing escapes, every record lands in exactly one bucket ----------------
 
+# Text as JSON can carry it: any code point, lone surrogates included (a "\\ud800" escape).
+any_text = st.text(alphabet=st.characters(codec=None, categories=None), max_size=30)
+huge_text = st.builds(lambda c, n: c * n, st.characters(codec=None), st.integers(10**4, 3 * 10**5))
+numbers = (
+    st.integers()
+    | st.integers(min_value=10**12, max_value=10**40)
+    | st.floats(allow_nan=True, allow_infinity=True)
+)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
+    st.none() | st.booleans() | numbers | any_text,
     lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        st.lists(children, max_size=4) | st.dictionaries(any_text, children, max_size=4)
     ),
     max_leaves=12,
 )
@@ -263,6 +277,7 @@ field_values = st.one_of(
         ["0", "", "1548235059", "1548235059000", "2019-01-23 17:17:39", "1", "3", "-1", "9" * 40]
     ),
     st.text(max_size=2000),
+    huge_text,
 )
 records = st.one_of(
     json_values,
@@ -270,25 +285,116 @@ records = st.one_of(
         {},
         optional={k: field_values for k in record()} | {"surprise": json_values},
     ),
+    st.builds(  # mostly well-formed, so the valid path is exercised too
+        lambda over: record(**over),
+        st.fixed_dictionaries(
+            {}, optional={k: field_values for k in ("callId", "duration", "endCallTime", "src")}
+        ),
+    ),
+)
+PROPERTY = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
 
-@settings(
-    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
-@given(st.lists(records, max_size=25))
-def test_any_input_is_accounted_for(recs):
-    b = DayBuilder(*DAY, SH)
-    b.add_page(page(recs))
-    result = b.finish()
+def _assert_accounted(recs, result):
     acc = result.accounting
     assert acc["fetched"] == len(recs)
-    assert (
-        acc["fetched"]
-        == acc["valid"] + acc["rejected"] + acc["duplicates_dropped"] + acc["outside_day"]
-    )
+    assert unaccounted(acc) == 0
     assert result.cdr.num_rows == acc["valid"] and result.rejects.num_rows == acc["rejected"]
     assert set(result.rejects["reason"].to_pylist()) <= set(REJECT_REASONS)
+    # what was built can be written: every string is valid UTF-8 for Parquet
+    for table in (result.cdr, result.rejects):
+        pq.write_table(table, pa.BufferOutputStream())
+
+
+@PROPERTY
+@given(st.lists(records, max_size=25))
+def test_any_records_are_accounted_for(recs):
+    b = DayBuilder(*DAY, SH)
+    b.add_page(page(recs))
+    _assert_accounted(recs, b.finish())
+
+
+@PROPERTY
+@given(
+    st.lists(records, max_size=15),
+    st.sampled_from(["plain", "zlib", "gzip"]),
+    st.dictionaries(any_text, json_values, max_size=3),
+)
+def test_any_body_of_records_is_read_and_accounted_for(recs, encoding, unknown):
+    """Whole bodies, as the raw layer stores them: unknown top-level keys, any encoding."""
+    doc = {**unknown, "errorCode": "0", "result": "Call Details", "offset": "0", "cdr": recs}
+    body = json.dumps(doc, ensure_ascii=False, allow_nan=True).encode("utf-8", "surrogatepass")
+    if b"\xed\xa0" in body or b"\xed\xb0" in body:  # a surrogate written raw: not UTF-8
+        body = json.dumps(doc).encode()
+    if encoding == "zlib":
+        body = zlib.compress(body)
+    elif encoding == "gzip":
+        body = gzip.compress(body, mtime=0)
+    got = read_body(body, max_bytes=64 * 1024 * 1024)
+    assert len(got) == len(recs)
+    b = DayBuilder(*DAY, SH)
+    b.add_page(page(got))
+    _assert_accounted(recs, b.finish())
+
+
+CLASSIFIED = (errors.MalformedResponseError, errors.ResponseTooLargeError, errors.CdrApiError)
+
+
+@PROPERTY
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(lambda v: json.dumps(v).encode(), json_values),
+        st.builds(lambda b, n: zlib.compress(b)[:n], st.binary(max_size=300), st.integers(0, 50)),
+        st.builds(
+            lambda v, cut: json.dumps({"errorCode": "0", "cdr": [v]}).encode()[:cut],
+            json_values,
+            st.integers(0, 200),
+        ),
+    )
+)
+def test_any_bytes_give_records_or_a_classified_error(body):
+    try:
+        got = read_body(body, max_bytes=1024 * 1024)
+    except CLASSIFIED as exc:
+        assert str(exc)
+    else:
+        assert isinstance(got, list)
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "message"),
+    [
+        (zlib.compress(b'{"errorCode":"0","cdr":[]}')[:-6], "MalformedResponse", "truncated zlib"),
+        (b"\x78\x9c" + b"\x00" * 20, "MalformedResponse", "broken zlib"),
+        (gzip.compress(b'{"errorCode":"0"}')[:15], "MalformedResponse", "truncated gzip"),
+        (b'{"errorCode":"0","cdr":[{"callId":"a"}', "MalformedResponse", "not valid JSON"),
+        (b"<html>502 Bad Gateway</html>", "MalformedResponse", "not valid JSON"),
+        (b"\xff\xfe{}", "MalformedResponse", "not valid JSON"),
+        (b'[{"errorCode":"0"}]', "MalformedResponse", "a JSON list, not an object"),
+        (b'{"errorCode":"0","cdr":"[]"}', "MalformedResponse", "cdr is a JSON str, not a list"),
+        (
+            b'{"errorCode":"0","cdr":{"0":{}}}',
+            "MalformedResponse",
+            "cdr is a JSON dict, not a list",
+        ),
+        (b'{"cdr":[],"result":"ok"}', "MalformedResponse", "no errorCode"),
+        (b'{"errorCode":["0"]}', "MalformedResponse", "errorCode is a list"),
+        (b"[" * 100_000 + b"]" * 100_000, "MalformedResponse", "nested too deeply"),
+        (zlib.compress(b" " * 3_000_000), "ResponseTooLarge", "inflates past the cap"),
+        (b'{"errorCode":"-423","result":"blocked"}', "Blocked", "-423"),
+    ],
+)
+def test_structural_errors_are_classified(body, error, message):
+    with pytest.raises(CLASSIFIED) as info:
+        read_body(body, max_bytes=2_000_000)
+    assert type(info.value).__name__ == f"{error}Error"
+    assert message in str(info.value)
 
 
 # --- summaries -------------------------------------------------------------------------

@@ -76,11 +76,20 @@ class Document:
         return self.offset not in (None, "", "0", 0)
 
 
+_MAX_INT_DIGITS = 4000  # below Python's int-from-string limit (4300)
+
+
+def _parse_int(text: str) -> int | str:
+    """A number too long to be anything real stays its digits, for the validator to reject
+    (Python refuses to convert it, which would otherwise fail the whole page)."""
+    return int(text) if len(text) <= _MAX_INT_DIGITS else text
+
+
 def parse_document(json_bytes: bytes) -> Document:
     """Parse a decoded body; structural problems are :class:`MalformedResponseError`."""
     try:
-        doc = json.loads(json_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(json_bytes, parse_int=_parse_int)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and the like
         snippet = json_bytes[:80].decode("utf-8", "replace")
         raise MalformedResponseError(
             f"body is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "

@@ -62,6 +62,8 @@ def _text(value: Any) -> str | None:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
+        if not value.isascii() and not is_valid_unicode(value):
+            raise BadValue("text with a lone surrogate (\\ud800-\\udfff): not valid Unicode")
         return value.strip()
     raise BadValue(f"a JSON {type(value).__name__}")
 
@@ -114,12 +116,26 @@ def parse_text(value: Any) -> str | None:
     return text or None
 
 
-def to_json(value: Any) -> str:
-    """The record as received, as JSON text (key order kept, non-ASCII kept)."""
+def is_valid_unicode(text: str) -> bool:
+    """False for strings holding lone surrogates, which JSON escapes can produce but UTF-8
+    (and so Parquet) cannot store."""
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    except (ValueError, RecursionError):  # pragma: no cover - json.loads never yields these
-        return repr(value)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def to_json(value: Any, *, sort_keys: bool = False) -> str:
+    """A value as JSON text (key order kept, non-ASCII kept) that UTF-8 can always store:
+    lone surrogates stay ``\\u`` escapes."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+        if text.isascii() or is_valid_unicode(text):
+            return text
+        return json.dumps(value, separators=(",", ":"), sort_keys=sort_keys)
+    except RecursionError:
+        return '"(a JSON value nested too deeply to show; see the raw layer)"'
 
 
 @dataclass(frozen=True)

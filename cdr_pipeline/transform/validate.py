@@ -12,7 +12,6 @@ copies any single query returned; every further copy is an overlap copy.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from cdr_pipeline.transform.parse import (
     TIME_FIELDS,
     BadValue,
     RawPage,
+    is_valid_unicode,
     parse_small_int,
     parse_text,
     parse_time,
@@ -106,8 +106,13 @@ def validate_record(rec: Any, tz: ZoneInfo) -> dict[str, Any] | Reject:
     if not isinstance(rec, dict):
         return Reject("not_an_object", f"a JSON {type(rec).__name__}, not an object", None)
     call_id = rec.get("callId")
-    if not isinstance(call_id, str) or not call_id.strip():
-        what = "absent" if call_id is None else f"not a non-empty string ({type(call_id).__name__})"
+    if not isinstance(call_id, str) or not call_id.strip() or not is_valid_unicode(call_id):
+        if call_id is None:
+            what = "absent"
+        elif isinstance(call_id, str) and call_id.strip():
+            what = "not valid Unicode (a lone surrogate)"
+        else:
+            what = f"not a non-empty string ({type(call_id).__name__})"
         return _reject("missing_call_id", f"callId is {what}", rec, tz)
     times: dict[str, int | None] = {}
     bad_times = []
@@ -156,14 +161,14 @@ def validate_record(rec: Any, tz: ZoneInfo) -> dict[str, Any] | Reject:
     row["duration_s"] = duration
     row["call_type"] = call_type
     extra = {k: v for k, v in rec.items() if k not in KNOWN_FIELDS}
-    row["extra"] = json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None
+    row["extra"] = to_json(extra, sort_keys=True) if extra else None
     return row
 
 
 def _completeness(row: dict[str, Any]) -> tuple[int, int, str]:
     filled = sum(1 for v in row.values() if v is not None)
     end = row["end_call_time"] if row["end_call_time"] is not None else -1
-    return filled, end, json.dumps(row, sort_keys=True, ensure_ascii=False)
+    return filled, end, to_json(row, sort_keys=True)
 
 
 @dataclass
