@@ -368,6 +368,28 @@ def test_any_bytes_give_records_or_a_classified_error(body):
 
 
 @pytest.mark.parametrize(
+    ("fragment", "reason"),
+    [
+        ('"callId":"\\udc00x"', "missing_call_id"),
+        ('"src":"\\ud83d"', "bad_field"),
+        ('"duration":' + "9" * 5000, "bad_duration"),
+        ('"startSrcCallTime":' + "1" * 4500, "bad_timestamp"),
+    ],
+)
+def test_values_python_or_utf8_cannot_hold_are_rejects(fragment, reason):
+    key = fragment.split('"')[1]
+    rec = json.dumps(record(**{key: ...}))[:-1] + "," + fragment + "}"
+    body = '{"errorCode": "0", "cdr": [' + rec + "]}"
+    recs = read_body(body.encode(), max_bytes=1 << 20)
+    b = DayBuilder(*DAY, SH)
+    b.add_page(page(recs + [{"extra": "\ud800"} | record(callId="ok")]))
+    result = b.finish()
+    _assert_accounted(recs + [None], result)
+    assert result.accounting["rejects_by_reason"] == {reason: 1}
+    assert result.cdr.column("extra").to_pylist() == ['{"extra":"\\ud800"}']
+
+
+@pytest.mark.parametrize(
     ("body", "error", "message"),
     [
         (zlib.compress(b'{"errorCode":"0","cdr":[]}')[:-6], "MalformedResponse", "truncated zlib"),
