@@ -12,6 +12,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from cdr_pipeline.api.errors import MalformedResponseError, ResponseTooLargeError
 
@@ -130,10 +131,13 @@ REDACTED = "***"
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a credential so every log line and message passing through here is scrubbed."""
+    """Remember a credential so every log line and message passing through here is scrubbed,
+    in the forms a URL or a JSON body may carry it too (httpx logs the encoded query)."""
     if value and len(value) >= 3:
+        forms = {value, quote(value, safe=""), quote(value), quote_plus(value)}
+        forms.add(json.dumps(value)[1:-1])
         with _SECRETS_LOCK:
-            _SECRETS.add(value)
+            _SECRETS.update(forms)
 
 
 def redact(text: str) -> str:
