@@ -382,7 +382,7 @@ def test_values_python_or_utf8_cannot_hold_are_rejects(fragment, reason):
     body = '{"errorCode": "0", "cdr": [' + rec + "]}"
     recs = read_body(body.encode(), max_bytes=1 << 20)
     b = DayBuilder(*DAY, SH)
-    b.add_page(page([*recs, {"extra": "�"} | record(callId="ok")]))
+    b.add_page(page([*recs, {"extra": "\ud800"} | record(callId="ok")]))
     result = b.finish()
     _assert_accounted([*recs, None], result)
     assert result.accounting["rejects_by_reason"] == {reason: 1}
