@@ -150,14 +150,22 @@ def recover_day(root: Path, day: str) -> bool:
     return True
 
 
+def _inside(root: Path, rel: str) -> Path:
+    """A path from a journal, refused unless it stays inside the data directory."""
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise StorageError(f"journal names a path outside the data directory: {rel!r}")
+    return path
+
+
 def _apply_moves(root: Path, moves: list[list[str]]) -> None:
-    for tmp_rel, target_rel in moves:
-        tmp, target = root / tmp_rel, root / target_rel
+    checked = [(_inside(root, tmp), _inside(root, target)) for tmp, target in moves]
+    for tmp, target in checked:
         if tmp.exists():  # absent: this move was made before the crash
             os.replace(tmp, target)
             _fsync_dir(target.parent)
-    for _, target_rel in moves:
-        _sweep_debris(root / target_rel)
+    for _, target in checked:
+        _sweep_debris(target)
 
 
 def _sweep_debris(target: Path) -> None:

@@ -14,8 +14,10 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pytest
 
+from cdr_pipeline import storage
 from cdr_pipeline.api.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.config import ConfigError, load_settings
+from cdr_pipeline.definitions import build_definitions
 from cdr_pipeline_tests.conftest import API_ID, APP_ID
 
 CLI = str(Path(sys.executable).parent / "cdr-pipeline")
@@ -125,7 +127,15 @@ def test_configuration_errors_name_the_setting(tmp_path):
         ({"CDR_API_URL": "https://h/201511v3/getCdr", "CDR_API_ID": "x"}, "CDR_APP_ID"),
         ({"CDR_START_DATE": tomorrow}, "CDR_START_DATE"),
         ({"CDR_START_DATE": "2024-02-30"}, "CDR_START_DATE"),
+        ({"CDR_START_DATE": "yesterday"}, "CDR_START_DATE"),
+        ({"CDR_API_URL": "not a url"}, "CDR_API_URL"),
+        ({"CDR_API_URL": "ftp://api.example.com/getCdr"}, "CDR_API_URL"),
+        ({"CDR_API_URL": "https://"}, "CDR_API_URL"),
+        ({"CDR_API_URL": "https://h/201511v3/getCdr?id=abc"}, "CDR_API_ID"),
+        ({"CDR_API_URL": "http://10.0.0.8/201511v3/getCdr"}, "plain http"),
         ({"CDR_WINDOW_HOURS": "six"}, "CDR_WINDOW_HOURS"),
+        ({"CDR_LATE_DAYS": "0"}, "CDR_LATE_DAYS"),
+        ({"CDR_DATA_DIR": "s3://bucket/cdr"}, "CDR_DATA_DIR"),
     ]
     for env, name in cases:
         with pytest.raises(ConfigError, match=name):
@@ -134,6 +144,34 @@ def test_configuration_errors_name_the_setting(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="CDR_DATA_DIR"):
         load_settings({"CDR_DATA_DIR": str(blocker / "sub")})
+    if os.geteuid() != 0:  # root writes through any permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ConfigError, match=r"CDR_DATA_DIR.*not a writable directory"):
+            load_settings({"CDR_DATA_DIR": str(locked)})
+    # Out-of-range tuning values are caught when the definitions load, named by variable.
+    with pytest.raises(ConfigError, match=r"CDR_WINDOW_HOURS=0.*CDR_CONCURRENCY=500"):
+        build_definitions(
+            load_settings(
+                {"CDR_DATA_DIR": str(tmp_path), "CDR_WINDOW_HOURS": "0", "CDR_CONCURRENCY": "500"}
+            )
+        )
+    # ... and that is what an operator sees from Dagster's own tooling.
+    env = _env(tmp_path, CDR_TIMEZONE="Mars/Olympus") | {"DAGSTER_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-m",
+            "cdr_pipeline.definitions",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "CDR_TIMEZONE='Mars/Olympus'" in proc.stdout + proc.stderr
     out = subprocess.run(
         [CLI, "kpis", "--last", "1"],
         capture_output=True,
@@ -166,3 +204,34 @@ def test_dagster_clis_backfill_a_range_in_one_run(tmp_path, command):
     assert out.stderr.count("RUN_SUCCESS") == 1  # a single-run backfill
     for day in ("2024-03-01", "2024-03-02"):
         assert (tmp_path / "data" / "call_kpis_daily" / f"date={day}" / "part-0.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["../2024-01-01", "2024-01-01/../../x", "2024-13-01", "2024-1-1", "/etc", "", "2024-01-01\n"],
+)
+def test_partition_keys_cannot_escape_the_data_directory(tmp_path, key):
+    with pytest.raises(storage.StorageError, match="partition key"):
+        storage.day_dir(tmp_path, "cdr", key)
+    with pytest.raises(storage.StorageError):
+        storage.raw_day_dir(tmp_path, key)
+    with pytest.raises(storage.StorageError):
+        storage.journal_path(tmp_path, key)
+
+
+def test_stored_paths_cannot_escape_the_data_directory(tmp_path):
+    root = tmp_path / "data"
+    outside = tmp_path / "victim.txt"
+    outside.write_text("keep me")
+    day = "2024-05-06"
+    manifest = {"requests": [{"file": "../../../victim.txt", "sha256": "0" * 64}]}
+    with pytest.raises(storage.StorageError, match="unexpected file"):
+        list(storage.iter_raw_bodies(root, day, manifest))
+    with pytest.raises(storage.StorageError, match="unknown dataset"):
+        storage.day_dir(root, "../cdr", day)
+    journal = storage.journal_path(root, day)
+    journal.parent.mkdir(parents=True)
+    journal.write_text(json.dumps({"moves": [["cdr/x.tmp", "../victim.txt"]]}))
+    with pytest.raises(storage.StorageError, match="outside the data directory"):
+        storage.recover_day(root, day)
+    assert outside.read_text() == "keep me"
