@@ -7,6 +7,9 @@ CLI and the tests call when they want a day without an orchestrator.
 from __future__ import annotations
 
 import itertools
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,10 +20,10 @@ import pyarrow as pa
 
 from cdr_pipeline import storage
 from cdr_pipeline.api.client import CdrApiClient, Window
-from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES
-from cdr_pipeline.transform.parse import RawPage, read_body
+from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, decode_body
+from cdr_pipeline.transform.day import DayBuilder
 from cdr_pipeline.transform.summarize import call_outcome_daily, kpi_table, kpi_values
-from cdr_pipeline.transform.validate import DayBuilder
+from cdr_pipeline.transform.validate import CDR_SCHEMA
 
 MANIFEST_VERSION = 1
 
@@ -129,8 +132,41 @@ def fetch_raw_day(
 class ValidatedDay:
     accounting: dict[str, Any]
     paths: dict[str, Path]
-    cdr: pa.Table
-    rejects: pa.Table
+
+
+# Decoded pages handed to the transform at once: big enough for Arrow's reader to use both
+# cores, small enough that memory does not grow with the day.
+BATCH_BYTES = 16 * 1024 * 1024
+
+
+def decoded_batches(
+    root: Path, day: str, manifest: dict[str, Any], max_bytes: int
+) -> Iterator[list[tuple[bytes, str, list[int]]]]:
+    """The day's raw bodies, decompressed a few ahead on a second thread, in batches."""
+
+    def decode(item: tuple[dict[str, Any], bytes]) -> tuple[bytes, str, list[int]]:
+        entry, body = item
+        decoded, _ = decode_body(body, max_bytes=max_bytes)
+        return decoded, entry["file"], entry["window"]
+
+    batch: list[tuple[bytes, str, list[int]]] = []
+    size = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="inflate") as pool:
+        pending: deque[Future[tuple[bytes, str, list[int]]]] = deque()
+        for item in storage.iter_raw_bodies(root, day, manifest):
+            pending.append(pool.submit(decode, item))
+            if len(pending) < 4:
+                continue
+            page = pending.popleft().result()
+            batch.append(page)
+            size += len(page[0])
+            if size >= BATCH_BYTES:
+                yield batch
+                batch, size = [], 0
+        while pending:
+            batch.append(pending.popleft().result())
+    if batch:
+        yield batch
 
 
 def validate_day(
@@ -138,22 +174,34 @@ def validate_day(
 ) -> ValidatedDay:
     """Raw layer -> ``cdr`` and ``cdr_rejects`` for the day, plus its accounting record."""
     manifest = storage.read_raw_manifest(root, day.key)
-    builder = DayBuilder(day.start, day.end, tz)
-    for entry, body in storage.iter_raw_bodies(root, day.key, manifest):
-        records = read_body(body, max_bytes=max_bytes)
-        source = f"{entry['file']}"
-        builder.add_page(RawPage(source, tuple(entry["window"]), records))
-    result = builder.finish()
-    acc = result.accounting
-    acc["raw_records"] = manifest["totals"]["records"]
-    state = {"date": day.key, "accounting": acc, "fetch": manifest["totals"]}
-    paths = storage.publish_day(
-        root,
-        day.key,
-        {"cdr": result.cdr, "cdr_rejects": result.rejects},
-        state={"validation": state},
+    builder = DayBuilder(
+        day.start,
+        day.end,
+        tz,
+        expected_records=manifest["totals"]["records"],
+        spill_dir=storage.spill_dir(root),
     )
-    return ValidatedDay(acc, paths, result.cdr, result.rejects)
+    try:
+        for batch in decoded_batches(root, day.key, manifest, max_bytes):
+            builder.add_decoded(batch)
+        state: dict[str, Any] = {"date": day.key, "fetch": manifest["totals"]}
+
+        def cdr_rows() -> Iterator[pa.Table]:
+            yield from builder.iter_cdr()
+            # the accounting is complete once every row has been produced
+            state["accounting"] = builder.accounting() | {
+                "raw_records": manifest["totals"]["records"]
+            }
+
+        paths = storage.publish_day(
+            root,
+            day.key,
+            {"cdr": (CDR_SCHEMA, cdr_rows()), "cdr_rejects": builder.rejects_table()},
+            state={"validation": state},
+        )
+    finally:
+        builder.close()
+    return ValidatedDay(state["accounting"], paths)
 
 
 def outcome_day(root: Path, day: Day) -> tuple[pa.Table, Path]:

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -110,20 +110,45 @@ def write_json_atomic(target: Path, obj: Any) -> None:
     write_bytes_atomic(target, _json_bytes(obj))
 
 
-def _write_parquet_tmp(table: pa.Table, target: Path) -> Path:
+# Fixed writer settings and fixed row-group size: the same rows always give the same bytes,
+# whatever slices they arrive in.
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "write_statistics": True,
+    "use_dictionary": True,
+}
+ROW_GROUP_ROWS = 1 << 18
+
+# What a day's dataset file is made from: a whole table, or a stream of slices of one.
+Content = pa.Table | tuple[pa.Schema, Iterable[pa.Table]]
+
+
+def write_parquet(path: Path, content: Content) -> int:
+    """Write a table, or stream slices, into ``path``; return the row count."""
+    schema, parts = (content.schema, [content]) if isinstance(content, pa.Table) else content
+    rows, pending, pending_rows = 0, [], 0
+    with pq.ParquetWriter(str(path), schema, **PARQUET_OPTIONS) as writer:
+        for part in parts:
+            pending.append(part)
+            pending_rows += len(part)
+            rows += len(part)
+            while pending_rows >= ROW_GROUP_ROWS:
+                merged = pa.concat_tables(pending)
+                writer.write_table(merged.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
+                rest = merged.slice(ROW_GROUP_ROWS)
+                pending, pending_rows = [rest], len(rest)
+        if pending_rows or rows == 0:
+            merged = pa.concat_tables(pending) if pending else schema.empty_table()
+            writer.write_table(merged, row_group_size=ROW_GROUP_ROWS)
+    return rows
+
+
+def _write_parquet_tmp(content: Content, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(target)
     try:
-        # Fixed writer settings: the same table always gives the same bytes.
-        pq.write_table(
-            table,
-            tmp,
-            compression="zstd",
-            compression_level=3,
-            row_group_size=1 << 20,
-            write_statistics=True,
-            use_dictionary=True,
-        )
+        write_parquet(tmp, content)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
     except BaseException:
@@ -183,10 +208,13 @@ def _sweep_debris(target: Path) -> None:
 def publish_day(
     root: Path,
     day: str,
-    tables: dict[str, pa.Table],
+    tables: dict[str, Content],
     state: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
-    """Replace a day's file in each dataset (and its state records) as one transaction."""
+    """Replace a day's file in each dataset (and its state records) as one transaction.
+
+    Tables are written in order, so a ``state`` record may be filled in while a streamed
+    table is being written (it is serialised only after every table is staged)."""
     recover_day(root, day)
     staged: list[tuple[Path, Path]] = []
     try:
@@ -267,6 +295,13 @@ def iter_raw_bodies(root: Path, day: str, manifest: dict) -> Iterator[tuple[dict
         if hashlib.sha256(body).hexdigest() != entry["sha256"]:
             raise StorageError(f"raw body {name} of {day} does not match its sha256")
         yield entry, body
+
+
+def spill_dir(root: Path) -> Path:
+    """Where a large day's transform spills: hidden from every dataset reader."""
+    path = root / "_state" / "spill"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def state_path(root: Path, kind: str, day: str) -> Path:

@@ -15,12 +15,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdr_pipeline.api import errors
-from cdr_pipeline.transform.parse import BadValue, RawPage, parse_time, read_body
+from cdr_pipeline.transform.day import DayBuilder
+from cdr_pipeline.transform.parse import (
+    MAX_EPOCH,
+    MIN_EPOCH,
+    BadValue,
+    RawPage,
+    parse_time,
+    read_body,
+)
 from cdr_pipeline.transform.summarize import call_outcome_daily, kpi_table, kpi_values
 from cdr_pipeline.transform.validate import (
     CDR_SCHEMA,
     REJECT_REASONS,
-    DayBuilder,
     Reject,
     rows_to_table,
     unaccounted,
@@ -340,6 +347,105 @@ def test_any_body_of_records_is_read_and_accounted_for(recs, encoding, unknown):
     b = DayBuilder(*DAY, SH)
     b.add_page(page(got))
     _assert_accounted(recs, b.finish())
+
+
+def _both_paths(recs, window=DAY):
+    body = json.dumps({"errorCode": "0", "cdr": recs}, ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
+    if b"\xed\xa0" in body or b"\xed\xb0" in body:
+        body = json.dumps({"errorCode": "0", "cdr": recs}).encode()
+    exact = DayBuilder(*DAY, SH)
+    exact.add_page(RawPage("p", window, json.loads(body)["cdr"]))
+    fast = DayBuilder(*DAY, SH)
+    fast.add_decoded([(body, "p", list(window))])
+    return exact.finish(), fast.finish()
+
+
+# Mostly clean records, with the spellings the fast path must get exactly right or hand back.
+wire_times = st.one_of(
+    st.integers(MIN_EPOCH - 10, MAX_EPOCH + 10).map(str),
+    st.integers(DAY[0] - 100, DAY[1] + 100).map(lambda t: str(t * 1000 + 999)),
+    st.datetimes(
+        min_value=__import__("datetime").datetime(2019, 1, 22),
+        max_value=__import__("datetime").datetime(2019, 1, 25),
+    ).map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S")),
+    st.sampled_from(
+        [
+            "0",
+            "",
+            " 1548235059 ",
+            "2019-02-30 10:00:00",
+            "2019-01-23 24:00:00",
+            "1548235059\x1c",
+            "\u30001548235059",
+            "154823505900",
+            "-1548235059",
+        ]
+    ),
+)
+small = st.sampled_from(["0", "1", "2", "3", "4", "5", "6", "-1", "-0", "01", " 1", "", "x", "1.0"])
+clean_ish = st.builds(
+    lambda over: record(**over),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "callId": st.sampled_from(["a", "b", " a ", "", "\u3000c", "c\u00a0"]),
+            "startSrcCallTime": wire_times,
+            "endCallTime": wire_times,
+            "dstAcceptTime": wire_times,
+            "callEndStatus": small,
+            "duration": st.sampled_from(["0", "7", "2147483647", "2147483648", "99999999999"]),
+            "callType": small,
+            "src": st.sampled_from(["", "  ", "0086", " 0086 ", "\u00a0x", "x\x1f"]),
+            "recordUrl": st.sampled_from(["", "u", "\u00e9"]),
+        },
+    ),
+)
+
+
+@PROPERTY
+@given(st.lists(clean_ish, max_size=30))
+def test_the_fast_path_gives_exactly_what_the_exact_path_gives(recs):
+    exact, fast = _both_paths(recs)
+    assert fast.accounting == exact.accounting
+    assert fast.cdr.equals(exact.cdr)
+    assert fast.rejects.equals(exact.rejects)
+
+
+@PROPERTY
+@given(st.lists(records, max_size=20))
+def test_the_fast_path_hands_anything_odd_to_the_exact_path(recs):
+    exact, fast = _both_paths(recs)
+    assert fast.accounting == exact.accounting
+    assert fast.cdr.equals(exact.cdr)
+    assert fast.rejects.equals(exact.rejects)
+
+
+def test_text_times_in_a_daylight_saving_gap_or_overlap_match_python():
+    berlin = ZoneInfo("Europe/Berlin")
+    day = (1711839600, 1711922400)  # 2024-03-31 in Berlin: 02:00-03:00 does not exist
+    recs = [
+        record(
+            callId=f"c{i}",
+            startSrcCallTime=t,
+            endCallTime="0",
+            srcAcceptTime="0",
+            startDstCallTime="0",
+            startDstRingTime="0",
+            dstAcceptTime="0",
+            startSrcRingTime="0",
+        )
+        for i, t in enumerate(["2024-03-31 02:30:00", "2024-03-31 01:59:59", "2024-03-31 03:00:00"])
+    ]
+    body = json.dumps({"errorCode": "0", "cdr": recs}).encode()
+    exact = DayBuilder(*day, berlin)
+    exact.add_page(RawPage("p", day, recs))
+    fast = DayBuilder(*day, berlin)
+    fast.add_decoded([(body, "p", list(day))])
+    a, b = exact.finish(), fast.finish()
+    assert a.cdr.equals(b.cdr) and a.accounting == b.accounting
+    assert a.accounting["valid"] == 3
 
 
 CLASSIFIED = (errors.MalformedResponseError, errors.ResponseTooLargeError, errors.CdrApiError)

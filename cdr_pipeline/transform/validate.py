@@ -1,20 +1,12 @@
-"""Reject rules, day assignment, de-duplication and the accounting of one day.
+"""The reject rules for one record, the dataset schemas, and the accounting's buckets.
 
-The accounting is the promise to operators: every fetched record ends up in exactly one of
-``valid``, ``rejected``, ``duplicates_dropped``, ``overlap_copies`` or ``outside_day``.
-
-Two kinds of copies are told apart so the figures do not depend on how the day was fetched:
-a *duplicate* is a copy the provider serves (a record listed twice by one query), an *overlap
-copy* is one the client caused by asking for the same instant twice (windows share their
-boundary second, and split windows more of them). A record's provider multiplicity is the most
-copies any single query returned; every further copy is an overlap copy.
+The rules here are the exact ones; :mod:`columnar` is a faster way to the same answers for
+records it can prove clean, and :mod:`day` assembles a day from either.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,7 +19,6 @@ from cdr_pipeline.transform.parse import (
     TEXT_FIELDS,
     TIME_FIELDS,
     BadValue,
-    RawPage,
     is_valid_unicode,
     parse_small_int,
     parse_text,
@@ -165,19 +156,6 @@ def validate_record(rec: Any, tz: ZoneInfo) -> dict[str, Any] | Reject:
     return row
 
 
-def _completeness(row: dict[str, Any]) -> tuple[int, int, str]:
-    filled = sum(1 for v in row.values() if v is not None)
-    end = row["end_call_time"] if row["end_call_time"] is not None else -1
-    return filled, end, to_json(row, sort_keys=True)
-
-
-@dataclass
-class DayResult:
-    cdr: pa.Table
-    rejects: pa.Table
-    accounting: dict[str, Any]
-
-
 # Where every fetched record goes; they sum to ``fetched``.
 ACCOUNTING_BUCKETS = ("valid", "rejected", "duplicates_dropped", "overlap_copies", "outside_day")
 
@@ -185,132 +163,6 @@ ACCOUNTING_BUCKETS = ("valid", "rejected", "duplicates_dropped", "overlap_copies
 def unaccounted(accounting: dict[str, Any]) -> int:
     """Records fetched but in no bucket: 0 unless something was lost (or counted twice)."""
     return accounting["fetched"] - sum(accounting[b] for b in ACCOUNTING_BUCKETS)
-
-
-class _Copies:
-    """How often one key was seen: in total, and at most within a single query."""
-
-    __slots__ = ("in_query", "max_in_query", "query", "total")
-
-    def __init__(self, query: object) -> None:
-        self.query, self.in_query, self.max_in_query, self.total = query, 1, 1, 1
-
-    def see(self, query: object) -> None:
-        self.total += 1
-        if query == self.query:
-            self.in_query += 1
-            self.max_in_query = max(self.max_in_query, self.in_query)
-        else:
-            self.query, self.in_query = query, 1
-
-
-@dataclass
-class DayBuilder:
-    """Feeds pages of one day in, keeps what belongs to ``[day_start, day_end)``.
-
-    Pages of one query (same window) must arrive together, as the raw manifest lists them.
-    """
-
-    day_start: int
-    day_end: int
-    tz: ZoneInfo
-    fetched: int = 0
-    outside_day: int = 0
-    _rows: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)
-    _rejects: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-    _reasons: Counter[str] = field(default_factory=Counter)
-    _copies: dict[str, _Copies] = field(default_factory=dict)
-    # call ids served in more than one version: the distinct versions seen
-    _versions: dict[str, set[str]] = field(default_factory=dict)
-
-    def _in_day(self, t: int) -> bool:
-        return self.day_start <= t < self.day_end
-
-    def add_page(self, page: RawPage) -> None:
-        mid = (page.window[0] + page.window[1]) // 2
-        for rec in page.records:
-            self.add(rec, page.source, mid, page.window)
-
-    def _first_copy(self, key: str, query: object) -> bool:
-        copies = self._copies.get(key)
-        if copies is None:
-            self._copies[key] = _Copies(query)
-            return True
-        copies.see(query)
-        return False
-
-    def add(self, rec: Any, source: str, window_mid: int, query: object = None) -> None:
-        self.fetched += 1
-        result = validate_record(rec, self.tz)
-        if isinstance(result, Reject):
-            day_time = result.day_time if result.day_time is not None else window_mid
-            if not self._in_day(day_time):
-                self.outside_day += 1
-                return
-            raw = to_json(rec)
-            if self._first_copy("R" + raw, query):
-                self._rejects[raw] = (result.reason, result.detail, source)
-                self._reasons[result.reason] += 1
-            return
-        if not self._in_day(result["start_src_call_time"]):
-            self.outside_day += 1
-            return
-        raw = to_json(rec)
-        call_id = result["call_id"]
-        if self._first_copy("V" + call_id, query):
-            self._rows[call_id] = (result, raw)
-            return
-        seen = self._rows[call_id]
-        if seen[1] == raw or seen[0] == result:
-            return
-        mine = _completeness(result)
-        kept = _completeness(seen[0])
-        self._versions.setdefault(call_id, {kept[2]}).add(mine[2])
-        if mine > kept:
-            self._rows[call_id] = (result, raw)
-
-    def accounting(self) -> dict[str, Any]:
-        provider = sum(c.max_in_query - 1 for c in self._copies.values())
-        copies = sum(c.total - 1 for c in self._copies.values())
-        conflicting = sum(
-            min(len(v) - 1, self._copies["V" + k].max_in_query - 1)
-            for k, v in self._versions.items()
-        )
-        return {
-            "fetched": self.fetched,
-            "valid": len(self._rows),
-            "rejected": len(self._rejects),
-            "duplicates_dropped": provider,
-            "overlap_copies": copies - provider,
-            "outside_day": self.outside_day,
-            "duplicates_exact": provider - conflicting,
-            "duplicates_conflicting": conflicting,
-            "rejects_by_reason": {r: self._reasons[r] for r in REJECT_REASONS if self._reasons[r]},
-        }
-
-    def finish(self) -> DayResult:
-        rows = sorted(
-            (r for r, _ in self._rows.values()),
-            key=lambda r: (r["start_src_call_time"], r["call_id"]),
-        )
-        cdr = rows_to_table(rows)
-        rejects = sorted(
-            (
-                (reason, detail, raw, source)
-                for raw, (reason, detail, source) in self._rejects.items()
-            ),
-            key=lambda r: (REJECT_REASONS.index(r[0]), r[2]),
-        )
-        rej = pa.table(
-            {
-                "reason": pa.array([r[0] for r in rejects], pa.string()),
-                "detail": pa.array([r[1] for r in rejects], pa.string()),
-                "raw": pa.array([r[2] for r in rejects], pa.string()),
-                "source": pa.array([r[3] for r in rejects], pa.string()),
-            },
-            schema=REJECTS_SCHEMA,
-        )
-        return DayResult(cdr, rej, self.accounting())
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -323,10 +175,3 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
         else:
             columns[f.name] = pa.array(values, f.type)
     return pa.table(columns, schema=CDR_SCHEMA)
-
-
-def build_day(pages: Iterable[RawPage], day_start: int, day_end: int, tz: ZoneInfo) -> DayResult:
-    builder = DayBuilder(day_start, day_end, tz)
-    for page in pages:
-        builder.add_page(page)
-    return builder.finish()

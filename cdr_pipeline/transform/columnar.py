@@ -1,0 +1,167 @@
+"""The fast path: whole pages parsed by Arrow's JSON reader and checked with Arrow compute.
+
+It only ever *accepts* a record when the per-record rules of :mod:`validate` would accept it
+with the same values; everything it is unsure of (a reject, an odd spelling of a number,
+whitespace it does not trim the way Python does, a local time in a daylight-saving gap) is
+handed back by position to :func:`validate.validate_record`, which decides exactly. So the
+output is the same whichever path a record took, and clean data never touches Python objects.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from cdr_pipeline.transform.parse import (
+    INT32_MAX,
+    MAX_EPOCH,
+    MIN_EPOCH,
+    STATUS_LABELS,
+    TEXT_FIELDS,
+    TIME_FIELDS,
+)
+
+WIRE_FIELDS = (
+    "callId",
+    *(w for w, _ in TEXT_FIELDS),
+    *(w for w, _ in TIME_FIELDS),
+    "callEndStatus",
+    "duration",
+    "callType",
+)
+_RECORD = pa.struct([pa.field(name, pa.string()) for name in WIRE_FIELDS])
+PAGE_SCHEMA = pa.schema(
+    [
+        pa.field("cdr", pa.list_(_RECORD)),
+        pa.field("errorCode", pa.string()),
+        pa.field("offset", pa.string()),
+        pa.field("result", pa.string()),
+    ]
+)
+# What Python's str.strip() removes and we can remove the same way in Arrow: ASCII only.
+_ASCII_SPACE = " \t\n\r\x0b\x0c"
+_TEXT_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$"
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_STATUS_LABELS = pa.array(STATUS_LABELS, pa.string())
+
+
+class NotFastPath(Exception):
+    """These pages cannot be read by the fast path; read them the exact, slow way."""
+
+
+def read_pages(decoded: list[bytes]) -> pa.Table:
+    """Decoded page documents to one table, a row per page; raises NotFastPath when Arrow
+    cannot type them (a non-string value, an invalid escape, a repeated key ...)."""
+    # Newlines can only be whitespace between JSON tokens, so each page becomes one line.
+    lines = b"\n".join(d.replace(b"\n", b" ").replace(b"\r", b" ") for d in decoded)
+    try:
+        return pj.read_json(
+            io.BytesIO(lines),
+            read_options=pj.ReadOptions(use_threads=True, block_size=max(1 << 20, len(lines))),
+            parse_options=pj.ParseOptions(
+                explicit_schema=PAGE_SCHEMA, unexpected_field_behavior="infer"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise NotFastPath(str(exc)) from None
+
+
+@dataclass
+class CheckedRecords:
+    """Typed columns (times as epoch seconds) of the records, and which ones are clean."""
+
+    columns: dict[str, pa.Array]
+    clean: pa.Array  # bool, no nulls
+
+
+def _trim(col: pa.Array) -> pa.Array:
+    return pc.utf8_trim(col, characters=_ASCII_SPACE)
+
+
+def _python_strip_agrees(trimmed: pa.Array) -> pa.Array:
+    """True where Python's strip() would give the same text: no non-ASCII character at
+    either end (Python strips Unicode spaces that Arrow would keep)."""
+    ascii_ends = pc.and_(
+        pc.string_is_ascii(pc.utf8_slice_codeunits(trimmed, 0, 1)),
+        pc.string_is_ascii(pc.utf8_slice_codeunits(trimmed, -1, 2**31 - 1)),
+    )
+    # control characters Python also treats as whitespace
+    odd = pc.match_substring_regex(trimmed, r"^[\x1c-\x1f]|[\x1c-\x1f]$")
+    return pc.fill_null(pc.and_(ascii_ends, pc.invert(odd)), True)
+
+
+def _time_column(raw: pa.Array, tz: str) -> tuple[pa.Array, pa.Array]:
+    """(epoch seconds or null, ok) for one wire time field."""
+    s = _trim(raw)
+    empty = pc.fill_null(pc.or_(pc.equal(s, ""), pc.equal(s, "0")), True)
+    digits = pc.fill_null(pc.match_substring_regex(s, r"^[0-9]{1,11}$|^[0-9]{13}$"), False)
+    number = pc.cast(pc.if_else(digits, s, None), pa.int64())
+    millis = pc.equal(pc.utf8_length(s), 13)
+    seconds = pc.if_else(millis, pc.divide(number, 1000), number)
+    text = pc.fill_null(pc.match_substring_regex(s, _TEXT_TIME), False)
+    if pc.any(text).as_py():
+        local = pc.strptime(pc.if_else(text, s, None), _TIME_FORMAT, "s", error_is_null=True)
+        # exact only if it formats back to the same text (no normalised 30 February)
+        roundtrip = pc.fill_null(pc.equal(pc.strftime(local, _TIME_FORMAT), s), False)
+        try:
+            utc = pc.assume_timezone(local, timezone=tz, ambiguous="earliest", nonexistent="raise")
+        except pa.ArrowInvalid:  # a time in a daylight-saving gap: let Python decide
+            roundtrip = pa.array([False] * len(s))
+            utc = local
+        text_seconds = pc.cast(pc.cast(utc, pa.timestamp("s")), pa.int64())
+        seconds = pc.if_else(pc.and_(text, roundtrip), text_seconds, seconds)
+    in_range = pc.and_(pc.greater_equal(seconds, MIN_EPOCH), pc.less(seconds, MAX_EPOCH))
+    ok = pc.or_(empty, pc.fill_null(in_range, False))
+    return pc.if_else(empty, pa.scalar(None, pa.int64()), seconds), ok
+
+
+def check_records(records: pa.StructArray, tz: str) -> CheckedRecords:
+    """Vectorised :func:`validate.validate_record` for records whose fields are all strings."""
+    n = len(records)
+    field = {name: records.field(name) for name in WIRE_FIELDS}
+    ok = pc.is_valid(records) if records.null_count else pa.array([True] * n)
+
+    call_id = _trim(field["callId"])
+    ok = pc.and_(ok, pc.fill_null(pc.greater(pc.utf8_length(call_id), 0), False))
+    ok = pc.and_(ok, _python_strip_agrees(call_id))
+    columns: dict[str, pa.Array] = {"call_id": call_id}
+    for wire, col in TEXT_FIELDS:
+        text = _trim(field[wire])
+        ok = pc.and_(ok, _python_strip_agrees(text))
+        columns[col] = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    for wire, col in TIME_FIELDS:
+        seconds, good = _time_column(field[wire], tz)
+        columns[col] = seconds
+        ok = pc.and_(ok, good)
+    start, end = columns["start_src_call_time"], columns["end_call_time"]
+    ok = pc.and_(ok, pc.is_valid(start))
+    ok = pc.and_(ok, pc.fill_null(pc.greater_equal(end, start), True))
+
+    status = _trim(field["callEndStatus"])
+    status_ok = pc.fill_null(pc.match_substring_regex(status, r"^[0-5]$"), False)
+    ok = pc.and_(ok, status_ok)
+    columns["call_end_status"] = pc.cast(pc.if_else(status_ok, status, "0"), pa.int8())
+    columns["call_end_status_label"] = pc.take(
+        _STATUS_LABELS, pc.cast(columns["call_end_status"], pa.int32())
+    )
+    duration = _trim(field["duration"])
+    duration_ok = pc.fill_null(pc.match_substring_regex(duration, r"^[0-9]{1,10}$"), False)
+    seconds = pc.cast(pc.if_else(duration_ok, duration, "0"), pa.int64())
+    ok = pc.and_(ok, pc.and_(duration_ok, pc.less_equal(seconds, INT32_MAX)))
+    columns["duration_s"] = pc.cast(
+        pc.if_else(pc.less_equal(seconds, INT32_MAX), seconds, 0), pa.int32()
+    )
+    raw_type = field["callType"]
+    absent = pc.fill_null(pc.equal(raw_type, ""), True)
+    call_type = _trim(raw_type)
+    type_ok = pc.or_(absent, pc.fill_null(pc.match_substring_regex(call_type, r"^[1-3]$"), False))
+    ok = pc.and_(ok, type_ok)
+    columns["call_type"] = pc.cast(
+        pc.if_else(pc.or_(absent, pc.invert(type_ok)), "3", call_type), pa.int8()
+    )
+    columns["extra"] = pa.nulls(n, pa.string())
+    return CheckedRecords(columns, pc.fill_null(ok, False))

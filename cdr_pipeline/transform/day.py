@@ -1,0 +1,466 @@
+"""One day of pages to its ``cdr`` and ``cdr_rejects`` tables, in bounded memory.
+
+Pages go through the fast path (:mod:`columnar`) where Arrow can type them and record by
+record through :func:`validate.validate_record` where it cannot; either way the valid rows
+of the day collect as Arrow batches. A large day spills them to disk in buckets by a hash
+of ``call_id`` (so every copy of a call lands in the same bucket, where de-duplication is
+exact: the hash only groups, it never decides), then in buckets by start time, so the final
+sort by ``(start, call_id)`` only ever holds a slice of the day.
+
+The accounting is the promise to operators: every fetched record ends up in exactly one of
+``valid``, ``rejected``, ``duplicates_dropped``, ``overlap_copies`` or ``outside_day``.
+A *duplicate* is a copy the provider serves (a record listed twice by one query), an *overlap
+copy* one the client caused by asking for the same instant twice (windows share their boundary
+second, split windows more of them): a record's provider multiplicity is the most copies any
+single query returned, and every further copy is an overlap copy. So the figures do not depend
+on how the day was fetched.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from cdr_pipeline.api.errors import error_for_code
+from cdr_pipeline.api.wire import parse_document
+from cdr_pipeline.transform.columnar import PAGE_SCHEMA, NotFastPath, check_records, read_pages
+from cdr_pipeline.transform.parse import TIME_FIELDS, RawPage, to_json
+from cdr_pipeline.transform.validate import (
+    CDR_SCHEMA,
+    REJECT_REASONS,
+    REJECTS_SCHEMA,
+    Reject,
+    validate_record,
+)
+
+TIME_COLUMNS = tuple(col for _, col in TIME_FIELDS)
+# Valid rows while the day is being built: times as epoch seconds, plus the query they came in.
+WORK_SCHEMA = pa.schema(
+    [pa.field(f.name, pa.int64()) if f.name in TIME_COLUMNS else f for f in CDR_SCHEMA]
+    + [pa.field("_q", pa.int32())]
+)
+SPILL_ABOVE_ROWS = 400_000  # a day expected to hold more than this spills to disk
+ROWS_PER_BUCKET = 250_000
+_TS = pa.timestamp("ms", tz="UTC")
+
+
+@dataclass
+class DayResult:
+    cdr: pa.Table
+    rejects: pa.Table
+    accounting: dict[str, Any]
+
+
+class _Copies:
+    """How often one key was seen: in total, and at most within a single query."""
+
+    __slots__ = ("in_query", "max_in_query", "query", "total")
+
+    def __init__(self, query: object) -> None:
+        self.query, self.in_query, self.max_in_query, self.total = query, 1, 1, 1
+
+    def see(self, query: object) -> None:
+        self.total += 1
+        if query == self.query:
+            self.in_query += 1
+            self.max_in_query = max(self.max_in_query, self.in_query)
+        else:
+            self.query, self.in_query = query, 1
+
+
+def _fingerprint(strings: pa.Array) -> np.ndarray:
+    """A 64-bit polynomial hash of each (non-empty) string, computed over Arrow's buffers."""
+    arr = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
+    arr = pc.cast(arr, pa.large_string()) if arr.offset or arr.null_count else arr
+    if arr.type == pa.large_string():
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[: len(arr) + 1]
+    else:
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[: len(arr) + 1]
+    offsets = offsets.astype(np.int64) - offsets[0]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
+    data = data[int(offsets[0]) : int(offsets[-1])] if len(data) else data
+    lengths = np.diff(offsets)
+    if len(arr) == 0 or not lengths.all():
+        return np.zeros(len(arr), dtype=np.uint64)
+    pos = np.arange(len(data), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    powers = np.cumprod(np.full(64, 1099511628211, dtype=np.uint64), dtype=np.uint64)
+    weighted = data.astype(np.uint64) * powers[pos % 64]
+    return np.add.reduceat(weighted, offsets[:-1]) ^ lengths.astype(np.uint64)
+
+
+class _Buckets:
+    """Tables grouped by a bucket number: in memory, or in Arrow IPC files on disk."""
+
+    def __init__(self, count: int, folder: Path | None, name: str) -> None:
+        self.count = count
+        self.folder = folder
+        self.name = name
+        self._memory: dict[int, list[pa.Table]] = {}
+        self._writers: dict[int, ipc.RecordBatchStreamWriter] = {}
+
+    def add(self, table: pa.Table, bucket: np.ndarray | int) -> None:
+        if isinstance(bucket, int) or self.count == 1:
+            self._put(bucket if isinstance(bucket, int) else 0, table)
+            return
+        order = np.argsort(bucket, kind="stable")
+        sorted_buckets = bucket[order]
+        table = table.take(pa.array(order))
+        edges = np.flatnonzero(np.diff(sorted_buckets)) + 1
+        starts = np.concatenate([[0], edges])
+        ends = np.concatenate([edges, [len(order)]])
+        for s, e in zip(starts, ends, strict=True):
+            self._put(int(sorted_buckets[s]), table.slice(s, e - s))
+
+    def _put(self, bucket: int, table: pa.Table) -> None:
+        if self.folder is None:
+            self._memory.setdefault(bucket, []).append(table)
+            return
+        writer = self._writers.get(bucket)
+        if writer is None:
+            path = self.folder / f"{self.name}-{bucket:05d}.arrow"
+            writer = self._writers[bucket] = ipc.new_stream(str(path), table.schema)
+        writer.write_table(table)
+
+    def drain(self, schema: pa.Schema) -> Iterator[tuple[int, pa.Table]]:
+        """Each non-empty bucket once, in bucket order, freed as it goes."""
+        for writer in self._writers.values():
+            writer.close()
+        for bucket in range(self.count):
+            if self.folder is None:
+                parts = self._memory.pop(bucket, [])
+                if parts:
+                    yield bucket, pa.concat_tables(parts)
+                continue
+            path = self.folder / f"{self.name}-{bucket:05d}.arrow"
+            if bucket in self._writers:
+                with ipc.open_stream(str(path)) as reader:
+                    table = reader.read_all()
+                path.unlink()
+                yield bucket, table
+
+
+class DayBuilder:
+    """Feeds the pages of one day in; keeps what belongs to ``[day_start, day_end)``.
+
+    Pages of one query (same window) must arrive together, as the raw manifest lists them.
+    ``expected_records`` (the manifest's count) decides whether the day spills to disk.
+    """
+
+    def __init__(
+        self,
+        day_start: int,
+        day_end: int,
+        tz: ZoneInfo,
+        *,
+        expected_records: int = 0,
+        spill_dir: Path | None = None,
+    ) -> None:
+        self.day_start, self.day_end, self.tz = day_start, day_end, tz
+        self.fetched = 0
+        self.outside_day = 0
+        self._queries: dict[tuple[int, int], int] = {}
+        self._rejects: dict[str, tuple[str, str, str]] = {}
+        self._reasons: Counter[str] = Counter()
+        self._reject_copies: dict[str, _Copies] = {}
+        self._dup = {"provider": 0, "copies": 0, "conflicting": 0}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        folder = None
+        buckets = 1
+        if expected_records > SPILL_ABOVE_ROWS:
+            self._tmp = tempfile.TemporaryDirectory(
+                prefix=".cdr-day-", dir=spill_dir, ignore_cleanup_errors=True
+            )
+            folder = Path(self._tmp.name)
+            buckets = -(-expected_records // ROWS_PER_BUCKET)
+        self._by_id = _Buckets(buckets, folder, "id")
+        self._by_time = _Buckets(max(1, buckets), folder, "time")
+        self._slow_rows: list[dict[str, Any]] = []
+        self._slow_queries: list[int] = []
+        self._finished = False
+        self._settled = False
+        self._valid_count = 0
+
+    # --- input ------------------------------------------------------------------------
+
+    def _query(self, window: Sequence[int]) -> int:
+        key = (int(window[0]), int(window[1]))
+        return self._queries.setdefault(key, len(self._queries))
+
+    def add_page(self, page: RawPage) -> None:
+        """Records already parsed (any JSON values): the exact path, record by record."""
+        mid = (page.window[0] + page.window[1]) // 2
+        q = self._query(page.window)
+        for rec in page.records:
+            self.fetched += 1
+            self._add_slow(rec, page.source, mid, q)
+        self._flush_slow()
+
+    def add_decoded(self, pages: Sequence[tuple[bytes, str, Sequence[int]]]) -> None:
+        """Decoded page documents ``(json bytes, source, window)``: the fast path first."""
+        if not pages:
+            return
+        try:
+            table = read_pages([p[0] for p in pages])
+            if table.schema != PAGE_SCHEMA:
+                raise NotFastPath("fields beyond the contract's: schema drift")
+        except NotFastPath:
+            if len(pages) == 1:
+                self._add_document(*pages[0])
+            else:
+                half = len(pages) // 2
+                self.add_decoded(pages[:half])
+                self.add_decoded(pages[half:])
+            return
+        codes = table.column("errorCode").to_pylist()
+        for code, (_, source, _w) in zip(codes, pages, strict=True):
+            if (code or "").strip() != "0":
+                raise error_for_code(str(code), f"stored page {source} is an error answer")
+        lists = table.column("cdr").combine_chunks()
+        records = lists.flatten()
+        parents = pc.list_parent_indices(lists).to_numpy()
+        self.fetched += len(records)
+        if not len(records):
+            return
+        checked = check_records(records, self.tz.key)
+        queries = np.array([self._query(w) for _, _, w in pages], dtype=np.int32)[parents]
+        clean = checked.clean.to_numpy(zero_copy_only=False)
+        if not clean.all():
+            self._recheck(pages, lists, np.flatnonzero(~clean), parents)
+        start = checked.columns["start_src_call_time"]
+        in_day = pc.fill_null(
+            pc.and_(pc.greater_equal(start, self.day_start), pc.less(start, self.day_end)), False
+        ).to_numpy(zero_copy_only=False)
+        keep = clean & in_day
+        self.outside_day += int((clean & ~in_day).sum())
+        if keep.any():
+            mask = pa.array(keep)
+            cols = {
+                name: pc.filter(checked.columns[name], mask)
+                for name in WORK_SCHEMA.names
+                if name != "_q"
+            }
+            cols["_q"] = pa.array(queries[keep], pa.int32())
+            self._add_valid(pa.table(cols, schema=WORK_SCHEMA))
+        self._flush_slow()
+
+    def _add_document(self, decoded: bytes, source: str, window: Sequence[int]) -> None:
+        doc = parse_document(decoded)
+        if doc.error_code != "0":
+            raise error_for_code(doc.error_code, doc.result)
+        self.add_page(RawPage(source, (int(window[0]), int(window[1])), doc.records))
+
+    def _recheck(
+        self,
+        pages: Sequence[tuple[bytes, str, Sequence[int]]],
+        lists: pa.ListArray,
+        rows: np.ndarray,
+        parents: np.ndarray,
+    ) -> None:
+        """Records the fast path was unsure of, decided exactly from the original JSON."""
+        offsets = lists.offsets.to_numpy()
+        parsed: dict[int, list[Any]] = {}
+        for row in rows:
+            page = int(parents[row])
+            if page not in parsed:
+                parsed[page] = parse_document(pages[page][0]).records
+            rec = parsed[page][int(row - offsets[page])]
+            _, source, window = pages[page]
+            mid = (int(window[0]) + int(window[1])) // 2
+            self._add_slow(rec, source, mid, self._query(window))
+
+    def _add_slow(self, rec: Any, source: str, window_mid: int, q: int) -> None:
+        result = validate_record(rec, self.tz)
+        if isinstance(result, Reject):
+            self._add_reject(rec, result, source, window_mid, q)
+            return
+        if not self.day_start <= result["start_src_call_time"] < self.day_end:
+            self.outside_day += 1
+            return
+        self._slow_rows.append(result)
+        self._slow_queries.append(q)
+
+    def _flush_slow(self) -> None:
+        if not self._slow_rows:
+            return
+        cols = {
+            f.name: pa.array([r[f.name] for r in self._slow_rows], f.type)
+            for f in WORK_SCHEMA
+            if f.name != "_q"
+        }
+        cols["_q"] = pa.array(self._slow_queries, pa.int32())
+        self._slow_rows, self._slow_queries = [], []
+        self._add_valid(pa.table(cols, schema=WORK_SCHEMA))
+
+    def _add_reject(self, rec: Any, reject: Reject, source: str, window_mid: int, q: int) -> None:
+        day_time = reject.day_time if reject.day_time is not None else window_mid
+        if not self.day_start <= day_time < self.day_end:
+            self.outside_day += 1
+            return
+        raw = to_json(rec)
+        copies = self._reject_copies.get(raw)
+        if copies is None:
+            self._reject_copies[raw] = _Copies(q)
+            self._rejects[raw] = (reject.reason, reject.detail, source)
+            self._reasons[reject.reason] += 1
+        else:
+            copies.see(q)
+
+    def _add_valid(self, table: pa.Table) -> None:
+        if self._by_id.count == 1:
+            self._by_id.add(table, 0)
+        else:
+            fp = _fingerprint(table.column("call_id"))
+            self._by_id.add(table, (fp % np.uint64(self._by_id.count)).astype(np.int64))
+
+    # --- output -----------------------------------------------------------------------
+
+    def _dedup(self, table: pa.Table) -> pa.Table:
+        """Exact de-duplication of one id bucket, with its share of the accounting."""
+        per_query = table.group_by(["call_id", "_q"]).aggregate([("_q", "count")])
+        per_call = per_query.group_by("call_id").aggregate(
+            [("_q_count", "max"), ("_q_count", "sum")]
+        )
+        most = per_call.column("_q_count_max").to_numpy()
+        self._dup["provider"] += int((most - 1).sum())
+        self._dup["copies"] += int((per_call.column("_q_count_sum").to_numpy() - 1).sum())
+        if len(per_call) == len(table):
+            return table.drop_columns(["_q"])
+        content = [pc.cast(table.column(f.name), pa.string()) for f in CDR_SCHEMA]
+        key = pc.binary_join_element_wise(
+            *content, "\x1f", null_handling="replace", null_replacement="\x00"
+        )
+        filled = pc.cast(table.column("call_id").is_valid(), pa.int8())
+        for f in CDR_SCHEMA:
+            filled = pc.add(filled, pc.cast(table.column(f.name).is_valid(), pa.int8()))
+        work = table.append_column("_key", key).append_column("_filled", filled)
+        work = work.append_column("_end", pc.fill_null(table.column("end_call_time"), -1))
+        versions = work.group_by("call_id").aggregate([("_key", "count_distinct")])
+        many = pc.filter(versions, pc.greater(versions.column("_key_count_distinct"), 1))
+        if len(many):
+            joined = many.join(per_call, "call_id")
+            nv = joined.column("_key_count_distinct").to_numpy()
+            mx = joined.column("_q_count_max").to_numpy()
+            self._dup["conflicting"] += int(np.minimum(nv - 1, mx - 1).sum())
+        work = work.sort_by(
+            [
+                ("call_id", "ascending"),
+                ("_filled", "descending"),
+                ("_end", "descending"),
+                ("_key", "descending"),
+            ]
+        )
+        ids = work.column("call_id").combine_chunks()
+        first = np.ones(len(ids), dtype=bool)
+        if len(ids) > 1:
+            first[1:] = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(
+                zero_copy_only=False
+            )
+        return work.filter(pa.array(first)).drop_columns(["_q", "_key", "_filled", "_end"])
+
+    def _time_bucket(self, table: pa.Table) -> np.ndarray:
+        span = max(1, self.day_end - self.day_start)
+        start = table.column("start_src_call_time").to_numpy()
+        return ((start - self.day_start) * self._by_time.count // span).astype(np.int64)
+
+    def _settle(self) -> None:
+        """De-duplicate every id bucket (once); the winners wait in time buckets."""
+        if self._settled:
+            return
+        self._settled = True
+        self._flush_slow()
+        for _, bucket in self._by_id.drain(WORK_SCHEMA):
+            winners = self._dedup(bucket)
+            self._valid_count += len(winners)
+            if self._by_time.count == 1:
+                self._by_time.add(winners, 0)
+            else:
+                self._by_time.add(winners, self._time_bucket(winners))
+
+    def iter_cdr(self) -> Iterator[pa.Table]:
+        """The day's valid rows in ``(start, call_id)`` order, a slice at a time."""
+        if self._finished:
+            raise RuntimeError("a DayBuilder can be finished only once")
+        self._finished = True
+        try:
+            self._settle()
+            for _, part in self._by_time.drain(WORK_SCHEMA):
+                order = [("start_src_call_time", "ascending"), ("call_id", "ascending")]
+                yield _to_cdr(part.sort_by(order))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def rejects_table(self) -> pa.Table:
+        rejects = sorted(
+            (
+                (reason, detail, raw, source)
+                for raw, (reason, detail, source) in self._rejects.items()
+            ),
+            key=lambda r: (REJECT_REASONS.index(r[0]), r[2]),
+        )
+        return pa.table(
+            {
+                "reason": pa.array([r[0] for r in rejects], pa.string()),
+                "detail": pa.array([r[1] for r in rejects], pa.string()),
+                "raw": pa.array([r[2] for r in rejects], pa.string()),
+                "source": pa.array([r[3] for r in rejects], pa.string()),
+            },
+            schema=REJECTS_SCHEMA,
+        )
+
+    def accounting(self) -> dict[str, Any]:
+        """The day's figures (settling the de-duplication if that has not happened yet)."""
+        self._settle()
+        reject_provider = sum(c.max_in_query - 1 for c in self._reject_copies.values())
+        reject_copies = sum(c.total - 1 for c in self._reject_copies.values())
+        provider = self._dup["provider"] + reject_provider
+        copies = self._dup["copies"] + reject_copies
+        conflicting = self._dup["conflicting"]
+        return {
+            "fetched": self.fetched,
+            "valid": self._valid_count,
+            "rejected": len(self._rejects),
+            "duplicates_dropped": provider,
+            "overlap_copies": copies - provider,
+            "outside_day": self.outside_day,
+            "duplicates_exact": provider - conflicting,
+            "duplicates_conflicting": conflicting,
+            "rejects_by_reason": {r: self._reasons[r] for r in REJECT_REASONS if self._reasons[r]},
+        }
+
+    def finish(self) -> DayResult:
+        """Everything in memory: for small days and tests."""
+        parts = list(self.iter_cdr())
+        cdr = pa.concat_tables(parts) if parts else CDR_SCHEMA.empty_table()
+        return DayResult(cdr, self.rejects_table(), self.accounting())
+
+
+def _to_cdr(part: pa.Table) -> pa.Table:
+    columns = []
+    for f in CDR_SCHEMA:
+        col = part.column(f.name)
+        if f.name in TIME_COLUMNS:
+            col = pc.cast(pc.multiply(col, 1000), pa.timestamp("ms")).cast(_TS)
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=CDR_SCHEMA)
+
+
+def build_day(pages: Sequence[RawPage], day_start: int, day_end: int, tz: ZoneInfo) -> DayResult:
+    builder = DayBuilder(day_start, day_end, tz)
+    for page in pages:
+        builder.add_page(page)
+    return builder.finish()
