@@ -22,7 +22,13 @@ from cdr_pipeline import storage
 from cdr_pipeline.api.client import CdrApiClient, Window
 from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, decode_body
 from cdr_pipeline.transform.day import DayBuilder
-from cdr_pipeline.transform.summarize import call_outcome_daily, kpi_table, kpi_values
+from cdr_pipeline.transform.summarize import (
+    KPI_COLUMNS,
+    OUTCOME_COLUMNS,
+    call_outcome_daily,
+    kpi_table,
+    kpi_values,
+)
 from cdr_pipeline.transform.validate import CDR_SCHEMA
 
 MANIFEST_VERSION = 1
@@ -136,7 +142,7 @@ class ValidatedDay:
 
 # Decoded pages handed to the transform at once: big enough for Arrow's reader to use both
 # cores, small enough that memory does not grow with the day.
-BATCH_BYTES = 16 * 1024 * 1024
+BATCH_BYTES = 8 * 1024 * 1024
 
 
 def decoded_batches(
@@ -151,11 +157,11 @@ def decoded_batches(
 
     batch: list[tuple[bytes, str, list[int]]] = []
     size = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="inflate") as pool:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="inflate") as pool:
         pending: deque[Future[tuple[bytes, str, list[int]]]] = deque()
         for item in storage.iter_raw_bodies(root, day, manifest):
             pending.append(pool.submit(decode, item))
-            if len(pending) < 4:
+            if len(pending) < 8:
                 continue
             page = pending.popleft().result()
             batch.append(page)
@@ -205,16 +211,14 @@ def validate_day(
 
 
 def outcome_day(root: Path, day: Day) -> tuple[pa.Table, Path]:
-    cdr = storage.read_day_table(root, "cdr", day.key)
-    table = call_outcome_daily(cdr)
+    table = call_outcome_daily(storage.iter_day_table(root, "cdr", day.key, OUTCOME_COLUMNS))
     return table, storage.publish_day(root, day.key, {"call_outcome_daily": table})[
         "call_outcome_daily"
     ]
 
 
 def kpis_day(root: Path, day: Day, tz: ZoneInfo) -> tuple[dict[str, Any], Path]:
-    cdr = storage.read_day_table(root, "cdr", day.key)
     accounting = storage.read_state(root, "validation", day.key)["accounting"]
-    values = kpi_values(cdr, accounting, tz)
+    values = kpi_values(storage.iter_day_table(root, "cdr", day.key, KPI_COLUMNS), accounting, tz)
     path = storage.publish_day(root, day.key, {"call_kpis_daily": kpi_table(values)})
     return values, path["call_kpis_daily"]

@@ -118,7 +118,7 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "write_statistics": True,
     "use_dictionary": True,
 }
-ROW_GROUP_ROWS = 1 << 18
+ROW_GROUP_ROWS = 1 << 17
 
 # What a day's dataset file is made from: a whole table, or a stream of slices of one.
 Content = pa.Table | tuple[pa.Schema, Iterable[pa.Table]]
@@ -247,6 +247,19 @@ def read_day_table(root: Path, dataset: str, day: str) -> pa.Table:
     if not path.exists():
         raise StorageError(f"{dataset} has no data for {day} (expected {path})")
     return pq.read_table(path)
+
+
+def iter_day_table(
+    root: Path, dataset: str, day: str, columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """A day's file a row group at a time (only ``columns``), so memory stays flat."""
+    recover_day(root, day)
+    path = day_dir(root, dataset, day) / PART_NAME
+    if not path.exists():
+        raise StorageError(f"{dataset} has no data for {day} (expected {path})")
+    with pq.ParquetFile(path) as parquet:
+        for i in range(parquet.num_row_groups):
+            yield parquet.read_row_group(i, columns=columns)
 
 
 # --- the raw layer ------------------------------------------------------------------------

@@ -9,7 +9,6 @@ output is the same whichever path a record took, and clean data never touches Py
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -53,15 +52,24 @@ class NotFastPath(Exception):
     """These pages cannot be read by the fast path; read them the exact, slow way."""
 
 
+def _one_line(page: bytes) -> bytes:
+    # Newlines can only be whitespace between JSON tokens, so each page becomes one line.
+    if b"\n" in page or b"\r" in page:
+        return page.replace(b"\n", b" ").replace(b"\r", b" ")
+    return page
+
+
 def read_pages(decoded: list[bytes]) -> pa.Table:
     """Decoded page documents to one table, a row per page; raises NotFastPath when Arrow
     cannot type them (a non-string value, an invalid escape, a repeated key ...)."""
-    # Newlines can only be whitespace between JSON tokens, so each page becomes one line.
-    lines = b"\n".join(d.replace(b"\n", b" ").replace(b"\r", b" ") for d in decoded)
+    lines = b"\n".join(_one_line(d) for d in decoded)
+    # Blocks of about a megabyte let the reader parse on every core; a block must hold
+    # at least one whole page.
+    block = max(1 << 20, max(len(d) for d in decoded) + 1)
     try:
         return pj.read_json(
-            io.BytesIO(lines),
-            read_options=pj.ReadOptions(use_threads=True, block_size=max(1 << 20, len(lines))),
+            pa.BufferReader(lines),
+            read_options=pj.ReadOptions(use_threads=True, block_size=block),
             parse_options=pj.ParseOptions(
                 explicit_schema=PAGE_SCHEMA, unexpected_field_behavior="infer"
             ),
@@ -85,6 +93,12 @@ def _trim(col: pa.Array) -> pa.Array:
 def _python_strip_agrees(trimmed: pa.Array) -> pa.Array:
     """True where Python's strip() would give the same text: no non-ASCII character at
     either end (Python strips Unicode spaces that Arrow would keep)."""
+    plain = pc.fill_null(pc.string_is_ascii(trimmed), True)
+    odd_control = pc.fill_null(pc.match_substring(trimmed, "\x1c"), False)
+    for ch in "\x1d\x1e\x1f":
+        odd_control = pc.or_(odd_control, pc.fill_null(pc.match_substring(trimmed, ch), False))
+    if pc.all(plain).as_py() and not pc.any(odd_control).as_py():
+        return plain
     ascii_ends = pc.and_(
         pc.string_is_ascii(pc.utf8_slice_codeunits(trimmed, 0, 1)),
         pc.string_is_ascii(pc.utf8_slice_codeunits(trimmed, -1, 2**31 - 1)),
@@ -98,12 +112,19 @@ def _time_column(raw: pa.Array, tz: str) -> tuple[pa.Array, pa.Array]:
     """(epoch seconds or null, ok) for one wire time field."""
     s = _trim(raw)
     empty = pc.fill_null(pc.or_(pc.equal(s, ""), pc.equal(s, "0")), True)
-    digits = pc.fill_null(pc.match_substring_regex(s, r"^[0-9]{1,11}$|^[0-9]{13}$"), False)
+    length = pc.binary_length(s)
+    digits = pc.fill_null(
+        pc.and_(pc.ascii_is_decimal(s), pc.or_(pc.less_equal(length, 11), pc.equal(length, 13))),
+        False,
+    )
     number = pc.cast(pc.if_else(digits, s, None), pa.int64())
-    millis = pc.equal(pc.utf8_length(s), 13)
+    millis = pc.equal(length, 13)
     seconds = pc.if_else(millis, pc.divide(number, 1000), number)
-    text = pc.fill_null(pc.match_substring_regex(s, _TEXT_TIME), False)
-    if pc.any(text).as_py():
+    if not pc.all(pc.or_(empty, digits)).as_py():
+        text = pc.fill_null(pc.match_substring_regex(s, _TEXT_TIME), False)
+    else:
+        text = None
+    if text is not None and pc.any(text).as_py():
         local = pc.strptime(pc.if_else(text, s, None), _TIME_FORMAT, "s", error_is_null=True)
         # exact only if it formats back to the same text (no normalised 30 February)
         roundtrip = pc.fill_null(pc.equal(pc.strftime(local, _TIME_FORMAT), s), False)
@@ -117,6 +138,14 @@ def _time_column(raw: pa.Array, tz: str) -> tuple[pa.Array, pa.Array]:
     in_range = pc.and_(pc.greater_equal(seconds, MIN_EPOCH), pc.less(seconds, MAX_EPOCH))
     ok = pc.or_(empty, pc.fill_null(in_range, False))
     return pc.if_else(empty, pa.scalar(None, pa.int64()), seconds), ok
+
+
+def _small_number(text: pa.Array, max_digits: int) -> pa.Array:
+    """ASCII digits only, 1..max_digits of them (no sign, no spaces: those go the slow way)."""
+    return pc.fill_null(
+        pc.and_(pc.ascii_is_decimal(text), pc.less_equal(pc.binary_length(text), max_digits)),
+        False,
+    )
 
 
 def check_records(records: pa.StructArray, tz: str) -> CheckedRecords:
@@ -142,14 +171,16 @@ def check_records(records: pa.StructArray, tz: str) -> CheckedRecords:
     ok = pc.and_(ok, pc.fill_null(pc.greater_equal(end, start), True))
 
     status = _trim(field["callEndStatus"])
-    status_ok = pc.fill_null(pc.match_substring_regex(status, r"^[0-5]$"), False)
+    status_ok = _small_number(status, 1)
+    status_value = pc.cast(pc.if_else(status_ok, status, "0"), pa.int8())
+    status_ok = pc.and_(status_ok, pc.less_equal(status_value, 5))
     ok = pc.and_(ok, status_ok)
-    columns["call_end_status"] = pc.cast(pc.if_else(status_ok, status, "0"), pa.int8())
+    columns["call_end_status"] = pc.if_else(status_ok, status_value, pa.scalar(0, pa.int8()))
     columns["call_end_status_label"] = pc.take(
         _STATUS_LABELS, pc.cast(columns["call_end_status"], pa.int32())
     )
     duration = _trim(field["duration"])
-    duration_ok = pc.fill_null(pc.match_substring_regex(duration, r"^[0-9]{1,10}$"), False)
+    duration_ok = _small_number(duration, 10)
     seconds = pc.cast(pc.if_else(duration_ok, duration, "0"), pa.int64())
     ok = pc.and_(ok, pc.and_(duration_ok, pc.less_equal(seconds, INT32_MAX)))
     columns["duration_s"] = pc.cast(
@@ -158,7 +189,10 @@ def check_records(records: pa.StructArray, tz: str) -> CheckedRecords:
     raw_type = field["callType"]
     absent = pc.fill_null(pc.equal(raw_type, ""), True)
     call_type = _trim(raw_type)
-    type_ok = pc.or_(absent, pc.fill_null(pc.match_substring_regex(call_type, r"^[1-3]$"), False))
+    type_digit = _small_number(call_type, 1)
+    type_value = pc.cast(pc.if_else(type_digit, call_type, "0"), pa.int8())
+    in_range = pc.and_(pc.greater_equal(type_value, 1), pc.less_equal(type_value, 3))
+    type_ok = pc.or_(absent, pc.and_(type_digit, in_range))
     ok = pc.and_(ok, type_ok)
     columns["call_type"] = pc.cast(
         pc.if_else(pc.or_(absent, pc.invert(type_ok)), "3", call_type), pa.int8()

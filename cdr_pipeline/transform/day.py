@@ -49,8 +49,8 @@ WORK_SCHEMA = pa.schema(
     [pa.field(f.name, pa.int64()) if f.name in TIME_COLUMNS else f for f in CDR_SCHEMA]
     + [pa.field("_q", pa.int32())]
 )
-SPILL_ABOVE_ROWS = 400_000  # a day expected to hold more than this spills to disk
-ROWS_PER_BUCKET = 250_000
+SPILL_ABOVE_ROWS = 200_000  # a day expected to hold more than this spills to disk
+ROWS_PER_BUCKET = 100_000
 _TS = pa.timestamp("ms", tz="UTC")
 
 
@@ -326,6 +326,8 @@ class DayBuilder:
 
     def _dedup(self, table: pa.Table) -> pa.Table:
         """Exact de-duplication of one id bucket, with its share of the accounting."""
+        if pc.count_distinct(table.column("call_id")).as_py() == len(table):
+            return table.drop_columns(["_q"])  # no copies at all: the common case
         per_query = table.group_by(["call_id", "_q"]).aggregate([("_q", "count")])
         per_call = per_query.group_by("call_id").aggregate(
             [("_q_count", "max"), ("_q_count", "sum")]
@@ -333,8 +335,6 @@ class DayBuilder:
         most = per_call.column("_q_count_max").to_numpy()
         self._dup["provider"] += int((most - 1).sum())
         self._dup["copies"] += int((per_call.column("_q_count_sum").to_numpy() - 1).sum())
-        if len(per_call) == len(table):
-            return table.drop_columns(["_q"])
         content = [pc.cast(table.column(f.name), pa.string()) for f in CDR_SCHEMA]
         key = pc.binary_join_element_wise(
             *content, "\x1f", null_handling="replace", null_replacement="\x00"

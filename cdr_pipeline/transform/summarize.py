@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -58,15 +60,47 @@ def _ratio(num: float, den: float) -> float | None:
     return None if den == 0 else float(num) / float(den)
 
 
-def call_outcome_daily(cdr: pa.Table) -> pa.Table:
-    total = cdr.num_rows
-    if total == 0:
-        return OUTCOME_SCHEMA.empty_table()
+Tables = pa.Table | Iterable[pa.Table]
+OUTCOME_COLUMNS = ["call_type", "call_end_status", "call_end_status_label", "call_id", "duration_s"]
+KPI_COLUMNS = [
+    "src",
+    "dst",
+    "start_src_call_time",
+    "start_src_ring_time",
+    "src_accept_time",
+    "start_dst_call_time",
+    "start_dst_ring_time",
+    "dst_accept_time",
+    "end_call_time",
+    "call_end_status",
+    "duration_s",
+    "record_url",
+]
+
+
+def _parts(cdr: Tables) -> Iterable[pa.Table]:
+    """A whole table, or the row groups of one streamed from a file: the same to us."""
+    return [cdr] if isinstance(cdr, pa.Table) else cdr
+
+
+def call_outcome_daily(cdr: Tables) -> pa.Table:
     keys = ["call_type", "call_end_status", "call_end_status_label"]
-    grouped = cdr.group_by(keys).aggregate([("call_id", "count"), ("duration_s", "sum")])
+    partial = [
+        part.group_by(keys).aggregate([("call_id", "count"), ("duration_s", "sum")])
+        for part in _parts(cdr)
+        if part.num_rows
+    ]
+    if not partial:
+        return OUTCOME_SCHEMA.empty_table()
+    grouped = (
+        pa.concat_tables(partial)
+        .group_by(keys)
+        .aggregate([("call_id_count", "sum"), ("duration_s_sum", "sum")])
+    )
     grouped = grouped.sort_by([("call_type", "ascending"), ("call_end_status", "ascending")])
-    calls = pc.cast(grouped["call_id_count"], pa.int64())
-    billed = pc.cast(grouped["duration_s_sum"], pa.int64())
+    calls = pc.cast(grouped["call_id_count_sum"], pa.int64())
+    billed = pc.cast(grouped["duration_s_sum_sum"], pa.int64())
+    total = float(pc.sum(calls).as_py())
     return pa.table(
         {
             "call_type": grouped["call_type"],
@@ -77,75 +111,106 @@ def call_outcome_daily(cdr: pa.Table) -> pa.Table:
             "avg_billed_seconds": pc.divide(
                 pc.cast(billed, pa.float64()), pc.cast(calls, pa.float64())
             ),
-            "share_of_calls": pc.divide(pc.cast(calls, pa.float64()), float(total)),
+            "share_of_calls": pc.divide(pc.cast(calls, pa.float64()), total),
         },
         schema=OUTCOME_SCHEMA,
     )
 
 
-def _seconds(col: pa.ChunkedArray) -> np.ndarray:
+def _seconds(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Epoch seconds as float, NaN where null."""
     ms = pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
     return np.asarray(ms, dtype="float64") / 1000.0
 
 
-def _median_gap(later: np.ndarray, earlier: np.ndarray) -> float | None:
+def _gaps(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
     gap = later - earlier
-    gap = gap[~np.isnan(gap)]
-    return float(np.median(gap)) if gap.size else None
+    return gap[~np.isnan(gap)].astype(np.float32)  # whole seconds: exact in float32
 
 
-def kpi_values(cdr: pa.Table, accounting: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
-    n = cdr.num_rows
-    status = (
-        cdr["call_end_status"].to_numpy(zero_copy_only=False).astype("int64") if n else np.zeros(0)
-    )
-    duration = (
-        cdr["duration_s"].to_numpy(zero_copy_only=False).astype("int64") if n else np.zeros(0)
-    )
-    t = {name: _seconds(cdr[name]) for name in cdr.column_names if name.endswith("_time")}
-    connected = status == 1
-    n_conn = int(connected.sum())
-    has = {k: ~np.isnan(v) for k, v in t.items()}
-    with_url = (
-        pc.is_valid(cdr["record_url"]).to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
-    )
-    talk = (t["end_call_time"] - t["dst_accept_time"])[connected] if n else np.zeros(0)
-    talk = talk[~np.isnan(talk)]
-    peak = None
-    if n:
-        hours = np.array(
-            [_local_hour(int(s) // 900, tz) for s in t["start_src_call_time"]], dtype="int64"
+class _Distinct:
+    """Exact distinct count of strings, merged row group by row group."""
+
+    def __init__(self) -> None:
+        self.seen: list[pa.Array] = []
+        self.size = 0
+
+    def add(self, col: pa.ChunkedArray) -> None:
+        values = pc.unique(col.combine_chunks().drop_null())
+        self.seen.append(values)
+        self.size += len(values)
+        if len(self.seen) > 8:
+            self.seen = [pc.unique(pa.concat_arrays(self.seen))]
+
+    def count(self) -> int:
+        if not self.seen:
+            return 0
+        return len(pc.unique(pa.concat_arrays(self.seen)))
+
+
+def kpi_values(cdr: Tables, accounting: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
+    counts = Counter[str]()
+    sums = {"billed": 0, "billed_connected": 0, "talk": 0.0}
+    medians: dict[str, list[np.ndarray]] = {"caller_pdd": [], "callee_pdd": [], "bridge": []}
+    hours = np.zeros(24, dtype=np.int64)
+    callers, callees = _Distinct(), _Distinct()
+    for part in _parts(cdr):
+        if not part.num_rows:
+            continue
+        status = part["call_end_status"].to_numpy(zero_copy_only=False).astype("int64")
+        duration = part["duration_s"].to_numpy(zero_copy_only=False).astype("int64")
+        t = {name: _seconds(part[name]) for name in KPI_COLUMNS if name.endswith("_time")}
+        connected = status == 1
+        with_url = pc.is_valid(part["record_url"]).to_numpy(zero_copy_only=False)
+        talk = (t["end_call_time"] - t["dst_accept_time"])[connected]
+        talk = talk[~np.isnan(talk)]
+        counts["total"] += part.num_rows
+        counts["connected"] += int(connected.sum())
+        counts["ner"] += int(np.isin(status, (1, 2, 3)).sum())
+        counts["src_accept"] += int((~np.isnan(t["src_accept_time"])).sum())
+        counts["dst_accept"] += int((~np.isnan(t["dst_accept_time"])).sum())
+        counts["dst_call"] += int((~np.isnan(t["start_dst_call_time"])).sum())
+        counts["short"] += int((connected & (duration < 10)).sum())
+        counts["recorded"] += int((connected & with_url).sum())
+        counts["talk"] += talk.size
+        sums["talk"] += float(talk.sum())
+        sums["billed"] += int(duration.sum())
+        sums["billed_connected"] += int(duration[connected].sum())
+        medians["caller_pdd"].append(_gaps(t["start_src_ring_time"], t["start_src_call_time"]))
+        medians["callee_pdd"].append(_gaps(t["start_dst_ring_time"], t["start_dst_call_time"]))
+        medians["bridge"].append(_gaps(t["start_dst_call_time"], t["src_accept_time"]))
+        quarters, per_quarter = np.unique(
+            t["start_src_call_time"].astype(np.int64) // 900, return_counts=True
         )
-        counts = np.bincount(hours, minlength=24)
-        peak = int(np.argmax(counts))  # argmax returns the earliest hour on ties
+        local = np.array([_local_hour(int(q), tz) for q in quarters], dtype=np.int64)
+        hours += np.bincount(local, weights=per_quarter, minlength=24).astype(np.int64)
+        callers.add(part["src"])
+        callees.add(part["dst"])
+    n, n_conn = counts["total"], counts["connected"]
+
+    def median(name: str) -> float | None:
+        values = np.concatenate(medians[name]) if medians[name] else np.zeros(0)
+        return float(np.median(values.astype(np.float64))) if values.size else None
+
     return {
         "total_calls": n,
         "connected_calls": n_conn,
         "connect_rate": _ratio(n_conn, n),
-        "caller_answer_rate": _ratio(int(has["src_accept_time"].sum()) if n else 0, n),
-        "callee_answer_rate": _ratio(
-            int(has["dst_accept_time"].sum()) if n else 0,
-            int(has["start_dst_call_time"].sum()) if n else 0,
-        ),
-        "ner_proxy": _ratio(int(np.isin(status, (1, 2, 3)).sum()), n),
-        "acd_s": _ratio(int(duration[connected].sum()), n_conn),
-        "aloc_s": float(talk.mean()) if talk.size else None,
-        "billed_minutes": float(duration.sum()) / 60.0,
-        "median_caller_pdd_s": _median_gap(t["start_src_ring_time"], t["start_src_call_time"])
-        if n
-        else None,
-        "median_callee_pdd_s": _median_gap(t["start_dst_ring_time"], t["start_dst_call_time"])
-        if n
-        else None,
-        "median_bridge_s": _median_gap(t["start_dst_call_time"], t["src_accept_time"])
-        if n
-        else None,
-        "short_call_ratio": _ratio(int((connected & (duration < 10)).sum()), n_conn),
-        "recording_coverage": _ratio(int((connected & with_url).sum()), n_conn),
-        "unique_callers": pc.count_distinct(cdr["src"]).as_py() if n else 0,
-        "unique_callees": pc.count_distinct(cdr["dst"]).as_py() if n else 0,
-        "peak_hour": peak,
+        "caller_answer_rate": _ratio(counts["src_accept"], n),
+        "callee_answer_rate": _ratio(counts["dst_accept"], counts["dst_call"]),
+        "ner_proxy": _ratio(counts["ner"], n),
+        "acd_s": _ratio(sums["billed_connected"], n_conn),
+        "aloc_s": sums["talk"] / counts["talk"] if counts["talk"] else None,
+        "billed_minutes": float(sums["billed"]) / 60.0,
+        "median_caller_pdd_s": median("caller_pdd"),
+        "median_callee_pdd_s": median("callee_pdd"),
+        "median_bridge_s": median("bridge"),
+        "short_call_ratio": _ratio(counts["short"], n_conn),
+        "recording_coverage": _ratio(counts["recorded"], n_conn),
+        "unique_callers": callers.count(),
+        "unique_callees": callees.count(),
+        # argmax returns the earliest hour on ties
+        "peak_hour": int(np.argmax(hours)) if n else None,
         "rejected_records": int(accounting["rejected"]),
         "duplicates_dropped": int(accounting["duplicates_dropped"]),
     }

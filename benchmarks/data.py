@@ -1,0 +1,75 @@
+"""Benchmark input: one simulated day as the project's raw layer (1,000-record zlib pages).
+
+Generated once per size and kept under ``benchmarks/.data`` (git-ignored); the simulator is
+deterministic, so every run measures the same bytes. Clean data: the baselines we compare
+with (plain pandas, dlt) cannot cope with bad records, and the fast path is what is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from cdr_pipeline import storage
+from cdr_pipeline.api.simulator import CdrSimulator, SimConfig
+from cdr_pipeline.daily import Day
+
+DATA = Path(__file__).resolve().parent / ".data"
+DAY = "2024-05-07"
+TZ = "Asia/Shanghai"
+PAGE = 1000
+
+
+def day() -> Day:
+    return Day.from_key(DAY, ZoneInfo(TZ))
+
+
+def _hour_pages(args: tuple[int, int]) -> list[tuple[bytes, list[int], int]]:
+    calls_per_day, hour = args
+    sim = CdrSimulator(SimConfig(seed=7, calls_per_day=calls_per_day, timezone=TZ))
+    start, end = hour * 3600, hour * 3600 + 3599
+    records = sim.listing(start, end)
+    pages = []
+    for i in range(0, len(records), PAGE):
+        chunk = records[i : i + PAGE]
+        offset = str(i + PAGE) if i + PAGE < len(records) else "0"
+        doc = {"cdr": chunk, "errorCode": "0", "offset": offset, "result": "Call Details"}
+        raw = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        pages.append((zlib.compress(raw), [start, end], len(chunk)))
+    return pages
+
+
+def ensure_day(calls_per_day: int) -> Path:
+    """The data directory holding the day's raw layer for this size (generated if missing)."""
+    root = DATA / f"day-{calls_per_day}"
+    if (storage.raw_day_dir(root, DAY) / "manifest.json").exists():
+        return root
+    d = day()
+    hours = range(d.start // 3600, d.end // 3600)
+    bodies, requests = [], []
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        for pages in pool.map(_hour_pages, [(calls_per_day, h) for h in hours]):
+            for body, window, count in pages:
+                name, digest = storage.body_name(body, "zlib")
+                bodies.append((body, "zlib"))
+                requests.append(
+                    {"file": name, "sha256": digest, "window": window, "records": count}
+                )
+    manifest = {
+        "manifest_version": 1,
+        "date": DAY,
+        "day_window": [d.start, d.end],
+        "requests": requests,
+        "totals": {
+            "pages": len(requests),
+            "records": sum(r["records"] for r in requests),
+            "bytes": sum(len(b) for b, _ in bodies),
+        },
+        "generated_at": datetime.now().isoformat(timespec="seconds"),
+    }
+    storage.write_raw_day(root, DAY, bodies, manifest)
+    return root
