@@ -57,6 +57,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         duplicate_rate=args.duplicate_rate,
         app_id=args.app_id,
         api_id=args.api_id,
+        latency_s=args.latency_ms / 1000.0,
     )
     server = serve(config, args.host, args.port)
     print(f"getCdr simulator listening on {server.url}", flush=True)
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duplicate-rate", type=float, default=0.0)
     s.add_argument("--ignore-cursor", action="store_true", help="answer every page as the first")
     s.add_argument("--filter-on", choices=("start", "end"), default="start")
+    s.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer")
     s.add_argument("--timezone", default=os.environ.get("CDR_TIMEZONE", "Asia/Shanghai"))
     s.add_argument("--app-id", default=None, help="require this appId (default: accept any)")
     s.add_argument("--api-id", default=None, help="require this id (default: accept any)")

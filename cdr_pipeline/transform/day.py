@@ -34,6 +34,7 @@ import pyarrow.ipc as ipc
 from cdr_pipeline.api.errors import error_for_code
 from cdr_pipeline.api.wire import parse_document
 from cdr_pipeline.transform.columnar import PAGE_SCHEMA, NotFastPath, check_records, read_pages
+from cdr_pipeline.transform.hashing import fingerprint
 from cdr_pipeline.transform.parse import TIME_FIELDS, RawPage, to_json
 from cdr_pipeline.transform.validate import (
     CDR_SCHEMA,
@@ -76,26 +77,6 @@ class _Copies:
             self.max_in_query = max(self.max_in_query, self.in_query)
         else:
             self.query, self.in_query = query, 1
-
-
-def _fingerprint(strings: pa.Array) -> np.ndarray:
-    """A 64-bit polynomial hash of each (non-empty) string, computed over Arrow's buffers."""
-    arr = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
-    arr = pc.cast(arr, pa.large_string()) if arr.offset or arr.null_count else arr
-    if arr.type == pa.large_string():
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[: len(arr) + 1]
-    else:
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[: len(arr) + 1]
-    offsets = offsets.astype(np.int64) - offsets[0]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
-    data = data[int(offsets[0]) : int(offsets[-1])] if len(data) else data
-    lengths = np.diff(offsets)
-    if len(arr) == 0 or not lengths.all():
-        return np.zeros(len(arr), dtype=np.uint64)
-    pos = np.arange(len(data), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-    powers = np.cumprod(np.full(64, 1099511628211, dtype=np.uint64), dtype=np.uint64)
-    weighted = data.astype(np.uint64) * powers[pos % 64]
-    return np.add.reduceat(weighted, offsets[:-1]) ^ lengths.astype(np.uint64)
 
 
 class _Buckets:
@@ -319,7 +300,7 @@ class DayBuilder:
         if self._by_id.count == 1:
             self._by_id.add(table, 0)
         else:
-            fp = _fingerprint(table.column("call_id"))
+            fp = fingerprint(table.column("call_id"))
             self._by_id.add(table, (fp % np.uint64(self._by_id.count)).astype(np.int64))
 
     # --- output -----------------------------------------------------------------------

@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cdr_pipeline.transform.hashing import fingerprint
+
 OUTCOME_SCHEMA = pa.schema(
     [
         pa.field("call_type", pa.int8()),
@@ -123,35 +125,57 @@ def _seconds(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(ms, dtype="float64") / 1000.0
 
 
-def _gaps(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
-    gap = later - earlier
-    return gap[~np.isnan(gap)].astype(np.float32)  # whole seconds: exact in float32
+class _Median:
+    """Exact median of whole-second gaps, kept as a histogram: a day has few distinct gaps,
+    so memory does not grow with the number of calls."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[float] = Counter()
+
+    def add(self, later: np.ndarray, earlier: np.ndarray) -> None:
+        gap = later - earlier
+        values, counts = np.unique(gap[~np.isnan(gap)], return_counts=True)
+        self.counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+
+    def value(self) -> float | None:
+        total = sum(self.counts.values())
+        if not total:
+            return None
+        wanted = [(total - 1) // 2, total // 2]  # the two middle ranks (equal when odd)
+        found, seen = [], 0
+        for value in sorted(self.counts):
+            seen += self.counts[value]
+            while wanted and wanted[0] < seen:
+                found.append(value)
+                wanted.pop(0)
+        return float((found[0] + found[1]) / 2)
 
 
 class _Distinct:
-    """Exact distinct count of strings, merged row group by row group."""
+    """Distinct count of strings through 64-bit fingerprints (8 bytes a value, however long
+    the string; a collision between two of a day's numbers is vanishingly unlikely)."""
 
     def __init__(self) -> None:
-        self.seen: list[pa.Array] = []
-        self.size = 0
+        self.seen: list[np.ndarray] = []
 
     def add(self, col: pa.ChunkedArray) -> None:
-        values = pc.unique(col.combine_chunks().drop_null())
-        self.seen.append(values)
-        self.size += len(values)
-        if len(self.seen) > 8:
-            self.seen = [pc.unique(pa.concat_arrays(self.seen))]
+        values = col.combine_chunks().drop_null()
+        if len(values):
+            self.seen.append(fingerprint(values))
 
     def count(self) -> int:
         if not self.seen:
             return 0
-        return len(pc.unique(pa.concat_arrays(self.seen)))
+        values = np.concatenate(self.seen)
+        self.seen = []
+        values.sort()  # in place: no second copy
+        return int(1 + np.count_nonzero(values[1:] != values[:-1]))
 
 
 def kpi_values(cdr: Tables, accounting: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
     counts = Counter[str]()
     sums = {"billed": 0, "billed_connected": 0, "talk": 0.0}
-    medians: dict[str, list[np.ndarray]] = {"caller_pdd": [], "callee_pdd": [], "bridge": []}
+    medians = {"caller_pdd": _Median(), "callee_pdd": _Median(), "bridge": _Median()}
     hours = np.zeros(24, dtype=np.int64)
     callers, callees = _Distinct(), _Distinct()
     for part in _parts(cdr):
@@ -176,9 +200,9 @@ def kpi_values(cdr: Tables, accounting: dict[str, Any], tz: ZoneInfo) -> dict[st
         sums["talk"] += float(talk.sum())
         sums["billed"] += int(duration.sum())
         sums["billed_connected"] += int(duration[connected].sum())
-        medians["caller_pdd"].append(_gaps(t["start_src_ring_time"], t["start_src_call_time"]))
-        medians["callee_pdd"].append(_gaps(t["start_dst_ring_time"], t["start_dst_call_time"]))
-        medians["bridge"].append(_gaps(t["start_dst_call_time"], t["src_accept_time"]))
+        medians["caller_pdd"].add(t["start_src_ring_time"], t["start_src_call_time"])
+        medians["callee_pdd"].add(t["start_dst_ring_time"], t["start_dst_call_time"])
+        medians["bridge"].add(t["start_dst_call_time"], t["src_accept_time"])
         quarters, per_quarter = np.unique(
             t["start_src_call_time"].astype(np.int64) // 900, return_counts=True
         )
@@ -187,10 +211,6 @@ def kpi_values(cdr: Tables, accounting: dict[str, Any], tz: ZoneInfo) -> dict[st
         callers.add(part["src"])
         callees.add(part["dst"])
     n, n_conn = counts["total"], counts["connected"]
-
-    def median(name: str) -> float | None:
-        values = np.concatenate(medians[name]) if medians[name] else np.zeros(0)
-        return float(np.median(values.astype(np.float64))) if values.size else None
 
     return {
         "total_calls": n,
@@ -202,9 +222,9 @@ def kpi_values(cdr: Tables, accounting: dict[str, Any], tz: ZoneInfo) -> dict[st
         "acd_s": _ratio(sums["billed_connected"], n_conn),
         "aloc_s": sums["talk"] / counts["talk"] if counts["talk"] else None,
         "billed_minutes": float(sums["billed"]) / 60.0,
-        "median_caller_pdd_s": median("caller_pdd"),
-        "median_callee_pdd_s": median("callee_pdd"),
-        "median_bridge_s": median("bridge"),
+        "median_caller_pdd_s": medians["caller_pdd"].value(),
+        "median_callee_pdd_s": medians["callee_pdd"].value(),
+        "median_bridge_s": medians["bridge"].value(),
         "short_call_ratio": _ratio(counts["short"], n_conn),
         "recording_coverage": _ratio(counts["recorded"], n_conn),
         "unique_callers": callers.count(),

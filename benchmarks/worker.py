@@ -1,0 +1,224 @@
+"""One measurement, in a process of its own so its peak memory is its own.
+
+``python -m benchmarks.worker TASK DATA_DIR [N]`` prints one JSON line: the records handled,
+the seconds the work took and the peak RSS above the process's RSS just before the work
+started (after imports and a warm-up, which load the shared libraries every task needs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from benchmarks.data import DAY, TZ, day, ensure_day
+from cdr_pipeline import storage
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE_SIZE
+
+
+class PeakRss:
+    """Samples RSS every few milliseconds while the work runs."""
+
+    def __init__(self) -> None:
+        self.base = _rss()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss())
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def extra_mb(self) -> float:
+        return (self.peak - self.base) / 1e6
+
+
+def bodies(root: Path, limit: int | None = None) -> Iterator[bytes]:
+    manifest = storage.read_raw_manifest(root, DAY)
+    seen = 0
+    for entry, body in storage.iter_raw_bodies(root, DAY, manifest):
+        yield body
+        seen += entry["records"]
+        if limit is not None and seen >= limit:
+            return
+
+
+# --- the project ----------------------------------------------------------------------------
+
+
+def ours(root: Path, _limit: int | None) -> int:
+    from cdr_pipeline.daily import kpis_day, outcome_day, validate_day
+
+    tz = ZoneInfo(TZ)
+    result = validate_day(root, day(), tz)
+    outcome_day(root, day())
+    kpis_day(root, day(), tz)
+    return int(result.accounting["fetched"])
+
+
+def ours_warmup() -> None:
+    small = ensure_day(5_000)
+    ours(small, None)
+
+
+# --- baselines, written the way users write them ----------------------------------------------
+
+TIME_COLUMNS = [
+    "startSrcCallTime",
+    "startSrcRingTime",
+    "srcAcceptTime",
+    "startDstCallTime",
+    "startDstRingTime",
+    "dstAcceptTime",
+    "endCallTime",
+]
+
+
+def naive_pandas(root: Path, limit: int | None) -> int:
+    import pandas as pd
+
+    records: list[dict[str, Any]] = []
+    for body in bodies(root, limit):
+        records.extend(json.loads(zlib.decompress(body))["cdr"])
+    frame = pd.DataFrame(records)
+    for col in TIME_COLUMNS:
+        seconds = frame[col].astype("int64")
+        frame[col] = pd.to_datetime(seconds.where(seconds > 0), unit="s", utc=True)
+    frame["callEndStatus"] = frame["callEndStatus"].astype("int8")
+    frame["duration"] = frame["duration"].astype("int32")
+    frame["callType"] = frame["callType"].fillna("3").astype("int8")
+    frame = frame.drop_duplicates("callId")
+    out = Path(tempfile.mkdtemp(prefix="bench-pandas-"))
+    try:
+        frame.to_parquet(out / "cdr.parquet", index=False)
+        summary = frame.groupby(["callType", "callEndStatus"]).agg(
+            calls=("callId", "size"), billed=("duration", "sum")
+        )
+        summary.reset_index().to_parquet(out / "outcome.parquet", index=False)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return len(records)
+
+
+def dlt_filesystem(root: Path, limit: int | None) -> int:
+    import dlt
+
+    out = Path(tempfile.mkdtemp(prefix="bench-dlt-"))
+    count = 0
+
+    def cdrs() -> Iterator[dict[str, Any]]:
+        nonlocal count
+        for body in bodies(root, limit):
+            for record in json.loads(zlib.decompress(body))["cdr"]:
+                count += 1
+                yield record
+
+    try:
+        os.environ["DLT_DATA_DIR"] = str(out / "dlt")
+        os.environ["RUNTIME__LOG_LEVEL"] = "WARNING"
+        pipeline = dlt.pipeline(
+            pipeline_name="bench_cdr",
+            destination=dlt.destinations.filesystem(bucket_url=str(out / "lake")),
+            dataset_name="cdr",
+            pipelines_dir=str(out / "pipelines"),
+        )
+        pipeline.run(cdrs(), table_name="cdr", loader_file_format="parquet")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return count
+
+
+def dlt_warmup() -> None:
+    dlt_filesystem(ensure_day(5_000), 2_000)
+
+
+# --- the floors: each stage alone ------------------------------------------------------------
+
+
+def floor_inflate(root: Path, limit: int | None) -> int:
+    n = 0
+    for body in bodies(root, limit):
+        zlib.decompress(body)
+        n += 1000
+    return n
+
+
+def floor_json_to_arrow(root: Path, limit: int | None) -> int:
+    from cdr_pipeline.transform.columnar import read_pages
+
+    pages = [zlib.decompress(b) for b in bodies(root, limit)]
+    start = time.perf_counter()
+    n = 0
+    for i in range(0, len(pages), 16):
+        table = read_pages(pages[i : i + 16])
+        n += len(table.column("cdr").combine_chunks().flatten())
+    _timed_part["seconds"] = time.perf_counter() - start
+    return n
+
+
+def floor_parquet_write(root: Path, limit: int | None) -> int:
+    import pyarrow.parquet as pq
+
+    table = storage.read_day_table(root, "cdr", DAY)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        storage.write_parquet(Path(tmp) / "x.parquet", table)
+    _timed_part["seconds"] = time.perf_counter() - start
+    del pq
+    return table.num_rows
+
+
+_timed_part: dict[str, float] = {}
+TASKS: dict[str, tuple[Callable[[Path, int | None], int], Callable[[], None] | None]] = {
+    "ours": (ours, ours_warmup),
+    "pandas": (naive_pandas, lambda: naive_pandas(ensure_day(5_000), None) and None),
+    "dlt": (dlt_filesystem, dlt_warmup),
+    "floor_inflate": (floor_inflate, None),
+    "floor_json": (floor_json_to_arrow, lambda: floor_json_to_arrow(ensure_day(5_000), None) and None),
+    "floor_parquet": (floor_parquet_write, None),
+}
+
+
+def main(argv: list[str]) -> int:
+    task, root = argv[0], Path(argv[1])
+    limit = int(argv[2]) if len(argv) > 2 and argv[2] != "-" else None
+    work, warmup = TASKS[task]
+    if warmup is not None:
+        warmup()
+    with PeakRss() as rss:
+        start = time.perf_counter()
+        records = work(root, limit)
+        seconds = time.perf_counter() - start
+    seconds = _timed_part.get("seconds", seconds)
+    print(json.dumps({"task": task, "records": records, "seconds": seconds, "rss_mb": rss.extra_mb}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
