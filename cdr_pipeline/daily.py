@@ -21,7 +21,7 @@ import pyarrow as pa
 from cdr_pipeline import storage
 from cdr_pipeline.api.client import CdrApiClient, Window
 from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, decode_body
-from cdr_pipeline.transform.day import DayBuilder
+from cdr_pipeline.transform.day import DayBuilder, ParsedPages, parse_pages
 from cdr_pipeline.transform.summarize import (
     KPI_COLUMNS,
     OUTCOME_COLUMNS,
@@ -148,10 +148,11 @@ BATCH_BYTES = 8 * 1024 * 1024
 def decoded_batches(
     root: Path, day: str, manifest: dict[str, Any], max_bytes: int
 ) -> Iterator[list[tuple[bytes, str, list[int]]]]:
-    """The day's raw bodies, decompressed a few ahead on a second thread, in batches."""
+    """The day's raw bodies, read, checked and decompressed a few ahead on other threads
+    (hashing and zlib release the GIL), in batches."""
 
-    def decode(item: tuple[dict[str, Any], bytes]) -> tuple[bytes, str, list[int]]:
-        entry, body = item
+    def decode(entry: dict[str, Any]) -> tuple[bytes, str, list[int]]:
+        body = storage.read_raw_body(root, day, entry)
         decoded, _ = decode_body(body, max_bytes=max_bytes)
         return decoded, entry["file"], entry["window"]
 
@@ -159,8 +160,8 @@ def decoded_batches(
     size = 0
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="inflate") as pool:
         pending: deque[Future[tuple[bytes, str, list[int]]]] = deque()
-        for item in storage.iter_raw_bodies(root, day, manifest):
-            pending.append(pool.submit(decode, item))
+        for entry in manifest["requests"]:
+            pending.append(pool.submit(decode, entry))
             if len(pending) < 8:
                 continue
             page = pending.popleft().result()
@@ -187,9 +188,18 @@ def validate_day(
         expected_records=manifest["totals"]["records"],
         spill_dir=storage.spill_dir(root),
     )
+    tz_name = tz.key
     try:
-        for batch in decoded_batches(root, day.key, manifest, max_bytes):
-            builder.add_decoded(batch)
+        # Arrow parses and checks the next batch on a second thread while this one is added.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse") as parser:
+            ahead: tuple[list, Future[ParsedPages | None]] | None = None
+            for batch in decoded_batches(root, day.key, manifest, max_bytes):
+                job = (batch, parser.submit(parse_pages, batch, tz_name))
+                if ahead is not None:
+                    builder.add_parsed(ahead[0], ahead[1].result())
+                ahead = job
+            if ahead is not None:
+                builder.add_parsed(ahead[0], ahead[1].result())
         state: dict[str, Any] = {"date": day.key, "fetch": manifest["totals"]}
 
         def cdr_rows() -> Iterator[pa.Table]:

@@ -22,6 +22,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -125,22 +126,37 @@ Content = pa.Table | tuple[pa.Schema, Iterable[pa.Table]]
 
 
 def write_parquet(path: Path, content: Content) -> int:
-    """Write a table, or stream slices, into ``path``; return the row count."""
+    """Write a table, or stream slices, into ``path``; return the row count.
+
+    Row groups are encoded on a second thread while the next one is being produced (Arrow
+    releases the GIL while it compresses), at most one waiting, so memory stays flat."""
     schema, parts = (content.schema, [content]) if isinstance(content, pa.Table) else content
     rows, pending, pending_rows = 0, [], 0
-    with pq.ParquetWriter(str(path), schema, **PARQUET_OPTIONS) as writer:
+    with (
+        pq.ParquetWriter(str(path), schema, **PARQUET_OPTIONS) as writer,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet") as encoder,
+    ):
+        last: Future[None] | None = None
+
+        def emit(table: pa.Table) -> None:
+            nonlocal last
+            if last is not None:
+                last.result()
+            last = encoder.submit(writer.write_table, table, row_group_size=ROW_GROUP_ROWS)
+
         for part in parts:
             pending.append(part)
             pending_rows += len(part)
             rows += len(part)
             while pending_rows >= ROW_GROUP_ROWS:
                 merged = pa.concat_tables(pending)
-                writer.write_table(merged.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
+                emit(merged.slice(0, ROW_GROUP_ROWS))
                 rest = merged.slice(ROW_GROUP_ROWS)
                 pending, pending_rows = [rest], len(rest)
         if pending_rows or rows == 0:
-            merged = pa.concat_tables(pending) if pending else schema.empty_table()
-            writer.write_table(merged, row_group_size=ROW_GROUP_ROWS)
+            emit(pa.concat_tables(pending) if pending else schema.empty_table())
+        if last is not None:
+            last.result()
     return rows
 
 
@@ -297,17 +313,21 @@ def read_raw_manifest(root: Path, day: str) -> dict:
     return json.loads(path.read_text())
 
 
+def read_raw_body(root: Path, day: str, entry: dict) -> bytes:
+    """One body the manifest lists, checked against its sha256 (thread-safe)."""
+    name = entry["file"]
+    if not _BODY_RE.fullmatch(name):
+        raise StorageError(f"raw manifest of {day} names an unexpected file {name!r}")
+    body = (raw_day_dir(root, day) / name).read_bytes()
+    if hashlib.sha256(body).hexdigest() != entry["sha256"]:
+        raise StorageError(f"raw body {name} of {day} does not match its sha256")
+    return body
+
+
 def iter_raw_bodies(root: Path, day: str, manifest: dict) -> Iterator[tuple[dict, bytes]]:
     """Each request entry of the manifest with its body, checked against its sha256."""
-    folder = raw_day_dir(root, day)
     for entry in manifest["requests"]:
-        name = entry["file"]
-        if not _BODY_RE.fullmatch(name):
-            raise StorageError(f"raw manifest of {day} names an unexpected file {name!r}")
-        body = (folder / name).read_bytes()
-        if hashlib.sha256(body).hexdigest() != entry["sha256"]:
-            raise StorageError(f"raw body {name} of {day} does not match its sha256")
-        yield entry, body
+        yield entry, read_raw_body(root, day, entry)
 
 
 def spill_dir(root: Path) -> Path:

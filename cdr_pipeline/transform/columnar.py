@@ -41,8 +41,9 @@ PAGE_SCHEMA = pa.schema(
         pa.field("result", pa.string()),
     ]
 )
-# What Python's str.strip() removes and we can remove the same way in Arrow: ASCII only.
-_ASCII_SPACE = " \t\n\r\x0b\x0c"
+# What Python's str.strip() removes among ASCII characters (str.isspace() is also true for
+# the four separators \x1c-\x1f, which Unicode's White_Space leaves out).
+_ASCII_SPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 _TEXT_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$"
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _STATUS_LABELS = pa.array(STATUS_LABELS, pa.string())
@@ -91,21 +92,12 @@ def _trim(col: pa.Array) -> pa.Array:
 
 
 def _python_strip_agrees(trimmed: pa.Array) -> pa.Array:
-    """True where Python's strip() would give the same text: no non-ASCII character at
-    either end (Python strips Unicode spaces that Arrow would keep)."""
+    """True where Python's strip() would give the same text as our ASCII trim: nothing
+    left at either end that Unicode calls white space (U+3000, U+00A0 ...)."""
     plain = pc.fill_null(pc.string_is_ascii(trimmed), True)
-    odd_control = pc.fill_null(pc.match_substring(trimmed, "\x1c"), False)
-    for ch in "\x1d\x1e\x1f":
-        odd_control = pc.or_(odd_control, pc.fill_null(pc.match_substring(trimmed, ch), False))
-    if pc.all(plain).as_py() and not pc.any(odd_control).as_py():
+    if pc.all(plain).as_py():
         return plain
-    ascii_ends = pc.and_(
-        pc.string_is_ascii(pc.utf8_slice_codeunits(trimmed, 0, 1)),
-        pc.string_is_ascii(pc.utf8_slice_codeunits(trimmed, -1, 2**31 - 1)),
-    )
-    # control characters Python also treats as whitespace
-    odd = pc.match_substring_regex(trimmed, r"^[\x1c-\x1f]|[\x1c-\x1f]$")
-    return pc.fill_null(pc.and_(ascii_ends, pc.invert(odd)), True)
+    return pc.fill_null(pc.equal(trimmed, pc.utf8_trim_whitespace(trimmed)), True)
 
 
 def _time_column(raw: pa.Array, tz: str) -> tuple[pa.Array, pa.Array]:

@@ -33,8 +33,14 @@ import pyarrow.ipc as ipc
 
 from cdr_pipeline.api.errors import error_for_code
 from cdr_pipeline.api.wire import parse_document
-from cdr_pipeline.transform.columnar import PAGE_SCHEMA, NotFastPath, check_records, read_pages
-from cdr_pipeline.transform.hashing import fingerprint
+from cdr_pipeline.transform.columnar import (
+    PAGE_SCHEMA,
+    CheckedRecords,
+    NotFastPath,
+    check_records,
+    read_pages,
+)
+from cdr_pipeline.transform.hashing import bucket_key
 from cdr_pipeline.transform.parse import TIME_FIELDS, RawPage, to_json
 from cdr_pipeline.transform.validate import (
     CDR_SCHEMA,
@@ -130,6 +136,41 @@ class _Buckets:
                 yield bucket, table
 
 
+@dataclass
+class ParsedPages:
+    """The fast path's work on a batch of pages, done before it is added to a day."""
+
+    records: int
+    checked: CheckedRecords
+    parents: np.ndarray  # page of each record
+    offsets: np.ndarray  # first record of each page
+
+
+def parse_pages(pages: Sequence[tuple[bytes, str, Sequence[int]]], tz: str) -> ParsedPages | None:
+    """Arrow's reading and checking of decoded pages (no state: safe on another thread);
+    None when Arrow cannot type them. An error answer stored as a page is an error."""
+    try:
+        table = read_pages([p[0] for p in pages])
+    except NotFastPath:
+        return None
+    if table.schema != PAGE_SCHEMA:
+        return None  # fields beyond the contract's: schema drift goes the exact way
+    codes = table.column("errorCode").to_pylist()
+    for code, (_, source, _w) in zip(codes, pages, strict=True):
+        if (code or "").strip() != "0":
+            raise error_for_code(str(code), f"stored page {source} is an error answer")
+    lists = table.column("cdr").combine_chunks()
+    records = lists.flatten()
+    return ParsedPages(
+        len(records),
+        check_records(records, tz)
+        if len(records)
+        else CheckedRecords({}, pa.array([], pa.bool_())),
+        pc.list_parent_indices(lists).to_numpy(),
+        lists.offsets.to_numpy(),
+    )
+
+
 class DayBuilder:
     """Feeds the pages of one day in; keeps what belongs to ``[day_start, day_end)``.
 
@@ -188,13 +229,15 @@ class DayBuilder:
 
     def add_decoded(self, pages: Sequence[tuple[bytes, str, Sequence[int]]]) -> None:
         """Decoded page documents ``(json bytes, source, window)``: the fast path first."""
-        if not pages:
-            return
-        try:
-            table = read_pages([p[0] for p in pages])
-            if table.schema != PAGE_SCHEMA:
-                raise NotFastPath("fields beyond the contract's: schema drift")
-        except NotFastPath:
+        if pages:
+            self.add_parsed(pages, parse_pages(pages, self.tz.key))
+
+    def add_parsed(
+        self, pages: Sequence[tuple[bytes, str, Sequence[int]]], parsed: ParsedPages | None
+    ) -> None:
+        """Pages with :func:`parse_pages`'s result for them (which a caller may have run
+        ahead on another thread); None means Arrow could not type them all."""
+        if parsed is None:
             if len(pages) == 1:
                 self._add_document(*pages[0])
             else:
@@ -202,21 +245,14 @@ class DayBuilder:
                 self.add_decoded(pages[:half])
                 self.add_decoded(pages[half:])
             return
-        codes = table.column("errorCode").to_pylist()
-        for code, (_, source, _w) in zip(codes, pages, strict=True):
-            if (code or "").strip() != "0":
-                raise error_for_code(str(code), f"stored page {source} is an error answer")
-        lists = table.column("cdr").combine_chunks()
-        records = lists.flatten()
-        parents = pc.list_parent_indices(lists).to_numpy()
-        self.fetched += len(records)
-        if not len(records):
+        self.fetched += parsed.records
+        if not parsed.records:
             return
-        checked = check_records(records, self.tz.key)
+        checked, parents = parsed.checked, parsed.parents
         queries = np.array([self._query(w) for _, _, w in pages], dtype=np.int32)[parents]
         clean = checked.clean.to_numpy(zero_copy_only=False)
         if not clean.all():
-            self._recheck(pages, lists, np.flatnonzero(~clean), parents)
+            self._recheck(pages, parsed.offsets, np.flatnonzero(~clean), parents)
         start = checked.columns["start_src_call_time"]
         in_day = pc.fill_null(
             pc.and_(pc.greater_equal(start, self.day_start), pc.less(start, self.day_end)), False
@@ -243,12 +279,11 @@ class DayBuilder:
     def _recheck(
         self,
         pages: Sequence[tuple[bytes, str, Sequence[int]]],
-        lists: pa.ListArray,
+        offsets: np.ndarray,
         rows: np.ndarray,
         parents: np.ndarray,
     ) -> None:
         """Records the fast path was unsure of, decided exactly from the original JSON."""
-        offsets = lists.offsets.to_numpy()
         parsed: dict[int, list[Any]] = {}
         for row in rows:
             page = int(parents[row])
@@ -300,7 +335,7 @@ class DayBuilder:
         if self._by_id.count == 1:
             self._by_id.add(table, 0)
         else:
-            fp = fingerprint(table.column("call_id"))
+            fp = bucket_key(table.column("call_id"))
             self._by_id.add(table, (fp % np.uint64(self._by_id.count)).astype(np.int64))
 
     # --- output -----------------------------------------------------------------------
