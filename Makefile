@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install run test ui lint format clean
+.PHONY: install run test bench ui lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,18 @@ run: $(STAMP)
 
 ## The whole suite: lint, then every test.
 test: $(STAMP)
-	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests
-	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests
+	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests benchmarks
+	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests benchmarks
 	$(BIN)/pytest -n 2 -q -p no:cacheprovider
+
+## Speed and memory against naive pandas and dlt; writes benchmarks/RESULTS.md (~10 min).
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run
 
 ## The Dagster UI on http://127.0.0.1:3000 with the runs of `make run`.
 ui: $(STAMP)
@@ -31,12 +40,12 @@ ui: $(STAMP)
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 lint: $(STAMP)
-	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests
-	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests
+	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests benchmarks
+	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix cdr_pipeline cdr_pipeline_tests
-	$(BIN)/ruff format cdr_pipeline cdr_pipeline_tests
+	$(BIN)/ruff check --fix cdr_pipeline cdr_pipeline_tests benchmarks
+	$(BIN)/ruff format cdr_pipeline cdr_pipeline_tests benchmarks
 
 clean:
 	rm -rf $(VENV) .dagster_home data/raw data/cdr data/cdr_rejects data/call_outcome_daily \

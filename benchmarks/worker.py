@@ -154,10 +154,6 @@ def dlt_filesystem(root: Path, limit: int | None) -> int:
     return count
 
 
-def dlt_warmup() -> None:
-    dlt_filesystem(ensure_day(5_000), 2_000)
-
-
 # --- the floors: each stage alone ------------------------------------------------------------
 
 
@@ -183,24 +179,30 @@ def floor_json_to_arrow(root: Path, limit: int | None) -> int:
 
 
 def floor_parquet_write(root: Path, limit: int | None) -> int:
-    import pyarrow.parquet as pq
-
     table = storage.read_day_table(root, "cdr", DAY)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         storage.write_parquet(Path(tmp) / "x.parquet", table)
     _timed_part["seconds"] = time.perf_counter() - start
-    del pq
     return table.num_rows
 
 
 _timed_part: dict[str, float] = {}
+
+
+def _warm(task: Callable[[Path, int | None], int]) -> Callable[[], None]:
+    def warm() -> None:
+        task(ensure_day(5_000), 2_000)
+
+    return warm
+
+
 TASKS: dict[str, tuple[Callable[[Path, int | None], int], Callable[[], None] | None]] = {
     "ours": (ours, ours_warmup),
-    "pandas": (naive_pandas, lambda: naive_pandas(ensure_day(5_000), None) and None),
-    "dlt": (dlt_filesystem, dlt_warmup),
+    "pandas": (naive_pandas, _warm(naive_pandas)),
+    "dlt": (dlt_filesystem, _warm(dlt_filesystem)),
     "floor_inflate": (floor_inflate, None),
-    "floor_json": (floor_json_to_arrow, lambda: floor_json_to_arrow(ensure_day(5_000), None) and None),
+    "floor_json": (floor_json_to_arrow, _warm(floor_json_to_arrow)),
     "floor_parquet": (floor_parquet_write, None),
 }
 
@@ -216,7 +218,8 @@ def main(argv: list[str]) -> int:
         records = work(root, limit)
         seconds = time.perf_counter() - start
     seconds = _timed_part.get("seconds", seconds)
-    print(json.dumps({"task": task, "records": records, "seconds": seconds, "rss_mb": rss.extra_mb}))
+    result = {"task": task, "records": records, "seconds": seconds, "rss_mb": rss.extra_mb}
+    print(json.dumps(result))
     return 0
 
 

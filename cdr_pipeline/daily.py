@@ -7,6 +7,7 @@ CLI and the tests call when they want a day without an orchestrator.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -138,6 +139,8 @@ def fetch_raw_day(
 class ValidatedDay:
     accounting: dict[str, Any]
     paths: dict[str, Path]
+    timings: dict[str, float]  # seconds: reading and checking pages; de-duplicating,
+    # sorting and writing the files
 
 
 # Decoded pages handed to the transform at once: big enough for Arrow's reader to use both
@@ -189,6 +192,7 @@ def validate_day(
         spill_dir=storage.spill_dir(root),
     )
     tz_name = tz.key
+    started = time.perf_counter()
     try:
         # Arrow parses and checks the next batch on a second thread while this one is added.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse") as parser:
@@ -200,6 +204,7 @@ def validate_day(
                 ahead = job
             if ahead is not None:
                 builder.add_parsed(ahead[0], ahead[1].result())
+        parsed = time.perf_counter()
         state: dict[str, Any] = {"date": day.key, "fetch": manifest["totals"]}
 
         def cdr_rows() -> Iterator[pa.Table]:
@@ -217,7 +222,9 @@ def validate_day(
         )
     finally:
         builder.close()
-    return ValidatedDay(state["accounting"], paths)
+    done = time.perf_counter()
+    timings = {"read_check_s": parsed - started, "dedup_sort_write_s": done - parsed}
+    return ValidatedDay(state["accounting"], paths, timings)
 
 
 def outcome_day(root: Path, day: Day) -> tuple[pa.Table, Path]:

@@ -122,7 +122,8 @@ class TokenBucket:
         self, rate: float, burst: float | None = None, clock=time.monotonic, sleep=time.sleep
     ):
         self.rate = rate
-        self.capacity = burst if burst is not None else max(1.0, rate)
+        # No burst by default: a rate of N/s never lets more than N requests out in a second.
+        self.capacity = burst if burst is not None else 1.0
         self.tokens = self.capacity
         self.clock, self.sleep = clock, sleep
         self.updated = clock()

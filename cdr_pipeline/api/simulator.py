@@ -160,6 +160,9 @@ class CdrSimulator:
         self._attempts: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
         self._hour_calls = lru_cache(maxsize=8192)(self._generate_hour)
+        self._listings = lru_cache(maxsize=64)(self._listing)
+        self._bodies: dict[str, bytes] = {}
+        self._zipped: dict[bytes, bytes] = {}
 
     # --- data -------------------------------------------------------------------------
 
@@ -340,7 +343,11 @@ class CdrSimulator:
         return DayTruth(valid, rejects)
 
     def listing(self, start: int, end: int, src: str | None = None) -> list[Any]:
-        """The records a query for ``[start, end]`` returns, before paging, in served order."""
+        """The records a query for ``[start, end]`` returns, before paging, in served order
+        (built once per window: every page of a query pages through the same list)."""
+        return self._listings(start, end, src)
+
+    def _listing(self, start: int, end: int, src: str | None) -> list[Any]:
         calls = self.calls_between(start, end, self.config.filter_on)
         if src:
             calls = [c for c in calls if c.src == src]
@@ -397,20 +404,52 @@ class CdrSimulator:
         compress = params.get("compress", "0")
         if compress not in ("0", "1"):
             return self._error("-2", "parameter exception")
-        doc = self._lookup(params["callId"]) if params.get("callId") else self._query(params)
-        if isinstance(doc, SimResponse):
-            return doc
-        raw = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        raw_or_error = self._answer(params)
+        if isinstance(raw_or_error, SimResponse):
+            return raw_or_error
+        raw = raw_or_error
         if fault == "malformed":
             return SimResponse(
                 200, raw[: max(1, len(raw) // 2)], {"Content-Type": "application/json"}
             )
         if compress == "1" and _unit(cfg.seed, key, attempt, "plain") >= cfg.uncompressed_rate:
-            raw = _gzip.compress(raw, mtime=0) if cfg.gzip else zlib.compress(raw)
+            raw = self._compressed(raw)
             with self._lock:
                 self.stats["compressed"] += 1
             return SimResponse(200, raw, {"Content-Type": "application/octet-stream"})
         return SimResponse(200, raw, {"Content-Type": "application/json; charset=utf-8"})
+
+    def _answer(self, params: dict[str, str]) -> bytes | SimResponse:
+        """The JSON body for a query, built once: the same question gets the same bytes, and
+        a benchmark then measures the client rather than the simulator's own encoding."""
+        key = json.dumps(
+            {k: v for k, v in params.items() if k not in ("appId", "compress")}, sort_keys=True
+        )
+        with self._lock:
+            cached = self._bodies.get(key)
+        if cached is not None:
+            return cached
+        doc = self._lookup(params["callId"]) if params.get("callId") else self._query(params)
+        if isinstance(doc, SimResponse):
+            return doc
+        raw = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        with self._lock:
+            self._bodies[key] = raw
+            if len(self._bodies) > 4096:
+                self._bodies.pop(next(iter(self._bodies)))
+        return raw
+
+    def _compressed(self, raw: bytes) -> bytes:
+        key = hashlib.blake2b(raw, digest_size=16).digest()
+        with self._lock:
+            cached = self._zipped.get(key)
+        if cached is None:
+            cached = _gzip.compress(raw, mtime=0) if self.config.gzip else zlib.compress(raw)
+            with self._lock:
+                self._zipped[key] = cached
+                if len(self._zipped) > 4096:
+                    self._zipped.pop(next(iter(self._zipped)))
+        return cached
 
     def _pick_fault(self, key: str, attempt: int) -> str | None:
         cfg = self.config

@@ -195,6 +195,7 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
                 {
                     "dagster/row_count": acc["valid"],
                     **common,
+                    **{f"timing/{k}": round(v, 3) for k, v in result.timings.items()},
                     "path": dg.MetadataValue.path(str(result.paths["cdr"])),
                     "preview": dg.MetadataValue.md(_markdown_table([row])),
                 },

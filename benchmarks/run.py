@@ -1,0 +1,240 @@
+"""``make bench``: the project against the baselines, on the same data, in the same run.
+
+Every transform figure is the median of repeated runs, each in a fresh process (see
+:mod:`benchmarks.worker`); ratios are against baselines measured here, now, on this machine.
+Results go to the terminal and to ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import fetch
+from benchmarks.data import ensure_day
+
+HERE = Path(__file__).resolve().parent
+GOALS = {"pandas": 5.0, "dlt": 20.0, "rss_mb": 300.0, "fetch": 1.1}
+
+
+def worker(task: str, root: Path, limit: int | None = None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.worker", task, str(root), str(limit or "-")]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, check=True, cwd=HERE.parent, timeout=1800
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["rate"] = result["records"] / result["seconds"]
+    return result
+
+
+def repeat(task: str, root: Path, times: int, limit: int | None = None) -> dict[str, Any]:
+    runs = [worker(task, root, limit) for _ in range(times)]
+    median = statistics.median(r["rate"] for r in runs)
+    return {
+        "task": task,
+        "records": runs[0]["records"],
+        "runs": len(runs),
+        "rate": median,
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "rss_mb": max(r["rss_mb"] for r in runs),
+    }
+
+
+def profile(root: Path) -> str:
+    """Where the main thread's time goes in one transform (pyinstrument)."""
+    code = (
+        "from zoneinfo import ZoneInfo\n"
+        "from pyinstrument import Profiler\n"
+        "from benchmarks.data import day\n"
+        "from cdr_pipeline.daily import validate_day\n"
+        "from pathlib import Path\n"
+        "p = Profiler(interval=0.005)\n"
+        "p.start()\n"
+        f"validate_day(Path({str(root)!r}), day(), ZoneInfo('Asia/Shanghai'))\n"
+        "p.stop()\n"
+        "print(p.output_text(unicode=False, color=False))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE.parent, check=True
+    )
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip() and "Recorded" not in ln]
+    return "\n".join(lines[:45])
+
+
+def machine() -> str:
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal"):
+                mem_kb = int(line.split()[1])
+    import dlt
+    import pandas
+    import pyarrow
+
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem_kb / 1024 / 1024:.0f} GiB RAM, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
+        f"pyarrow {pyarrow.__version__}, pandas {pandas.__version__}, dlt {dlt.__version__}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--records", type=int, default=1_000_000, help="day for speed")
+    parser.add_argument("--big", type=int, default=5_000_000, help="second day for memory")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dlt-records", type=int, default=100_000)
+    parser.add_argument("--e2e-days", type=int, default=30)
+    parser.add_argument("--e2e-calls", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+
+    print(f"generating (or reusing) simulated days of {args.records} and {args.big} calls")
+    small, big = ensure_day(args.records), ensure_day(args.big)
+    rows: list[dict[str, Any]] = []
+    print("transform: the project")
+    ours = repeat("ours", small, args.repeat)
+    ours_big = repeat("ours", big, 1)
+    print("transform: naive pandas")
+    pandas = repeat("pandas", small, max(1, args.repeat - 1))
+    print("transform: dlt (filesystem destination, Parquet)")
+    dlt = repeat("dlt", small, max(1, args.repeat - 1), args.dlt_records)
+    print("floors: inflate, JSON to Arrow, Parquet write")
+    floors = [worker(t, small) for t in ("floor_inflate", "floor_json", "floor_parquet")]
+    rows += [ours, ours_big, pandas, dlt]
+    print("fetch: simulator in its own process, injected latency")
+    fetches = [
+        fetch.measure(latency_ms=100, concurrency=8, rate=0),
+        fetch.measure(latency_ms=100, concurrency=16, rate=0),
+        fetch.measure(latency_ms=20, concurrency=8, rate=40),
+    ]
+    print(f"end to end: {args.e2e_days} days x {args.e2e_calls} calls through Dagster")
+    e2e_out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.e2e", str(args.e2e_days), str(args.e2e_calls)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=HERE.parent,
+    )
+    e2e = json.loads(e2e_out.stdout.strip().splitlines()[-1])
+    prof = profile(small)
+
+    vs_pandas = ours["rate"] / pandas["rate"]
+    vs_dlt = ours["rate"] / dlt["rate"]
+    peak = max(ours["rss_mb"], ours_big["rss_mb"])
+    fetch_ratio = max(f["ratio"] for f in fetches if f["concurrency"] == 8)
+    table = [
+        "| measurement | records | median s | records/s | peak extra RSS MB |",
+        "|---|---|---|---|---|",
+    ]
+    names = {
+        "ours": "cdr-pipeline (validate + dedup + Parquet + summaries)",
+        "pandas": "naive pandas (json.loads, DataFrame, astype, to_parquet)",
+        "dlt": "dlt (dicts to filesystem destination, Parquet)",
+    }
+    for r in rows:
+        table.append(
+            f"| {names[r['task']]} | {r['records']:,} | {r['seconds']:.2f} | {r['rate']:,.0f} | "
+            f"{r['rss_mb']:.0f} |"
+        )
+    for f in floors:
+        table.append(
+            f"| floor: {f['task'][6:]} alone | {f['records']:,} | {f['seconds']:.2f} | "
+            f"{f['records'] / f['seconds']:,.0f} | {f['rss_mb']:.0f} |"
+        )
+    fetch_table = [
+        "| latency ms | concurrency | rate/s | requests | wall s | ideal s | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in fetches:
+        fetch_table.append(
+            f"| {f['latency_ms']:.0f} | {f['concurrency']} | {f['rate'] or '-'} | "
+            f"{f['requests']} | {f['wall_s']:.2f} | {f['ideal_s']:.2f} | {f['ratio']:.2f} |"
+        )
+    e2e_table = [
+        "| part | seconds | share |",
+        "|---|---|---|",
+        *(
+            f"| {k[:-2].replace('_', ' ')} | {e2e[k]:.1f} | {e2e[k] / e2e['wall_s']:.0%} |"
+            for k in ("fetch_s", "transform_s", "write_s", "checks_s", "dagster_overhead_s")
+        ),
+        f"| **wall** | {e2e['wall_s']:.1f} | {e2e['records']:,} records, "
+        f"{e2e['records'] / e2e['wall_s']:,.0f}/s |",
+    ]
+    goals = [
+        f"- transform vs naive pandas: **{vs_pandas:.1f}x** (goal {GOALS['pandas']:.0f}x)",
+        f"- transform vs dlt: **{vs_dlt:.1f}x** (goal {GOALS['dlt']:.0f}x)",
+        f"- peak extra RSS: **{ours['rss_mb']:.0f} MB** at {ours['records']:,} records/day, "
+        f"**{ours_big['rss_mb']:.0f} MB** at {ours_big['records']:,} (goal <= "
+        f"{GOALS['rss_mb']:.0f} MB, flat)",
+        f"- fetch at concurrency 8: **{fetch_ratio:.2f}x** of ideal (goal {GOALS['fetch']}x)",
+    ]
+    final = (
+        f"bench: transform {ours['rate']:,.0f} rec/s ({vs_pandas:.1f}x pandas, {vs_dlt:.1f}x dlt), "
+        f"peak extra RSS {peak:.0f} MB, fetch {fetch_ratio:.2f} of ideal"
+    )
+    report = "\n".join(
+        [
+            "# Benchmark results",
+            "",
+            f"Written by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in "
+            f"{time.perf_counter() - started:.0f} s.",
+            "",
+            f"Machine: {machine()}.",
+            "",
+            "## Goals",
+            "",
+            *goals,
+            "",
+            "## Transform (raw zlib pages of one day to `cdr`, `cdr_rejects`, summaries)",
+            "",
+            *table,
+            "",
+            "## Fetch",
+            "",
+            *fetch_table,
+            "",
+            f"## End to end: {e2e['days']}-day backfill through Dagster",
+            "",
+            *e2e_table,
+            "",
+            "## Profile of the transform's main thread (1M records)",
+            "",
+            "```",
+            prof,
+            "```",
+            "",
+            final,
+            "",
+        ]
+    )
+    (HERE / "RESULTS.md").write_text(report)
+    print()
+    print("\n".join(table))
+    print()
+    print("\n".join(fetch_table))
+    print()
+    print("\n".join(e2e_table))
+    print()
+    print("\n".join(goals))
+    print(final)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
