@@ -8,8 +8,13 @@ with (plain pandas, dlt) cannot cope with bad records, and the fast path is what
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -73,3 +78,25 @@ def ensure_day(calls_per_day: int) -> Path:
     }
     storage.write_raw_day(root, DAY, bodies, manifest)
     return root
+
+
+@contextmanager
+def simulator_process(*options: str) -> Iterator[str]:
+    """``cdr-pipeline simulate-api`` in a process of its own on a free loopback port; yields
+    its URL and stops it afterwards."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cli = str(Path(sys.executable).parent / "cdr-pipeline")
+    server = subprocess.Popen(
+        [cli, "simulate-api", "--port", str(port), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = server.stdout.readline() if server.stdout else ""
+        yield line.split("listening on ")[1].strip()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -12,48 +12,30 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import date, timedelta
 from pathlib import Path
 
-CLI = str(Path(sys.executable).parent / "cdr-pipeline")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from benchmarks.data import simulator_process
 
 
 def main(days: int, calls_per_day: int) -> dict[str, float]:
-    port = _free_port()
-    server = subprocess.Popen(
-        [CLI, "simulate-api", "--port", str(port), "--calls-per-day", str(calls_per_day)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = server.stdout.readline() if server.stdout else ""
-        url = line.split("listening on ")[1].strip()
-        with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
-            os.environ.update(
-                CDR_API_URL=url,
-                CDR_API_ID="bench",
-                CDR_APP_ID="bench",
-                CDR_DATA_DIR=str(Path(tmp) / "data"),
-                CDR_START_DATE="2024-01-01",
-                CDR_TIMEZONE="Asia/Shanghai",
-                CDR_CONCURRENCY="4",
-            )
-            return _run(days)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with (
+        simulator_process("--calls-per-day", str(calls_per_day)) as url,
+        tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp,
+    ):
+        os.environ.update(
+            CDR_API_URL=url,
+            CDR_API_ID="bench",
+            CDR_APP_ID="bench",
+            CDR_DATA_DIR=str(Path(tmp) / "data"),
+            CDR_START_DATE="2024-01-01",
+            CDR_TIMEZONE="Asia/Shanghai",
+            CDR_CONCURRENCY="4",
+        )
+        return _run(days)
 
 
 def _run(days: int) -> dict[str, float]:

@@ -7,23 +7,12 @@ runs on the same two cores, which is part of what the ratio shows.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from benchmarks.data import simulator_process
 from cdr_pipeline.api.client import CdrApiClient, ClientSettings
 from cdr_pipeline.daily import Day, fetch_windows
-
-CLI = str(Path(sys.executable).parent / "cdr-pipeline")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def measure(
@@ -35,27 +24,14 @@ def measure(
     page_size: int = 500,
     window_hours: int = 1,
 ) -> dict[str, float]:
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            CLI,
-            "simulate-api",
-            "--port",
-            str(port),
-            "--calls-per-day",
-            str(calls_per_day),
-            "--page-size",
-            str(page_size),
-            "--latency-ms",
-            str(latency_ms),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = server.stdout.readline() if server.stdout else ""
-        url = line.split("listening on ")[1].strip()
+    with simulator_process(
+        "--calls-per-day",
+        str(calls_per_day),
+        "--page-size",
+        str(page_size),
+        "--latency-ms",
+        str(latency_ms),
+    ) as url:
         day = Day.from_key("2024-05-07", ZoneInfo("Asia/Shanghai"))
         windows = fetch_windows(day, window_hours, 0)
         settings = ClientSettings(
@@ -70,9 +46,6 @@ def measure(
             )
             wall = time.perf_counter() - start
             requests = client.stats["requests"]
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     latency_bound = requests * latency_ms / 1000.0 / concurrency
     rate_bound = requests / rate if rate else 0.0
     ideal = max(latency_bound, rate_bound)

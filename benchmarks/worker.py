@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from benchmarks.data import DAY, TZ, day, ensure_day
 from cdr_pipeline import storage
+from cdr_pipeline.api.simulator import TIME_FIELDS
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -89,15 +90,7 @@ def ours_warmup() -> None:
 
 # --- baselines, written the way users write them ----------------------------------------------
 
-TIME_COLUMNS = [
-    "startSrcCallTime",
-    "startSrcRingTime",
-    "srcAcceptTime",
-    "startDstCallTime",
-    "startDstRingTime",
-    "dstAcceptTime",
-    "endCallTime",
-]
+TIME_COLUMNS = list(TIME_FIELDS)  # the wire names
 
 
 def naive_pandas(root: Path, limit: int | None) -> int:

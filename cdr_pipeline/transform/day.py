@@ -57,7 +57,7 @@ WORK_SCHEMA = pa.schema(
     + [pa.field("_q", pa.int32())]
 )
 SPILL_ABOVE_ROWS = 200_000  # a day expected to hold more than this spills to disk
-ROWS_PER_BUCKET = 100_000
+ROWS_PER_BUCKET = 64_000
 _TS = pa.timestamp("ms", tz="UTC")
 
 
@@ -186,6 +186,8 @@ class DayBuilder:
         *,
         expected_records: int = 0,
         spill_dir: Path | None = None,
+        spill_above: int = SPILL_ABOVE_ROWS,
+        rows_per_bucket: int = ROWS_PER_BUCKET,
     ) -> None:
         self.day_start, self.day_end, self.tz = day_start, day_end, tz
         self.fetched = 0
@@ -198,12 +200,12 @@ class DayBuilder:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         folder = None
         buckets = 1
-        if expected_records > SPILL_ABOVE_ROWS:
+        if expected_records > spill_above:
             self._tmp = tempfile.TemporaryDirectory(
                 prefix=".cdr-day-", dir=spill_dir, ignore_cleanup_errors=True
             )
             folder = Path(self._tmp.name)
-            buckets = -(-expected_records // ROWS_PER_BUCKET)
+            buckets = -(-expected_records // rows_per_bucket)
         self._by_id = _Buckets(buckets, folder, "id")
         self._by_time = _Buckets(max(1, buckets), folder, "time")
         self._slow_rows: list[dict[str, Any]] = []

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdr_pipeline.transform.hashing import fingerprint
+from cdr_pipeline.transform.parse import TIME_FIELDS
 
 OUTCOME_SCHEMA = pa.schema(
     [
@@ -67,13 +68,7 @@ OUTCOME_COLUMNS = ["call_type", "call_end_status", "call_end_status_label", "cal
 KPI_COLUMNS = [
     "src",
     "dst",
-    "start_src_call_time",
-    "start_src_ring_time",
-    "src_accept_time",
-    "start_dst_call_time",
-    "start_dst_ring_time",
-    "dst_accept_time",
-    "end_call_time",
+    *(col for _, col in TIME_FIELDS),
     "call_end_status",
     "duration_s",
     "record_url",
