@@ -7,14 +7,15 @@ body it kept, exactly as received, with what it took to get it.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from queue import Empty, PriorityQueue
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -113,6 +114,7 @@ class Exchange:
     decoded_bytes: int
     record_count: int
     records: list[Any] = field(repr=False, compare=False)
+    truncated: bool = False  # the server said there is more (a cursor to follow)
 
 
 class TokenBucket:
@@ -347,33 +349,42 @@ class CdrApiClient:
             raise ValueError(f"window start {start} is after its end {end}")
         return self._list((start, end), src)
 
-    def _list(self, window: Window, src: str | None) -> list[Exchange]:
-        start, end = window
-        base = {"startTimeStamp": str(start), "endTimeStamp": str(end)}
+    def _page(self, window: Window, src: str | None, cursor: str | None) -> Exchange:
+        """One page of a window's listing: the first (no cursor) or the one a cursor names."""
+        base = {"startTimeStamp": str(window[0]), "endTimeStamp": str(window[1])}
         if src:
             base["src"] = src
+        params = dict(base, offset=cursor) if cursor is not None else base
+        doc, body, encoding, size, attempts = self._request(params, window=window)
+        self._count("pages")
+        return Exchange(
+            window,
+            cursor,
+            doc.offset,
+            attempts,
+            body,
+            encoding,
+            size,
+            len(doc.records),
+            doc.records,
+            doc.truncated,
+        )
+
+    def _list(
+        self, window: Window, src: str | None, first: Exchange | None = None
+    ) -> list[Exchange]:
+        """Follow a window's cursors to the end (from ``first`` if it was fetched already)."""
         pages: list[Exchange] = []
         seen: set[str] = set()
         cursor: str | None = None
+        page = first
         while True:
-            params = dict(base, offset=cursor) if cursor is not None else base
-            doc, body, encoding, size, attempts = self._request(params, window=window)
-            self._count("pages")
-            page = Exchange(
-                window,
-                cursor,
-                doc.offset,
-                attempts,
-                body,
-                encoding,
-                size,
-                len(doc.records),
-                doc.records,
-            )
-            if not doc.truncated:
+            if page is None:
+                page = self._page(window, src, cursor)
+            if not page.truncated:
                 pages.append(page)
                 return pages
-            received = str(doc.offset)
+            received = str(page.cursor_received)
             if cursor is not None and received == cursor:
                 return self._split(window, src, len(pages) + 1)
             if received in seen:
@@ -390,7 +401,7 @@ class CdrApiClient:
                     window=window,
                     hint="lower window_hours, or raise max_pages_per_query if this is real volume",
                 )
-            cursor = received
+            cursor, page = received, None
 
     def _split(self, window: Window, src: str | None, discarded: int) -> list[Exchange]:
         start, end = window
@@ -411,19 +422,88 @@ class CdrApiClient:
     def fetch_windows(
         self, windows: Sequence[Window], src: str | None = None
     ) -> Iterator[tuple[Window, list[Exchange]]]:
-        """Query several windows with bounded concurrency; results come back in order."""
+        """Query several windows with bounded concurrency; results come back in order.
+
+        A window's pages must be fetched one after another (each needs the last cursor), so
+        what bounds the wall time is the longest chain started late. The first page of every
+        window is fetched first; it shows how much of its window one page covered, and the
+        rest of the chains then run longest-expected first (an ordering guess only: every
+        page is still fetched)."""
         workers = max(1, min(self.settings.concurrency, len(windows)))
         if workers == 1:
             for w in windows:
                 yield w, self.query_window(w[0], w[1], src)
             return
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="getCdr")
+        tasks: PriorityQueue[tuple[float, int, int, Exchange | None]] = PriorityQueue()
+        order = itertools.count()
+        for i in range(len(windows)):
+            tasks.put((_FIRST_PAGE_PRIORITY, next(order), i, None))
+        results: dict[int, list[Exchange] | BaseException] = {}
+        done = threading.Condition()
+        stop = threading.Event()
+
+        def work() -> None:
+            while not stop.is_set():
+                try:
+                    _, _, i, first = tasks.get(timeout=0.05)
+                except Empty:
+                    if len(results) == len(windows):
+                        return
+                    continue
+                window = windows[i]
+                result: list[Exchange] | BaseException
+                try:
+                    if first is None:
+                        page = self._page(window, src, None)
+                        if page.truncated:
+                            tasks.put((-_pages_left(page), next(order), i, page))
+                            continue
+                        result = [page]
+                    else:
+                        result = self._list(window, src, first)
+                except BaseException as exc:  # handed to the caller, in window order
+                    result = exc
+                with done:
+                    results[i] = result
+                    done.notify_all()
+
+        threads = [
+            threading.Thread(target=work, name=f"getCdr-{n}", daemon=True) for n in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
         try:
-            futures = [pool.submit(self.query_window, w[0], w[1], src) for w in windows]
-            for w, fut in zip(windows, futures, strict=True):
-                yield w, fut.result()
+            for i, w in enumerate(windows):
+                with done:
+                    done.wait_for(lambda i=i: i in results)
+                    result = results[i]
+                if isinstance(result, BaseException):
+                    raise result
+                yield w, result
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            stop.set()
+            for thread in threads:
+                thread.join()
+
+
+# A window not yet started counts as if 1.5 pages of it were left: chains expected to be
+# longer go first, shorter ones after the remaining first pages.
+_FIRST_PAGE_PRIORITY = -1.5
+
+
+def _pages_left(page: Exchange) -> float:
+    """How many more pages a window probably has, from how far into it its first page got
+    (records usually come in time order; if not, this only changes the order of work)."""
+    start, end = page.window
+    latest = start
+    for record in page.records:
+        value = record.get("startSrcCallTime") if isinstance(record, dict) else None
+        if isinstance(value, str) and value.isdigit() and len(value) <= 11:
+            latest = max(latest, int(value))
+    covered = (latest - start) / max(1, end - start)
+    if not 0 < covered <= 1:
+        return 2.0
+    return max(1.0, 1 / covered - 1)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -596,6 +596,9 @@ class SimulatorServer:
 def _make_handler(sim: CdrSimulator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: without TCP_NODELAY, Nagle holds the body
+        # until the client's delayed ACK (40 ms) arrives, and every answer looks slow.
+        disable_nagle_algorithm = True
 
         def _serve(self) -> None:
             parts = urlsplit(self.path)
