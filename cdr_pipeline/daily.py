@@ -146,6 +146,7 @@ class ValidatedDay:
 # Decoded pages handed to the transform at once: big enough for Arrow's reader to use both
 # cores, small enough that memory does not grow with the day.
 BATCH_BYTES = 4 * 1024 * 1024
+PARSE_AHEAD = 1
 
 
 def decoded_batches(
@@ -194,16 +195,18 @@ def validate_day(
     tz_name = tz.key
     started = time.perf_counter()
     try:
-        # Arrow parses and checks the next batch on a second thread while this one is added.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse") as parser:
-            ahead: tuple[list, Future[ParsedPages | None]] | None = None
+        # Arrow parses and checks the next batches on other threads while this one is added
+        # (Arrow releases the GIL); results are taken in order, PARSE_AHEAD at most waiting.
+        with ThreadPoolExecutor(max_workers=PARSE_AHEAD, thread_name_prefix="parse") as parser:
+            ahead: deque[tuple[list, Future[ParsedPages | None]]] = deque()
             for batch in decoded_batches(root, day.key, manifest, max_bytes):
-                job = (batch, parser.submit(parse_pages, batch, tz_name))
-                if ahead is not None:
-                    builder.add_parsed(ahead[0], ahead[1].result())
-                ahead = job
-            if ahead is not None:
-                builder.add_parsed(ahead[0], ahead[1].result())
+                ahead.append((batch, parser.submit(parse_pages, batch, tz_name)))
+                if len(ahead) > PARSE_AHEAD:
+                    pages, parsing = ahead.popleft()
+                    builder.add_parsed(pages, parsing.result())
+            while ahead:
+                pages, parsing = ahead.popleft()
+                builder.add_parsed(pages, parsing.result())
         parsed = time.perf_counter()
         state: dict[str, Any] = {"date": day.key, "fetch": manifest["totals"]}
 
