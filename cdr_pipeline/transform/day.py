@@ -2,10 +2,11 @@
 
 Pages go through the fast path (:mod:`columnar`) where Arrow can type them and record by
 record through :func:`validate.validate_record` where it cannot; either way the valid rows
-of the day collect as Arrow batches. A large day spills them to disk in buckets by a hash
-of ``call_id`` (so every copy of a call lands in the same bucket, where de-duplication is
-exact: the hash only groups, it never decides), then in buckets by start time, so the final
-sort by ``(start, call_id)`` only ever holds a slice of the day.
+of the day collect as Arrow batches in slices by start time (on disk for a large day), with an
+8-byte key of each ``call_id`` kept aside. Once every page is in, the keys seen more than once
+name the only rows that can be copies: those alone are gathered and de-duplicated exactly (the
+key only groups; the real ids are compared), and each time slice is then sorted by
+``(start, call_id)`` and handed on, so memory holds one slice of the day at a time.
 
 The accounting is the promise to operators: every fetched record ends up in exactly one of
 ``valid``, ``rejected``, ``duplicates_dropped``, ``overlap_copies`` or ``outside_day``.
@@ -94,10 +95,14 @@ class _Buckets:
         self.name = name
         self._memory: dict[int, list[pa.Table]] = {}
         self._writers: dict[int, ipc.RecordBatchStreamWriter] = {}
+        self._closed = False
 
     def add(self, table: pa.Table, bucket: np.ndarray | int) -> None:
         if isinstance(bucket, int) or self.count == 1:
             self._put(bucket if isinstance(bucket, int) else 0, table)
+            return
+        if len(bucket) and bucket.min() == bucket.max():  # pages come in time order: common
+            self._put(int(bucket[0]), table)
             return
         order = np.argsort(bucket, kind="stable")
         sorted_buckets = bucket[order]
@@ -118,21 +123,24 @@ class _Buckets:
             writer = self._writers[bucket] = ipc.new_stream(str(path), table.schema)
         writer.write_table(table)
 
-    def drain(self, schema: pa.Schema) -> Iterator[tuple[int, pa.Table]]:
-        """Each non-empty bucket once, in bucket order, freed as it goes."""
-        for writer in self._writers.values():
-            writer.close()
+    def read(self, *, free: bool) -> Iterator[tuple[int, pa.Table]]:
+        """Each non-empty bucket, in bucket order; ``free`` drops each once it is read."""
+        if not self._closed:
+            for writer in self._writers.values():
+                writer.close()
+            self._closed = True
         for bucket in range(self.count):
             if self.folder is None:
-                parts = self._memory.pop(bucket, [])
+                parts = self._memory.pop(bucket, []) if free else self._memory.get(bucket, [])
                 if parts:
                     yield bucket, pa.concat_tables(parts)
                 continue
             path = self.folder / f"{self.name}-{bucket:05d}.arrow"
-            if bucket in self._writers:
+            if bucket in self._writers and path.exists():
                 with ipc.open_stream(str(path)) as reader:
                     table = reader.read_all()
-                path.unlink()
+                if free:
+                    path.unlink()
                 yield bucket, table
 
 
@@ -205,9 +213,12 @@ class DayBuilder:
                 prefix=".cdr-day-", dir=spill_dir, ignore_cleanup_errors=True
             )
             folder = Path(self._tmp.name)
-            buckets = -(-expected_records // rows_per_bucket)
-        self._by_id = _Buckets(buckets, folder, "id")
-        self._by_time = _Buckets(max(1, buckets), folder, "time")
+            # time slices of equal length; busy hours hold about twice the average
+            buckets = 2 * -(-expected_records // rows_per_bucket)
+        self._by_time = _Buckets(buckets, folder, "time")
+        self._keys: list[np.ndarray] = []  # bucket_key of every valid row's call_id
+        self._repeated = np.zeros(0, dtype=np.uint64)
+        self._winners: dict[int, pa.Table] = {}
         self._slow_rows: list[dict[str, Any]] = []
         self._slow_queries: list[int] = []
         self._finished = False
@@ -334,11 +345,10 @@ class DayBuilder:
             copies.see(q)
 
     def _add_valid(self, table: pa.Table) -> None:
-        if self._by_id.count == 1:
-            self._by_id.add(table, 0)
-        else:
-            fp = bucket_key(table.column("call_id"))
-            self._by_id.add(table, (fp % np.uint64(self._by_id.count)).astype(np.int64))
+        key = bucket_key(table.column("call_id"))
+        self._keys.append(key)
+        table = table.append_column("_k", pa.array(key, pa.uint64()))
+        self._by_time.add(table, 0 if self._by_time.count == 1 else self._time_bucket(table))
 
     # --- output -----------------------------------------------------------------------
 
@@ -391,18 +401,36 @@ class DayBuilder:
         return ((start - self.day_start) * self._by_time.count // span).astype(np.int64)
 
     def _settle(self) -> None:
-        """De-duplicate every id bucket (once); the winners wait in time buckets."""
+        """Find the ids seen more than once (by key: equal ids have equal keys) and decide
+        them exactly, once; every other row is a single copy and passes straight through."""
         if self._settled:
             return
         self._settled = True
         self._flush_slow()
-        for _, bucket in self._by_id.drain(WORK_SCHEMA):
-            winners = self._dedup(bucket)
-            self._valid_count += len(winners)
-            if self._by_time.count == 1:
-                self._by_time.add(winners, 0)
-            else:
-                self._by_time.add(winners, self._time_bucket(winners))
+        keys = np.concatenate(self._keys) if self._keys else np.zeros(0, dtype=np.uint64)
+        self._keys = []
+        self._valid_count = len(keys)
+        keys.sort()
+        self._repeated = np.unique(keys[1:][keys[1:] == keys[:-1]])
+        del keys
+        if not self._repeated.size:
+            return
+        copies = [
+            table.filter(self._is_repeated(table)) for _, table in self._by_time.read(free=False)
+        ]
+        copies_table = pa.concat_tables([c for c in copies if len(c)])
+        winners = self._dedup(copies_table.drop_columns(["_k"]))
+        self._valid_count += len(winners) - len(copies_table)
+        if self._by_time.count == 1:
+            self._winners = {0: winners}
+        else:
+            slices = self._time_bucket(winners)
+            for bucket in np.unique(slices):
+                self._winners[int(bucket)] = winners.filter(pa.array(slices == bucket))
+
+    def _is_repeated(self, table: pa.Table) -> pa.Array:
+        keys = table.column("_k").to_numpy()
+        return pa.array(np.isin(keys, self._repeated))
 
     def iter_cdr(self) -> Iterator[pa.Table]:
         """The day's valid rows in ``(start, call_id)`` order, a slice at a time."""
@@ -411,9 +439,19 @@ class DayBuilder:
         self._finished = True
         try:
             self._settle()
-            for _, part in self._by_time.drain(WORK_SCHEMA):
-                order = [("start_src_call_time", "ascending"), ("call_id", "ascending")]
-                yield _to_cdr(part.sort_by(order))
+            order = [("start_src_call_time", "ascending"), ("call_id", "ascending")]
+            winners = self._winners
+            for bucket, table in self._by_time.read(free=True):
+                parts = [w for b, w in sorted(winners.items()) if b < bucket]
+                for b in [b for b in winners if b < bucket]:
+                    del winners[b]
+                if self._repeated.size:
+                    table = table.filter(pc.invert(self._is_repeated(table)))
+                parts.append(table.drop_columns(["_k", "_q"]))
+                if bucket in winners:
+                    parts.append(winners.pop(bucket))
+                yield from _sorted_part(parts, order)
+            yield from _sorted_part([w for _, w in sorted(winners.items())], order)
         finally:
             self.close()
 
@@ -465,6 +503,12 @@ class DayBuilder:
         parts = list(self.iter_cdr())
         cdr = pa.concat_tables(parts) if parts else CDR_SCHEMA.empty_table()
         return DayResult(cdr, self.rejects_table(), self.accounting())
+
+
+def _sorted_part(parts: list[pa.Table], order: list[tuple[str, str]]) -> Iterator[pa.Table]:
+    part = pa.concat_tables(parts) if parts else None
+    if part is not None and len(part):
+        yield _to_cdr(part.sort_by(order))
 
 
 def _to_cdr(part: pa.Table) -> pa.Table:
