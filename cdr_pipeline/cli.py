@@ -215,6 +215,17 @@ def cmd_kpis(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from cdr_pipeline.report import html_report
+
+    settings = load_settings()
+    days = _day_range(args, settings)
+    out = Path(args.out)
+    out.write_text(html_report(settings.data_dir, days[0], days[-1]), encoding="utf-8")
+    print(f"wrote {out} ({days[0]} to {days[-1]})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cdr-pipeline", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -249,11 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("materialize", cmd_materialize, "materialize a range of days through Dagster"),
         ("kpis", cmd_kpis, "print the KPI table of a range of days"),
+        ("report", cmd_report, "write a self-contained HTML report of a range of days"),
     ):
         s = sub.add_parser(name, help=text)
         s.add_argument("--start", help="first day, YYYY-MM-DD")
         s.add_argument("--end", help="last day, YYYY-MM-DD (inclusive)")
         s.add_argument("--last", type=int, help="the last N complete days instead")
+        if name == "report":
+            s.add_argument("--out", default="report.html", help="where to write the HTML")
         s.set_defaults(func=func)
     return p
 

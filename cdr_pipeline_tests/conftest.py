@@ -31,9 +31,7 @@ FAST = ClientSettings(
 )
 
 
-@pytest.fixture
-def sim_server() -> Iterator[Callable[..., SimulatorServer]]:
-    """Start simulators on 127.0.0.1 (random port); all are stopped after the test."""
+def _simulators() -> Iterator[Callable[..., SimulatorServer]]:
     servers: list[SimulatorServer] = []
 
     def start(**overrides) -> SimulatorServer:
@@ -45,6 +43,18 @@ def sim_server() -> Iterator[Callable[..., SimulatorServer]]:
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def sim_server() -> Iterator[Callable[..., SimulatorServer]]:
+    """Start simulators on 127.0.0.1 (random port); all are stopped after the test."""
+    yield from _simulators()
+
+
+@pytest.fixture(scope="module")
+def sim_server_module() -> Iterator[Callable[..., SimulatorServer]]:
+    """The same, kept for a whole test module."""
+    yield from _simulators()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pyarrow as pa
 from cdr_pipeline.api.errors import CdrApiError, RetriesExhaustedError
 from cdr_pipeline.daily import Day, fetch_raw_day, kpis_day, outcome_day, validate_day
 from cdr_pipeline.defs.resources import CdrApiResource, CdrStorageResource
+from cdr_pipeline.report import TREND_DAYS, days_back, kpi_history, png_markdown, trend_png
 from cdr_pipeline.transform.summarize import KPI_SCHEMA, OUTCOME_SCHEMA
 from cdr_pipeline.transform.validate import ACCOUNTING_BUCKETS, CDR_SCHEMA, REJECTS_SCHEMA
 
@@ -266,11 +267,16 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
             values, path = kpis_day(cdr_storage.root, day, cdr_storage.tz)
             rows.append({"date": day.key, **values})
             numeric = {f"kpi/{k}": v for k, v in values.items() if v is not None}
+            history = kpi_history(cdr_storage.root, days_back(day.key, TREND_DAYS))
+            title = f"last {TREND_DAYS} days to {day.key}"
             context.add_asset_metadata(
                 {
                     **numeric,
                     "path": dg.MetadataValue.path(str(path)),
                     "preview": dg.MetadataValue.md(_markdown_table(_transpose(values))),
+                    "trend": dg.MetadataValue.md(
+                        png_markdown(trend_png(history, title=title), f"KPI trend, {title}")
+                    ),
                 },
                 partition_key=day.key,
             )

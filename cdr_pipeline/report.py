@@ -1,0 +1,199 @@
+"""Pictures for people: a KPI trend chart and a self-contained HTML report.
+
+The chart goes into the KPI asset's materialization metadata (so it shows in the Dagster UI)
+and into ``cdr-pipeline report``; both read only the published datasets.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from cdr_pipeline import storage
+
+TREND_DAYS = 30
+RATES = (
+    ("connect_rate", "connect rate"),
+    ("caller_answer_rate", "caller answer rate"),
+    ("callee_answer_rate", "callee answer rate"),
+)
+
+
+def days_back(end: str, count: int) -> list[str]:
+    last = date.fromisoformat(end)
+    return [(last - timedelta(days=i)).isoformat() for i in range(count - 1, -1, -1)]
+
+
+def kpi_history(root: Path, days: Sequence[str]) -> list[dict[str, Any]]:
+    """The KPI row of each day that has one, oldest first (days without data are skipped)."""
+    rows = []
+    for day in days:
+        try:
+            table = storage.read_day_table(root, "call_kpis_daily", day)
+        except storage.StorageError:
+            continue
+        if table.num_rows:
+            rows.append({"date": day, **table.to_pylist()[0]})
+    return rows
+
+
+def trend_png(rows: Sequence[dict[str, Any]], *, title: str = "") -> bytes:
+    """Rates, average call duration and volume per day, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; safe in a run worker
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    days = [datetime.fromisoformat(r["date"]) for r in rows]
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(8, 5), dpi=80, sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
+    try:
+        for key, label in RATES:
+            values = [r[key] if r[key] is not None else float("nan") for r in rows]
+            top.plot(days, values, marker="o", markersize=3, label=label)
+        top.set_ylim(0, 1)
+        top.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        top.legend(loc="lower left", fontsize=8)
+        top.grid(alpha=0.3)
+        top.set_title(title or "call KPIs", fontsize=10)
+        bottom.bar(days, [r["total_calls"] for r in rows], color="#c7d7ea", label="calls")
+        bottom.set_ylabel("calls", fontsize=8)
+        acd = bottom.twinx()
+        acd.plot(
+            days,
+            [r["acd_s"] if r["acd_s"] is not None else float("nan") for r in rows],
+            color="#d1495b",
+            marker="o",
+            markersize=3,
+            label="ACD (s)",
+        )
+        acd.set_ylabel("ACD (s)", fontsize=8)
+        bottom.grid(alpha=0.3)
+        bottom.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        # no timestamps in the file: the same figures give the same bytes
+        fig.savefig(buffer, format="png", metadata={"Software": None})
+        return buffer.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    """Markdown the Dagster UI renders as an image (the PNG travels inline)."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def outcome_breakdown(root: Path, days: Sequence[str]) -> list[dict[str, Any]]:
+    """Calls and billed seconds by call type and end status, over all the days."""
+    parts = []
+    for day in days:
+        try:
+            parts.append(storage.read_day_table(root, "call_outcome_daily", day))
+        except storage.StorageError:
+            continue
+    if not parts:
+        return []
+    keys = ["call_type", "call_end_status", "call_end_status_label"]
+    grouped = (
+        pa.concat_tables(parts)
+        .group_by(keys)
+        .aggregate([("calls", "sum"), ("billed_seconds", "sum")])
+        .sort_by([("call_type", "ascending"), ("call_end_status", "ascending")])
+    )
+    total = sum(grouped.column("calls_sum").to_pylist()) or 1
+    return [
+        {
+            "call type": r["call_type"],
+            "end status": f"{r['call_end_status']} {r['call_end_status_label']}",
+            "calls": r["calls_sum"],
+            "share": f"{r['calls_sum'] / total:.1%}",
+            "billed minutes": round(r["billed_seconds_sum"] / 60, 1),
+        }
+        for r in grouped.to_pylist()
+    ]
+
+
+KPI_REPORT_COLUMNS = (
+    "date",
+    "total_calls",
+    "connect_rate",
+    "caller_answer_rate",
+    "callee_answer_rate",
+    "acd_s",
+    "billed_minutes",
+    "median_caller_pdd_s",
+    "peak_hour",
+    "rejected_records",
+    "duplicates_dropped",
+)
+
+
+def html_report(root: Path, start: str, end: str) -> str:
+    """One HTML page, no outside resources: charts inline, tables, the outcome breakdown."""
+    first, last = date.fromisoformat(start), date.fromisoformat(end)
+    if first > last:
+        raise ValueError(f"--start {start} is after --end {end}")
+    days = days_back(end, (last - first).days + 1)
+    rows = kpi_history(root, days)
+    title = f"Call KPIs {start} to {end}"
+    if rows:
+        png = base64.b64encode(trend_png(rows, title=title)).decode()
+        chart = f'<img alt="KPI trend" src="data:image/png;base64,{png}">'
+    else:
+        chart = "<p>No KPIs have been materialized for these days.</p>"
+    missing = sorted(set(days) - {r["date"] for r in rows})
+    note = (
+        f"<p class=note>No data for {len(missing)} day(s): {', '.join(missing)}.</p>"
+        if missing
+        else ""
+    )
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    source = html.escape(str(root))
+    outcome_columns = ("call type", "end status", "calls", "share", "billed minutes")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
+th {{ background: #f3f5f8; }}
+.note {{ color: #a33; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{len(rows)} day(s) with data, from <code>{source}</code>; generated {generated}.</p>
+{note}
+{chart}
+<h2>Daily KPIs</h2>
+{_table(rows, KPI_REPORT_COLUMNS)}
+<h2>Outcomes over the period</h2>
+{_table(outcome_breakdown(root, days), outcome_columns)}
+</body></html>
+"""

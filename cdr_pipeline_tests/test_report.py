@@ -1,0 +1,83 @@
+"""The KPI trend chart in Dagster's metadata, and the HTML report, read back as a person would."""
+
+from __future__ import annotations
+
+import base64
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from cdr_pipeline.report import days_back, html_report, kpi_history, trend_png
+from cdr_pipeline_tests.conftest import Env
+
+CLI = str(Path(sys.executable).parent / "cdr-pipeline")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    assert png.startswith(PNG_SIGNATURE)
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk comes first
+    return width, height
+
+
+def _inline_pngs(text: str) -> list[bytes]:
+    return [
+        base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
+    ]
+
+
+def test_kpi_materializations_carry_a_trend_chart(monkeypatch, tmp_path, sim_server, instance):
+    env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=600))
+    assert env.run(instance, "2024-03-01", "2024-03-04").success
+    for key in ("2024-03-01", "2024-03-04"):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("call_kpis_daily"), asset_partitions=[key]),
+            limit=1,
+        ).records
+        trend = records[0].asset_materialization.metadata["trend"]
+        assert isinstance(trend, dg.MarkdownMetadataValue)
+        (png,) = _inline_pngs(trend.value)
+        assert _png_size(png) == (640, 400)
+    # the same figures always give the same picture
+    rows = kpi_history(env.root, days_back("2024-03-04", 30))
+    assert [r["date"] for r in rows] == ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04"]
+    assert trend_png(rows) == trend_png(rows)
+
+
+def test_html_report_is_self_contained_and_matches_the_data(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=600))
+    assert env.run(instance, "2024-03-01", "2024-03-03").success
+    out = tmp_path / "report.html"
+    proc = subprocess.run(
+        [CLI, "report", "--start", "2024-03-01", "--end", "2024-03-05", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    (png,) = _inline_pngs(text)
+    assert _png_size(png)[0] == 640
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)  # nothing fetched from outside
+    assert "No data for 2 day(s): 2024-03-04, 2024-03-05" in text
+    calls = duckdb.sql(
+        f"select date, count(*) from read_parquet('{env.glob('cdr')}', hive_partitioning=true) "
+        "group by date order by date"
+    ).fetchall()
+    for day, n in calls:
+        assert re.search(rf"<td>{day}</td><td>{n}</td>", text), (day, n)
+    # the outcome breakdown adds up to every call of the period
+    outcome_calls = re.findall(r"<td>\d</td><td>\d \w+</td><td>(\d+)</td>", text)
+    assert sum(map(int, outcome_calls)) == sum(n for _, n in calls)
+
+
+def test_report_of_an_empty_period_says_so(tmp_path):
+    text = html_report(tmp_path, "2024-03-01", "2024-03-02")
+    assert "No KPIs have been materialized" in text and "<img" not in text
