@@ -97,13 +97,16 @@ def png_markdown(png: bytes, alt: str) -> str:
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>"
+        "<tr>"
+        + "".join(f"<td>{html.escape(format_cell(r.get(c)))}</td>" for c in columns)
+        + "</tr>"
         for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """How a figure is shown to people, in tables here and in the UI's previews."""
     if value is None:
         return "—"
     if isinstance(value, float):

@@ -14,7 +14,14 @@ import pyarrow as pa
 from cdr_pipeline.api.errors import CdrApiError, RetriesExhaustedError
 from cdr_pipeline.daily import Day, fetch_raw_day, kpis_day, outcome_day, validate_day
 from cdr_pipeline.defs.resources import CdrApiResource, CdrStorageResource
-from cdr_pipeline.report import TREND_DAYS, days_back, kpi_history, png_markdown, trend_png
+from cdr_pipeline.report import (
+    TREND_DAYS,
+    days_back,
+    format_cell,
+    kpi_history,
+    png_markdown,
+    trend_png,
+)
 from cdr_pipeline.transform.summarize import KPI_SCHEMA, OUTCOME_SCHEMA
 from cdr_pipeline.transform.validate import ACCOUNTING_BUCKETS, CDR_SCHEMA, REJECTS_SCHEMA
 
@@ -50,16 +57,8 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(format_cell(row[c]) for c in cols) + " |")
     return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def _api_failure(exc: CdrApiError, day: Day) -> dg.Failure:
