@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install run test bench ui lint format clean
+.PHONY: install run test bench screenshot ui lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ run: $(STAMP)
 
 ## The whole suite: lint, then every test.
 test: $(STAMP)
-	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests benchmarks
-	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests benchmarks
+	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests benchmarks docs
+	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests benchmarks docs
 	$(BIN)/pytest -n 2 -q -p no:cacheprovider
 
 ## Speed and memory against naive pandas and dlt; writes benchmarks/RESULTS.md (~10 min).
@@ -34,18 +34,22 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run
 
+## Regenerate docs/partitions.png (the README's screenshot) with the webserver and headless Chromium.
+screenshot: $(STAMP)
+	$(BIN)/python docs/screenshot.py --out docs/partitions.png
+
 ## The Dagster UI on http://127.0.0.1:3000 with the runs of `make run`.
 ui: $(STAMP)
 	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 lint: $(STAMP)
-	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests benchmarks
-	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests benchmarks
+	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests benchmarks docs
+	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests benchmarks docs
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix cdr_pipeline cdr_pipeline_tests benchmarks
-	$(BIN)/ruff format cdr_pipeline cdr_pipeline_tests benchmarks
+	$(BIN)/ruff check --fix cdr_pipeline cdr_pipeline_tests benchmarks docs
+	$(BIN)/ruff format cdr_pipeline cdr_pipeline_tests benchmarks docs
 
 clean:
 	rm -rf $(VENV) .dagster_home data/raw data/cdr data/cdr_rejects data/call_outcome_daily \

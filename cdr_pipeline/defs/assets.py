@@ -270,12 +270,12 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
             title = f"last {TREND_DAYS} days to {day.key}"
             context.add_asset_metadata(
                 {
-                    **numeric,
-                    "path": dg.MetadataValue.path(str(path)),
-                    "preview": dg.MetadataValue.md(_markdown_table(_transpose(values))),
                     "trend": dg.MetadataValue.md(
                         png_markdown(trend_png(history, title=title), f"KPI trend, {title}")
                     ),
+                    **numeric,
+                    "path": dg.MetadataValue.path(str(path)),
+                    "preview": dg.MetadataValue.md(_markdown_table(_transpose(values))),
                 },
                 partition_key=day.key,
             )
