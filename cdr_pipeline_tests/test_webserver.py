@@ -8,7 +8,6 @@ the partition statuses back; then checks the files on disk.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+from screenshot import webserver
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,12 +57,6 @@ query Statuses($key: AssetKeyInput!) {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def dagster_services(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     home, data = tmp_path / "home", tmp_path / "data"
@@ -73,45 +69,23 @@ def dagster_services(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         "CDR_START_DATE": "2024-01-01",
         "CDR_SIM_CALLS_PER_DAY": "300",
     }
-    port = _free_port()
-    workspace = str(ROOT / "workspace.yaml")
-    procs = [
-        subprocess.Popen(
-            [str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
-        subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", workspace],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
-    ]
-    url = f"http://127.0.0.1:{port}"
+    daemon = subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "dagster-webserver did not come up"
-            assert all(p.poll() is None for p in procs), "a Dagster process exited"
-            time.sleep(0.5)
-        yield url, data
+        with webserver(env) as url:
+            assert daemon.poll() is None, "dagster-daemon exited"
+            yield url, data
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
 
 
 def _graphql(url: str, query: str, **variables: object) -> dict:

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -38,6 +40,47 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def webserver(env: dict[str, str]) -> Iterator[str]:
+    """``dagster-webserver`` for the project's workspace on a free loopback port, up and
+    answering; yields its URL and stops it afterwards."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            str(BIN / "dagster-webserver"),
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("dagster-webserver did not come up")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def screenshot(out: Path, *, days: int = 14, asset: str = "call_kpis_daily") -> Path:
@@ -65,34 +108,7 @@ def screenshot(out: Path, *, days: int = 14, asset: str = "call_kpis_daily") -> 
             check=True,
             capture_output=True,
         )
-        port = _free_port()
-        server = subprocess.Popen(
-            [
-                str(BIN / "dagster-webserver"),
-                "-w",
-                "workspace.yaml",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("dagster-webserver did not come up")
-                time.sleep(0.5)
+        with webserver(env) as url:
             out.parent.mkdir(parents=True, exist_ok=True)
             subprocess.run(
                 [
@@ -110,9 +126,6 @@ def screenshot(out: Path, *, days: int = 14, asset: str = "call_kpis_daily") -> 
                 capture_output=True,
                 timeout=180,
             )
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     return out
 
 
