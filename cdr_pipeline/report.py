@@ -31,16 +31,24 @@ def days_back(end: str, count: int) -> list[str]:
     return [(last - timedelta(days=i)).isoformat() for i in range(count - 1, -1, -1)]
 
 
-def kpi_history(root: Path, days: Sequence[str]) -> list[dict[str, Any]]:
-    """The KPI row of each day that has one, oldest first (days without data are skipped)."""
+def kpi_history(
+    root: Path, days: Sequence[str], cache: dict[str, dict[str, Any] | None] | None = None
+) -> list[dict[str, Any]]:
+    """The KPI row of each day that has one, oldest first (days without data are skipped).
+
+    ``cache`` keeps rows already read, so a run charting many consecutive days reads each
+    day's file once (only days already written may be in it)."""
+    cache = {} if cache is None else cache
     rows = []
     for day in days:
-        try:
-            table = storage.read_day_table(root, "call_kpis_daily", day)
-        except storage.StorageError:
-            continue
-        if table.num_rows:
-            rows.append({"date": day, **table.to_pylist()[0]})
+        if day not in cache:
+            try:
+                table = storage.read_day_table(root, "call_kpis_daily", day)
+                cache[day] = {"date": day, **table.to_pylist()[0]} if table.num_rows else None
+            except storage.StorageError:
+                cache[day] = None
+        if cache[day] is not None:
+            rows.append(cache[day])
     return rows
 
 

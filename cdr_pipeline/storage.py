@@ -21,7 +21,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -77,19 +77,24 @@ def _tmp_name(target: Path) -> Path:
     return target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
 
 
-def _write_bytes_tmp(target: Path, data: bytes) -> Path:
+def _staged(target: Path, write: Callable[[Path], object]) -> Path:
+    """Write ``target``'s content to a hidden temporary beside it, flushed to disk; on any
+    failure nothing is left behind. The caller moves it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(target)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
     return tmp
+
+
+def _write_bytes_tmp(target: Path, data: bytes) -> Path:
+    return _staged(target, lambda tmp: tmp.write_bytes(data))
 
 
 def write_bytes_atomic(target: Path, data: bytes) -> None:
@@ -161,17 +166,7 @@ def write_parquet(path: Path, content: Content) -> int:
 
 
 def _write_parquet_tmp(content: Content, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(target)
-    try:
-        write_parquet(tmp, content)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return tmp
+    return _staged(target, lambda tmp: write_parquet(tmp, content))
 
 
 def journal_path(root: Path, day: str) -> Path:

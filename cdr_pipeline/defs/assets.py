@@ -262,11 +262,13 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
         context: dg.AssetExecutionContext, cdr_storage: CdrStorageResource
     ) -> dg.MaterializeResult:
         rows = []
+        charted: dict[str, Any] = {}  # KPI rows read for the charts, each day's file once
         for day in days_of(context, partitions_def):
             values, path = kpis_day(cdr_storage.root, day, cdr_storage.tz)
             rows.append({"date": day.key, **values})
             numeric = {f"kpi/{k}": v for k, v in values.items() if v is not None}
-            history = kpi_history(cdr_storage.root, days_back(day.key, TREND_DAYS))
+            charted.pop(day.key, None)  # just rewritten
+            history = kpi_history(cdr_storage.root, days_back(day.key, TREND_DAYS), charted)
             title = f"last {TREND_DAYS} days to {day.key}"
             context.add_asset_metadata(
                 {
