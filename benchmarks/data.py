@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from cdr_pipeline import storage
 from cdr_pipeline.api.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.daily import Day
+from cdr_pipeline.store import open_store
 
 DATA = Path(__file__).resolve().parent / ".data"
 DAY = "2024-05-07"
@@ -51,7 +52,7 @@ def _hour_pages(args: tuple[int, int]) -> list[tuple[bytes, list[int], int]]:
 def ensure_day(calls_per_day: int) -> Path:
     """The data directory holding the day's raw layer for this size (generated if missing)."""
     root = DATA / f"day-{calls_per_day}"
-    if (storage.raw_day_dir(root, DAY) / "manifest.json").exists():
+    if (root / storage.raw_day_key(DAY) / "manifest.json").exists():
         return root
     d = day()
     hours = range(d.start // 3600, d.end // 3600)
@@ -76,7 +77,7 @@ def ensure_day(calls_per_day: int) -> Path:
         },
         "generated_at": datetime.now().isoformat(timespec="seconds"),
     }
-    storage.write_raw_day(root, DAY, bodies, manifest)
+    storage.write_raw_day(open_store(root), DAY, bodies, manifest)
     return root
 
 

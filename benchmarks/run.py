@@ -56,10 +56,10 @@ def profile(root: Path) -> str:
         "from pyinstrument import Profiler\n"
         "from benchmarks.data import day\n"
         "from cdr_pipeline.daily import validate_day\n"
-        "from pathlib import Path\n"
+        "from cdr_pipeline.store import open_store\n"
         "p = Profiler(interval=0.005)\n"
         "p.start()\n"
-        f"validate_day(Path({str(root)!r}), day(), ZoneInfo('Asia/Shanghai'))\n"
+        f"validate_day(open_store({str(root)!r}), day(), ZoneInfo('Asia/Shanghai'))\n"
         "p.stop()\n"
         "print(p.output_text(unicode=False, color=False))\n"
     )

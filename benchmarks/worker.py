@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 from benchmarks.data import DAY, TZ, day, ensure_day
 from cdr_pipeline import storage
 from cdr_pipeline.api.simulator import TIME_FIELDS
+from cdr_pipeline.store import Store, open_store
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -60,7 +61,7 @@ class PeakRss:
         return (self.peak - self.base) / 1e6
 
 
-def bodies(root: Path, limit: int | None = None) -> Iterator[bytes]:
+def bodies(root: Store, limit: int | None = None) -> Iterator[bytes]:
     manifest = storage.read_raw_manifest(root, DAY)
     seen = 0
     for entry, body in storage.iter_raw_bodies(root, DAY, manifest):
@@ -73,7 +74,7 @@ def bodies(root: Path, limit: int | None = None) -> Iterator[bytes]:
 # --- the project ----------------------------------------------------------------------------
 
 
-def ours(root: Path, _limit: int | None) -> int:
+def ours(root: Store, _limit: int | None) -> int:
     from cdr_pipeline.daily import kpis_day, outcome_day, validate_day
 
     tz = ZoneInfo(TZ)
@@ -93,7 +94,7 @@ def ours_warmup() -> None:
 TIME_COLUMNS = list(TIME_FIELDS)  # the wire names
 
 
-def naive_pandas(root: Path, limit: int | None) -> int:
+def naive_pandas(root: Store, limit: int | None) -> int:
     import pandas as pd
 
     records: list[dict[str, Any]] = []
@@ -119,7 +120,7 @@ def naive_pandas(root: Path, limit: int | None) -> int:
     return len(records)
 
 
-def dlt_filesystem(root: Path, limit: int | None) -> int:
+def dlt_filesystem(root: Store, limit: int | None) -> int:
     import dlt
 
     out = Path(tempfile.mkdtemp(prefix="bench-dlt-"))
@@ -150,7 +151,7 @@ def dlt_filesystem(root: Path, limit: int | None) -> int:
 # --- the floors: each stage alone ------------------------------------------------------------
 
 
-def floor_inflate(root: Path, limit: int | None) -> int:
+def floor_inflate(root: Store, limit: int | None) -> int:
     n = 0
     for body in bodies(root, limit):
         zlib.decompress(body)
@@ -158,7 +159,7 @@ def floor_inflate(root: Path, limit: int | None) -> int:
     return n
 
 
-def floor_json_to_arrow(root: Path, limit: int | None) -> int:
+def floor_json_to_arrow(root: Store, limit: int | None) -> int:
     from cdr_pipeline.transform.columnar import read_pages
 
     pages = [zlib.decompress(b) for b in bodies(root, limit)]
@@ -171,7 +172,7 @@ def floor_json_to_arrow(root: Path, limit: int | None) -> int:
     return n
 
 
-def floor_parquet_write(root: Path, limit: int | None) -> int:
+def floor_parquet_write(root: Store, limit: int | None) -> int:
     table = storage.read_day_table(root, "cdr", DAY)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,7 +202,7 @@ TASKS: dict[str, tuple[Callable[[Path, int | None], int], Callable[[], None] | N
 
 
 def main(argv: list[str]) -> int:
-    task, root = argv[0], Path(argv[1])
+    task, root = argv[0], open_store(argv[1])
     limit = int(argv[2]) if len(argv) > 2 and argv[2] != "-" else None
     work, warmup = TASKS[task]
     if warmup is not None:

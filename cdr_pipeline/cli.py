@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from cdr_pipeline.api.errors import CdrApiError
@@ -181,15 +180,9 @@ KPI_COLUMNS = (
 
 
 def print_kpis(settings: Settings, days: Sequence[str]) -> None:
-    import pyarrow.parquet as pq
+    from cdr_pipeline.report import kpi_history
 
-    from cdr_pipeline import storage
-
-    rows: list[dict[str, Any]] = []
-    for day in days:
-        path = storage.day_dir(settings.data_dir, "call_kpis_daily", day) / storage.PART_NAME
-        if path.exists():
-            rows.append({"date": day, **pq.read_table(path).to_pylist()[0]})
+    rows = kpi_history(settings.store, days)
     if not rows:
         print("no KPIs to show")
         return
@@ -200,13 +193,18 @@ def print_kpis(settings: Settings, days: Sequence[str]) -> None:
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
     for row in cells:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+    store = settings.store
     print(
-        f"\ndatasets under {settings.data_dir}/ (cdr, cdr_rejects, call_outcome_daily, "
+        f"\ndatasets under {store.url}/ (cdr, cdr_rejects, call_outcome_daily, "
         "call_kpis_daily, raw/cdr); e.g."
     )
-    glob = f"{settings.data_dir}/call_kpis_daily/*/*.parquet"
-    query = f"select * from read_parquet('{glob}', hive_partitioning=true) order by date"
-    print(f'  .venv/bin/python -c "import duckdb; print(duckdb.sql(\\"{query}\\"))"')
+    if store.local:
+        glob = f"{store.url}/call_kpis_daily/*/*.parquet"
+        query = f"select * from read_parquet('{glob}', hive_partitioning=true) order by date"
+        print(f'  .venv/bin/python -c "import duckdb; print(duckdb.sql(\\"{query}\\"))"')
+    else:
+        where = f"{store.url}/call_kpis_daily"
+        print(f"  .venv/bin/python -c \"import pandas; print(pandas.read_parquet('{where}'))\"")
 
 
 def cmd_kpis(args: argparse.Namespace) -> int:
@@ -221,7 +219,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     settings = load_settings()
     days = _day_range(args, settings)
     out = Path(args.out)
-    out.write_text(html_report(settings.data_dir, days[0], days[-1]), encoding="utf-8")
+    out.write_text(html_report(settings.store, days[0], days[-1]), encoding="utf-8")
     print(f"wrote {out} ({days[0]} to {days[-1]})")
     return 0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cdr_pipeline.api.client import InvalidEndpointError, check_endpoint
+from cdr_pipeline.store import Store, StoreError, open_store, redacted
 
 DEFAULT_START_DATE = "2024-01-01"
 DEFAULT_TIMEZONE = "Asia/Shanghai"
@@ -25,7 +26,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path
+    data_dir: str  # an absolute local path, or an object-store URL
     timezone: str
     start_date: str
     api_url: str | None
@@ -35,6 +36,10 @@ class Settings:
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def store(self) -> Store:
+        return open_store(self.data_dir)
 
     @property
     def uses_simulator(self) -> bool:
@@ -62,12 +67,14 @@ def _start_date(value: str, tz: str) -> str:
     return day.isoformat()
 
 
-def _data_dir(value: str) -> Path:
-    if "://" in value:
-        raise ConfigError(
-            f"CDR_DATA_DIR={value!r}: object-storage URLs are not supported yet; use a local path"
-        )
-    path = Path(value).expanduser().resolve()
+def _data_dir(value: str) -> str:
+    try:
+        store = open_store(value)
+    except StoreError as exc:
+        raise ConfigError(f"CDR_DATA_DIR={redacted(value)!r}: {exc}") from None
+    if not store.local:
+        return value  # the object store is first contacted by a run, not at load time
+    path = Path(store.url)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
@@ -76,7 +83,7 @@ def _data_dir(value: str) -> Path:
         raise ConfigError(
             f"CDR_DATA_DIR={str(path)!r} is not a writable directory ({exc.strerror})"
         ) from None
-    return path
+    return str(path)
 
 
 def _api(env: Mapping[str, str]) -> str | None:

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,6 +21,7 @@ import pyarrow as pa
 from cdr_pipeline import storage
 from cdr_pipeline.api.client import CdrApiClient, Window
 from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, decode_body
+from cdr_pipeline.store import Store
 from cdr_pipeline.transform.day import DayBuilder, ParsedPages, parse_pages
 from cdr_pipeline.transform.summarize import (
     KPI_COLUMNS,
@@ -76,7 +76,7 @@ def _iso(ts: int) -> str:
 
 def fetch_raw_day(
     client: CdrApiClient,
-    root: Path,
+    store: Store,
     day: Day,
     *,
     window_hours: int,
@@ -131,14 +131,14 @@ def fetch_raw_day(
             "pages_discarded": delta.get("pages_discarded", 0),
         },
     }
-    storage.write_raw_day(root, day.key, bodies, manifest)
+    storage.write_raw_day(store, day.key, bodies, manifest)
     return manifest
 
 
 @dataclass
 class ValidatedDay:
     accounting: dict[str, Any]
-    paths: dict[str, Path]
+    paths: dict[str, str]  # dataset -> where its file is
     timings: dict[str, float]  # seconds: reading and checking pages; de-duplicating,
     # sorting and writing the files
 
@@ -150,13 +150,13 @@ PARSE_AHEAD = 1
 
 
 def decoded_batches(
-    root: Path, day: str, manifest: dict[str, Any], max_bytes: int
+    store: Store, day: str, manifest: dict[str, Any], max_bytes: int
 ) -> Iterator[list[tuple[bytes, str, list[int]]]]:
     """The day's raw bodies, read, checked and decompressed a few ahead on other threads
     (hashing and zlib release the GIL), in batches."""
 
     def decode(entry: dict[str, Any]) -> tuple[bytes, str, list[int]]:
-        body = storage.read_raw_body(root, day, entry)
+        body = storage.read_raw_body(store, day, entry)
         decoded, _ = decode_body(body, max_bytes=max_bytes)
         return decoded, entry["file"], entry["window"]
 
@@ -181,16 +181,16 @@ def decoded_batches(
 
 
 def validate_day(
-    root: Path, day: Day, tz: ZoneInfo, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES
+    store: Store, day: Day, tz: ZoneInfo, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES
 ) -> ValidatedDay:
     """Raw layer -> ``cdr`` and ``cdr_rejects`` for the day, plus its accounting record."""
-    manifest = storage.read_raw_manifest(root, day.key)
+    manifest = storage.read_raw_manifest(store, day.key)
     builder = DayBuilder(
         day.start,
         day.end,
         tz,
         expected_records=manifest["totals"]["records"],
-        spill_dir=storage.spill_dir(root),
+        spill_dir=storage.spill_dir(store),
     )
     tz_name = tz.key
     started = time.perf_counter()
@@ -199,7 +199,7 @@ def validate_day(
         # (Arrow releases the GIL); results are taken in order, PARSE_AHEAD at most waiting.
         with ThreadPoolExecutor(max_workers=PARSE_AHEAD, thread_name_prefix="parse") as parser:
             ahead: deque[tuple[list, Future[ParsedPages | None]]] = deque()
-            for batch in decoded_batches(root, day.key, manifest, max_bytes):
+            for batch in decoded_batches(store, day.key, manifest, max_bytes):
                 ahead.append((batch, parser.submit(parse_pages, batch, tz_name)))
                 if len(ahead) > PARSE_AHEAD:
                     pages, parsing = ahead.popleft()
@@ -218,7 +218,7 @@ def validate_day(
             }
 
         paths = storage.publish_day(
-            root,
+            store,
             day.key,
             {"cdr": (CDR_SCHEMA, cdr_rows()), "cdr_rejects": builder.rejects_table()},
             state={"validation": state},
@@ -230,15 +230,15 @@ def validate_day(
     return ValidatedDay(state["accounting"], paths, timings)
 
 
-def outcome_day(root: Path, day: Day) -> tuple[pa.Table, Path]:
-    table = call_outcome_daily(storage.iter_day_table(root, "cdr", day.key, OUTCOME_COLUMNS))
-    return table, storage.publish_day(root, day.key, {"call_outcome_daily": table})[
+def outcome_day(store: Store, day: Day) -> tuple[pa.Table, str]:
+    table = call_outcome_daily(storage.iter_day_table(store, "cdr", day.key, OUTCOME_COLUMNS))
+    return table, storage.publish_day(store, day.key, {"call_outcome_daily": table})[
         "call_outcome_daily"
     ]
 
 
-def kpis_day(root: Path, day: Day, tz: ZoneInfo) -> tuple[dict[str, Any], Path]:
-    accounting = storage.read_state(root, "validation", day.key)["accounting"]
-    values = kpi_values(storage.iter_day_table(root, "cdr", day.key, KPI_COLUMNS), accounting, tz)
-    path = storage.publish_day(root, day.key, {"call_kpis_daily": kpi_table(values)})
+def kpis_day(store: Store, day: Day, tz: ZoneInfo) -> tuple[dict[str, Any], str]:
+    accounting = storage.read_state(store, "validation", day.key)["accounting"]
+    values = kpi_values(storage.iter_day_table(store, "cdr", day.key, KPI_COLUMNS), accounting, tz)
+    path = storage.publish_day(store, day.key, {"call_kpis_daily": kpi_table(values)})
     return values, path["call_kpis_daily"]

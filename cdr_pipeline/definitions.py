@@ -46,7 +46,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources={
             "cdr_api": api_resource(settings),
             "cdr_storage": CdrStorageResource(
-                data_dir=str(settings.data_dir), timezone=settings.timezone
+                data_dir=settings.data_dir, timezone=settings.timezone
             ),
         },
     )

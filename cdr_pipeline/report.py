@@ -11,12 +11,12 @@ import html
 import io
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from cdr_pipeline import storage
+from cdr_pipeline.store import Store
 
 TREND_DAYS = 30
 RATES = (
@@ -32,7 +32,7 @@ def days_back(end: str, count: int) -> list[str]:
 
 
 def kpi_history(
-    root: Path, days: Sequence[str], cache: dict[str, dict[str, Any] | None] | None = None
+    store: Store, days: Sequence[str], cache: dict[str, dict[str, Any] | None] | None = None
 ) -> list[dict[str, Any]]:
     """The KPI row of each day that has one, oldest first (days without data are skipped).
 
@@ -43,7 +43,7 @@ def kpi_history(
     for day in days:
         if day not in cache:
             try:
-                table = storage.read_day_table(root, "call_kpis_daily", day)
+                table = storage.read_day_table(store, "call_kpis_daily", day)
                 cache[day] = {"date": day, **table.to_pylist()[0]} if table.num_rows else None
             except storage.StorageError:
                 cache[day] = None
@@ -122,12 +122,12 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def outcome_breakdown(root: Path, days: Sequence[str]) -> list[dict[str, Any]]:
+def outcome_breakdown(store: Store, days: Sequence[str]) -> list[dict[str, Any]]:
     """Calls and billed seconds by call type and end status, over all the days."""
     parts = []
     for day in days:
         try:
-            parts.append(storage.read_day_table(root, "call_outcome_daily", day))
+            parts.append(storage.read_day_table(store, "call_outcome_daily", day))
         except storage.StorageError:
             continue
     if not parts:
@@ -167,13 +167,13 @@ KPI_REPORT_COLUMNS = (
 )
 
 
-def html_report(root: Path, start: str, end: str) -> str:
+def html_report(store: Store, start: str, end: str) -> str:
     """One HTML page, no outside resources: charts inline, tables, the outcome breakdown."""
     first, last = date.fromisoformat(start), date.fromisoformat(end)
     if first > last:
         raise ValueError(f"--start {start} is after --end {end}")
     days = days_back(end, (last - first).days + 1)
-    rows = kpi_history(root, days)
+    rows = kpi_history(store, days)
     title = f"Call KPIs {start} to {end}"
     if rows:
         png = base64.b64encode(trend_png(rows, title=title)).decode()
@@ -187,7 +187,7 @@ def html_report(root: Path, start: str, end: str) -> str:
         else ""
     )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    source = html.escape(str(root))
+    source = html.escape(store.url)
     outcome_columns = ("call type", "end status", "calls", "share", "billed minutes")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -205,6 +205,6 @@ th {{ background: #f3f5f8; }}
 <h2>Daily KPIs</h2>
 {_table(rows, KPI_REPORT_COLUMNS)}
 <h2>Outcomes over the period</h2>
-{_table(outcome_breakdown(root, days), outcome_columns)}
+{_table(outcome_breakdown(store, days), outcome_columns)}
 </body></html>
 """

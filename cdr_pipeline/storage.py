@@ -1,8 +1,9 @@
-"""Dataset layout and atomic, idempotent day replacement on a local file system.
+"""Dataset layout and atomic, idempotent day replacement, on a local folder or object store.
 
 Each dataset holds one Parquet file per day (``<dataset>/date=YYYY-MM-DD/part-0.parquet``),
-written to a hidden temporary name in the same folder and moved into place with
-``os.replace``: a reader sees the old file or the new one, never half of one, and readers
+written completely under a hidden temporary name in the same folder and then moved into place
+(a rename on a local disk; a server-side copy and a delete on an object store, whose copy
+appears whole): a reader sees the old file or the new one, never half of one, and readers
 (DuckDB's ``*.parquet`` globs, pyarrow and Spark datasets) skip the hidden temporary.
 
 Files that belong together (``cdr``, ``cdr_rejects`` and the day's accounting) are published as
@@ -15,15 +16,14 @@ bodies under their sha256 and commits a day by replacing its ``manifest.json``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
+import posixpath
 import re
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdr_pipeline.api.wire import ENCODING_EXT
+from cdr_pipeline.store import Store, StoreError, check_key, tmp_key
 
 DATASETS = ("cdr", "cdr_rejects", "call_outcome_daily", "call_kpis_daily")
 RAW_DIR = ("raw", "cdr")
@@ -54,66 +55,34 @@ def check_day(day: str) -> str:
     return day
 
 
-def day_dir(root: Path, dataset: str, day: str) -> Path:
+def day_key(dataset: str, day: str) -> str:
     if dataset not in DATASETS:
         raise StorageError(f"unknown dataset {dataset!r}")
-    return root / dataset / f"date={check_day(day)}"
+    return f"{dataset}/date={check_day(day)}"
 
 
-def raw_day_dir(root: Path, day: str) -> Path:
-    return root.joinpath(*RAW_DIR) / f"date={check_day(day)}"
+def part_key(dataset: str, day: str) -> str:
+    return f"{day_key(dataset, day)}/{PART_NAME}"
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def raw_day_key(day: str) -> str:
+    return f"{'/'.join(RAW_DIR)}/date={check_day(day)}"
 
 
-def _tmp_name(target: Path) -> Path:
-    return target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-
-
-def _staged(target: Path, write: Callable[[Path], object]) -> Path:
-    """Write ``target``'s content to a hidden temporary beside it, flushed to disk; on any
-    failure nothing is left behind. The caller moves it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(target)
+def _staged(store: Store, target: str, write: Callable[[Any], object]) -> str:
+    """Write ``target``'s content to a hidden temporary beside it, durably; on any failure
+    nothing is left behind. The caller moves it into place."""
+    tmp = tmp_key(target)
     try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        store.write(tmp, write)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        store.delete(tmp)
         raise
     return tmp
 
 
-def _write_bytes_tmp(target: Path, data: bytes) -> Path:
-    return _staged(target, lambda tmp: tmp.write_bytes(data))
-
-
-def write_bytes_atomic(target: Path, data: bytes) -> None:
-    tmp = _write_bytes_tmp(target, data)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(target.parent)
-
-
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-
-
-def write_json_atomic(target: Path, obj: Any) -> None:
-    write_bytes_atomic(target, _json_bytes(obj))
 
 
 # Fixed writer settings and fixed row-group size: the same rows always give the same bytes,
@@ -130,15 +99,16 @@ ROW_GROUP_ROWS = 1 << 17
 Content = pa.Table | tuple[pa.Schema, Iterable[pa.Table]]
 
 
-def write_parquet(path: Path, content: Content) -> int:
-    """Write a table, or stream slices, into ``path``; return the row count.
+def write_parquet(sink: Any, content: Content) -> int:
+    """Write a table, or stream slices, into ``sink`` (a path or an output stream); return
+    the row count.
 
     Row groups are encoded on a second thread while the next one is being produced (Arrow
     releases the GIL while it compresses), at most one waiting, so memory stays flat."""
     schema, parts = (content.schema, [content]) if isinstance(content, pa.Table) else content
     rows, pending, pending_rows = 0, [], 0
     with (
-        pq.ParquetWriter(str(path), schema, **PARQUET_OPTIONS) as writer,
+        pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS) as writer,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet") as encoder,
     ):
         last: Future[None] | None = None
@@ -165,110 +135,120 @@ def write_parquet(path: Path, content: Content) -> int:
     return rows
 
 
-def _write_parquet_tmp(content: Content, target: Path) -> Path:
-    return _staged(target, lambda tmp: write_parquet(tmp, content))
+def journal_key(day: str) -> str:
+    return f"_state/journal/date={check_day(day)}.json"
 
 
-def journal_path(root: Path, day: str) -> Path:
-    return root / "_state" / "journal" / f"date={check_day(day)}.json"
-
-
-def recover_day(root: Path, day: str) -> bool:
+def recover_day(store: Store, day: str) -> bool:
     """Finish a publish of ``day`` that a crash interrupted; True if there was one."""
-    journal = journal_path(root, day)
+    journal = journal_key(day)
     try:
-        moves = json.loads(journal.read_text())["moves"]
+        moves = json.loads(store.read_bytes(journal))["moves"]
     except FileNotFoundError:
         return False
-    _apply_moves(root, moves)
-    journal.unlink()
-    _fsync_dir(journal.parent)
+    _apply_moves(store, moves)
+    store.delete(journal)
     return True
 
 
-def _inside(root: Path, rel: str) -> Path:
-    """A path from a journal, refused unless it stays inside the data directory."""
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise StorageError(f"journal names a path outside the data directory: {rel!r}")
-    return path
+def _checked(rel: str) -> str:
+    """A key from a journal, refused unless it stays inside the data directory."""
+    try:
+        return check_key(rel)
+    except StoreError:
+        raise StorageError(f"journal names a path outside the data directory: {rel!r}") from None
 
 
-def _apply_moves(root: Path, moves: list[list[str]]) -> None:
-    checked = [(_inside(root, tmp), _inside(root, target)) for tmp, target in moves]
+def _apply_moves(store: Store, moves: list[list[str]]) -> None:
+    checked = [(_checked(tmp), _checked(target)) for tmp, target in moves]
     for tmp, target in checked:
-        if tmp.exists():  # absent: this move was made before the crash
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
+        if store.exists(tmp):  # absent: this move was made before the crash
+            store.move(tmp, target)
     for _, target in checked:
-        _sweep_debris(target)
+        _sweep_debris(store, target)
 
 
-def _sweep_debris(target: Path) -> None:
+def _sweep_debris(store: Store, target: str) -> None:
     """Remove temporaries that interrupted writes of ``target`` left behind; in a dataset's
     day folder also any Parquet file that is no longer the day's."""
-    for entry in target.parent.iterdir():
-        if entry == target:
+    folder, name = posixpath.split(target)
+    for entry in store.list(folder):
+        if entry == name:
             continue
-        stale_tmp = entry.name.startswith(f".{target.name}.") and entry.name.endswith(".tmp")
-        if stale_tmp or (target.suffix == ".parquet" and entry.suffix == ".parquet"):
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
+        stale_tmp = entry.startswith(f".{name}.") and entry.endswith(".tmp")
+        if stale_tmp or (name.endswith(".parquet") and entry.endswith(".parquet")):
+            store.delete(f"{folder}/{entry}")
 
 
 def publish_day(
-    root: Path,
+    store: Store,
     day: str,
     tables: dict[str, Content],
     state: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Path]:
-    """Replace a day's file in each dataset (and its state records) as one transaction.
+) -> dict[str, str]:
+    """Replace a day's file in each dataset (and its state records) as one transaction;
+    return where each dataset's file is (as the user would type it).
 
     Tables are written in order, so a ``state`` record may be filled in while a streamed
     table is being written (it is serialised only after every table is staged)."""
-    recover_day(root, day)
-    staged: list[tuple[Path, Path]] = []
+    recover_day(store, day)
+    staged: list[tuple[str, str]] = []
     try:
         for dataset, table in tables.items():
-            target = day_dir(root, dataset, day) / PART_NAME
-            staged.append((_write_parquet_tmp(table, target), target))
+            target = part_key(dataset, day)
+            staged.append((_staged(store, target, partial(write_parquet, content=table)), target))
         for kind, obj in (state or {}).items():
-            target = state_path(root, kind, day)
-            staged.append((_write_bytes_tmp(target, _json_bytes(obj)), target))
+            target = state_key(kind, day)
+            data = _json_bytes(obj)
+            staged.append((_staged(store, target, partial(_write_all, data=data)), target))
     except BaseException:
         for tmp, _ in staged:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            store.delete(tmp)
         raise
-    moves = [[str(tmp.relative_to(root)), str(target.relative_to(root))] for tmp, target in staged]
+    moves = [[tmp, target] for tmp, target in staged]
     if len(moves) > 1:
-        journal = journal_path(root, day)
-        write_json_atomic(journal, {"date": day, "moves": moves})
-        _apply_moves(root, moves)
-        journal.unlink()
-        _fsync_dir(journal.parent)
+        journal = journal_key(day)
+        store.put(journal, _json_bytes({"date": day, "moves": moves}))
+        _apply_moves(store, moves)
+        store.delete(journal)
     else:
-        _apply_moves(root, moves)
-    return {dataset: day_dir(root, dataset, day) / PART_NAME for dataset in tables}
+        _apply_moves(store, moves)
+    return {dataset: store.uri(part_key(dataset, day)) for dataset in tables}
 
 
-def read_day_table(root: Path, dataset: str, day: str) -> pa.Table:
-    recover_day(root, day)
-    path = day_dir(root, dataset, day) / PART_NAME
-    if not path.exists():
-        raise StorageError(f"{dataset} has no data for {day} (expected {path})")
-    return pq.read_table(path)
+def _write_all(sink: Any, data: bytes) -> None:
+    if isinstance(sink, str):
+        with open(sink, "wb") as fh:
+            fh.write(data)
+    else:
+        sink.write(data)
+
+
+def _open_part(store: Store, dataset: str, day: str) -> Any:
+    recover_day(store, day)
+    key = part_key(dataset, day)
+    try:
+        return store.open_input(key)
+    except FileNotFoundError:
+        raise StorageError(f"{dataset} has no data for {day} (expected {store.uri(key)})") from None
+
+
+def read_day_table(store: Store, dataset: str, day: str) -> pa.Table:
+    with _open_part(store, dataset, day) as source:
+        return pq.read_table(source)
+
+
+def day_rows(store: Store, dataset: str, day: str) -> int:
+    """A day's row count, from the Parquet footer alone."""
+    with _open_part(store, dataset, day) as source:
+        return pq.read_metadata(source).num_rows
 
 
 def iter_day_table(
-    root: Path, dataset: str, day: str, columns: list[str] | None = None
+    store: Store, dataset: str, day: str, columns: list[str] | None = None
 ) -> Iterator[pa.Table]:
     """A day's file a row group at a time (only ``columns``), so memory stays flat."""
-    recover_day(root, day)
-    path = day_dir(root, dataset, day) / PART_NAME
-    if not path.exists():
-        raise StorageError(f"{dataset} has no data for {day} (expected {path})")
-    with pq.ParquetFile(path) as parquet:
+    with _open_part(store, dataset, day) as source, pq.ParquetFile(source) as parquet:
         for i in range(parquet.num_row_groups):
             yield parquet.read_row_group(i, columns=columns)
 
@@ -281,64 +261,65 @@ def body_name(body: bytes, encoding: str) -> tuple[str, str]:
     return f"{digest}.{ENCODING_EXT[encoding]}", digest
 
 
-def write_raw_day(root: Path, day: str, bodies: list[tuple[bytes, str]], manifest: dict) -> Path:
+def write_raw_day(store: Store, day: str, bodies: list[tuple[bytes, str]], manifest: dict) -> str:
     """Store bodies under their hash, then commit the day by replacing ``manifest.json``."""
-    folder = raw_day_dir(root, day)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = raw_day_key(day)
+    present = set(store.list(folder))
     keep = {"manifest.json"}
     for body, encoding in bodies:
         name, _ = body_name(body, encoding)
         keep.add(name)
-        target = folder / name
-        if not target.exists():
-            write_bytes_atomic(target, body)
-    manifest_path = folder / "manifest.json"
-    write_json_atomic(manifest_path, manifest)
-    for entry in folder.iterdir():
-        if entry.name not in keep:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-    return manifest_path
+        if name not in present:
+            store.put(f"{folder}/{name}", body)
+            present.add(name)
+    manifest_key = f"{folder}/manifest.json"
+    store.put(manifest_key, _json_bytes(manifest))
+    for entry in present - keep:
+        store.delete(f"{folder}/{entry}")
+    return store.uri(folder)
 
 
-def read_raw_manifest(root: Path, day: str) -> dict:
-    path = raw_day_dir(root, day) / "manifest.json"
-    if not path.exists():
-        raise StorageError(f"no raw CDRs for {day}: materialize the raw asset first ({path})")
-    return json.loads(path.read_text())
+def read_raw_manifest(store: Store, day: str) -> dict:
+    key = f"{raw_day_key(day)}/manifest.json"
+    try:
+        return json.loads(store.read_bytes(key))
+    except FileNotFoundError:
+        raise StorageError(
+            f"no raw CDRs for {day}: materialize the raw asset first ({store.uri(key)})"
+        ) from None
 
 
-def read_raw_body(root: Path, day: str, entry: dict) -> bytes:
+def read_raw_body(store: Store, day: str, entry: dict) -> bytes:
     """One body the manifest lists, checked against its sha256 (thread-safe)."""
     name = entry["file"]
     if not _BODY_RE.fullmatch(name):
         raise StorageError(f"raw manifest of {day} names an unexpected file {name!r}")
-    body = (raw_day_dir(root, day) / name).read_bytes()
+    body = store.read_bytes(f"{raw_day_key(day)}/{name}")
     if hashlib.sha256(body).hexdigest() != entry["sha256"]:
         raise StorageError(f"raw body {name} of {day} does not match its sha256")
     return body
 
 
-def iter_raw_bodies(root: Path, day: str, manifest: dict) -> Iterator[tuple[dict, bytes]]:
+def iter_raw_bodies(store: Store, day: str, manifest: dict) -> Iterator[tuple[dict, bytes]]:
     """Each request entry of the manifest with its body, checked against its sha256."""
     for entry in manifest["requests"]:
-        yield entry, read_raw_body(root, day, entry)
+        yield entry, read_raw_body(store, day, entry)
 
 
-def spill_dir(root: Path) -> Path:
-    """Where a large day's transform spills: hidden from every dataset reader."""
-    path = root / "_state" / "spill"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def spill_dir(store: Store) -> Path | None:
+    """Where a large day's transform spills: a hidden folder of a local data directory (no
+    dataset reader looks there), the system's temp folder for an object store."""
+    return store.local_dir("_state/spill")
 
 
-def state_path(root: Path, kind: str, day: str) -> Path:
-    return root / "_state" / kind / f"date={check_day(day)}.json"
+def state_key(kind: str, day: str) -> str:
+    return f"_state/{kind}/date={check_day(day)}.json"
 
 
-def read_state(root: Path, kind: str, day: str) -> dict:
-    recover_day(root, day)
-    path = state_path(root, kind, day)
-    if not path.exists():
-        raise StorageError(f"no {kind} record for {day}: materialize the cdr asset first")
-    return json.loads(path.read_text())
+def read_state(store: Store, kind: str, day: str) -> dict:
+    recover_day(store, day)
+    key = state_key(kind, day)
+    try:
+        return json.loads(store.read_bytes(key))
+    except FileNotFoundError:
+        raise StorageError(f"no {kind} record for {day}: materialize the cdr asset first") from None

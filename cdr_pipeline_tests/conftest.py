@@ -16,6 +16,7 @@ from cdr_pipeline.config import load_settings
 from cdr_pipeline.daily import Day
 from cdr_pipeline.definitions import build_definitions
 from cdr_pipeline.defs.schedules import DAILY_JOB
+from cdr_pipeline.store import Store, open_store
 
 API_ID = "ID-s3cr3t-4f9a77"
 APP_ID = "APP-s3cr3t-b81c02"
@@ -103,6 +104,10 @@ class Env:
             "dagster/asset_partition_range_end": end,
         }
         return self.job.execute_in_process(instance=instance, tags=tags, **kw)
+
+    @property
+    def store(self) -> Store:
+        return open_store(self.root)
 
     def day(self, key: str) -> Day:
         return Day.from_key(key, self.tz)

@@ -18,6 +18,7 @@ from cdr_pipeline import storage
 from cdr_pipeline.api.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.config import ConfigError, load_settings
 from cdr_pipeline.definitions import build_definitions
+from cdr_pipeline.store import open_store
 from cdr_pipeline_tests.conftest import API_ID, APP_ID
 
 CLI = str(Path(sys.executable).parent / "cdr-pipeline")
@@ -135,11 +136,17 @@ def test_configuration_errors_name_the_setting(tmp_path):
         ({"CDR_API_URL": "http://10.0.0.8/201511v3/getCdr"}, "plain http"),
         ({"CDR_WINDOW_HOURS": "six"}, "CDR_WINDOW_HOURS"),
         ({"CDR_LATE_DAYS": "0"}, "CDR_LATE_DAYS"),
-        ({"CDR_DATA_DIR": "s3://bucket/cdr"}, "CDR_DATA_DIR"),
+        ({"CDR_DATA_DIR": "s3://AKIDEXAMPLE:wJalrXUtnFEMI@bucket/cdr"}, "credentials"),
+        ({"CDR_DATA_DIR": "s3://bucket/cdr?region=ap&secret_key=wJalrXUtnFEMI"}, "credentials"),
+        ({"CDR_DATA_DIR": "s3:///cdr"}, "names no bucket"),
+        ({"CDR_DATA_DIR": "nosuchstore://bucket/cdr"}, r"CDR_DATA_DIR.*nosuchstore://"),
     ]
     for env, name in cases:
-        with pytest.raises(ConfigError, match=name):
+        with pytest.raises(ConfigError, match=name) as caught:
             load_settings({"CDR_DATA_DIR": str(tmp_path), **env})
+        assert "wJalrXUtnFEMI" not in str(caught.value)  # a secret in the URL is not echoed
+    # A URL is only checked when the settings load: nothing is contacted until a run.
+    assert load_settings({"CDR_DATA_DIR": "s3://bucket/cdr/"}).data_dir == "s3://bucket/cdr/"
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="CDR_DATA_DIR"):
@@ -210,28 +217,29 @@ def test_dagster_clis_backfill_a_range_in_one_run(tmp_path, command):
     "key",
     ["../2024-01-01", "2024-01-01/../../x", "2024-13-01", "2024-1-1", "/etc", "", "2024-01-01\n"],
 )
-def test_partition_keys_cannot_escape_the_data_directory(tmp_path, key):
+def test_partition_keys_cannot_escape_the_data_directory(key):
     with pytest.raises(storage.StorageError, match="partition key"):
-        storage.day_dir(tmp_path, "cdr", key)
+        storage.day_key("cdr", key)
     with pytest.raises(storage.StorageError):
-        storage.raw_day_dir(tmp_path, key)
+        storage.raw_day_key(key)
     with pytest.raises(storage.StorageError):
-        storage.journal_path(tmp_path, key)
+        storage.journal_key(key)
 
 
 def test_stored_paths_cannot_escape_the_data_directory(tmp_path):
     root = tmp_path / "data"
+    store = open_store(root)
     outside = tmp_path / "victim.txt"
     outside.write_text("keep me")
     day = "2024-05-06"
     manifest = {"requests": [{"file": "../../../victim.txt", "sha256": "0" * 64}]}
     with pytest.raises(storage.StorageError, match="unexpected file"):
-        list(storage.iter_raw_bodies(root, day, manifest))
+        list(storage.iter_raw_bodies(store, day, manifest))
     with pytest.raises(storage.StorageError, match="unknown dataset"):
-        storage.day_dir(root, "../cdr", day)
-    journal = storage.journal_path(root, day)
+        storage.day_key("../cdr", day)
+    journal = root / storage.journal_key(day)
     journal.parent.mkdir(parents=True)
     journal.write_text(json.dumps({"moves": [["cdr/x.tmp", "../victim.txt"]]}))
     with pytest.raises(storage.StorageError, match="outside the data directory"):
-        storage.recover_day(root, day)
+        storage.recover_day(store, day)
     assert outside.read_text() == "keep me"

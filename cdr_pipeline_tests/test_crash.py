@@ -25,6 +25,7 @@ from cdr_pipeline import storage
 from cdr_pipeline.api.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.daily import Day
 from cdr_pipeline.defs.resources import DEMO_QUIRKS
+from cdr_pipeline.store import open_store
 from cdr_pipeline.transform.validate import unaccounted
 from cdr_pipeline_tests.conftest import digests
 
@@ -60,15 +61,19 @@ elif point == "between-moves":
             stop_here()
     os.replace = replace
 elif point == "raw-bodies":
-    real_tmp = storage._write_bytes_tmp
+    from cdr_pipeline.store import Store
+    real_write = Store.write
     calls = []
-    def write_tmp(target, data):
-        calls.append(target)
-        if len(calls) == 3:
-            tmp = real_tmp(target, data[: len(data) // 2])
-            stop_here()
-        return real_tmp(target, data)
-    storage._write_bytes_tmp = write_tmp
+    def write(self, key, fill):
+        real_write(self, key, fill)
+        if key.startswith("raw/"):
+            calls.append(key)
+            if len(calls) == 3:  # the third body, half written
+                where = self.path(key)
+                with open(where, "r+b") as fh:
+                    fh.truncate(os.path.getsize(where) // 2)
+                stop_here()
+    Store.write = write
 
 from cdr_pipeline.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -113,7 +118,7 @@ def _readers_see_whole_files(root: Path) -> dict[str, int]:
         counts[dataset] = n.fetchall()[0][0]
         table = ds.dataset(root / dataset, format="parquet", partitioning="hive").to_table()
         assert table.num_rows == counts[dataset]
-        assert pq.read_table(storage.day_dir(root, dataset, DAY) / storage.PART_NAME)
+        assert pq.read_table(root / storage.part_key(dataset, DAY))
     return counts
 
 
@@ -156,7 +161,7 @@ def test_sigkill_while_writing_a_day(tmp_path, point):
             "cdr/date=2024-04-10/part-0.parquet"
         )
         assert after == before
-        assert storage.journal_path(root, DAY).exists()
+        assert (root / storage.journal_key(DAY)).exists()
         assert counts["cdr_rejects"] == counts_before["cdr_rejects"]
     else:
         assert after == before  # the previous version, byte for byte
@@ -166,14 +171,14 @@ def test_sigkill_while_writing_a_day(tmp_path, point):
     _materialize(_env(tmp_path, calls=400))
     leftovers = [p for p in root.rglob("*") if p.name.startswith(".")]
     assert leftovers == []
-    assert not storage.journal_path(root, DAY).exists()
+    assert not (root / storage.journal_key(DAY)).exists()
     tz = ZoneInfo("Asia/Shanghai")
     day = Day.from_key(DAY, tz)
     sim = CdrSimulator(SimConfig(calls_per_day=400, **DEMO_QUIRKS))
     truth = sim.truth(day.start, day.end)
-    cdr = storage.read_day_table(root, "cdr", DAY)
+    cdr = storage.read_day_table(open_store(root), "cdr", DAY)
     assert set(cdr.column("call_id").to_pylist()) == set(truth.valid)
-    acc = storage.read_state(root, "validation", DAY)["accounting"]
+    acc = storage.read_state(open_store(root), "validation", DAY)["accounting"]
     assert unaccounted(acc) == 0 and acc["valid"] == len(truth.valid)
     assert acc["rejected"] == sum(truth.rejects.values())
 
@@ -183,8 +188,9 @@ def test_an_interrupted_publish_is_rolled_forward_by_the_next_reader(tmp_path):
     import pyarrow as pa
 
     root = tmp_path / "data"
+    store = open_store(root)
     old = {"cdr": pa.table({"x": [1]}), "cdr_rejects": pa.table({"y": [1]})}
-    storage.publish_day(root, DAY, old, state={"validation": {"v": 1}})
+    storage.publish_day(store, DAY, old, state={"validation": {"v": 1}})
     new = {"cdr": pa.table({"x": [2, 2]}), "cdr_rejects": pa.table({"y": [2, 2]})}
     real = os.replace
     moved = []
@@ -195,14 +201,14 @@ def test_an_interrupted_publish_is_rolled_forward_by_the_next_reader(tmp_path):
         real(src, dst)
         moved.append(dst)
 
-    storage.os.replace = crash_after_first
+    os.replace = crash_after_first
     try:
         with pytest.raises(KeyboardInterrupt):
-            storage.publish_day(root, DAY, new, state={"validation": {"v": 2}})
+            storage.publish_day(store, DAY, new, state={"validation": {"v": 2}})
     finally:
-        storage.os.replace = real
-    assert storage.journal_path(root, DAY).exists()
-    assert storage.read_state(root, "validation", DAY) == {"v": 2}  # rolled forward
-    assert storage.read_day_table(root, "cdr_rejects", DAY).num_rows == 2
-    assert not storage.journal_path(root, DAY).exists()
+        os.replace = real
+    assert (root / storage.journal_key(DAY)).exists()
+    assert storage.read_state(store, "validation", DAY) == {"v": 2}  # rolled forward
+    assert storage.read_day_table(store, "cdr_rejects", DAY).num_rows == 2
+    assert not (root / storage.journal_key(DAY)).exists()
     assert [p for p in root.rglob("*") if p.name.startswith(".")] == []

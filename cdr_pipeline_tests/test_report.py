@@ -13,6 +13,7 @@ import dagster as dg
 import duckdb
 
 from cdr_pipeline.report import days_back, html_report, kpi_history, trend_png
+from cdr_pipeline.store import open_store
 from cdr_pipeline_tests.conftest import Env
 
 CLI = str(Path(sys.executable).parent / "cdr-pipeline")
@@ -44,7 +45,7 @@ def test_kpi_materializations_carry_a_trend_chart(monkeypatch, tmp_path, sim_ser
         (png,) = _inline_pngs(trend.value)
         assert _png_size(png) == (640, 400)
     # the same figures always give the same picture
-    rows = kpi_history(env.root, days_back("2024-03-04", 30))
+    rows = kpi_history(env.store, days_back("2024-03-04", 30))
     assert [r["date"] for r in rows] == ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04"]
     assert trend_png(rows) == trend_png(rows)
 
@@ -79,5 +80,5 @@ def test_html_report_is_self_contained_and_matches_the_data(
 
 
 def test_report_of_an_empty_period_says_so(tmp_path):
-    text = html_report(tmp_path, "2024-03-01", "2024-03-02")
+    text = html_report(open_store(tmp_path), "2024-03-01", "2024-03-02")
     assert "No KPIs have been materialized" in text and "<img" not in text

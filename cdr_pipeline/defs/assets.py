@@ -11,6 +11,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
+from cdr_pipeline import storage
 from cdr_pipeline.api.errors import CdrApiError, RetriesExhaustedError
 from cdr_pipeline.daily import Day, fetch_raw_day, kpis_day, outcome_day, validate_day
 from cdr_pipeline.defs.resources import CdrApiResource, CdrStorageResource
@@ -106,7 +107,7 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
                 try:
                     manifest = fetch_raw_day(
                         client,
-                        cdr_storage.root,
+                        cdr_storage.store,
                         day,
                         window_hours=cdr_api.window_hours,
                         margin_s=cdr_api.margin_s,
@@ -133,7 +134,7 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
                         "sub_windows": len(manifest["fetch_windows"]),
                         "endpoint": manifest["endpoint"],
                         "path": dg.MetadataValue.path(
-                            str(cdr_storage.root / "raw" / "cdr" / f"date={day.key}")
+                            cdr_storage.store.uri(storage.raw_day_key(day.key))
                         ),
                     },
                     partition_key=day.key,
@@ -171,7 +172,7 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
         rows, total = [], {"fetched": 0, "valid": 0, "rejected": 0}
         for day in days_of(context, partitions_def):
             result = validate_day(
-                cdr_storage.root, day, cdr_storage.tz, max_bytes=cdr_api.max_body_bytes
+                cdr_storage.store, day, cdr_storage.tz, max_bytes=cdr_api.max_body_bytes
             )
             acc = result.accounting
             for k in total:
@@ -241,7 +242,7 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
         context: dg.AssetExecutionContext, cdr_storage: CdrStorageResource
     ) -> dg.MaterializeResult:
         for day in days_of(context, partitions_def):
-            table, path = outcome_day(cdr_storage.root, day)
+            table, path = outcome_day(cdr_storage.store, day)
             context.add_asset_metadata(
                 {
                     "dagster/row_count": table.num_rows,
@@ -264,11 +265,11 @@ def build_assets(partitions_def: dg.TimeWindowPartitionsDefinition) -> list[dg.A
         rows = []
         charted: dict[str, Any] = {}  # KPI rows read for the charts, each day's file once
         for day in days_of(context, partitions_def):
-            values, path = kpis_day(cdr_storage.root, day, cdr_storage.tz)
+            values, path = kpis_day(cdr_storage.store, day, cdr_storage.tz)
             rows.append({"date": day.key, **values})
             numeric = {f"kpi/{k}": v for k, v in values.items() if v is not None}
             charted.pop(day.key, None)  # just rewritten
-            history = kpi_history(cdr_storage.root, days_back(day.key, TREND_DAYS), charted)
+            history = kpi_history(cdr_storage.store, days_back(day.key, TREND_DAYS), charted)
             title = f"last {TREND_DAYS} days to {day.key}"
             context.add_asset_metadata(
                 {

@@ -8,10 +8,10 @@ from typing import Any
 
 import dagster as dg
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from cdr_pipeline import storage
 from cdr_pipeline.defs.resources import CdrStorageResource
+from cdr_pipeline.store import Store
 from cdr_pipeline.transform.validate import ACCOUNTING_BUCKETS, unaccounted
 
 REJECT_RATE_WARN = 0.05
@@ -23,14 +23,12 @@ def _days(context: dg.AssetCheckExecutionContext) -> list[str]:
     return list(context.partition_keys)
 
 
-def _accounting_problems(root, day: str) -> tuple[dict[str, Any], list[str]]:
-    state = storage.read_state(root, "validation", day)
+def _accounting_problems(store: Store, day: str) -> tuple[dict[str, Any], list[str]]:
+    state = storage.read_state(store, "validation", day)
     acc = state["accounting"]
-    manifest = storage.read_raw_manifest(root, day)
-    cdr_rows = pq.read_metadata(storage.day_dir(root, "cdr", day) / storage.PART_NAME).num_rows
-    rej_rows = pq.read_metadata(
-        storage.day_dir(root, "cdr_rejects", day) / storage.PART_NAME
-    ).num_rows
+    manifest = storage.read_raw_manifest(store, day)
+    cdr_rows = storage.day_rows(store, "cdr", day)
+    rej_rows = storage.day_rows(store, "cdr_rejects", day)
     raw_records = manifest["totals"]["records"]
     problems = []
     missing = unaccounted(acc)
@@ -63,7 +61,7 @@ def accounting_balances(
     failures = []
     for day in _days(context):
         try:
-            acc, problems = _accounting_problems(cdr_storage.root, day)
+            acc, problems = _accounting_problems(cdr_storage.store, day)
         except (storage.StorageError, OSError) as exc:
             problems, acc = [str(exc)], {}
         meta[day] = (
@@ -116,7 +114,7 @@ def billing_consistency(
     totals: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
     for day in _days(context):
-        cdr = storage.read_day_table(cdr_storage.root, "cdr", day)
+        cdr = storage.read_day_table(cdr_storage.store, "cdr", day)
         for name, (count, ids) in soft_anomalies(cdr).items():
             totals[name] = totals.get(name, 0) + count
             if ids:
@@ -145,7 +143,7 @@ def reject_rate(
     meta: dict[str, Any] = {}
     worst = 0.0
     for day in _days(context):
-        acc = storage.read_state(cdr_storage.root, "validation", day)["accounting"]
+        acc = storage.read_state(cdr_storage.store, "validation", day)["accounting"]
         denom = acc["valid"] + acc["rejected"]
         rate = acc["rejected"] / denom if denom else 0.0
         worst = max(worst, rate)

@@ -3,7 +3,6 @@
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -11,6 +10,7 @@ from pydantic import Field
 
 from cdr_pipeline.api.client import CdrApiClient, ClientSettings
 from cdr_pipeline.api.simulator import PATH, CdrSimulator, SimConfig
+from cdr_pipeline.store import Store, open_store
 
 SIMULATOR_URL = f"http://127.0.0.1{PATH}"
 _announced = False
@@ -132,8 +132,9 @@ class CdrStorageResource(dg.ConfigurableResource):
     timezone: str = Field(default="Asia/Shanghai", description="CDR_TIMEZONE")
 
     @property
-    def root(self) -> Path:
-        return Path(self.data_dir).expanduser().resolve()
+    def store(self) -> Store:
+        """The data directory: a local folder or an object-store prefix."""
+        return open_store(self.data_dir)
 
     @property
     def tz(self) -> ZoneInfo:
