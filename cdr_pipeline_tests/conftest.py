@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+import pyarrow.fs as pafs
 import pytest
 
 from cdr_pipeline.api.client import CdrApiClient, ClientSettings
@@ -114,6 +119,80 @@ class Env:
 
     def glob(self, dataset: str) -> str:
         return str(self.root / dataset / "*" / "*.parquet")
+
+
+S3_KEY_ID = "AKIDs3cr3tKEY0001"
+S3_SECRET = "S3-s3cr3t-9c1d5e7f"
+
+
+class S3Server:
+    """moto's S3-compatible server in its own process on 127.0.0.1, for a test session."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.1)
+
+    def env(self) -> dict[str, str]:
+        """The variables a user sets for S3-compatible storage (COS, MinIO): nothing else."""
+        return {
+            "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",  # never look for an instance role
+        }
+
+    def fs(self) -> pafs.S3FileSystem:
+        """A client for the test's own checks, configured explicitly (not from the env)."""
+        return pafs.S3FileSystem(
+            access_key=S3_KEY_ID,
+            secret_key=S3_SECRET,
+            endpoint_override=self.endpoint,
+            region="us-east-1",
+            allow_bucket_creation=True,
+        )
+
+    def bucket(self, name: str) -> str:
+        self.fs().create_dir(name)
+        return name
+
+    def objects(self, prefix: str) -> dict[str, bytes]:
+        """Every object under ``bucket/prefix``, by key relative to it."""
+        fs = self.fs()
+        infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+        return {
+            info.path[len(prefix) + 1 :]: fs.open_input_stream(info.path).read()
+            for info in infos
+            if info.type == pafs.FileType.File
+        }
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server()
+    yield server
+    server.close()
 
 
 @pytest.fixture
