@@ -85,8 +85,7 @@ def ours(root: Store, _limit: int | None) -> int:
 
 
 def ours_warmup() -> None:
-    small = ensure_day(5_000)
-    ours(small, None)
+    ours(open_store(ensure_day(5_000)), None)
 
 
 # --- baselines, written the way users write them ----------------------------------------------
@@ -184,14 +183,14 @@ def floor_parquet_write(root: Store, limit: int | None) -> int:
 _timed_part: dict[str, float] = {}
 
 
-def _warm(task: Callable[[Path, int | None], int]) -> Callable[[], None]:
+def _warm(task: Callable[[Store, int | None], int]) -> Callable[[], None]:
     def warm() -> None:
-        task(ensure_day(5_000), 2_000)
+        task(open_store(ensure_day(5_000)), 2_000)
 
     return warm
 
 
-TASKS: dict[str, tuple[Callable[[Path, int | None], int], Callable[[], None] | None]] = {
+TASKS: dict[str, tuple[Callable[[Store, int | None], int], Callable[[], None] | None]] = {
     "ours": (ours, ours_warmup),
     "pandas": (naive_pandas, _warm(naive_pandas)),
     "dlt": (dlt_filesystem, _warm(dlt_filesystem)),

@@ -93,7 +93,7 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "write_statistics": True,
     "use_dictionary": True,
 }
-ROW_GROUP_ROWS = 1 << 17
+ROW_GROUP_ROWS = 1 << 16
 
 # What a day's dataset file is made from: a whole table, or a stream of slices of one.
 Content = pa.Table | tuple[pa.Schema, Iterable[pa.Table]]

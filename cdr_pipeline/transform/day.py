@@ -19,6 +19,7 @@ on how the day was fetched.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -59,6 +60,7 @@ WORK_SCHEMA = pa.schema(
 )
 SPILL_ABOVE_ROWS = 200_000  # a day expected to hold more than this spills to disk
 ROWS_PER_BUCKET = 64_000
+KEYS_PER_PART = 1 << 20  # call-id keys of a spilled day per partition: 8 MB in memory at once
 _TS = pa.timestamp("ms", tz="UTC")
 
 
@@ -144,6 +146,65 @@ class _Buckets:
                 yield bucket, table
 
 
+class _KeyLog:
+    """The ``bucket_key`` of every valid row, to find the ids seen more than once.
+
+    A large day keeps the keys on disk in partitions by their top bits, so finding the
+    repeated ones holds one partition in memory at a time: memory stays flat however many
+    calls the day has (in memory, five million keys and their sort would take 80 MB)."""
+
+    def __init__(self, expected: int, folder: Path | None, keys_per_part: int) -> None:
+        self.count = 0
+        self._memory: list[np.ndarray] = []
+        self._paths: list[Path] = []
+        self._files: list[Any] = []
+        self._bits = 0
+        if folder is not None:
+            self._bits = max(0, math.ceil(math.log2(max(1.0, expected / keys_per_part))))
+            self._paths = [folder / f"keys-{i:05d}.u64" for i in range(1 << self._bits)]
+            self._files = [open(path, "wb") for path in self._paths]  # noqa: SIM115
+
+    def add(self, keys: np.ndarray) -> None:
+        self.count += len(keys)
+        if not self._files:
+            self._memory.append(keys)
+        elif self._bits == 0:
+            self._files[0].write(keys.tobytes())
+        else:
+            part = (keys >> np.uint64(64 - self._bits)).astype(np.intp)
+            order = np.argsort(part, kind="stable")
+            ordered = keys[order]
+            start = 0
+            for i, n in enumerate(np.bincount(part, minlength=len(self._files))):
+                if n:
+                    self._files[i].write(ordered[start : start + n].tobytes())
+                    start += n
+
+    def repeated(self) -> np.ndarray:
+        """Every key seen more than once, sorted (partitions are in key order)."""
+        found = [np.zeros(0, dtype=np.uint64)]
+        for keys in self._partitions():
+            keys.sort()
+            found.append(np.unique(keys[1:][keys[1:] == keys[:-1]]))
+        return np.concatenate(found)
+
+    def _partitions(self) -> Iterator[np.ndarray]:
+        if not self._files:
+            keys = np.concatenate(self._memory) if self._memory else np.zeros(0, np.uint64)
+            self._memory = []
+            yield keys
+            return
+        self.close()
+        for path in self._paths:
+            keys = np.fromfile(path, dtype=np.uint64)
+            path.unlink()
+            yield keys
+
+    def close(self) -> None:
+        for fh in self._files:
+            fh.close()
+
+
 @dataclass
 class ParsedPages:
     """The fast path's work on a batch of pages, done before it is added to a day."""
@@ -196,6 +257,7 @@ class DayBuilder:
         spill_dir: Path | None = None,
         spill_above: int = SPILL_ABOVE_ROWS,
         rows_per_bucket: int = ROWS_PER_BUCKET,
+        keys_per_part: int = KEYS_PER_PART,
     ) -> None:
         self.day_start, self.day_end, self.tz = day_start, day_end, tz
         self.fetched = 0
@@ -216,7 +278,7 @@ class DayBuilder:
             # time slices of equal length; busy hours hold about twice the average
             buckets = 2 * -(-expected_records // rows_per_bucket)
         self._by_time = _Buckets(buckets, folder, "time")
-        self._keys: list[np.ndarray] = []  # bucket_key of every valid row's call_id
+        self._keys = _KeyLog(expected_records, folder, keys_per_part)
         self._repeated = np.zeros(0, dtype=np.uint64)
         self._winners: dict[int, pa.Table] = {}
         self._slow_rows: list[dict[str, Any]] = []
@@ -346,7 +408,7 @@ class DayBuilder:
 
     def _add_valid(self, table: pa.Table) -> None:
         key = bucket_key(table.column("call_id"))
-        self._keys.append(key)
+        self._keys.add(key)
         table = table.append_column("_k", pa.array(key, pa.uint64()))
         self._by_time.add(table, 0 if self._by_time.count == 1 else self._time_bucket(table))
 
@@ -407,12 +469,8 @@ class DayBuilder:
             return
         self._settled = True
         self._flush_slow()
-        keys = np.concatenate(self._keys) if self._keys else np.zeros(0, dtype=np.uint64)
-        self._keys = []
-        self._valid_count = len(keys)
-        keys.sort()
-        self._repeated = np.unique(keys[1:][keys[1:] == keys[:-1]])
-        del keys
+        self._valid_count = self._keys.count
+        self._repeated = self._keys.repeated()
         if not self._repeated.size:
             return
         copies = [
@@ -456,6 +514,7 @@ class DayBuilder:
             self.close()
 
     def close(self) -> None:
+        self._keys.close()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
