@@ -41,14 +41,17 @@ def measure(
             list(warm.fetch_windows(windows))  # the simulator builds and caches its hours
         with CdrApiClient(url, "bench", "bench", settings) as client:
             start = time.perf_counter()
-            records = sum(
-                page.record_count for _, pages in client.fetch_windows(windows) for page in pages
-            )
+            chains = [pages for _, pages in client.fetch_windows(windows)]
             wall = time.perf_counter() - start
             requests = client.stats["requests"]
+    records = sum(page.record_count for pages in chains for page in pages)
     latency_bound = requests * latency_ms / 1000.0 / concurrency
     rate_bound = requests / rate if rate else 0.0
     ideal = max(latency_bound, rate_bound)
+    # A window's pages come one after another (each needs the last cursor): no client can
+    # finish before its longest chain of pages has been fetched in sequence.
+    longest = max(len(pages) for pages in chains)
+    chain_s = longest * latency_ms / 1000.0
     return {
         "latency_ms": latency_ms,
         "concurrency": concurrency,
@@ -58,4 +61,7 @@ def measure(
         "wall_s": wall,
         "ideal_s": ideal,
         "ratio": wall / ideal,
+        "longest_chain": longest,
+        "chain_s": chain_s,
+        "ratio_achievable": wall / max(ideal, chain_s),
     }
