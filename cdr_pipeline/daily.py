@@ -7,12 +7,14 @@ CLI and the tests call when they want a day without an orchestrator.
 from __future__ import annotations
 
 import itertools
+import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,6 +28,10 @@ from cdr_pipeline.transform.day import DayBuilder, ParsedPages, parse_pages
 from cdr_pipeline.transform.summarize import (
     KPI_COLUMNS,
     OUTCOME_COLUMNS,
+    OUTCOME_SCHEMA,
+    SUMMARY_VERSION,
+    KpiSummary,
+    OutcomeSummary,
     call_outcome_daily,
     kpi_table,
     kpi_values,
@@ -185,12 +191,15 @@ def validate_day(
 ) -> ValidatedDay:
     """Raw layer -> ``cdr`` and ``cdr_rejects`` for the day, plus its accounting record."""
     manifest = storage.read_raw_manifest(store, day.key)
-    builder = DayBuilder(
-        day.start,
-        day.end,
-        tz,
-        expected_records=manifest["totals"]["records"],
-        spill_dir=storage.spill_dir(store),
+    expected = manifest["totals"]["records"]
+    spill_dir = storage.spill_dir(store)
+    builder = DayBuilder(day.start, day.end, tz, expected_records=expected, spill_dir=spill_dir)
+    # A day large enough to spill keeps its distinct-count keys on disk too (the builder's
+    # folder goes away as soon as its last row is out; these are needed after that).
+    scratch = (
+        tempfile.TemporaryDirectory(prefix=".cdr-kpi-", dir=spill_dir, ignore_cleanup_errors=True)
+        if builder.spill_folder is not None
+        else None
     )
     tz_name = tz.key
     started = time.perf_counter()
@@ -210,35 +219,82 @@ def validate_day(
         parsed = time.perf_counter()
         state: dict[str, Any] = {"date": day.key, "fetch": manifest["totals"]}
 
+        outcome = OutcomeSummary()
+        kpis = KpiSummary(
+            tz, expected_rows=expected, spill_folder=Path(scratch.name) if scratch else None
+        )
+
+        def summarize(part: pa.Table) -> None:
+            outcome.add(part)
+            kpis.add(part)
+
         def cdr_rows() -> Iterator[pa.Table]:
-            yield from builder.iter_cdr()
+            # The summaries are taken from the rows on their way to the file, on a thread of
+            # their own (most of their work is in numpy and Arrow, which release the GIL),
+            # so the summary assets need not read the day back.
+            pending: deque[Future[None]] = deque()
+            for part in builder.iter_cdr():
+                pending.append(summarizer.submit(summarize, part))
+                if len(pending) > 1:
+                    pending.popleft().result()
+                yield part
+            while pending:
+                pending.popleft().result()
             # the accounting is complete once every row has been produced
             state["accounting"] = builder.accounting() | {
                 "raw_records": manifest["totals"]["records"]
             }
+            state["summary"] = {
+                "version": SUMMARY_VERSION,
+                "timezone": tz.key,
+                "call_outcome_daily": outcome.table().to_pylist(),
+                "call_kpis_daily": kpis.values(state["accounting"]),
+            }
 
-        paths = storage.publish_day(
-            store,
-            day.key,
-            {"cdr": (CDR_SCHEMA, cdr_rows()), "cdr_rejects": builder.rejects_table()},
-            state={"validation": state},
-        )
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary") as summarizer:
+            paths = storage.publish_day(
+                store,
+                day.key,
+                {"cdr": (CDR_SCHEMA, cdr_rows()), "cdr_rejects": builder.rejects_table()},
+                state={"validation": state},
+            )
     finally:
         builder.close()
+        if scratch is not None:
+            scratch.cleanup()
     done = time.perf_counter()
     timings = {"read_check_s": parsed - started, "dedup_sort_write_s": done - parsed}
     return ValidatedDay(state["accounting"], paths, timings)
 
 
+def _stored_summary(state: dict[str, Any], dataset: str, tz: ZoneInfo | None = None) -> Any:
+    """What ``validate_day`` summarised of the day's rows, published in the same transaction
+    as its ``cdr`` file (so it always describes that file); None when written by a version
+    that summarised differently, or in another zone: then the file is read again."""
+    summary = state.get("summary") or {}
+    current = summary.get("version") == SUMMARY_VERSION
+    if tz is not None:  # the KPIs' peak hour is a local hour
+        current = current and summary.get("timezone") == tz.key
+    return summary.get(dataset) if current else None
+
+
 def outcome_day(store: Store, day: Day) -> tuple[pa.Table, str]:
-    table = call_outcome_daily(storage.iter_day_table(store, "cdr", day.key, OUTCOME_COLUMNS))
+    state = storage.read_state(store, "validation", day.key)
+    rows = _stored_summary(state, "call_outcome_daily")
+    if rows is not None:
+        table = pa.Table.from_pylist(rows, schema=OUTCOME_SCHEMA)
+    else:
+        table = call_outcome_daily(storage.iter_day_table(store, "cdr", day.key, OUTCOME_COLUMNS))
     return table, storage.publish_day(store, day.key, {"call_outcome_daily": table})[
         "call_outcome_daily"
     ]
 
 
 def kpis_day(store: Store, day: Day, tz: ZoneInfo) -> tuple[dict[str, Any], str]:
-    accounting = storage.read_state(store, "validation", day.key)["accounting"]
-    values = kpi_values(storage.iter_day_table(store, "cdr", day.key, KPI_COLUMNS), accounting, tz)
+    state = storage.read_state(store, "validation", day.key)
+    values = _stored_summary(state, "call_kpis_daily", tz)
+    if values is None:
+        cdr = storage.iter_day_table(store, "cdr", day.key, KPI_COLUMNS)
+        values = kpi_values(cdr, state["accounting"], tz)
     path = storage.publish_day(store, day.key, {"call_kpis_daily": kpi_table(values)})
     return values, path["call_kpis_daily"]

@@ -19,7 +19,6 @@ on how the day was fetched.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -43,6 +42,7 @@ from cdr_pipeline.transform.columnar import (
     read_pages,
 )
 from cdr_pipeline.transform.hashing import bucket_key
+from cdr_pipeline.transform.keylog import KeyLog
 from cdr_pipeline.transform.parse import TIME_FIELDS, RawPage, to_json
 from cdr_pipeline.transform.validate import (
     CDR_SCHEMA,
@@ -60,7 +60,6 @@ WORK_SCHEMA = pa.schema(
 )
 SPILL_ABOVE_ROWS = 200_000  # a day expected to hold more than this spills to disk
 ROWS_PER_BUCKET = 64_000
-KEYS_PER_PART = 1 << 20  # call-id keys of a spilled day per partition: 8 MB in memory at once
 _TS = pa.timestamp("ms", tz="UTC")
 
 
@@ -146,65 +145,6 @@ class _Buckets:
                 yield bucket, table
 
 
-class _KeyLog:
-    """The ``bucket_key`` of every valid row, to find the ids seen more than once.
-
-    A large day keeps the keys on disk in partitions by their top bits, so finding the
-    repeated ones holds one partition in memory at a time: memory stays flat however many
-    calls the day has (in memory, five million keys and their sort would take 80 MB)."""
-
-    def __init__(self, expected: int, folder: Path | None, keys_per_part: int) -> None:
-        self.count = 0
-        self._memory: list[np.ndarray] = []
-        self._paths: list[Path] = []
-        self._files: list[Any] = []
-        self._bits = 0
-        if folder is not None:
-            self._bits = max(0, math.ceil(math.log2(max(1.0, expected / keys_per_part))))
-            self._paths = [folder / f"keys-{i:05d}.u64" for i in range(1 << self._bits)]
-            self._files = [open(path, "wb") for path in self._paths]  # noqa: SIM115
-
-    def add(self, keys: np.ndarray) -> None:
-        self.count += len(keys)
-        if not self._files:
-            self._memory.append(keys)
-        elif self._bits == 0:
-            self._files[0].write(keys.tobytes())
-        else:
-            part = (keys >> np.uint64(64 - self._bits)).astype(np.intp)
-            order = np.argsort(part, kind="stable")
-            ordered = keys[order]
-            start = 0
-            for i, n in enumerate(np.bincount(part, minlength=len(self._files))):
-                if n:
-                    self._files[i].write(ordered[start : start + n].tobytes())
-                    start += n
-
-    def repeated(self) -> np.ndarray:
-        """Every key seen more than once, sorted (partitions are in key order)."""
-        found = [np.zeros(0, dtype=np.uint64)]
-        for keys in self._partitions():
-            keys.sort()
-            found.append(np.unique(keys[1:][keys[1:] == keys[:-1]]))
-        return np.concatenate(found)
-
-    def _partitions(self) -> Iterator[np.ndarray]:
-        if not self._files:
-            keys = np.concatenate(self._memory) if self._memory else np.zeros(0, np.uint64)
-            self._memory = []
-            yield keys
-            return
-        self.close()
-        for path in self._paths:
-            keys = np.fromfile(path, dtype=np.uint64)
-            path.unlink()
-            yield keys
-
-    def close(self) -> None:
-        for fh in self._files:
-            fh.close()
-
-
 @dataclass
 class ParsedPages:
     """The fast path's work on a batch of pages, done before it is added to a day."""
@@ -255,9 +195,9 @@ class DayBuilder:
         *,
         expected_records: int = 0,
         spill_dir: Path | None = None,
-        spill_above: int = SPILL_ABOVE_ROWS,
+        spill_above: int | None = None,
         rows_per_bucket: int = ROWS_PER_BUCKET,
-        keys_per_part: int = KEYS_PER_PART,
+        keys_per_part: int | None = None,
     ) -> None:
         self.day_start, self.day_end, self.tz = day_start, day_end, tz
         self.fetched = 0
@@ -270,7 +210,7 @@ class DayBuilder:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         folder = None
         buckets = 1
-        if expected_records > spill_above:
+        if expected_records > (SPILL_ABOVE_ROWS if spill_above is None else spill_above):
             self._tmp = tempfile.TemporaryDirectory(
                 prefix=".cdr-day-", dir=spill_dir, ignore_cleanup_errors=True
             )
@@ -278,7 +218,8 @@ class DayBuilder:
             # time slices of equal length; busy hours hold about twice the average
             buckets = 2 * -(-expected_records // rows_per_bucket)
         self._by_time = _Buckets(buckets, folder, "time")
-        self._keys = _KeyLog(expected_records, folder, keys_per_part)
+        self.spill_folder = folder  # None: the day is held in memory
+        self._keys = KeyLog(expected_records, folder, keys_per_part, "call-ids")
         self._repeated = np.zeros(0, dtype=np.uint64)
         self._winners: dict[int, pa.Table] = {}
         self._slow_rows: list[dict[str, Any]] = []

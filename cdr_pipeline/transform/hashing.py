@@ -23,8 +23,31 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+_INVERSE = pow(_PRIME, -1, 1 << 64)  # the prime is odd, so it has an inverse mod 2^64
+_powers: tuple[np.ndarray, np.ndarray] = (np.ones(1, np.uint64), np.ones(1, np.uint64))
+
+
+def _powers_upto(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^k and P^-k (mod 2^64) for k < n, computed once and grown when a longer buffer comes."""
+    global _powers
+    have = _powers
+    if len(have[0]) < n:
+        size = max(n, 1 << 20)
+        with np.errstate(over="ignore"):
+            up = np.full(size, _PRIME, dtype=np.uint64)
+            down = np.full(size, _INVERSE, dtype=np.uint64)
+            up[0] = down[0] = 1
+            have = (np.cumprod(up, dtype=np.uint64), np.cumprod(down, dtype=np.uint64))
+        _powers = have
+    return have[0][:n], have[1][:n]
+
+
 def fingerprint(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A 64-bit hash of each string (null hashes like the empty string)."""
+    """A 64-bit hash of each string (null hashes like the empty string).
+
+    The polynomial ``sum(byte[i] * P^i)`` of every string at once, from one running sum over
+    the whole buffer: the slice of a string, multiplied by ``P^-start``, is its own
+    polynomial wherever it sits (all arithmetic wraps mod 2^64)."""
     arr = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
     if len(arr) == 0:
         return np.zeros(0, dtype=np.uint64)
@@ -36,18 +59,13 @@ def fingerprint(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
         np.frombuffer(data_buf, dtype=np.uint8)[first:last] if data_buf else np.zeros(0, np.uint8)
     )
     offsets = raw - first
-    lengths = np.diff(offsets)
-    out = np.zeros(len(arr), dtype=np.uint64)
-    filled = lengths > 0
-    if data.size:
-        pos = np.arange(data.size, dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-        with np.errstate(over="ignore"):
-            powers = np.cumprod(np.full(64, _PRIME, dtype=np.uint64), dtype=np.uint64)
-            weighted = data.astype(np.uint64) * powers[pos % 64]
-            sums = np.add.reduceat(weighted, offsets[:-1][filled])
-        out[filled] = sums
+    up, down = _powers_upto(data.size + 1)
+    starts = offsets[:-1]
     with np.errstate(over="ignore"):
-        return _mix(out ^ lengths.astype(np.uint64))
+        running = np.zeros(data.size + 1, dtype=np.uint64)
+        np.cumsum(data * up[: data.size], out=running[1:])
+        own = (running[offsets[1:]] - running[starts]) * down[starts]
+        return _mix(own ^ np.diff(offsets).astype(np.uint64))
 
 
 def bucket_key(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:

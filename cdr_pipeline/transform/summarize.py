@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdr_pipeline.transform.hashing import fingerprint
+from cdr_pipeline.transform.keylog import KeyLog
 from cdr_pipeline.transform.parse import TIME_FIELDS
 
 OUTCOME_SCHEMA = pa.schema(
@@ -80,38 +82,59 @@ def _parts(cdr: Tables) -> Iterable[pa.Table]:
     return [cdr] if isinstance(cdr, pa.Table) else cdr
 
 
+# Bump when what the summaries compute changes: a day's summaries stored by an older version
+# (see ``daily.validate_day``) are then recomputed from its ``cdr`` file instead.
+SUMMARY_VERSION = 1
+_OUTCOME_KEYS = ["call_type", "call_end_status", "call_end_status_label"]
+
+
+class OutcomeSummary:
+    """``call_outcome_daily`` accumulated over a day's rows in any slices."""
+
+    def __init__(self) -> None:
+        self._partial: list[pa.Table] = []
+
+    def add(self, part: pa.Table) -> None:
+        if part.num_rows:
+            self._partial.append(
+                part.group_by(_OUTCOME_KEYS).aggregate(
+                    [("call_id", "count"), ("duration_s", "sum")]
+                )
+            )
+
+    def table(self) -> pa.Table:
+        if not self._partial:
+            return OUTCOME_SCHEMA.empty_table()
+        grouped = (
+            pa.concat_tables(self._partial)
+            .group_by(_OUTCOME_KEYS)
+            .aggregate([("call_id_count", "sum"), ("duration_s_sum", "sum")])
+        )
+        grouped = grouped.sort_by([("call_type", "ascending"), ("call_end_status", "ascending")])
+        calls = pc.cast(grouped["call_id_count_sum"], pa.int64())
+        billed = pc.cast(grouped["duration_s_sum_sum"], pa.int64())
+        total = float(pc.sum(calls).as_py())
+        return pa.table(
+            {
+                "call_type": grouped["call_type"],
+                "call_end_status": grouped["call_end_status"],
+                "call_end_status_label": grouped["call_end_status_label"],
+                "calls": calls,
+                "billed_seconds": billed,
+                "avg_billed_seconds": pc.divide(
+                    pc.cast(billed, pa.float64()), pc.cast(calls, pa.float64())
+                ),
+                "share_of_calls": pc.divide(pc.cast(calls, pa.float64()), total),
+            },
+            schema=OUTCOME_SCHEMA,
+        )
+
+
 def call_outcome_daily(cdr: Tables) -> pa.Table:
-    keys = ["call_type", "call_end_status", "call_end_status_label"]
-    partial = [
-        part.group_by(keys).aggregate([("call_id", "count"), ("duration_s", "sum")])
-        for part in _parts(cdr)
-        if part.num_rows
-    ]
-    if not partial:
-        return OUTCOME_SCHEMA.empty_table()
-    grouped = (
-        pa.concat_tables(partial)
-        .group_by(keys)
-        .aggregate([("call_id_count", "sum"), ("duration_s_sum", "sum")])
-    )
-    grouped = grouped.sort_by([("call_type", "ascending"), ("call_end_status", "ascending")])
-    calls = pc.cast(grouped["call_id_count_sum"], pa.int64())
-    billed = pc.cast(grouped["duration_s_sum_sum"], pa.int64())
-    total = float(pc.sum(calls).as_py())
-    return pa.table(
-        {
-            "call_type": grouped["call_type"],
-            "call_end_status": grouped["call_end_status"],
-            "call_end_status_label": grouped["call_end_status_label"],
-            "calls": calls,
-            "billed_seconds": billed,
-            "avg_billed_seconds": pc.divide(
-                pc.cast(billed, pa.float64()), pc.cast(calls, pa.float64())
-            ),
-            "share_of_calls": pc.divide(pc.cast(calls, pa.float64()), total),
-        },
-        schema=OUTCOME_SCHEMA,
-    )
+    summary = OutcomeSummary()
+    for part in _parts(cdr):
+        summary.add(part)
+    return summary.table()
 
 
 def _seconds(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -148,34 +171,43 @@ class _Median:
 
 class _Distinct:
     """Distinct count of strings through 64-bit fingerprints (8 bytes a value, however long
-    the string; a collision between two of a day's numbers is vanishingly unlikely)."""
+    the string; a collision between two of a day's numbers is vanishingly unlikely), on disk
+    in partitions for a large day."""
 
-    def __init__(self) -> None:
-        self.seen: list[np.ndarray] = []
+    def __init__(self, keys: KeyLog) -> None:
+        self.keys = keys
 
     def add(self, col: pa.ChunkedArray) -> None:
         values = col.combine_chunks().drop_null()
         if len(values):
-            self.seen.append(fingerprint(values))
+            self.keys.add(fingerprint(values))
 
     def count(self) -> int:
-        if not self.seen:
-            return 0
-        values = np.concatenate(self.seen)
-        self.seen = []
-        values.sort()  # in place: no second copy
-        return int(1 + np.count_nonzero(values[1:] != values[:-1]))
+        return self.keys.distinct()
 
 
-def kpi_values(cdr: Tables, accounting: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
-    counts = Counter[str]()
-    sums = {"billed": 0, "billed_connected": 0, "talk": 0.0}
-    medians = {"caller_pdd": _Median(), "callee_pdd": _Median(), "bridge": _Median()}
-    hours = np.zeros(24, dtype=np.int64)
-    callers, callees = _Distinct(), _Distinct()
-    for part in _parts(cdr):
+class KpiSummary:
+    """``call_kpis_daily`` accumulated over a day's rows in any slices: the same values
+    whatever the slicing (sums are of whole seconds, medians exact histograms)."""
+
+    def __init__(
+        self, tz: ZoneInfo, *, expected_rows: int = 0, spill_folder: Path | None = None
+    ) -> None:
+        """``spill_folder``: where a large day keeps the distinct counts' keys."""
+        self.tz = tz
+        self.counts = Counter[str]()
+        self.sums = {"billed": 0, "billed_connected": 0, "talk": 0.0}
+        self.medians = {"caller_pdd": _Median(), "callee_pdd": _Median(), "bridge": _Median()}
+        self.hours = np.zeros(24, dtype=np.int64)
+        self.callers, self.callees = (
+            _Distinct(KeyLog(expected_rows, spill_folder, name=name))
+            for name in ("callers", "callees")
+        )
+
+    def add(self, part: pa.Table) -> None:
         if not part.num_rows:
-            continue
+            return
+        counts, sums, medians = self.counts, self.sums, self.medians
         status = part["call_end_status"].to_numpy(zero_copy_only=False).astype("int64")
         duration = part["duration_s"].to_numpy(zero_copy_only=False).astype("int64")
         t = {name: _seconds(part[name]) for name in KPI_COLUMNS if name.endswith("_time")}
@@ -201,34 +233,43 @@ def kpi_values(cdr: Tables, accounting: dict[str, Any], tz: ZoneInfo) -> dict[st
         quarters, per_quarter = np.unique(
             t["start_src_call_time"].astype(np.int64) // 900, return_counts=True
         )
-        local = np.array([_local_hour(int(q), tz) for q in quarters], dtype=np.int64)
-        hours += np.bincount(local, weights=per_quarter, minlength=24).astype(np.int64)
-        callers.add(part["src"])
-        callees.add(part["dst"])
-    n, n_conn = counts["total"], counts["connected"]
+        local = np.array([_local_hour(int(q), self.tz) for q in quarters], dtype=np.int64)
+        self.hours += np.bincount(local, weights=per_quarter, minlength=24).astype(np.int64)
+        self.callers.add(part["src"])
+        self.callees.add(part["dst"])
 
-    return {
-        "total_calls": n,
-        "connected_calls": n_conn,
-        "connect_rate": _ratio(n_conn, n),
-        "caller_answer_rate": _ratio(counts["src_accept"], n),
-        "callee_answer_rate": _ratio(counts["dst_accept"], counts["dst_call"]),
-        "ner_proxy": _ratio(counts["ner"], n),
-        "acd_s": _ratio(sums["billed_connected"], n_conn),
-        "aloc_s": sums["talk"] / counts["talk"] if counts["talk"] else None,
-        "billed_minutes": float(sums["billed"]) / 60.0,
-        "median_caller_pdd_s": medians["caller_pdd"].value(),
-        "median_callee_pdd_s": medians["callee_pdd"].value(),
-        "median_bridge_s": medians["bridge"].value(),
-        "short_call_ratio": _ratio(counts["short"], n_conn),
-        "recording_coverage": _ratio(counts["recorded"], n_conn),
-        "unique_callers": callers.count(),
-        "unique_callees": callees.count(),
-        # argmax returns the earliest hour on ties
-        "peak_hour": int(np.argmax(hours)) if n else None,
-        "rejected_records": int(accounting["rejected"]),
-        "duplicates_dropped": int(accounting["duplicates_dropped"]),
-    }
+    def values(self, accounting: dict[str, Any]) -> dict[str, Any]:
+        counts, sums, medians = self.counts, self.sums, self.medians
+        n, n_conn = counts["total"], counts["connected"]
+        return {
+            "total_calls": n,
+            "connected_calls": n_conn,
+            "connect_rate": _ratio(n_conn, n),
+            "caller_answer_rate": _ratio(counts["src_accept"], n),
+            "callee_answer_rate": _ratio(counts["dst_accept"], counts["dst_call"]),
+            "ner_proxy": _ratio(counts["ner"], n),
+            "acd_s": _ratio(sums["billed_connected"], n_conn),
+            "aloc_s": sums["talk"] / counts["talk"] if counts["talk"] else None,
+            "billed_minutes": float(sums["billed"]) / 60.0,
+            "median_caller_pdd_s": medians["caller_pdd"].value(),
+            "median_callee_pdd_s": medians["callee_pdd"].value(),
+            "median_bridge_s": medians["bridge"].value(),
+            "short_call_ratio": _ratio(counts["short"], n_conn),
+            "recording_coverage": _ratio(counts["recorded"], n_conn),
+            "unique_callers": self.callers.count(),
+            "unique_callees": self.callees.count(),
+            # argmax returns the earliest hour on ties
+            "peak_hour": int(np.argmax(self.hours)) if n else None,
+            "rejected_records": int(accounting["rejected"]),
+            "duplicates_dropped": int(accounting["duplicates_dropped"]),
+        }
+
+
+def kpi_values(cdr: Tables, accounting: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
+    summary = KpiSummary(tz)
+    for part in _parts(cdr):
+        summary.add(part)
+    return summary.values(accounting)
 
 
 @lru_cache(maxsize=65536)
