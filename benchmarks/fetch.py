@@ -8,6 +8,7 @@ runs on the same two cores, which is part of what the ratio shows.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from zoneinfo import ZoneInfo
 
 from benchmarks.data import simulator_process
@@ -23,6 +24,8 @@ def measure(
     calls_per_day: int = 60_000,
     page_size: int = 500,
     window_hours: int = 1,
+    margin_s: int = 0,
+    split: bool = True,
 ) -> dict[str, float]:
     with simulator_process(
         "--calls-per-day",
@@ -33,9 +36,13 @@ def measure(
         str(latency_ms),
     ) as url:
         day = Day.from_key("2024-05-07", ZoneInfo("Asia/Shanghai"))
-        windows = fetch_windows(day, window_hours, 0)
+        windows = fetch_windows(day, window_hours, margin_s)
         settings = ClientSettings(
-            concurrency=concurrency, rate_limit_per_s=rate, read_timeout_s=60, max_attempts=2
+            concurrency=concurrency,
+            rate_limit_per_s=rate,
+            read_timeout_s=60,
+            max_attempts=2,
+            split_stragglers=split,
         )
         with CdrApiClient(url, "bench", "bench", settings) as warm:
             list(warm.fetch_windows(windows))  # the simulator builds and caches its hours
@@ -50,9 +57,11 @@ def measure(
     ideal = max(latency_bound, rate_bound)
     # A window's pages come one after another (each needs the last cursor): no client can
     # finish before its longest chain of pages has been fetched in sequence.
-    longest = max(len(pages) for pages in chains)
+    longest = max(Counter(page.window for pages in chains for page in pages).values())
     chain_s = longest * latency_ms / 1000.0
     return {
+        "window_hours": window_hours,
+        "split": split,
         "latency_ms": latency_ms,
         "concurrency": concurrency,
         "rate": rate,

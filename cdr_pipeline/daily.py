@@ -134,6 +134,7 @@ def fetch_raw_day(
             "http_requests": delta.get("requests", 0),
             "retries": delta.get("retries", 0),
             "window_splits": delta.get("window_splits", 0),
+            "chain_splits": delta.get("chain_splits", 0),
             "pages_discarded": delta.get("pages_discarded", 0),
         },
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import itertools
 import json
 import logging
 import zlib
@@ -376,3 +377,38 @@ def test_in_process_transport_matches_real_server(sim_server, make_client):
 def test_settings_are_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         ClientSettings().max_attempts = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("honour", [True, False])
+def test_a_busy_window_is_split_into_parts_fetched_side_by_side(sim_server, make_client, honour):
+    """Two windows, eight workers: without splitting, six workers would idle while two long
+    chains of pages run. The chains are cut into parts; every call is still there, the
+    parts come back in time order and tile their window (sharing boundary seconds)."""
+    server = sim_server(calls_per_day=6000, page_size=40, honour_cursor=honour)
+    windows = [(DAY[0] + 8 * 3600, DAY[0] + 12 * 3600), (DAY[0] + 12 * 3600, DAY[0] + 16 * 3600)]
+    settings = dataclasses.replace(FAST, concurrency=8)
+    client = make_client(server, settings)
+    results = list(client.fetch_windows(windows))
+    assert client.stats["chain_splits"] >= 2
+    assert [w for w, _ in results] == windows
+    for (a, b), pages in results:
+        truth = {c.call_id for c in server.sim.calls_between(a, b)}
+        assert set(_call_ids(pages)) == truth
+        starts = [p.window[0] for p in pages]
+        assert starts == sorted(starts) and starts[0] == a and pages[-1].window[1] == b
+        parts = sorted({p.window for p in pages})
+        assert all(x[1] == y[0] for x, y in itertools.pairwise(parts))  # no gap anywhere
+    unsplit = make_client(server, dataclasses.replace(settings, split_stragglers=False))
+    plain = list(unsplit.fetch_windows(windows))
+    assert unsplit.stats.get("chain_splits", 0) == 0
+    assert [set(_call_ids(p)) for _, p in plain] == [set(_call_ids(p)) for _, p in results]
+
+
+def test_many_windows_on_few_workers_are_not_split(sim_server, make_client):
+    """When every worker has plenty of whole windows to do, splitting would only add
+    requests: chains are left as they are."""
+    server = sim_server(calls_per_day=3000, page_size=100)
+    windows = [(DAY[0] + i * 3600, DAY[0] + (i + 1) * 3600) for i in range(24)]
+    client = make_client(server, dataclasses.replace(FAST, concurrency=2))
+    list(client.fetch_windows(windows))
+    assert client.stats.get("chain_splits", 0) == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -99,6 +100,7 @@ class ClientSettings:
     min_window_s: int = 1
     concurrency: int = 4
     rate_limit_per_s: float = 0.0  # 0: unlimited
+    split_stragglers: bool = True  # cut a window's chain of pages that would run last alone
 
 
 @dataclass(frozen=True)
@@ -425,47 +427,108 @@ class CdrApiClient:
         """Query several windows with bounded concurrency; results come back in order.
 
         A window's pages must be fetched one after another (each needs the last cursor), so
-        what bounds the wall time is the longest chain started late. The first page of every
-        window is fetched first; it shows how much of its window one page covered, and the
-        rest of the chains then run longest-expected first (an ordering guess only: every
-        page is still fetched)."""
-        workers = max(1, min(self.settings.concurrency, len(windows)))
-        if workers == 1:
+        what bounds the wall time is the longest chain. The first page of every window is
+        fetched first; it shows how much of its window one page covered. The chains then run
+        longest-expected first, and a chain expected to outlast everything else still queued
+        (a busy window, or fewer windows than workers) is split into parts that run side by
+        side: its first page is set aside and each part is listed from scratch (parts share
+        their boundary second, like all windows). Only the order and the split points are
+        guesses; every record of every window is still fetched."""
+        if self.settings.concurrency <= 1:
             for w in windows:
                 yield w, self.query_window(w[0], w[1], src)
             return
-        tasks: PriorityQueue[tuple[float, int, int, Exchange | None]] = PriorityQueue()
+        # (priority, tie-break, window index, (part of) its window, its first page if fetched,
+        # the pages a part of a split window is expected to take)
+        Task = tuple[float, int, int, Window, Exchange | None, float]
+        tasks: PriorityQueue[Task] = PriorityQueue()
         order = itertools.count()
-        for i in range(len(windows)):
-            tasks.put((_FIRST_PAGE_PRIORITY, next(order), i, None))
+        # What is queued: first pages not yet fetched, and the pages chains are expected to
+        # have left; a window not yet started is expected to be like those seen so far.
+        load = {"first": float(len(windows)), "chains": 0.0, "seen": 0.0, "seen_pages": 0.0}
+        for i, w in enumerate(windows):
+            tasks.put((-_FIRST_PAGE_EXPECTED, next(order), i, w, None, 0.0))
         results: dict[int, list[Exchange] | BaseException] = {}
+        parts: dict[int, dict[Window, list[Exchange]]] = {i: {} for i in range(len(windows))}
+        open_parts = dict.fromkeys(range(len(windows)), 1)
         done = threading.Condition()
         stop = threading.Event()
+        workers = self.settings.concurrency  # more than windows: parts of a split use them
+
+        def finish(i: int, window: Window, result: list[Exchange] | BaseException) -> None:
+            with done:
+                if i in results:
+                    return  # the window failed already
+                if isinstance(result, BaseException):
+                    results[i] = result
+                else:
+                    parts[i][window] = result
+                    open_parts[i] -= 1
+                    if open_parts[i]:
+                        return
+                    results[i] = [page for w in sorted(parts[i]) for page in parts[i][w]]
+                done.notify_all()
+
+        def straggler_parts(window: Window, expected: float) -> int:
+            """How many parts to cut a chain of ``expected`` more pages into (1: none)."""
+            with done:
+                load["chains"] -= expected
+                per_window = (
+                    load["seen_pages"] / load["seen"] if load["seen"] else _FIRST_PAGE_EXPECTED
+                )
+                ahead = load["chains"] + load["first"] * per_window + expected
+            rounds = ahead / workers  # pages each worker has ahead of it
+            if not self.settings.split_stragglers or expected < _STRAGGLER_MIN_PAGES:
+                return 1
+            if expected <= 1.25 * rounds:
+                return 1
+            span = window[1] - window[0]
+            return max(1, min(math.ceil(expected / max(rounds, 1.0)), workers, span))
 
         def work() -> None:
             while not stop.is_set():
                 try:
-                    _, _, i, first = tasks.get(timeout=0.05)
+                    _, _, i, window, first, part_pages = tasks.get(timeout=0.05)
                 except Empty:
                     if len(results) == len(windows):
                         return
                     continue
-                window = windows[i]
                 result: list[Exchange] | BaseException
                 try:
                     if first is None:
                         page = self._page(window, src, None)
+                        left = _pages_left(page) if page.truncated else 0.0
+                        with done:
+                            load["chains"] += left
+                            if part_pages:  # a part of a split window
+                                load["chains"] -= part_pages
+                            else:
+                                load["first"] -= 1
+                                load["seen"] += 1
+                                load["seen_pages"] += 1 + left
                         if page.truncated:
-                            tasks.put((-_pages_left(page), next(order), i, page))
+                            tasks.put((-left, next(order), i, window, page, 0.0))
                             continue
                         result = [page]
                     else:
+                        expected = _pages_left(first)
+                        k = straggler_parts(window, expected)
+                        if k > 1:
+                            self._count("chain_splits")
+                            self._count("pages_discarded")
+                            edges = [window[0] + (window[1] - window[0]) * j // k for j in range(k)]
+                            edges.append(window[1])
+                            with done:
+                                open_parts[i] += k - 1
+                                load["chains"] += expected + 1  # the parts' pages, all queued
+                            share = (expected + 1) / k
+                            for part in itertools.pairwise(edges):
+                                tasks.put((-share, next(order), i, part, None, share))
+                            continue
                         result = self._list(window, src, first)
                 except BaseException as exc:  # handed to the caller, in window order
                     result = exc
-                with done:
-                    results[i] = result
-                    done.notify_all()
+                finish(i, window, result)
 
         threads = [
             threading.Thread(target=work, name=f"getCdr-{n}", daemon=True) for n in range(workers)
@@ -486,9 +549,11 @@ class CdrApiClient:
                 thread.join()
 
 
-# A window not yet started counts as if 1.5 pages of it were left: chains expected to be
-# longer go first, shorter ones after the remaining first pages.
-_FIRST_PAGE_PRIORITY = -1.5
+# A window not yet started counts as 1.5 pages: chains expected to be longer go first, shorter
+# ones after the remaining first pages.
+_FIRST_PAGE_EXPECTED = 1.5
+# A chain this short is never split: its parts would cost about as many requests again.
+_STRAGGLER_MIN_PAGES = 3
 
 
 def _pages_left(page: Exchange) -> float:

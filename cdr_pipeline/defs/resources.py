@@ -44,6 +44,11 @@ class CdrApiResource(dg.ConfigurableResource):
     backoff_max_s: float = Field(default=30.0, ge=0)
     concurrency: int = Field(default=4, ge=1, le=64, description="Sub-windows fetched at once")
     rate_limit_per_s: float = Field(default=0.0, ge=0, description="Requests/s cap; 0 = none")
+    split_stragglers: bool = Field(
+        default=True,
+        description="Cut a busy window's chain of pages into parts fetched side by side when "
+        "it would otherwise run last, alone",
+    )
     compress: bool = Field(default=True, description="Ask for zlib bodies")
     max_pages_per_query: int = Field(default=1000, ge=1)
     max_body_mb: int = Field(default=256, ge=1, description="Cap on a decompressed body")
@@ -78,6 +83,7 @@ class CdrApiResource(dg.ConfigurableResource):
             max_pages_per_query=self.max_pages_per_query,
             concurrency=self.concurrency,
             rate_limit_per_s=self.rate_limit_per_s,
+            split_stragglers=self.split_stragglers,
         )
 
     def endpoint_label(self) -> str:
