@@ -429,31 +429,36 @@ class CdrApiClient:
         A window's pages must be fetched one after another (each needs the last cursor), so
         what bounds the wall time is the longest chain. The first page of every window is
         fetched first; it shows how much of its window one page covered. The chains then run
-        longest-expected first, and a chain expected to outlast everything else still queued
-        (a busy window, or fewer windows than workers) is split into parts that run side by
-        side: its first page is set aside and each part is listed from scratch (parts share
-        their boundary second, like all windows). Only the order and the split points are
-        guesses; every record of every window is still fetched."""
+        longest-expected first, and a chain expected to take more than its share of all the
+        pages (a busy window, or fewer windows than workers) is split into parts that run
+        side by side: its first page is set aside and each part is listed from scratch
+        (parts share their boundary second, like all windows). Which chains are split is
+        decided from the first pages alone, once all are in, so the same answers give the
+        same requests whatever the timing. Every record of every window is still fetched."""
         if self.settings.concurrency <= 1:
             for w in windows:
                 yield w, self.query_window(w[0], w[1], src)
             return
+        workers = self.settings.concurrency  # more than windows: parts of a split use them
+        splitting = self.settings.split_stragglers
         # (priority, tie-break, window index, (part of) its window, its first page if fetched,
-        # the pages a part of a split window is expected to take)
-        Task = tuple[float, int, int, Window, Exchange | None, float]
-        tasks: PriorityQueue[Task] = PriorityQueue()
+        # whether it is a part of a split window)
+        tasks: PriorityQueue[tuple[float, int, int, Window, Exchange | None, bool]] = (
+            PriorityQueue()
+        )
         order = itertools.count()
-        # What is queued: first pages not yet fetched, and the pages chains are expected to
-        # have left; a window not yet started is expected to be like those seen so far.
-        load = {"first": float(len(windows)), "chains": 0.0, "seen": 0.0, "seen_pages": 0.0}
         for i, w in enumerate(windows):
-            tasks.put((-_FIRST_PAGE_EXPECTED, next(order), i, w, None, 0.0))
+            tasks.put((-_FIRST_PAGE_EXPECTED, next(order), i, w, None, False))
         results: dict[int, list[Exchange] | BaseException] = {}
         parts: dict[int, dict[Window, list[Exchange]]] = {i: {} for i in range(len(windows))}
         open_parts = dict.fromkeys(range(len(windows)), 1)
         done = threading.Condition()
         stop = threading.Event()
-        workers = self.settings.concurrency  # more than windows: parts of a split use them
+        # The plan: each worker's share of all pages, known once every first page is in;
+        # chains long enough to be split wait for it.
+        plan: dict[str, float | None] = {"waiting": len(windows), "pages": 0.0, "share": None}
+        held: list[tuple[int, Window, Exchange]] = []
+        rates: dict[int, float | None] = {}  # calls per second at the start of each window
 
         def finish(i: int, window: Window, result: list[Exchange] | BaseException) -> None:
             with done:
@@ -469,63 +474,90 @@ class CdrApiClient:
                     results[i] = [page for w in sorted(parts[i]) for page in parts[i][w]]
                 done.notify_all()
 
-        def straggler_parts(window: Window, expected: float) -> int:
-            """How many parts to cut a chain of ``expected`` more pages into (1: none)."""
-            with done:
-                load["chains"] -= expected
-                per_window = (
-                    load["seen_pages"] / load["seen"] if load["seen"] else _FIRST_PAGE_EXPECTED
-                )
-                ahead = load["chains"] + load["first"] * per_window + expected
-            rounds = ahead / workers  # pages each worker has ahead of it
-            if not self.settings.split_stragglers or expected < _STRAGGLER_MIN_PAGES:
-                return 1
-            if expected <= 1.25 * rounds:
+        def cuts(window: Window, expected: float) -> int:
+            """How many parts a chain of ``expected`` more pages is cut into (1: none)."""
+            share = plan["share"]
+            if not splitting or share is None or expected <= _SPLIT_ABOVE * share:
                 return 1
             span = window[1] - window[0]
-            return max(1, min(math.ceil(expected / max(rounds, 1.0)), workers, span))
+            target = max(_PART_OF_SHARE * share, 1.0)
+            return max(1, min(math.ceil(expected / target), workers, span))
+
+        def schedule(
+            i: int, window: Window, first: Exchange, expected: float | None = None
+        ) -> None:
+            """A truncated first page: queue the rest of its chain, or cut it into parts."""
+            expected = _pages_left(first) if expected is None else expected
+            k = cuts(window, expected)
+            if k == 1:
+                tasks.put((-expected, next(order), i, window, first, False))
+                return
+            self._count("chain_splits")
+            self._count("pages_discarded")
+            edges = [window[0] + (window[1] - window[0]) * j // k for j in range(k)]
+            edges.append(window[1])
+            with done:
+                open_parts[i] += k - 1
+            for part in itertools.pairwise(edges):
+                tasks.put((-(expected + 1) / k, next(order), i, part, None, True))
+
+        def first_page_of_window(
+            i: int, page: Exchange | None
+        ) -> list[tuple[int, Window, Exchange, float]]:
+            """Count a window's first page in (None: it failed); the held chains to schedule
+            once it was the last one."""
+            left = _pages_left(page) if page is not None and page.truncated else 0.0
+            with done:
+                plan["waiting"] -= 1
+                plan["pages"] += 1 + left
+                if page is not None and page.truncated:
+                    if splitting and left >= _STRAGGLER_MIN_PAGES and plan["share"] is None:
+                        held.append((i, page.window, page))
+                    else:
+                        tasks.put((-left, next(order), i, page.window, page, False))
+                if page is not None:
+                    rates[page.window[0]] = _calls_per_s(page)
+                if plan["waiting"] or plan["share"] is not None:
+                    return []
+                release = [
+                    (j, w, first, _refined_pages_left(first, rates.get(w[1])))
+                    for j, w, first in held
+                ]
+                held[:] = []
+                plan["pages"] += sum(left - _pages_left(first) for _, _, first, left in release)
+                plan["share"] = plan["pages"] / workers
+            return release
 
         def work() -> None:
             while not stop.is_set():
                 try:
-                    _, _, i, window, first, part_pages = tasks.get(timeout=0.05)
+                    _, _, i, window, first, is_part = tasks.get(timeout=0.05)
                 except Empty:
                     if len(results) == len(windows):
                         return
                     continue
                 result: list[Exchange] | BaseException
                 try:
-                    if first is None:
+                    if first is not None:
+                        result = self._list(window, src, first)
+                    elif is_part:
                         page = self._page(window, src, None)
-                        left = _pages_left(page) if page.truncated else 0.0
-                        with done:
-                            load["chains"] += left
-                            if part_pages:  # a part of a split window
-                                load["chains"] -= part_pages
-                            else:
-                                load["first"] -= 1
-                                load["seen"] += 1
-                                load["seen_pages"] += 1 + left
                         if page.truncated:
-                            tasks.put((-left, next(order), i, window, page, 0.0))
+                            schedule(i, window, page)
                             continue
                         result = [page]
                     else:
-                        expected = _pages_left(first)
-                        k = straggler_parts(window, expected)
-                        if k > 1:
-                            self._count("chain_splits")
-                            self._count("pages_discarded")
-                            edges = [window[0] + (window[1] - window[0]) * j // k for j in range(k)]
-                            edges.append(window[1])
-                            with done:
-                                open_parts[i] += k - 1
-                                load["chains"] += expected + 1  # the parts' pages, all queued
-                            share = (expected + 1) / k
-                            for part in itertools.pairwise(edges):
-                                tasks.put((-share, next(order), i, part, None, share))
+                        try:
+                            page = self._page(window, src, None)
+                        except BaseException:
+                            for args in first_page_of_window(i, None):
+                                schedule(*args)
+                            raise
+                        for args in first_page_of_window(i, page):
+                            schedule(*args)
+                        if page.truncated:
                             continue
-                        result = self._list(window, src, first)
+                        result = [page]
                 except BaseException as exc:  # handed to the caller, in window order
                     result = exc
                 finish(i, window, result)
@@ -554,21 +586,55 @@ class CdrApiClient:
 _FIRST_PAGE_EXPECTED = 1.5
 # A chain this short is never split: its parts would cost about as many requests again.
 _STRAGGLER_MIN_PAGES = 3
+# A chain expected to take more than this part of a worker's share of all pages is cut into
+# parts of about _PART_OF_SHARE of it: estimates from one page are rough (calls are not
+# spread evenly over a window), and small parts pack the workers evenly whatever the error.
+_SPLIT_ABOVE = 0.75
+_PART_OF_SHARE = 0.5
 
 
-def _pages_left(page: Exchange) -> float:
-    """How many more pages a window probably has, from how far into it its first page got
-    (records usually come in time order; if not, this only changes the order of work)."""
+def _covered_s(page: Exchange) -> int | None:
+    """How many seconds of its window a page reached into, from its records' start times
+    (records usually come in time order); None when that cannot be told."""
     start, end = page.window
     latest = start
     for record in page.records:
         value = record.get("startSrcCallTime") if isinstance(record, dict) else None
         if isinstance(value, str) and value.isdigit() and len(value) <= 11:
             latest = max(latest, int(value))
-    covered = (latest - start) / max(1, end - start)
-    if not 0 < covered <= 1:
+    covered = latest - start
+    return covered if 0 < covered <= end - start else None
+
+
+def _pages_left(page: Exchange) -> float:
+    """How many more pages a window probably has, from how far into it its first page got
+    (if records are not in time order, this only changes the order and split of work)."""
+    covered = _covered_s(page)
+    if covered is None:
         return 2.0
-    return max(1.0, 1 / covered - 1)
+    return max(1.0, (page.window[1] - page.window[0]) / covered - 1)
+
+
+def _calls_per_s(page: Exchange) -> float | None:
+    """The call rate at the start of a page's window: the whole window's when the page
+    holds all of it."""
+    span = page.window[1] - page.window[0]
+    if not page.truncated:
+        return page.record_count / max(1, span)
+    covered = _covered_s(page)
+    return None if covered is None else page.record_count / covered
+
+
+def _refined_pages_left(page: Exchange, rate_at_end: float | None) -> float:
+    """Pages a window probably has left, from the call rate at its start and at its end (the
+    next window's first page): traffic ramps up and down over a day, and one page's view of
+    a window's first minutes alone misjudges busy windows by half."""
+    rate_at_start = _calls_per_s(page)
+    if rate_at_start is None or rate_at_end is None or not page.record_count:
+        return _pages_left(page)
+    span = page.window[1] - page.window[0]
+    calls = span * (rate_at_start + rate_at_end) / 2
+    return max(1.0, calls / page.record_count - 1)
 
 
 def _retry_after(value: str | None) -> float | None:
