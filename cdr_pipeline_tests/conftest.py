@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
 import subprocess
 import sys
@@ -199,6 +200,41 @@ def s3_server() -> Iterator[S3Server]:
 def instance():
     with dg.instance_for_test() as inst:
         yield inst
+
+
+CLI = str(Path(sys.executable).parent / "cdr-pipeline")
+
+
+def cli_materialize(env: dict[str, str], start: str, end: str) -> subprocess.CompletedProcess:
+    """``cdr-pipeline materialize`` in its own process, as a user runs it; it must succeed."""
+    proc = subprocess.run(
+        [CLI, "materialize", "--start", start, "--end", end],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def kill_when_ready(script: str, args: list[str], env: dict[str, str], ready: Path) -> None:
+    """Run ``python -c script *args``; as soon as it has written ``ready`` (it then waits),
+    SIGKILL it: a crash at exactly the point the script marks."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 240
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the run never reached the point to stop at"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
 
 
 def digests(root: Path, pattern: str = "*.parquet") -> dict[str, str]:

@@ -9,10 +9,6 @@ kill. Everything else (Dagster, the simulator, the storage code) is the real thi
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -27,10 +23,9 @@ from cdr_pipeline.daily import Day
 from cdr_pipeline.defs.resources import DEMO_QUIRKS
 from cdr_pipeline.store import open_store
 from cdr_pipeline.transform.validate import unaccounted
-from cdr_pipeline_tests.conftest import digests
+from cdr_pipeline_tests.conftest import cli_materialize, digests, kill_when_ready
 
 DAY = "2024-04-10"
-CLI = str(Path(sys.executable).parent / "cdr-pipeline")
 CRASHING_RUN = r"""
 import os, sys, time
 from pathlib import Path
@@ -91,17 +86,6 @@ def _env(tmp_path: Path, calls: int) -> dict[str, str]:
     return env
 
 
-def _materialize(env: dict[str, str]) -> None:
-    proc = subprocess.run(
-        [CLI, "materialize", "--start", DAY, "--end", DAY],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
 def _visible(root: Path) -> dict[str, str]:
     """What a reader can see: the day's Parquet files, its accounting and its raw manifest."""
     out = digests(root, "*.parquet")
@@ -125,26 +109,13 @@ def _readers_see_whole_files(root: Path) -> dict[str, int]:
 @pytest.mark.parametrize("point", ["parquet-staging", "between-moves", "raw-bodies"])
 def test_sigkill_while_writing_a_day(tmp_path, point):
     root = tmp_path / "data"
-    _materialize(_env(tmp_path, calls=300))  # the previous version of the day
+    cli_materialize(_env(tmp_path, calls=300), DAY, DAY)  # the previous version of the day
     before = _visible(root)
     counts_before = _readers_see_whole_files(root)
 
     ready = tmp_path / "ready"
     env = _env(tmp_path, calls=400) | {"CRASH_POINT": point, "CRASH_READY": str(ready)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_RUN, "materialize", "--start", DAY, "--end", DAY],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 240
-    while not ready.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "the run never reached the write"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_ready(CRASHING_RUN, ["materialize", "--start", DAY, "--end", DAY], env, ready)
 
     # Readers see whole files only, and no debris: every leftover is a hidden temporary.
     counts = _readers_see_whole_files(root)
@@ -168,7 +139,7 @@ def test_sigkill_while_writing_a_day(tmp_path, point):
         assert counts == counts_before
 
     # The next run completes normally, sweeps the debris and publishes the new day in full.
-    _materialize(_env(tmp_path, calls=400))
+    cli_materialize(_env(tmp_path, calls=400), DAY, DAY)
     leftovers = [p for p in root.rglob("*") if p.name.startswith(".")]
     assert leftovers == []
     assert not (root / storage.journal_key(DAY)).exists()

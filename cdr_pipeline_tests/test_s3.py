@@ -10,10 +10,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,9 +20,14 @@ import pytest
 from cdr_pipeline import storage
 from cdr_pipeline.store import ObjectStore, open_store
 from cdr_pipeline.transform.validate import unaccounted
-from cdr_pipeline_tests.conftest import S3_KEY_ID, S3_SECRET, S3Server
+from cdr_pipeline_tests.conftest import (
+    S3_KEY_ID,
+    S3_SECRET,
+    S3Server,
+    cli_materialize,
+    kill_when_ready,
+)
 
-CLI = str(Path(sys.executable).parent / "cdr-pipeline")
 DAYS = ("2024-05-01", "2024-05-02")
 
 
@@ -44,18 +45,6 @@ def _env(tmp_path: Path, s3: S3Server, data_dir: str, calls: int = 300) -> dict[
     )
 
 
-def _materialize(env: dict[str, str], start: str, end: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [CLI, "materialize", "--start", start, "--end", end],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 def _is_hidden(key: str) -> bool:
     return posixpath.basename(key).startswith(".") or key.startswith("_state/journal/")
 
@@ -66,8 +55,8 @@ def lake(s3_server, tmp_path_factory):
     bucket = s3_server.bucket("cdr-lake-test")
     s3_dir = tmp_path_factory.mktemp("s3-run")
     local_dir = tmp_path_factory.mktemp("local-run")
-    s3_run = _materialize(_env(s3_dir, s3_server, f"s3://{bucket}/prod/cdr-pipeline"), *DAYS)
-    _materialize(_env(local_dir, s3_server, str(local_dir / "data")), *DAYS)
+    s3_run = cli_materialize(_env(s3_dir, s3_server, f"s3://{bucket}/prod/cdr-pipeline"), *DAYS)
+    cli_materialize(_env(local_dir, s3_server, str(local_dir / "data")), *DAYS)
     objects = s3_server.objects(f"{bucket}/prod/cdr-pipeline")
     return objects, local_dir / "data", s3_run, s3_dir / "home"
 
@@ -139,25 +128,14 @@ sys.exit(main(sys.argv[1:]))
 def test_a_rerun_replaces_a_day_cleanly_even_when_killed_half_way(s3_server, tmp_path):
     bucket = s3_server.bucket("cdr-lake-rerun")
     url, day = f"s3://{bucket}/cdr", DAYS[0]
-    _materialize(_env(tmp_path, s3_server, url, calls=300), day, day)
+    cli_materialize(_env(tmp_path, s3_server, url, calls=300), day, day)
     before = s3_server.objects(f"{bucket}/cdr")
 
     # Kill the re-run (400 calls a day now) after cdr is moved into place, before the rest.
     ready = tmp_path / "ready"
     env = _env(tmp_path, s3_server, url, calls=400) | {"CRASH_READY": str(ready)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_BETWEEN_MOVES, "materialize", "--start", day, "--end", day],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 240
-    while not ready.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "the run never reached the move"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    args = ["materialize", "--start", day, "--end", day]
+    kill_when_ready(KILL_BETWEEN_MOVES, args, env, ready)
 
     mid = s3_server.objects(f"{bucket}/cdr")
     journal = storage.journal_key(day)
@@ -182,7 +160,7 @@ def test_a_rerun_replaces_a_day_cleanly_even_when_killed_half_way(s3_server, tmp
         assert storage.day_rows(store, "cdr_rejects", day) == acc["rejected"]
         assert storage.day_rows(store, "cdr", day) == acc["valid"]
 
-    _materialize(_env(tmp_path, s3_server, url, calls=400), day, day)
+    cli_materialize(_env(tmp_path, s3_server, url, calls=400), day, day)
     final = s3_server.objects(f"{bucket}/cdr")
     assert not [k for k in final if _is_hidden(k)]
     for dataset in storage.DATASETS:  # exactly one file per day folder, the new one
