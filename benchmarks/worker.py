@@ -75,8 +75,10 @@ def bodies(root: Store, limit: int | None = None) -> Iterator[bytes]:
 
 
 def ours(root: Store, _limit: int | None) -> int:
+    from cdr_pipeline.config import prefer_jemalloc
     from cdr_pipeline.daily import kpis_day, outcome_day, validate_day
 
+    prefer_jemalloc()  # as the project's definitions do
     tz = ZoneInfo(TZ)
     result = validate_day(root, day(), tz)
     outcome_day(root, day())

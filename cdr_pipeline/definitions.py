@@ -3,7 +3,7 @@
 import dagster as dg
 import pydantic
 
-from cdr_pipeline.config import TUNING_ENV, ConfigError, Settings, load_settings
+from cdr_pipeline.config import TUNING_ENV, ConfigError, Settings, load_settings, prefer_jemalloc
 from cdr_pipeline.defs.assets import build_assets
 from cdr_pipeline.defs.checks import CHECKS
 from cdr_pipeline.defs.partitions import daily_partitions
@@ -36,6 +36,7 @@ def api_resource(settings: Settings) -> CdrApiResource:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    prefer_jemalloc()  # the code server and every run worker build the definitions
     partitions_def = daily_partitions(settings.start_date, settings.timezone)
     job, schedules = build_schedules(partitions_def, settings.late_days)
     return dg.Definitions(
