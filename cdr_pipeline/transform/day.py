@@ -41,7 +41,7 @@ from cdr_pipeline.transform.columnar import (
     check_records,
     read_pages,
 )
-from cdr_pipeline.transform.hashing import bucket_key
+from cdr_pipeline.transform.hashing import fingerprint
 from cdr_pipeline.transform.keylog import KeyLog
 from cdr_pipeline.transform.parse import TIME_FIELDS, RawPage, to_json
 from cdr_pipeline.transform.validate import (
@@ -348,7 +348,7 @@ class DayBuilder:
             copies.see(q)
 
     def _add_valid(self, table: pa.Table) -> None:
-        key = bucket_key(table.column("call_id"))
+        key = fingerprint(table.column("call_id"))
         self._keys.add(key)
         table = table.append_column("_k", pa.array(key, pa.uint64()))
         self._by_time.add(table, 0 if self._by_time.count == 1 else self._time_bucket(table))

@@ -66,32 +66,3 @@ def fingerprint(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
         np.cumsum(data * up[: data.size], out=running[1:])
         own = (running[offsets[1:]] - running[starts]) * down[starts]
         return _mix(own ^ np.diff(offsets).astype(np.uint64))
-
-
-def bucket_key(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A cheap 64-bit key from a string's length and its first, middle and last 8 bytes:
-    enough to spread ids over spill buckets evenly (it only groups; equal strings get equal
-    keys, and unequal ones that collide are still told apart by the real comparison)."""
-    arr = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
-    if len(arr) == 0:
-        return np.zeros(0, dtype=np.uint64)
-    arr = pc.cast(pc.fill_null(arr, ""), pa.large_string())
-    raw = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    buffer = arr.buffers()[2]
-    data = np.frombuffer(buffer, dtype=np.uint8) if buffer else np.zeros(1, np.uint8)
-    data = np.concatenate([data, np.zeros(8, np.uint8)])  # room to read past the end
-    starts, ends = raw[:-1], raw[1:]
-    lengths = (ends - starts).astype(np.uint64)
-    lanes = np.arange(8, dtype=np.int64)
-    head = data[np.minimum(starts[:, None] + lanes, np.maximum(ends, starts + 1)[:, None] - 1)]
-    tail = data[np.maximum(ends[:, None] - 8 + lanes, starts[:, None])]
-    mid = (starts + ends) // 2 - 4
-    middle = data[
-        np.clip(mid[:, None] + lanes, starts[:, None], np.maximum(ends, starts + 1)[:, None] - 1)
-    ]
-    shifts = (lanes * 8).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        h = (head.astype(np.uint64) << shifts).sum(axis=1, dtype=np.uint64)
-        t = (tail.astype(np.uint64) << shifts).sum(axis=1, dtype=np.uint64)
-        m = (middle.astype(np.uint64) << shifts).sum(axis=1, dtype=np.uint64)
-        return _mix(_mix(_mix(h ^ lengths) ^ t) ^ m)
