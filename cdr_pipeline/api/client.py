@@ -440,7 +440,10 @@ class CdrApiClient:
                 yield w, self.query_window(w[0], w[1], src)
             return
         workers = self.settings.concurrency  # more than windows: parts of a split use them
-        splitting = self.settings.split_stragglers
+        # With at least two windows a worker, the longest-first order keeps every worker busy
+        # to the end; below that, a chain can outlast the rest, and the split is worth the
+        # wait for all first pages that deciding it takes.
+        splitting = self.settings.split_stragglers and len(windows) < 2 * workers
         # (priority, tie-break, window index, (part of) its window, its first page if fetched,
         # whether it is a part of a split window)
         tasks: PriorityQueue[tuple[float, int, int, Window, Exchange | None, bool]] = (
