@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
-from screenshot import webserver
+from screenshot import stop, webserver
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,11 +81,7 @@ def dagster_services(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             assert daemon.poll() is None, "dagster-daemon exited"
             yield url, data
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        stop(daemon)
 
 
 def _graphql(url: str, query: str, **variables: object) -> dict:

@@ -36,6 +36,16 @@ def find_browser() -> str | None:
     return None
 
 
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Ask a server process to stop; kill it if it has not within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,11 +86,7 @@ def webserver(env: dict[str, str]) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
 
 
 def screenshot(out: Path, *, days: int = 14, asset: str = "call_kpis_daily") -> Path:
