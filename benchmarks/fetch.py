@@ -60,6 +60,7 @@ def measure(
     longest = max(Counter(page.window for pages in chains for page in pages).values())
     chain_s = longest * latency_ms / 1000.0
     return {
+        "calls_per_day": calls_per_day,
         "window_hours": window_hours,
         "split": split,
         "latency_ms": latency_ms,

@@ -153,7 +153,7 @@ class ValidatedDay:
 # Decoded pages handed to the transform at once: big enough for Arrow's reader to use both
 # cores, small enough that memory does not grow with the day.
 BATCH_BYTES = 4 * 1024 * 1024
-PARSE_AHEAD = 1
+PARSE_AHEAD = 2
 
 
 def decoded_batches(

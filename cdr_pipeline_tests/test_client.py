@@ -10,8 +10,11 @@ import logging
 import zlib
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from cdr_pipeline.api import errors
+from cdr_pipeline.api import errors, wire
 from cdr_pipeline.api.client import (
     ClientSettings,
     InvalidEndpointError,
@@ -264,6 +267,44 @@ def test_decompression_bomb_is_refused_without_inflating_it():
     assert len(bomb) < 100_000
     with pytest.raises(errors.ResponseTooLargeError):
         decode_body(bomb, max_bytes=1024 * 1024)
+
+
+def _outcome(body: bytes, max_bytes: int) -> object:
+    try:
+        return decode_body(body, max_bytes=max_bytes)
+    except errors.CdrApiError as exc:
+        return type(exc).__name__, str(exc).split(":")[0]
+
+
+@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    doc=st.binary(max_size=3000),
+    wrap=st.sampled_from(["zlib", "gzip", "plain"]),
+    cut=st.integers(0, 64),
+    flip=st.integers(0, 4000),
+    max_bytes=st.sampled_from([10, 1000, 1 << 20]),
+)
+def test_isal_and_zlib_inflate_alike(doc, wrap, cut, flip, max_bytes):
+    """ISA-L does the inflating when it is installed; whatever the bytes (whole, cut short,
+    a bit flipped, too large), the answer or the error is the one zlib would give."""
+    body = {"zlib": zlib.compress, "gzip": lambda d: gzip.compress(d, mtime=0)}.get(
+        wrap, lambda d: d
+    )(doc)
+    body = body[: max(0, len(body) - cut)]
+    if body and flip < len(body) * 8:
+        body = (
+            body[: flip // 8] + bytes([body[flip // 8] ^ (1 << flip % 8)]) + body[flip // 8 + 1 :]
+        )
+    fast = _outcome(body, max_bytes)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wire, "_inflate_lib", zlib)
+        slow = _outcome(body, max_bytes)
+    if slow != fast:
+        # zlib stops at the cap before it reaches a broken bit past it; ISA-L reads ahead
+        # and meets it. Broken and too large: either refusal is true.
+        assert slow[0] == "ResponseTooLargeError"
+        assert fast[0] == "MalformedResponseError"
+    assert wire._inflate_lib is not zlib  # isal is a dependency: the fast path is the real one
 
 
 def test_oversized_page_is_fatal_after_one_request(sim_server, make_client):

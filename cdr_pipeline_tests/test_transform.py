@@ -426,6 +426,37 @@ def test_the_fast_path_hands_anything_odd_to_the_exact_path(recs):
     _assert_paths_agree(recs)
 
 
+# Every value plain digits: the columns take the shortcuts read off Arrow's buffers.
+digit_times = st.one_of(
+    st.integers(DAY[0] - 100, DAY[1] + 100).map(str),
+    st.integers(DAY[0] - 100, DAY[1] + 100).map(lambda t: str(t * 1000 + 999)),
+    st.sampled_from([MIN_EPOCH - 1, MIN_EPOCH, MAX_EPOCH - 1, MAX_EPOCH]).map(str),
+    st.sampled_from([MAX_EPOCH * 1000 - 1, MAX_EPOCH * 1000, MIN_EPOCH * 1000 - 1]).map(str),
+    st.sampled_from(["0", "00", "0" * 13, "9" * 11, "9" * 12, "1" * 14]),
+    st.integers(DAY[0], DAY[1]).map(lambda t: f"0{t}"),
+)
+plain_text = st.text(alphabet="abc09-_/.:", min_size=1, max_size=8)
+digits_only = st.builds(
+    lambda over: record(**over),
+    st.fixed_dictionaries(
+        {
+            "startSrcCallTime": digit_times,
+            "endCallTime": digit_times,
+            "srcAcceptTime": digit_times,
+            "callId": plain_text,
+            "src": plain_text,
+            "recordUrl": plain_text,
+        }
+    ),
+)
+
+
+@PROPERTY
+@given(st.lists(digits_only, min_size=1, max_size=30))
+def test_the_plain_digit_shortcuts_decide_as_the_exact_path_does(recs):
+    _assert_paths_agree(recs)
+
+
 def test_a_spilled_day_equals_the_same_day_in_memory(tmp_path):
     """Force the disk path (buckets by id, then by time) on a small day with duplicates,
     conflicting copies and overlapping windows: the result must not change."""

@@ -428,13 +428,14 @@ class CdrApiClient:
 
         A window's pages must be fetched one after another (each needs the last cursor), so
         what bounds the wall time is the longest chain. The first page of every window is
-        fetched first; it shows how much of its window one page covered. The chains then run
-        longest-expected first, and a chain expected to take more than its share of all the
-        pages (a busy window, or fewer windows than workers) is split into parts that run
-        side by side: its first page is set aside and each part is listed from scratch
-        (parts share their boundary second, like all windows). Which chains are split is
-        decided from the first pages alone, once all are in, so the same answers give the
-        same requests whatever the timing. Every record of every window is still fetched."""
+        fetched before any chain goes on; it shows how much of its window one page covered.
+        The chains then run longest-expected first, and a chain expected to take more than
+        its share of all the pages (a busy window, or fewer windows than workers) is split
+        into parts that run side by side: its first page is set aside and each part is
+        listed from scratch (parts share their boundary second, like all windows). Which
+        chains are split is decided from the first pages alone, once all are in, so the same
+        answers give the same requests whatever the timing. Every record of every window is
+        still fetched."""
         if self.settings.concurrency <= 1:
             for w in windows:
                 yield w, self.query_window(w[0], w[1], src)
@@ -584,9 +585,11 @@ class CdrApiClient:
                 thread.join()
 
 
-# A window not yet started counts as 1.5 pages: chains expected to be longer go first, shorter
-# ones after the remaining first pages.
-_FIRST_PAGE_EXPECTED = 1.5
+# Every window's first page goes before any chain: only with all of them in are the chains'
+# lengths known, and longest-first packs the workers well only then. (Starting a long chain as
+# soon as its first page was in, ahead of other windows' first pages, found the busiest windows
+# late and left workers idle at the end: 1.14x of ideal against 1.09x on a 200k-call day.)
+_FIRST_PAGE_EXPECTED = math.inf
 # A chain this short is never split: its parts would cost about as many requests again.
 _STRAGGLER_MIN_PAGES = 3
 # A chain expected to take more than this part of a worker's share of all pages is cut into

@@ -276,13 +276,16 @@ class DayBuilder:
         keep = clean & in_day
         self.outside_day += int((clean & ~in_day).sum())
         if keep.any():
-            mask = pa.array(keep)
+            # usually every record is kept: then the columns go on as they are
+            mask = None if keep.all() else pa.array(keep)
             cols = {
-                name: pc.filter(checked.columns[name], mask)
+                name: checked.columns[name]
+                if mask is None
+                else pc.filter(checked.columns[name], mask)
                 for name in WORK_SCHEMA.names
                 if name != "_q"
             }
-            cols["_q"] = pa.array(queries[keep], pa.int32())
+            cols["_q"] = pa.array(queries if mask is None else queries[keep], pa.int32())
             self._add_valid(pa.table(cols, schema=WORK_SCHEMA))
         self._flush_slow()
 
