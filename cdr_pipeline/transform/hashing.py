@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+_OFFSET_TYPES = {pa.string(): np.int32, pa.binary(): np.int32, pa.large_string(): np.int64}
 _PRIME = 1099511628211  # FNV's 64-bit prime, as the base of a polynomial hash
 
 
@@ -51,8 +52,10 @@ def fingerprint(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
     arr = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
     if len(arr) == 0:
         return np.zeros(0, dtype=np.uint64)
-    arr = pc.cast(pc.fill_null(arr, ""), pa.large_string())
-    raw = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    if arr.type not in _OFFSET_TYPES:  # string views, dictionaries ...
+        arr = pc.cast(arr, pa.large_string())
+    raw = np.frombuffer(arr.buffers()[1], dtype=_OFFSET_TYPES[arr.type])
+    raw = raw[arr.offset : arr.offset + len(arr) + 1].astype(np.int64)
     first, last = int(raw[0]), int(raw[-1])
     data_buf = arr.buffers()[2]
     data = (
@@ -65,4 +68,7 @@ def fingerprint(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
         running = np.zeros(data.size + 1, dtype=np.uint64)
         np.cumsum(data * up[: data.size], out=running[1:])
         own = (running[offsets[1:]] - running[starts]) * down[starts]
-        return _mix(own ^ np.diff(offsets).astype(np.uint64))
+        keys = _mix(own ^ np.diff(offsets).astype(np.uint64))
+    if arr.null_count:  # a null hashes like the empty string (0), whatever its slot holds
+        keys[~arr.is_valid().to_numpy(zero_copy_only=False)] = 0
+    return keys
