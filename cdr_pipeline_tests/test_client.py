@@ -458,3 +458,24 @@ def test_many_windows_on_few_workers_are_not_split(sim_server, make_client):
     client = make_client(server, dataclasses.replace(FAST, concurrency=2))
     list(client.fetch_windows(windows))
     assert client.stats.get("chain_splits", 0) == 0
+
+
+def test_every_first_page_goes_before_any_chain(sim_server, make_client, monkeypatch):
+    """Longest-first packs the workers well only once every chain's length is known, so no
+    cursor is followed while a window's first page is still waiting (a worker may pick up a
+    chain while the others send the last first pages: that is the slack allowed here)."""
+    server = sim_server(calls_per_day=6000, page_size=40)
+    windows = [(DAY[0] + i * 3600, DAY[0] + (i + 1) * 3600) for i in range(24)]
+    workers = 4
+    client = make_client(server, dataclasses.replace(FAST, concurrency=workers))
+    sent: list[bool] = []  # whether each page request carried a cursor, in order
+    page = client._page
+
+    def recording(window, src, cursor):
+        sent.append(cursor is not None)
+        return page(window, src, cursor)
+
+    monkeypatch.setattr(client, "_page", recording)
+    list(client.fetch_windows(windows))
+    assert sent.count(False) == len(windows) and sent.count(True) > len(windows)
+    assert sent.index(True) >= len(windows) - (workers - 1)
