@@ -150,9 +150,12 @@ class ValidatedDay:
     # sorting and writing the files
 
 
-# Decoded pages handed to the transform at once: big enough for Arrow's reader to use both
-# cores, small enough that memory does not grow with the day.
+# Decoded pages handed to the transform at once: large enough that the per-batch work is
+# small beside the parse (2 MB batches measured 25% slower), small enough that memory does
+# not grow with the day.
 BATCH_BYTES = 4 * 1024 * 1024
+# Batches parsed side by side, each by a single-threaded Arrow reader: on two cores this does
+# the same work as Arrow's own threads in about two thirds of the CPU.
 PARSE_AHEAD = 2
 
 
