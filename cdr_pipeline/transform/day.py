@@ -431,8 +431,10 @@ class DayBuilder:
                 self._winners[int(bucket)] = winners.filter(pa.array(slices == bucket))
 
     def _is_repeated(self, table: pa.Table) -> pa.Array:
+        # the repeated keys are few and sorted: a binary search per row, not a sort of both
         keys = table.column("_k").to_numpy()
-        return pa.array(np.isin(keys, self._repeated))
+        at = np.minimum(np.searchsorted(self._repeated, keys), self._repeated.size - 1)
+        return pa.array(self._repeated[at] == keys)
 
     def iter_cdr(self) -> Iterator[pa.Table]:
         """The day's valid rows in ``(start, call_id)`` order, a slice at a time."""
