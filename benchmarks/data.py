@@ -1,8 +1,9 @@
 """Benchmark input: one simulated day as the project's raw layer (1,000-record zlib pages).
 
 Generated once per size and kept under ``benchmarks/.data`` (git-ignored); the simulator is
-deterministic, so every run measures the same bytes. Clean data: the baselines we compare
-with (plain pandas, dlt) cannot cope with bad records, and the fast path is what is measured.
+deterministic, so every run measures the same bytes. Clean data for the comparisons: the
+baselines (plain pandas, dlt) cannot cope with bad records. A dirty day measures the project
+alone on duplicates, conflicting copies, rejects and text times.
 """
 
 from __future__ import annotations
@@ -34,9 +35,21 @@ def day() -> Day:
     return Day.from_key(DAY, ZoneInfo(TZ))
 
 
-def _hour_pages(args: tuple[int, int]) -> list[tuple[bytes, list[int], int]]:
-    calls_per_day, hour = args
-    sim = CdrSimulator(SimConfig(seed=7, calls_per_day=calls_per_day, timezone=TZ))
+# What a day of real traffic may hold beyond clean calls (the project only: the baselines
+# cannot cope with bad records): copies served twice, less complete versions of a call,
+# records that must be rejected, times written as local text.
+DIRTY = {
+    "duplicate_rate": 0.02,
+    "conflict_rate": 0.005,
+    "bad_record_rate": 0.01,
+    "datetime_text_rate": 0.01,
+}
+
+
+def _hour_pages(args: tuple[int, int, bool]) -> list[tuple[bytes, list[int], int]]:
+    calls_per_day, hour, dirty = args
+    quirks = DIRTY if dirty else {}
+    sim = CdrSimulator(SimConfig(seed=7, calls_per_day=calls_per_day, timezone=TZ, **quirks))
     start, end = hour * 3600, hour * 3600 + 3599
     records = sim.listing(start, end)
     pages = []
@@ -49,16 +62,17 @@ def _hour_pages(args: tuple[int, int]) -> list[tuple[bytes, list[int], int]]:
     return pages
 
 
-def ensure_day(calls_per_day: int) -> Path:
-    """The data directory holding the day's raw layer for this size (generated if missing)."""
-    root = DATA / f"day-{calls_per_day}"
+def ensure_day(calls_per_day: int, *, dirty: bool = False) -> Path:
+    """The data directory holding the day's raw layer for this size (generated if missing);
+    ``dirty``: with the quirks of :data:`DIRTY`."""
+    root = DATA / f"day-{calls_per_day}{'-dirty' if dirty else ''}"
     if (root / storage.raw_day_key(DAY) / "manifest.json").exists():
         return root
     d = day()
     hours = range(d.start // 3600, d.end // 3600)
     bodies, requests = [], []
     with ProcessPoolExecutor(max_workers=2) as pool:
-        for pages in pool.map(_hour_pages, [(calls_per_day, h) for h in hours]):
+        for pages in pool.map(_hour_pages, [(calls_per_day, h, dirty) for h in hours]):
             for body, window, count in pages:
                 name, digest = storage.body_name(body, "zlib")
                 bodies.append((body, "zlib"))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import fetch
-from benchmarks.data import ensure_day
+from benchmarks.data import DIRTY, ensure_day
 
 HERE = Path(__file__).resolve().parent
 GOALS = {"pandas": 5.0, "dlt": 20.0, "rss_mb": 300.0, "fetch": 1.1}
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"generating (or reusing) simulated days of {args.records} and {args.big} calls")
     small, big = ensure_day(args.records), ensure_day(args.big)
+    dirty = ensure_day(args.records, dirty=True)
     rows: list[dict[str, Any]] = []
     print("transform: the project")
     # it uses both cores, so a neighbour on a shared machine slows it more than the
@@ -133,13 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     ours_big = repeat("ours", big, 1)
     ours_mi = repeat("ours", small, args.repeat, env=MIMALLOC)
     ours_mi_big = repeat("ours", big, 1, env=MIMALLOC)
+    ours_dirty = repeat("ours", dirty, args.repeat) | {"task": "ours_dirty"}
     print("transform: naive pandas")
     pandas = repeat("pandas", small, max(1, args.repeat - 1))
     print("transform: dlt (filesystem destination, Parquet)")
     dlt = repeat("dlt", small, max(1, args.repeat - 1), args.dlt_records)
     print("floors: inflate, JSON to Arrow, Parquet write")
     floors = [worker(t, small) for t in ("floor_inflate", "floor_json", "floor_parquet")]
-    rows += [ours, ours_big, ours_mi, ours_mi_big, pandas, dlt]
+    rows += [ours, ours_big, ours_mi, ours_mi_big, ours_dirty, pandas, dlt]
     print("fetch: simulator in its own process, injected latency")
     fetches = [
         # a day of 200k calls in 500-record pages (~420 requests; a real day of 1M calls in
@@ -187,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     names = {
         "ours": "cdr-pipeline (validate + dedup + Parquet + summaries)",
         "ours_mimalloc": "cdr-pipeline on Arrow's default allocator (mimalloc)",
+        "ours_dirty": "cdr-pipeline on a dirty day: "
+        + ", ".join(f"{v:.1%} {k.removesuffix('_rate')}" for k, v in DIRTY.items()),
         "pandas": "naive pandas (json.loads, DataFrame, astype, to_parquet)",
         "dlt": "dlt (dicts to filesystem destination, Parquet)",
     }
@@ -239,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{small_day['ratio']:.2f}x on a small day of {small_day['requests']} requests, where "
         f"the one-request credential probe alone is "
         f"{small_day['latency_ms'] / 1000 / small_day['ideal_s']:.0%} of the ideal",
+        f"- the same size of day with copies, conflicting versions, bad records and text "
+        f"times (no baseline copes with those): {ours_dirty['rate']:,.0f} records/s, "
+        f"{ours_dirty['rss_mb']:.0f} MB",
         "- fetch with the default 6-hour windows, busy chains split vs not: "
         + ", ".join(
             f"concurrency {c}: **{shape[(c, True)]:.1f} s** vs {shape[(c, False)]:.1f} s"

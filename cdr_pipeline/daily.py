@@ -211,7 +211,7 @@ def validate_day(
         # Arrow parses and checks the next batches on other threads while this one is added
         # (Arrow releases the GIL); results are taken in order, PARSE_AHEAD at most waiting.
         with ThreadPoolExecutor(max_workers=PARSE_AHEAD, thread_name_prefix="parse") as parser:
-            ahead: deque[tuple[list, Future[ParsedPages | None]]] = deque()
+            ahead: deque[tuple[list, Future[ParsedPages]]] = deque()
             for batch in decoded_batches(store, day.key, manifest, max_bytes):
                 ahead.append((batch, parser.submit(parse_pages, batch, tz_name)))
                 if len(ahead) > PARSE_AHEAD:

@@ -426,6 +426,27 @@ def test_the_fast_path_hands_anything_odd_to_the_exact_path(recs):
     _assert_paths_agree(recs)
 
 
+# A page Arrow cannot type as a whole (one record is not an object, or holds a number or a
+# lone surrogate) is read by Python; its records that are all strings are still checked
+# column-wise, and everything else (unknown fields included) goes to the exact rules.
+odd_one = st.one_of(
+    json_values.filter(lambda v: not isinstance(v, dict)),
+    st.builds(lambda v: record(duration=v), numbers | st.booleans()),
+    st.just(record(src="\ud800")),
+)
+with_extra = st.builds(
+    lambda over, extra: {**record(**over), **extra},
+    st.fixed_dictionaries({}, optional={"callId": st.sampled_from(["x", "y", " x"])}),
+    st.dictionaries(st.sampled_from(["surprise", "callIdX", "src "]), json_values, min_size=1),
+)
+
+
+@PROPERTY
+@given(st.lists(st.one_of(clean_ish, with_extra), max_size=20), st.lists(odd_one, max_size=3))
+def test_a_page_arrow_cannot_type_still_takes_the_fast_path_where_it_can(recs, odd):
+    _assert_paths_agree(recs + odd)
+
+
 # Every value plain digits: the columns take the shortcuts read off Arrow's buffers.
 digit_times = st.one_of(
     st.integers(DAY[0] - 100, DAY[1] + 100).map(str),

@@ -36,6 +36,7 @@ from cdr_pipeline.api.errors import error_for_code
 from cdr_pipeline.api.wire import parse_document
 from cdr_pipeline.transform.columnar import (
     PAGE_SCHEMA,
+    WIRE_FIELDS,
     CheckedRecords,
     NotFastPath,
     check_records,
@@ -43,7 +44,7 @@ from cdr_pipeline.transform.columnar import (
 )
 from cdr_pipeline.transform.hashing import fingerprint
 from cdr_pipeline.transform.keylog import KeyLog
-from cdr_pipeline.transform.parse import TIME_FIELDS, RawPage, to_json
+from cdr_pipeline.transform.parse import TIME_FIELDS, RawPage, is_valid_unicode, to_json
 from cdr_pipeline.transform.validate import (
     CDR_SCHEMA,
     REJECT_REASONS,
@@ -147,37 +148,122 @@ class _Buckets:
 
 @dataclass
 class ParsedPages:
-    """The fast path's work on a batch of pages, done before it is added to a day."""
+    """The work on a batch of pages that needs no day state, done before (and possibly on
+    another thread than) adding it to a day.
 
-    records: int
-    checked: CheckedRecords
-    parents: np.ndarray  # page of each record
-    offsets: np.ndarray  # first record of each page
+    *Typed* records are those Arrow holds as strings and checked column-wise; the exact rules
+    decide the rest (*untyped*: not an object, a value that is not a string, an unknown
+    field) and the typed ones the checks were unsure of. Those need the pages' records as
+    Python values: ``documents`` holds them for every page that has any."""
+
+    records: int  # all records of the pages
+    checked: CheckedRecords  # of the typed records
+    parents: np.ndarray  # page of each typed record
+    positions: np.ndarray  # its place among its page's records
+    documents: dict[int, list[Any]]
+    untyped: list[tuple[int, int]]  # (page, place) of records only the exact rules can read
+
+    def exact(self) -> list[tuple[int, int]]:
+        """(page, place) of every record for the exact rules, in the order of the pages."""
+        unsure = np.flatnonzero(~self.checked.clean.to_numpy(zero_copy_only=False))
+        rows = zip(self.parents[unsure].tolist(), self.positions[unsure].tolist(), strict=True)
+        return sorted([*self.untyped, *rows])
 
 
-def parse_pages(pages: Sequence[tuple[bytes, str, Sequence[int]]], tz: str) -> ParsedPages | None:
-    """Arrow's reading and checking of decoded pages (no state: safe on another thread);
-    None when Arrow cannot type them. An error answer stored as a page is an error."""
+_WIRE_KEYS = frozenset(WIRE_FIELDS)
+_RECORD_TYPE = PAGE_SCHEMA.field("cdr").type.value_type
+
+
+def _all_text(rec: dict[str, Any]) -> bool:
+    return all(
+        v is None or (isinstance(v, str) and (v.isascii() or is_valid_unicode(v)))
+        for v in rec.values()
+    )
+
+
+def _typed_records(records: list[Any]) -> tuple[list[int], pa.StructArray]:
+    """The places of the records Arrow can hold as the contract's strings, and those records
+    as Arrow holds them (as its JSON reader would have read them)."""
+    places = [i for i, r in enumerate(records) if type(r) is dict and r.keys() <= _WIRE_KEYS]
+    try:
+        return places, pa.array([records[i] for i in places], _RECORD_TYPE)
+    except (pa.ArrowException, UnicodeEncodeError):  # a number, a lone surrogate ...
+        places = [i for i in places if _all_text(records[i])]
+        return places, pa.array([records[i] for i in places], _RECORD_TYPE)
+
+
+def _read_one(decoded: bytes, source: str) -> tuple[pa.StructArray | None, list[Any] | None]:
+    """One page: (its records as Arrow read them, None) or, where Arrow cannot type the whole
+    page, (None, its records as Python values)."""
+    try:
+        table = read_pages([decoded])
+    except NotFastPath:
+        table = None
+    if table is not None and table.schema == PAGE_SCHEMA:
+        _check_codes(table, [source])
+        return table.column("cdr").combine_chunks().flatten(), None
+    doc = parse_document(decoded)
+    if doc.error_code != "0":
+        raise error_for_code(doc.error_code, doc.result)
+    return None, doc.records
+
+
+def _check_codes(table: pa.Table, sources: list[str]) -> None:
+    """An error answer stored as a page is an error."""
+    for code, source in zip(table.column("errorCode").to_pylist(), sources, strict=True):
+        if (code or "").strip() != "0":
+            raise error_for_code(str(code), f"stored page {source} is an error answer")
+
+
+def parse_pages(pages: Sequence[tuple[bytes, str, Sequence[int]]], tz: str) -> ParsedPages:
+    """Read and check decoded pages (no state: safe on another thread).
+
+    The whole batch goes through Arrow's JSON reader at once. If Arrow cannot type it (a
+    record that is not an object, a number where a string belongs, an unknown field), each
+    page is tried on its own, and a page Arrow cannot type either is read by Python: its
+    records that are all strings are still checked column-wise, and only the others are
+    left to the exact rules. One odd record no longer sends its whole batch the slow way."""
+    sources = [p[1] for p in pages]
     try:
         table = read_pages([p[0] for p in pages])
     except NotFastPath:
-        return None
-    if table.schema != PAGE_SCHEMA:
-        return None  # fields beyond the contract's: schema drift goes the exact way
-    codes = table.column("errorCode").to_pylist()
-    for code, (_, source, _w) in zip(codes, pages, strict=True):
-        if (code or "").strip() != "0":
-            raise error_for_code(str(code), f"stored page {source} is an error answer")
-    lists = table.column("cdr").combine_chunks()
-    records = lists.flatten()
-    return ParsedPages(
-        len(records),
-        check_records(records, tz)
-        if len(records)
-        else CheckedRecords({}, pa.array([], pa.bool_())),
-        pc.list_parent_indices(lists).to_numpy(),
-        lists.offsets.to_numpy(),
+        table = None
+    documents: dict[int, list[Any]] = {}
+    untyped: list[tuple[int, int]] = []
+    if table is not None and table.schema == PAGE_SCHEMA:
+        _check_codes(table, sources)
+        lists = table.column("cdr").combine_chunks()
+        records = lists.flatten()
+        parents = pc.list_parent_indices(lists).to_numpy()
+        positions = np.arange(len(records)) - lists.offsets.to_numpy()[parents]
+        total = len(records)
+    else:
+        parts, parent_list, position_list, total = [], [], [], 0
+        for page, (decoded, source, _w) in enumerate(pages):
+            arrow, python = _read_one(decoded, source)
+            if python is not None:
+                documents[page] = python
+                places, arrow = _typed_records(python)
+                typed = set(places)
+                untyped += [(page, i) for i in range(len(python)) if i not in typed]
+            else:
+                places = list(range(len(arrow)))
+            total += len(python) if python is not None else len(arrow)
+            parts.append(arrow)
+            parent_list.append(np.full(len(places), page, dtype=np.int64))
+            position_list.append(np.array(places, dtype=np.int64))
+        records = pa.concat_arrays(parts) if parts else pa.array([], _RECORD_TYPE)
+        parents = np.concatenate(parent_list) if parent_list else np.zeros(0, np.int64)
+        positions = np.concatenate(position_list) if position_list else np.zeros(0, np.int64)
+    checked = (
+        check_records(records, tz) if len(records) else CheckedRecords({}, pa.array([], pa.bool_()))
     )
+    parsed = ParsedPages(total, checked, parents, positions, documents, untyped)
+    # The pages holding records for the exact rules are read by Python here, on this thread.
+    for page, _ in parsed.exact():
+        if page not in documents:
+            documents[page] = parse_document(pages[page][0]).records
+    return parsed
 
 
 class DayBuilder:
@@ -249,26 +335,24 @@ class DayBuilder:
             self.add_parsed(pages, parse_pages(pages, self.tz.key))
 
     def add_parsed(
-        self, pages: Sequence[tuple[bytes, str, Sequence[int]]], parsed: ParsedPages | None
+        self, pages: Sequence[tuple[bytes, str, Sequence[int]]], parsed: ParsedPages
     ) -> None:
         """Pages with :func:`parse_pages`'s result for them (which a caller may have run
-        ahead on another thread); None means Arrow could not type them all."""
-        if parsed is None:
-            if len(pages) == 1:
-                self._add_document(*pages[0])
-            else:
-                half = len(pages) // 2
-                self.add_decoded(pages[:half])
-                self.add_decoded(pages[half:])
-            return
+        ahead on another thread)."""
         self.fetched += parsed.records
-        if not parsed.records:
-            return
-        checked, parents = parsed.checked, parsed.parents
-        queries = np.array([self._query(w) for _, _, w in pages], dtype=np.int32)[parents]
+        for page, place in parsed.exact():
+            _, source, window = pages[page]
+            mid = (int(window[0]) + int(window[1])) // 2
+            self._add_slow(parsed.documents[page][place], source, mid, self._query(window))
+        checked = parsed.checked
+        if len(checked.clean):
+            queries = np.array([self._query(w) for _, _, w in pages], dtype=np.int32)
+            self._add_checked(checked, queries[parsed.parents])
+        self._flush_slow()
+
+    def _add_checked(self, checked: CheckedRecords, queries: np.ndarray) -> None:
+        """The records the column-wise checks accepted: those of the day are kept."""
         clean = checked.clean.to_numpy(zero_copy_only=False)
-        if not clean.all():
-            self._recheck(pages, parsed.offsets, np.flatnonzero(~clean), parents)
         start = checked.columns["start_src_call_time"]
         in_day = pc.fill_null(
             pc.and_(pc.greater_equal(start, self.day_start), pc.less(start, self.day_end)), False
@@ -287,31 +371,6 @@ class DayBuilder:
             }
             cols["_q"] = pa.array(queries if mask is None else queries[keep], pa.int32())
             self._add_valid(pa.table(cols, schema=WORK_SCHEMA))
-        self._flush_slow()
-
-    def _add_document(self, decoded: bytes, source: str, window: Sequence[int]) -> None:
-        doc = parse_document(decoded)
-        if doc.error_code != "0":
-            raise error_for_code(doc.error_code, doc.result)
-        self.add_page(RawPage(source, (int(window[0]), int(window[1])), doc.records))
-
-    def _recheck(
-        self,
-        pages: Sequence[tuple[bytes, str, Sequence[int]]],
-        offsets: np.ndarray,
-        rows: np.ndarray,
-        parents: np.ndarray,
-    ) -> None:
-        """Records the fast path was unsure of, decided exactly from the original JSON."""
-        parsed: dict[int, list[Any]] = {}
-        for row in rows:
-            page = int(parents[row])
-            if page not in parsed:
-                parsed[page] = parse_document(pages[page][0]).records
-            rec = parsed[page][int(row - offsets[page])]
-            _, source, window = pages[page]
-            mid = (int(window[0]) + int(window[1])) // 2
-            self._add_slow(rec, source, mid, self._query(window))
 
     def _add_slow(self, rec: Any, source: str, window_mid: int, q: int) -> None:
         result = validate_record(rec, self.tz)
