@@ -154,13 +154,14 @@ class ParsedPages:
     *Typed* records are those Arrow holds as strings and checked column-wise; the exact rules
     decide the rest (*untyped*: not an object, a value that is not a string, an unknown
     field) and the typed ones the checks were unsure of. Those need the pages' records as
-    Python values: ``documents`` holds them for every page that has any."""
+    Python values: ``documents`` holds just those, by page and place (a page's other records
+    are let go at once: a batch of pages as Python objects is ten times its size)."""
 
     records: int  # all records of the pages
     checked: CheckedRecords  # of the typed records
     parents: np.ndarray  # page of each typed record
     positions: np.ndarray  # its place among its page's records
-    documents: dict[int, list[Any]]
+    documents: dict[int, dict[int, Any]]
     untyped: list[tuple[int, int]]  # (page, place) of records only the exact rules can read
 
     def exact(self) -> list[tuple[int, int]]:
@@ -258,11 +259,12 @@ def parse_pages(pages: Sequence[tuple[bytes, str, Sequence[int]]], tz: str) -> P
     checked = (
         check_records(records, tz) if len(records) else CheckedRecords({}, pa.array([], pa.bool_()))
     )
-    parsed = ParsedPages(total, checked, parents, positions, documents, untyped)
-    # The pages holding records for the exact rules are read by Python here, on this thread.
-    for page, _ in parsed.exact():
+    parsed = ParsedPages(total, checked, parents, positions, {}, untyped)
+    # The records for the exact rules, read by Python here, on this thread.
+    for page, place in parsed.exact():
         if page not in documents:
             documents[page] = parse_document(pages[page][0]).records
+        parsed.documents.setdefault(page, {})[place] = documents[page][place]
     return parsed
 
 
