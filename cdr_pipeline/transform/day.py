@@ -161,14 +161,9 @@ class ParsedPages:
     checked: CheckedRecords  # of the typed records
     parents: np.ndarray  # page of each typed record
     positions: np.ndarray  # its place among its page's records
+    # (page, place) of every record for the exact rules, in the order of the pages
+    exact: list[tuple[int, int]]
     documents: dict[int, dict[int, Any]]
-    untyped: list[tuple[int, int]]  # (page, place) of records only the exact rules can read
-
-    def exact(self) -> list[tuple[int, int]]:
-        """(page, place) of every record for the exact rules, in the order of the pages."""
-        unsure = np.flatnonzero(~self.checked.clean.to_numpy(zero_copy_only=False))
-        rows = zip(self.parents[unsure].tolist(), self.positions[unsure].tolist(), strict=True)
-        return sorted([*self.untyped, *rows])
 
 
 _WIRE_KEYS = frozenset(WIRE_FIELDS)
@@ -259,13 +254,17 @@ def parse_pages(pages: Sequence[tuple[bytes, str, Sequence[int]]], tz: str) -> P
     checked = (
         check_records(records, tz) if len(records) else CheckedRecords({}, pa.array([], pa.bool_()))
     )
-    parsed = ParsedPages(total, checked, parents, positions, {}, untyped)
+    unsure = np.flatnonzero(~checked.clean.to_numpy(zero_copy_only=False))
+    exact = sorted(
+        [*untyped, *zip(parents[unsure].tolist(), positions[unsure].tolist(), strict=True)]
+    )
     # The records for the exact rules, read by Python here, on this thread.
-    for page, place in parsed.exact():
+    needed: dict[int, dict[int, Any]] = {}
+    for page, place in exact:
         if page not in documents:
             documents[page] = parse_document(pages[page][0]).records
-        parsed.documents.setdefault(page, {})[place] = documents[page][place]
-    return parsed
+        needed.setdefault(page, {})[place] = documents[page][place]
+    return ParsedPages(total, checked, parents, positions, exact, needed)
 
 
 class DayBuilder:
@@ -342,7 +341,7 @@ class DayBuilder:
         """Pages with :func:`parse_pages`'s result for them (which a caller may have run
         ahead on another thread)."""
         self.fetched += parsed.records
-        for page, place in parsed.exact():
+        for page, place in parsed.exact:
             _, source, window = pages[page]
             mid = (int(window[0]) + int(window[1])) // 2
             self._add_slow(parsed.documents[page][place], source, mid, self._query(window))
