@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from cdr_pipeline.transform.hashing import string_layout
 from cdr_pipeline.transform.parse import (
     INT32_MAX,
     MAX_EPOCH,
@@ -97,18 +98,11 @@ def _trim(col: pa.Array) -> pa.Array:
 # otherwise it returns None and the general Arrow compute path decides.
 
 
-def _layout(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(value offsets, UTF-8 bytes) of a string array, without copying."""
-    _, offsets, data = col.buffers()
-    starts = np.frombuffer(offsets, np.int32, count=len(col) + 1, offset=col.offset * 4)
-    return starts, np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-
-
 def _plain_ends(col: pa.Array) -> bool:
     """True when no value starts or ends with a byte Python's strip() could remove (ASCII
     space or control, or the first or last byte of a non-ASCII character): then trimming
     changes nothing, and Python would agree."""
-    offsets, data = _layout(col)
+    _, offsets, data = string_layout(col)
     starts, ends = offsets[:-1], offsets[1:]
     filled = ends > starts
     if col.null_count:
@@ -129,7 +123,7 @@ def _digit_lengths(col: pa.Array) -> np.ndarray | None:
     """The lengths of the values when every one is present and one or more ASCII digits."""
     if col.null_count or not len(col):
         return None
-    offsets, data = _layout(col)
+    _, offsets, data = string_layout(col)
     lengths = np.diff(offsets)
     if lengths.min() < 1:
         return None

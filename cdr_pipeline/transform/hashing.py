@@ -43,6 +43,18 @@ def _powers_upto(n: int) -> tuple[np.ndarray, np.ndarray]:
     return have[0][:n], have[1][:n]
 
 
+def string_layout(arr: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(the array, its value offsets as int64, its UTF-8 bytes) read off Arrow's buffers
+    without copying the bytes; types without offsets (string views ...) are cast first."""
+    if arr.type not in _OFFSET_TYPES:
+        arr = pc.cast(arr, pa.large_string())
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=_OFFSET_TYPES[arr.type])
+    offsets = offsets[arr.offset : arr.offset + len(arr) + 1].astype(np.int64)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf else np.zeros(0, np.uint8)
+    return arr, offsets, data
+
+
 def fingerprint(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A 64-bit hash of each string (null hashes like the empty string).
 
@@ -52,15 +64,9 @@ def fingerprint(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
     arr = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
     if len(arr) == 0:
         return np.zeros(0, dtype=np.uint64)
-    if arr.type not in _OFFSET_TYPES:  # string views, dictionaries ...
-        arr = pc.cast(arr, pa.large_string())
-    raw = np.frombuffer(arr.buffers()[1], dtype=_OFFSET_TYPES[arr.type])
-    raw = raw[arr.offset : arr.offset + len(arr) + 1].astype(np.int64)
+    arr, raw, buffer = string_layout(arr)
     first, last = int(raw[0]), int(raw[-1])
-    data_buf = arr.buffers()[2]
-    data = (
-        np.frombuffer(data_buf, dtype=np.uint8)[first:last] if data_buf else np.zeros(0, np.uint8)
-    )
+    data = buffer[first:last]
     offsets = raw - first
     up, down = _powers_upto(data.size + 1)
     starts = offsets[:-1]
