@@ -9,7 +9,6 @@ alone on duplicates, conflicting copies, rejects and text times.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import zlib
@@ -99,18 +98,17 @@ def ensure_day(calls_per_day: int, *, dirty: bool = False) -> Path:
 def simulator_process(*options: str) -> Iterator[str]:
     """``cdr-pipeline simulate-api`` in a process of its own on a free loopback port; yields
     its URL and stops it afterwards."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     cli = str(Path(sys.executable).parent / "cdr-pipeline")
     server = subprocess.Popen(
-        [cli, "simulate-api", "--port", str(port), *options],
+        [cli, "simulate-api", "--port", "0", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
     try:
         line = server.stdout.readline() if server.stdout else ""
+        if "listening on " not in line:
+            raise RuntimeError(f"the simulator did not start (exit code {server.poll()})")
         yield line.split("listening on ")[1].strip()
     finally:
         server.terminate()

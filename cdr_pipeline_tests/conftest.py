@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from cdr_pipeline.daily import Day
 from cdr_pipeline.definitions import build_definitions
 from cdr_pipeline.defs.schedules import DAILY_JOB
 from cdr_pipeline.store import Store, open_store
+from cdr_pipeline_tests.servers import accepts, server_process
 
 API_ID = "ID-s3cr3t-4f9a77"
 APP_ID = "APP-s3cr3t-b81c02"
@@ -129,25 +129,8 @@ S3_SECRET = "S3-s3cr3t-9c1d5e7f"
 class S3Server:
     """moto's S3-compatible server in its own process on 127.0.0.1, for a test session."""
 
-    def __init__(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+    def __init__(self, port: int) -> None:
         self.endpoint = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto's S3 server did not start") from None
-                time.sleep(0.1)
 
     def env(self) -> dict[str, str]:
         """The variables a user sets for S3-compatible storage (COS, MinIO): nothing else."""
@@ -184,16 +167,17 @@ class S3Server:
             if info.type == pafs.FileType.File
         }
 
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    server = S3Server()
-    yield server
-    server.close()
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with server_process(
+        "moto's S3 server",
+        lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        accepts,
+        tmp_path_factory.mktemp("s3") / "moto.log",
+        timeout=60,
+    ) as port:
+        yield S3Server(port)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -24,21 +23,14 @@ from cdr_pipeline_tests.conftest import API_ID, APP_ID
 CLI = str(Path(sys.executable).parent / "cdr-pipeline")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def api_process():
-    port = _free_port()
     proc = subprocess.Popen(
         [
             CLI,
             "simulate-api",
             "--port",
-            str(port),
+            "0",  # the server binds a free port itself and prints it: nothing can take it first
             "--seed",
             "7",
             "--page-size",

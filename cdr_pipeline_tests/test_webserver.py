@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
-from screenshot import stop, webserver
+from cdr_pipeline_tests.servers import BIN, ROOT, stop, tail, webserver
 
-BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ["raw_cdr", "cdr", "cdr_rejects", "call_outcome_daily", "call_kpis_daily"]
 DAYS = ["2024-03-01", "2024-03-02", "2024-03-03"]
 
@@ -58,7 +55,7 @@ query Statuses($key: AssetKeyInput!) {
 
 
 @pytest.fixture
-def dagster_services(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def dagster_services(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     home, data = tmp_path / "home", tmp_path / "data"
     home.mkdir()
     (home / "dagster.yaml").write_text("")
@@ -69,17 +66,22 @@ def dagster_services(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         "CDR_START_DATE": "2024-01-01",
         "CDR_SIM_CALLS_PER_DAY": "300",
     }
-    daemon = subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # The instance's SQLite storage is created here, once, not raced for by the two services.
+    with dg.DagsterInstance.from_config(str(home)):
+        pass
+    daemon_log = tmp_path / "daemon.log"
+    with daemon_log.open("wb") as out:
+        daemon = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        with webserver(env) as url:
-            assert daemon.poll() is None, "dagster-daemon exited"
-            yield url, data
+        with webserver(env, tmp_path / "webserver.log") as url:
+            assert daemon.poll() is None, f"dagster-daemon exited:\n{tail(daemon_log)}"
+            yield url, data, daemon_log
     finally:
         stop(daemon)
 
@@ -93,7 +95,7 @@ def _graphql(url: str, query: str, **variables: object) -> dict:
 
 
 def test_backfill_through_the_webservers_graphql(dagster_services):
-    url, data = dagster_services
+    url, data, daemon_log = dagster_services
     nodes = _graphql(url, LIST_ASSETS)["assetNodes"]
     listed = {"/".join(n["assetKey"]["path"]): n for n in nodes}
     assert set(listed) == set(ASSETS)
@@ -113,9 +115,9 @@ def test_backfill_through_the_webservers_graphql(dagster_services):
         backfill = _graphql(url, BACKFILL, id=backfill_id)["partitionBackfillOrError"]
         if backfill["status"] != "REQUESTED":
             break
-        assert time.monotonic() < deadline, "the backfill did not finish"
+        assert time.monotonic() < deadline, f"the backfill did not finish:\n{tail(daemon_log)}"
         time.sleep(1)
-    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
+    assert backfill["status"] == "COMPLETED_SUCCESS", f"{backfill}\n{tail(daemon_log)}"
     assert backfill["numPartitions"] == len(DAYS)
 
     for asset in ASSETS:

@@ -11,20 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+from cdr_pipeline_tests.servers import BIN, webserver  # noqa: E402
+
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
 
 
@@ -34,59 +30,6 @@ def find_browser() -> str | None:
         if path:
             return path
     return None
-
-
-def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Ask a server process to stop; kill it if it has not within ``timeout`` seconds."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def webserver(env: dict[str, str]) -> Iterator[str]:
-    """``dagster-webserver`` for the project's workspace on a free loopback port, up and
-    answering; yields its URL and stops it afterwards."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            str(BIN / "dagster-webserver"),
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("dagster-webserver did not come up")
-            time.sleep(0.5)
-        yield url
-    finally:
-        stop(server)
 
 
 def screenshot(out: Path, *, days: int = 14, asset: str = "call_kpis_daily") -> Path:
@@ -114,7 +57,7 @@ def screenshot(out: Path, *, days: int = 14, asset: str = "call_kpis_daily") -> 
             check=True,
             capture_output=True,
         )
-        with webserver(env) as url:
+        with webserver(env, Path(tmp) / "webserver.log") as url:
             out.parent.mkdir(parents=True, exist_ok=True)
             subprocess.run(
                 [

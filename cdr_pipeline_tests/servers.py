@@ -1,0 +1,116 @@
+"""Server processes for the tests and the docs scripts: each on a free loopback port, up and
+answering before it is used, its output kept so that a server that does not come up says why.
+
+A port probed free can be taken before the server binds it: ``dagster-webserver`` binds only
+after loading the code location (5-15 s on two busy cores), and meanwhile every outgoing
+loopback connection of a test running beside it takes an ephemeral port from the same range.
+A server that exits with "address already in use" is therefore started again on another port.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ATTEMPTS = 3  # ports tried when the one probed free is taken before the server binds it
+LOG_TAIL = 4000  # characters of a failed server's output put in the error
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Ask a server process to stop; kill it if it has not within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-LOG_TAIL:] if log.exists() else ""
+
+
+@contextmanager
+def server_process(
+    name: str,
+    argv: Callable[[int], list[str]],
+    up: Callable[[int], bool],
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> Iterator[int]:
+    """Run ``argv(port)`` until ``up(port)``; yields the port and stops the server afterwards.
+
+    Its stdout and stderr go to ``log``. A server that exits or is not up within ``timeout``
+    seconds raises an error ending with the log's tail."""
+    for attempt in range(1, ATTEMPTS + 1):
+        port = free_port()
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                argv(port), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while not (ready := up(port)) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.25)
+        if ready:
+            break
+        stop(proc)
+        output = tail(log)
+        if "address already in use" in output.lower() and attempt < ATTEMPTS:
+            continue
+        raise RuntimeError(
+            f"{name} did not come up on 127.0.0.1:{port} within {timeout:.0f} s "
+            f"(attempt {attempt} of {ATTEMPTS}, exit code {proc.returncode}); "
+            f"its output ({log}) ends:\n{output}"
+        )
+    try:
+        yield port
+    finally:
+        stop(proc)
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def webserver(env: Mapping[str, str], log: Path) -> Iterator[str]:
+    """``dagster-webserver`` for the project's workspace, answering; yields its URL."""
+    argv = [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p"]
+    with server_process(
+        "dagster-webserver",
+        lambda port: [*argv, str(port)],
+        lambda port: answers(f"http://127.0.0.1:{port}/server_info"),
+        log,
+        env=env,
+        cwd=ROOT,
+    ) as port:
+        yield f"http://127.0.0.1:{port}"
