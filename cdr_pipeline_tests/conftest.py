@@ -27,10 +27,12 @@ from cdr_pipeline_tests.servers import accepts, server_process
 API_ID = "ID-s3cr3t-4f9a77"
 APP_ID = "APP-s3cr3t-b81c02"
 
-# Fast but real: backoff is tiny, timeouts short enough that "slow" faults trip them.
+# Fast but real: backoff is tiny. The read timeout is what a "slow" fault costs; it is kept
+# well above a busy CI core's time to build a large page (0.4 s was not: a whole-day page of
+# 1,900 records timed out under load and took a fourth attempt).
 FAST = ClientSettings(
     connect_timeout_s=2.0,
-    read_timeout_s=0.4,
+    read_timeout_s=1.5,
     max_attempts=4,
     backoff_base_s=0.001,
     backoff_max_s=0.01,
@@ -42,7 +44,7 @@ def _simulators() -> Iterator[Callable[..., SimulatorServer]]:
     servers: list[SimulatorServer] = []
 
     def start(**overrides) -> SimulatorServer:
-        config = SimConfig(**{"slow_seconds": 0.8, "retry_after_s": 0, **overrides})
+        config = SimConfig(**{"slow_seconds": 4.0, "retry_after_s": 0, **overrides})
         server = serve(config)
         servers.append(server)
         return server
