@@ -11,14 +11,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from cdr_pipeline_tests.servers import BIN, ROOT, stop, tail
+
 DAYS = ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04"]
 
 
@@ -76,13 +75,15 @@ def test_queued_runs_on_postgres_respect_the_api_pool(tmp_path, postgres):
         "CDR_START_DATE": "2024-01-01",
         "CDR_SIM_CALLS_PER_DAY": "4000",
     }
-    daemon = subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon_log = tmp_path / "daemon.log"
+    with daemon_log.open("wb") as out:
+        daemon = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         for day in DAYS:  # four runs, queued at once
             launched = subprocess.run(
@@ -111,8 +112,8 @@ def test_queued_runs_on_postgres_respect_the_api_pool(tmp_path, postgres):
                 runs = instance.get_runs()
                 if len(runs) == len(DAYS) and all(r.is_finished for r in runs):
                     break
-                assert time.monotonic() < deadline, [r.status for r in runs]
-                assert daemon.poll() is None, "the daemon exited"
+                assert time.monotonic() < deadline, ([r.status for r in runs], tail(daemon_log))
+                assert daemon.poll() is None, f"the daemon exited:\n{tail(daemon_log)}"
                 time.sleep(1)
             assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
             run_ids = [r.run_id for r in runs]
@@ -127,5 +128,4 @@ def test_queued_runs_on_postgres_respect_the_api_pool(tmp_path, postgres):
             assert partitions == set(DAYS)
     finally:
         os.environ.pop("DAGSTER_PG_URL", None)
-        daemon.terminate()
-        daemon.wait(timeout=60)
+        stop(daemon, timeout=60)
