@@ -16,6 +16,7 @@ import sys
 import tempfile
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,16 +51,10 @@ def screenshot(out: Path, *, days: int = 14, asset: str = "call_kpis_daily") -> 
             "CDR_SIM_CALLS_PER_DAY": "800",
             "CDR_START_DATE": start.isoformat(),
         }
-        subprocess.run(
-            [str(BIN / "cdr-pipeline"), "materialize", "--last", str(days)],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
+        _run([str(BIN / "cdr-pipeline"), "materialize", "--last", str(days)], env=env, cwd=ROOT)
         with webserver(env, Path(tmp) / "webserver.log") as url:
             out.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(
+            _run(
                 [
                     browser,
                     "--headless",
@@ -71,11 +66,20 @@ def screenshot(out: Path, *, days: int = 14, asset: str = "call_kpis_daily") -> 
                     f"--screenshot={out}",
                     f"{url}/assets/{asset}?view=partitions&partition={last.isoformat()}",
                 ],
-                check=True,
-                capture_output=True,
                 timeout=180,
             )
     return out
+
+
+def _run(argv: list[str], **kw: Any) -> None:
+    """Run a step; if it fails, say which and how it ended (CalledProcessError alone hides
+    the output)."""
+    done = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if done.returncode:
+        raise RuntimeError(
+            f"{Path(argv[0]).name} exited with {done.returncode}:\n"
+            f"{(done.stdout + done.stderr)[-4000:]}"
+        )
 
 
 def main() -> int:
