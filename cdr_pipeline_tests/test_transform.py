@@ -352,6 +352,17 @@ def test_any_body_of_records_is_read_and_accounted_for(recs, encoding, unknown):
     _assert_accounted(recs, b.finish())
 
 
+@pytest.mark.parametrize(
+    "extra", [{}, {"requestId": "r-1"}], ids=["read-by-arrow", "read-by-python"]
+)
+def test_an_error_answer_stored_as_a_page_is_an_error_naming_the_page(extra):
+    good = json.dumps({"errorCode": "0", "cdr": [record()]}).encode()
+    error = json.dumps({"errorCode": "-501", "result": "server exception", **extra}).encode()
+    builder = DayBuilder(*DAY, SH)
+    with pytest.raises(errors.CdrApiError, match="stored page p-2 is an error answer"):
+        builder.add_decoded([(good, "p-1", list(DAY)), (error, "p-2", list(DAY))])
+
+
 def _both_paths(recs, window=DAY):
     body = json.dumps({"errorCode": "0", "cdr": recs}, ensure_ascii=False).encode(
         "utf-8", "surrogatepass"

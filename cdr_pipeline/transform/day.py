@@ -199,16 +199,20 @@ def _read_one(decoded: bytes, source: str) -> tuple[pa.StructArray | None, list[
         _check_codes(table, [source])
         return table.column("cdr").combine_chunks().flatten(), None
     doc = parse_document(decoded)
-    if doc.error_code != "0":
-        raise error_for_code(doc.error_code, doc.result)
+    _check_code(doc.error_code, source)
     return None, doc.records
 
 
 def _check_codes(table: pa.Table, sources: list[str]) -> None:
-    """An error answer stored as a page is an error."""
     for code, source in zip(table.column("errorCode").to_pylist(), sources, strict=True):
-        if (code or "").strip() != "0":
-            raise error_for_code(str(code), f"stored page {source} is an error answer")
+        _check_code(code, source)
+
+
+def _check_code(code: object, source: str) -> None:
+    """An error answer stored as a page is an error, named by its page, whichever reader
+    read it."""
+    if str(code if code is not None else "").strip() != "0":
+        raise error_for_code(str(code), f"stored page {source} is an error answer")
 
 
 def parse_pages(pages: Sequence[tuple[bytes, str, Sequence[int]]], tz: str) -> ParsedPages:
