@@ -38,10 +38,15 @@ bench: $(BENCH_STAMP)
 screenshot: $(STAMP)
 	$(BIN)/python docs/screenshot.py --out docs/partitions.png
 
-## The Dagster UI on http://127.0.0.1:3000 with the runs of `make run`.
+## The Dagster UI on http://127.0.0.1:$(UI_PORT) (`dg dev`) with the runs of `make run`.
+UI_PORT ?= 3000
 ui: $(STAMP)
 	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	@$(BIN)/python -c "import socket, sys; s = socket.socket(); \
+	  s.bind(('127.0.0.1', $(UI_PORT)))" 2>/dev/null || { \
+	  echo "make ui: port $(UI_PORT) is taken; run: make ui UI_PORT=3001" >&2; exit 1; }
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(BIN):$$PATH \
+	  $(BIN)/dg dev --use-active-venv -h 127.0.0.1 -p $(UI_PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests benchmarks docs

@@ -20,8 +20,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from cdr_pipeline import storage
-from cdr_pipeline.api.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.daily import Day
+from cdr_pipeline.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.store import open_store
 
 DATA = Path(__file__).resolve().parent / ".data"

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 GOALS = {"pandas": 5.0, "dlt": 20.0, "rss_mb": 300.0, "fetch": 1.1}
 
 
-# The project has Arrow allocate with jemalloc (config.prefer_jemalloc); Arrow's own default,
+# The project has Arrow allocate with jemalloc (daily.prefer_jemalloc); Arrow's own default,
 # mimalloc, keeps freed memory for reuse. Measured both ways: the allocator is the difference.
 MIMALLOC = {"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}
 

@@ -11,21 +11,17 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from tabulate import tabulate
+
 from cdr_pipeline.api.errors import CdrApiError
-from cdr_pipeline.config import ConfigError, Settings, load_settings
+from cdr_pipeline.settings import ConfigError, Settings, knobs, load_settings
 
 
 def _client(settings: Settings):
-    """The same resource the assets use, with the credentials read from the environment."""
-    from cdr_pipeline.defs.resources import CdrApiResource
+    """The same resource the assets use, given the credentials' values."""
+    from cdr_pipeline.resources import api_resource
 
-    resource = CdrApiResource(
-        api_url=settings.api_url,
-        api_id=os.environ.get("CDR_API_ID") if settings.api_url else None,
-        app_id=os.environ.get("CDR_APP_ID") if settings.api_url else None,
-        **settings.tuning,
-    )
-    return resource.open_client(settings.timezone)
+    return api_resource(settings, secrets_from_env=False).open_client(settings.timezone)
 
 
 def _instant(text: str, tz: ZoneInfo) -> int:
@@ -42,7 +38,7 @@ def _instant(text: str, tz: ZoneInfo) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from cdr_pipeline.api.simulator import SimConfig, serve
+    from cdr_pipeline.simulator import SimConfig, serve
 
     config = SimConfig(
         seed=args.seed,
@@ -123,30 +119,25 @@ def _day_range(args: argparse.Namespace, settings: Settings) -> list[str]:
     return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
 
-def _progress(done: int, total: int, label: str) -> None:
-    width = 30
-    filled = width * done // total
-    bar = "#" * filled + "." * (width - filled)
-    end = "\n" if done == total or not sys.stderr.isatty() else ""
-    print(f"\r[{bar}] {done}/{total} {label}", end=end, file=sys.stderr, flush=True)
-
-
 def cmd_materialize(args: argparse.Namespace) -> int:
     import dagster as dg
+    from tqdm import tqdm
 
-    from cdr_pipeline.definitions import build_definitions
+    from cdr_pipeline.definitions import defs
+    from cdr_pipeline.defs.schedules import DAILY_JOB
 
     settings = load_settings()
     days = _day_range(args, settings)
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").touch()  # an empty instance config: local storage under home
-    job = build_definitions(settings).resolve_job_def("cdr_daily_job")
+    job = defs().resolve_job_def(DAILY_JOB)
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     failed = []
     with dg.DagsterInstance.get() as instance:
-        for i, day in enumerate(days):
-            _progress(i, len(days), f"materializing {day}")
+        bar = tqdm(days, unit="day", file=sys.stderr, ascii=True, ncols=80)
+        for day in bar:
+            bar.set_description(day)
             result = job.execute_in_process(
                 instance=instance, partition_key=day, run_config=quiet, raise_on_error=False
             )
@@ -156,8 +147,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                     if event.is_failure and event.event_specific_data is not None:
                         err = getattr(event.event_specific_data, "error", None)
                         if err is not None:
-                            print(f"\n{day}: {err.message.strip()}", file=sys.stderr)
-            _progress(i + 1, len(days), day)
+                            bar.write(f"{day}: {err.message.strip()}", file=sys.stderr)
     print_kpis(settings, days)
     if failed:
         print(f"failed partitions: {', '.join(failed)}", file=sys.stderr)
@@ -188,11 +178,8 @@ def print_kpis(settings: Settings, days: Sequence[str]) -> None:
         return
     headers = [c for c, _ in KPI_COLUMNS]
     cells = [[("—" if r[c] is None else fmt.format(r[c])) for c, fmt in KPI_COLUMNS] for r in rows]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
     print()
-    print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
-    for row in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+    print(tabulate(cells, headers=headers, tablefmt="plain", stralign="right"))
     store = settings.store
     print(
         f"\ndatasets under {store.url}/ (cdr, cdr_rejects, call_outcome_daily, "
@@ -224,6 +211,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from cdr_pipeline import settings as declared
+
+    if args.env_example:
+        print(declared.env_example(), end="")
+        return 0
+    if args.markdown:
+        print(declared.markdown_table(), end="")
+        return 0
+    loaded = load_settings()
+    models = {
+        m: getattr(loaded, a)
+        for m, a in zip(declared.MODELS, ("project", "client", "simulator"), strict=True)
+    }
+    rows = []
+    for k in knobs():
+        value = getattr(models[k.model], k.field)
+        source = "environment" if (os.environ.get(k.env) or "").strip() else "default"
+        shown = "***" if k.secret and value else value
+        rows.append([k.env, "—" if shown is None else shown, source])
+    print(tabulate(rows, headers=["variable", "value", "from"], tablefmt="plain"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cdr-pipeline", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -244,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--app-id", default=None, help="require this appId (default: accept any)")
     s.add_argument("--api-id", default=None, help="require this id (default: accept any)")
     s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("config", help="print the effective settings (secrets masked)")
+    s.add_argument("--env-example", action="store_true", help="print .env.example instead")
+    s.add_argument("--markdown", action="store_true", help="print the README's settings table")
+    s.set_defaults(func=cmd_config)
 
     s = sub.add_parser("lookup", help="print one call's CDR as JSON")
     s.add_argument("call_id")

@@ -1,12 +1,14 @@
-"""One day, end to end, without Dagster: fetch to the raw layer, validate, summarize.
+"""One day, end to end, without Dagster: fetch it to the raw layer, then validate and
+summarize it into one published version of the day.
 
-The Dagster assets are thin wrappers around these three functions, which is also what the
-CLI and the tests call when they want a day without an orchestrator.
+The Dagster assets are thin wrappers around these two functions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import tempfile
 import time
 from collections import deque
@@ -25,17 +27,7 @@ from cdr_pipeline.api.client import CdrApiClient, Window
 from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, decode_body
 from cdr_pipeline.store import Store
 from cdr_pipeline.transform.day import DayBuilder, ParsedPages, parse_pages
-from cdr_pipeline.transform.summarize import (
-    KPI_COLUMNS,
-    OUTCOME_COLUMNS,
-    OUTCOME_SCHEMA,
-    SUMMARY_VERSION,
-    KpiSummary,
-    OutcomeSummary,
-    call_outcome_daily,
-    kpi_table,
-    kpi_values,
-)
+from cdr_pipeline.transform.summarize import KpiSummary, OutcomeSummary, kpi_table
 from cdr_pipeline.transform.validate import CDR_SCHEMA
 
 MANIFEST_VERSION = 1
@@ -85,13 +77,13 @@ def fetch_raw_day(
     store: Store,
     day: Day,
     *,
-    window_hours: int,
-    margin_s: int,
     src: str | None = None,
     endpoint: str = "simulator",
 ) -> dict[str, Any]:
     """Fetch a day into ``raw/cdr/date=DAY/`` and return its manifest."""
-    windows = fetch_windows(day, window_hours, margin_s)
+    margin_s = client.settings.margin_s
+    windows = fetch_windows(day, client.settings.window_hours, margin_s)
+    max_body_bytes = client.settings.max_body_bytes
     before = client.stats
     requests, bodies = [], []
     for _window, pages in client.fetch_windows(windows, src):
@@ -122,6 +114,7 @@ def fetch_raw_day(
         "day_window_utc": [_iso(day.start), _iso(day.end)],
         "fetch_windows": [list(w) for w in windows],
         "margin_s": margin_s,
+        "max_body_bytes": max_body_bytes,
         "src": src,
         "endpoint": endpoint,
         "fetched_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -144,10 +137,25 @@ def fetch_raw_day(
 
 @dataclass
 class ValidatedDay:
+    """What one version of a day holds, as the assets report it."""
+
     accounting: dict[str, Any]
+    outcome: pa.Table  # call_outcome_daily
+    kpis: dict[str, Any]  # call_kpis_daily's one row
     paths: dict[str, str]  # dataset -> where its file is
     timings: dict[str, float]  # seconds: reading and checking pages; de-duplicating,
     # sorting and writing the files
+
+
+def prefer_jemalloc() -> str:
+    """Have Arrow allocate with jemalloc unless ``ARROW_DEFAULT_MEMORY_POOL`` names another
+    allocator; return the one in use. Arrow's default (mimalloc) keeps freed memory for
+    reuse, jemalloc hands it back sooner: a day's transform peaks about 100 MB lower and is no
+    slower (benchmarks/RESULTS.md)."""
+    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        with contextlib.suppress(NotImplementedError):  # a pyarrow built without jemalloc
+            pa.set_memory_pool(pa.jemalloc_memory_pool())
+    return pa.default_memory_pool().backend_name
 
 
 # Decoded pages handed to the transform at once: large enough that the per-batch work is
@@ -190,11 +198,12 @@ def decoded_batches(
         yield batch
 
 
-def validate_day(
-    store: Store, day: Day, tz: ZoneInfo, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES
-) -> ValidatedDay:
-    """Raw layer -> ``cdr`` and ``cdr_rejects`` for the day, plus its accounting record."""
+def validate_day(store: Store, day: Day, tz: ZoneInfo) -> ValidatedDay:
+    """Raw layer -> the day's ``cdr``, ``cdr_rejects``, ``call_outcome_daily`` and
+    ``call_kpis_daily`` with its accounting record, published as one version."""
+    prefer_jemalloc()
     manifest = storage.read_raw_manifest(store, day.key)
+    max_bytes = manifest.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
     expected = manifest["totals"]["records"]
     spill_dir = storage.spill_dir(store)
     builder = DayBuilder(day.start, day.end, tz, expected_records=expected, spill_dir=spill_dir)
@@ -234,8 +243,7 @@ def validate_day(
 
         def cdr_rows() -> Iterator[pa.Table]:
             # The summaries are taken from the rows on their way to the file, on a thread of
-            # their own (most of their work is in numpy and Arrow, which release the GIL),
-            # so the summary assets need not read the day back.
+            # their own (most of their work is in numpy and Arrow, which release the GIL).
             pending: deque[Future[None]] = deque()
             for part in builder.iter_cdr():
                 pending.append(summarizer.submit(summarize, part))
@@ -248,57 +256,27 @@ def validate_day(
             state["accounting"] = builder.accounting() | {
                 "raw_records": manifest["totals"]["records"]
             }
-            state["summary"] = {
-                "version": SUMMARY_VERSION,
-                "timezone": tz.key,
-                "call_outcome_daily": outcome.table().to_pylist(),
-                "call_kpis_daily": kpis.values(state["accounting"]),
-            }
+            summary["outcome"] = outcome.table().combine_chunks()
+            summary["kpis"] = kpis.values(state["accounting"])
 
+        summary: dict[str, Any] = {}
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary") as summarizer:
+            # Written in this order: the summaries are complete once ``cdr`` is.
             paths = storage.publish_day(
                 store,
                 day.key,
-                {"cdr": (CDR_SCHEMA, cdr_rows()), "cdr_rejects": builder.rejects_table()},
+                {
+                    "cdr": (CDR_SCHEMA, cdr_rows()),
+                    "cdr_rejects": builder.rejects_table(),
+                    "call_outcome_daily": lambda: summary["outcome"],
+                    "call_kpis_daily": lambda: kpi_table(summary["kpis"]),
+                },
                 state={"validation": state},
             )
     finally:
         builder.close()
         if scratch is not None:
             scratch.cleanup()
-    done = time.perf_counter()
-    timings = {"read_check_s": parsed - started, "dedup_sort_write_s": done - parsed}
-    return ValidatedDay(state["accounting"], paths, timings)
-
-
-def _stored_summary(state: dict[str, Any], dataset: str, tz: ZoneInfo | None = None) -> Any:
-    """What ``validate_day`` summarised of the day's rows, published in the same transaction
-    as its ``cdr`` file (so it always describes that file); None when written by a version
-    that summarised differently, or in another zone: then the file is read again."""
-    summary = state.get("summary") or {}
-    current = summary.get("version") == SUMMARY_VERSION
-    if tz is not None:  # the KPIs' peak hour is a local hour
-        current = current and summary.get("timezone") == tz.key
-    return summary.get(dataset) if current else None
-
-
-def outcome_day(store: Store, day: Day) -> tuple[pa.Table, str]:
-    state = storage.read_state(store, "validation", day.key)
-    rows = _stored_summary(state, "call_outcome_daily")
-    if rows is not None:
-        table = pa.Table.from_pylist(rows, schema=OUTCOME_SCHEMA)
-    else:
-        table = call_outcome_daily(storage.iter_day_table(store, "cdr", day.key, OUTCOME_COLUMNS))
-    return table, storage.publish_day(store, day.key, {"call_outcome_daily": table})[
-        "call_outcome_daily"
-    ]
-
-
-def kpis_day(store: Store, day: Day, tz: ZoneInfo) -> tuple[dict[str, Any], str]:
-    state = storage.read_state(store, "validation", day.key)
-    values = _stored_summary(state, "call_kpis_daily", tz)
-    if values is None:
-        cdr = storage.iter_day_table(store, "cdr", day.key, KPI_COLUMNS)
-        values = kpi_values(cdr, state["accounting"], tz)
-    path = storage.publish_day(store, day.key, {"call_kpis_daily": kpi_table(values)})
-    return values, path["call_kpis_daily"]
+    finished = time.perf_counter()
+    timings = {"read_check_s": parsed - started, "dedup_sort_write_s": finished - parsed}
+    return ValidatedDay(state["accounting"], summary["outcome"], summary["kpis"], paths, timings)

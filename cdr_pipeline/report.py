@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import jinja2
 import pyarrow as pa
+from tabulate import tabulate
 
 from cdr_pipeline import storage
 from cdr_pipeline.store import Store
@@ -102,15 +104,25 @@ def png_markdown(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
+_HTML_TABLE = jinja2.Environment(autoescape=True).from_string(
+    "<table><thead><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr></thead><tbody>"
+    "{% for row in rows %}<tr>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}"
+    "</tbody></table>"
+)
+
+
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>"
-        + "".join(f"<td>{html.escape(format_cell(r.get(c)))}</td>" for c in columns)
-        + "</tr>"
-        for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    cells = [[format_cell(r.get(c)) for c in columns] for r in rows]
+    return _HTML_TABLE.render(columns=columns, rows=cells)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A preview table for the Dagster UI (``|`` in a value is escaped)."""
+    if not rows:
+        return "_no rows_"
+    columns = list(rows[0])
+    cells = [[format_cell(r[c]).replace("|", "\\|") for c in columns] for r in rows]
+    return tabulate(cells, headers=columns, tablefmt="github", disable_numparse=True)
 
 
 def format_cell(value: Any) -> str:

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from cdr_pipeline.api.wire import ENCODING_EXT
 from cdr_pipeline.store import Store, StoreError, check_key, tmp_key
 
+# Published together, as one version of a day (data contract, "A day is one version").
 DATASETS = ("cdr", "cdr_rejects", "call_outcome_daily", "call_kpis_daily")
 RAW_DIR = ("raw", "cdr")
 PART_NAME = "part-0.parquet"
@@ -101,8 +102,10 @@ HIGH_CARDINALITY = frozenset(
 )
 ROW_GROUP_ROWS = 1 << 16
 
-# What a day's dataset file is made from: a whole table, or a stream of slices of one.
-Content = pa.Table | tuple[pa.Schema, Iterable[pa.Table]]
+# What a day's dataset file is made from: a whole table, a stream of slices of one, or a
+# function that returns a table once the datasets before it are written (a summary of a
+# stream is complete only when the stream has been written).
+Content = pa.Table | tuple[pa.Schema, Iterable[pa.Table]] | Callable[[], pa.Table]
 
 
 def write_parquet(sink: Any, content: Content) -> int:
@@ -111,6 +114,8 @@ def write_parquet(sink: Any, content: Content) -> int:
 
     Row groups are encoded on a second thread while the next one is being produced (Arrow
     releases the GIL while it compresses), at most one waiting, so memory stays flat."""
+    if callable(content):
+        content = content()
     schema, parts = (content.schema, [content]) if isinstance(content, pa.Table) else content
     dictionary = [
         f.name
@@ -200,8 +205,8 @@ def publish_day(
     """Replace a day's file in each dataset (and its state records) as one transaction;
     return where each dataset's file is (as the user would type it).
 
-    Tables are written in order, so a ``state`` record may be filled in while a streamed
-    table is being written (it is serialised only after every table is staged)."""
+    Tables are written in order, so a table given as a function, and a ``state`` record
+    (serialised only after every table is staged), may describe a table streamed before it."""
     recover_day(store, day)
     staged: list[tuple[str, str]] = []
     try:
@@ -309,12 +314,6 @@ def read_raw_body(store: Store, day: str, entry: dict) -> bytes:
     if hashlib.sha256(body).hexdigest() != entry["sha256"]:
         raise StorageError(f"raw body {name} of {day} does not match its sha256")
     return body
-
-
-def iter_raw_bodies(store: Store, day: str, manifest: dict) -> Iterator[tuple[dict, bytes]]:
-    """Each request entry of the manifest with its body, checked against its sha256."""
-    for entry in manifest["requests"]:
-        yield entry, read_raw_body(store, day, entry)
 
 
 def spill_dir(store: Store) -> Path | None:

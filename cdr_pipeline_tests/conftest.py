@@ -15,12 +15,10 @@ import dagster as dg
 import pyarrow.fs as pafs
 import pytest
 
-from cdr_pipeline.api.client import CdrApiClient, ClientSettings
-from cdr_pipeline.api.simulator import SimConfig, SimulatorServer, serve
-from cdr_pipeline.config import load_settings
+from cdr_pipeline.api.client import CdrApiClient
 from cdr_pipeline.daily import Day
-from cdr_pipeline.definitions import build_definitions
-from cdr_pipeline.defs.schedules import DAILY_JOB
+from cdr_pipeline.settings import ClientSettings
+from cdr_pipeline.simulator import SimConfig, SimulatorServer, serve
 from cdr_pipeline.store import Store, open_store
 from cdr_pipeline_tests.servers import accepts, server_process
 
@@ -82,6 +80,18 @@ def make_client() -> Iterator[Callable[..., CdrApiClient]]:
         client.close()
 
 
+def load_defs() -> dg.Definitions:
+    """The definitions as a code server loads them from the environment of now: a fresh
+    process would import ``cdr_pipeline.defs`` anew, so its cached modules are dropped."""
+    for name in [
+        m for m in sys.modules if m == "cdr_pipeline.defs" or m.startswith("cdr_pipeline.defs.")
+    ]:
+        del sys.modules[name]
+    from cdr_pipeline.definitions import defs
+
+    return defs()
+
+
 class Env:
     """One project set-up: env vars, a data dir, a Dagster instance, the loaded definitions."""
 
@@ -101,8 +111,8 @@ class Env:
         }
         for k, v in values.items():
             monkeypatch.setenv(k, v)
-        self.defs = build_definitions(load_settings())
-        self.job = self.defs.resolve_job_def(DAILY_JOB)
+        self.defs = load_defs()
+        self.job = self.defs.resolve_job_def("cdr_daily_job")
 
     def run(self, instance, start: str, end: str | None = None, **kw):
         if end is None:

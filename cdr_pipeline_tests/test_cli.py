@@ -14,9 +14,8 @@ import duckdb
 import pytest
 
 from cdr_pipeline import storage
-from cdr_pipeline.api.simulator import CdrSimulator, SimConfig
-from cdr_pipeline.config import ConfigError, load_settings
-from cdr_pipeline.definitions import build_definitions
+from cdr_pipeline.settings import ConfigError, load_settings
+from cdr_pipeline.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.store import open_store
 from cdr_pipeline_tests.conftest import API_ID, APP_ID
 
@@ -148,12 +147,10 @@ def test_configuration_errors_name_the_setting(tmp_path):
         locked.mkdir(mode=0o500)
         with pytest.raises(ConfigError, match=r"CDR_DATA_DIR.*not a writable directory"):
             load_settings({"CDR_DATA_DIR": str(locked)})
-    # Out-of-range tuning values are caught when the definitions load, named by variable.
-    with pytest.raises(ConfigError, match=r"CDR_WINDOW_HOURS=0.*CDR_CONCURRENCY=500"):
-        build_definitions(
-            load_settings(
-                {"CDR_DATA_DIR": str(tmp_path), "CDR_WINDOW_HOURS": "0", "CDR_CONCURRENCY": "500"}
-            )
+    # Out-of-range tuning values are caught when the settings load, named by variable.
+    with pytest.raises(ConfigError, match=r"(?s)CDR_WINDOW_HOURS='0'.*CDR_CONCURRENCY='500'"):
+        load_settings(
+            {"CDR_DATA_DIR": str(tmp_path), "CDR_WINDOW_HOURS": "0", "CDR_CONCURRENCY": "500"}
         )
     # ... and that is what an operator sees from Dagster's own tooling.
     env = _env(tmp_path, CDR_TIMEZONE="Mars/Olympus") | {"DAGSTER_HOME": str(tmp_path)}
@@ -226,7 +223,7 @@ def test_stored_paths_cannot_escape_the_data_directory(tmp_path):
     day = "2024-05-06"
     manifest = {"requests": [{"file": "../../../victim.txt", "sha256": "0" * 64}]}
     with pytest.raises(storage.StorageError, match="unexpected file"):
-        list(storage.iter_raw_bodies(store, day, manifest))
+        storage.read_raw_body(store, day, manifest["requests"][0])
     with pytest.raises(storage.StorageError, match="unknown dataset"):
         storage.day_key("../cdr", day)
     journal = root / storage.journal_key(day)
@@ -240,17 +237,22 @@ def test_stored_paths_cannot_escape_the_data_directory(tmp_path):
 @pytest.mark.parametrize(("variable", "expected"), [(None, "jemalloc"), ("system", "system")])
 def test_a_pipeline_process_allocates_with_jemalloc_unless_told(tmp_path, variable, expected):
     """jemalloc hands freed memory back sooner than Arrow's default (the benchmark shows the
-    difference); an operator's ARROW_DEFAULT_MEMORY_POOL still wins."""
+    difference); an operator's ARROW_DEFAULT_MEMORY_POOL still wins. Loading the definitions
+    changes nothing; a day's transform (``validate_day``) makes the switch."""
     env = _env(tmp_path) | {"DAGSTER_HOME": str(tmp_path)}
     env.pop("ARROW_DEFAULT_MEMORY_POOL", None)
     if variable:
         env["ARROW_DEFAULT_MEMORY_POOL"] = variable
     code = (
-        "import pyarrow as pa, cdr_pipeline.definitions; "
-        "print(pa.default_memory_pool().backend_name)"
+        "import pyarrow as pa; print(pa.default_memory_pool().backend_name); "
+        "from cdr_pipeline.definitions import defs; defs(); "
+        "print(pa.default_memory_pool().backend_name); "
+        "from cdr_pipeline.daily import prefer_jemalloc; print(prefer_jemalloc())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == expected
+    before, loaded, switched = out.stdout.strip().splitlines()[-3:]
+    assert loaded == before  # no side effect at load
+    assert switched == expected

@@ -18,9 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdr_pipeline import storage
-from cdr_pipeline.api.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.daily import Day
-from cdr_pipeline.defs.resources import DEMO_QUIRKS
+from cdr_pipeline.simulator import DEMO_QUIRKS, CdrSimulator, SimConfig
 from cdr_pipeline.store import open_store
 from cdr_pipeline.transform.validate import unaccounted
 from cdr_pipeline_tests.conftest import cli_materialize, digests, kill_when_ready
@@ -138,6 +137,10 @@ def test_sigkill_while_writing_a_day(tmp_path, point):
         assert after == before  # the previous version, byte for byte
         assert counts == counts_before
 
+    # Whichever version a reader now sees (rolled forward by this first touch), the day's
+    # datasets and accounting all come from the same run.
+    _one_version(root)
+
     # The next run completes normally, sweeps the debris and publishes the new day in full.
     cli_materialize(_env(tmp_path, calls=400), DAY, DAY)
     leftovers = [p for p in root.rglob("*") if p.name.startswith(".")]
@@ -152,6 +155,19 @@ def test_sigkill_while_writing_a_day(tmp_path, point):
     acc = storage.read_state(open_store(root), "validation", DAY)["accounting"]
     assert unaccounted(acc) == 0 and acc["valid"] == len(truth.valid)
     assert acc["rejected"] == sum(truth.rejects.values())
+    _one_version(root)
+
+
+def _one_version(root: Path) -> None:
+    """The day's cdr, cdr_rejects, summaries and accounting describe the same rows."""
+    store = open_store(root)
+    acc = storage.read_state(store, "validation", DAY)["accounting"]
+    valid = storage.day_rows(store, "cdr", DAY)
+    kpis = storage.read_day_table(store, "call_kpis_daily", DAY).to_pylist()[0]
+    outcome = storage.read_day_table(store, "call_outcome_daily", DAY)
+    assert valid == acc["valid"] == kpis["total_calls"] == sum(outcome["calls"].to_pylist())
+    assert storage.day_rows(store, "cdr_rejects", DAY) == acc["rejected"]
+    assert kpis["rejected_records"] == acc["rejected"]
 
 
 def test_an_interrupted_publish_is_rolled_forward_by_the_next_reader(tmp_path):

@@ -1,7 +1,9 @@
 """A hostile provider and a fault-free one serve the same seed: the datasets must not differ.
 
-The figures this test measures are the ones the README's "Reliability" section states; the
-test fails if they drift apart, so the README stays true.
+The figures that depend only on what the provider answered (records, rejects, duplicates,
+splits) are the ones the README's "Reliability" table states; the test fails if they drift
+apart. Request, retry and fault counts move when a loaded machine stalls an answer past the
+read timeout, so they are asserted only as bounds, and the README quotes them from one run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from cdr_pipeline.api.simulator import REJECT_KINDS
+from cdr_pipeline.simulator import REJECT_KINDS
 from cdr_pipeline.transform.validate import unaccounted
 from cdr_pipeline_tests.conftest import API_ID, APP_ID, Env, digests
 
@@ -122,12 +124,16 @@ def test_chaos_run_publishes_the_same_bytes_as_a_fault_free_run(
     calm_totals = [m["totals"] for m in _manifests(calm)]
     faults = {k.split(":", 1)[1]: v for k, v in sim.stats.items() if k.startswith("fault:")}
     assert set(faults) == set(HOSTILE["fault_kinds"])
-    figures = {
-        "days": len(DAYS),
+    timing = {
         "requests": sum(t["http_requests"] for t in totals),
         "requests_fault_free": sum(t["http_requests"] for t in calm_totals),
         "retries": sum(t["retries"] for t in totals),
         "faults_injected": sum(faults.values()),
+    }
+    assert timing["retries"] >= timing["faults_injected"] > 0
+    assert timing["requests"] > timing["requests_fault_free"] >= len(DAYS)
+    figures = {
+        "days": len(DAYS),
         "window_splits": sum(t["window_splits"] for t in totals),
         "pages_discarded": sum(t["pages_discarded"] for t in totals),
         "records_fetched": sum(a["fetched"] for a in stormy_acc),
@@ -140,10 +146,8 @@ def test_chaos_run_publishes_the_same_bytes_as_a_fault_free_run(
         "records_lost": sum(unaccounted(a) for a in stormy_acc),
     }
     assert figures["records_lost"] == 0
-    assert figures["retries"] >= figures["faults_injected"] > 0
     assert figures["window_splits"] > 0
     rows = [*figures.items(), *((f"rejects: {r}", reasons[r]) for r in REJECT_KINDS)]
-    rows += [(f"faults: {k}", faults[k]) for k in HOSTILE["fault_kinds"]]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     documented = re.search(
         r"<!-- chaos-figures -->\n\| figure \| value \|\n\|---\|---\|\n(.*?)\n"

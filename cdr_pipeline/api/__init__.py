@@ -7,7 +7,7 @@ from cdr_pipeline.api.client import (
     check_endpoint,
 )
 from cdr_pipeline.api.errors import CdrApiError
-from cdr_pipeline.api.simulator import CdrSimulator, SimConfig, serve
+from cdr_pipeline.simulator import CdrSimulator, SimConfig, serve
 
 __all__ = [
     "CdrApiClient",

@@ -6,7 +6,6 @@ body it kept, exactly as received, with what it took to get it.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import logging
 import math
@@ -24,11 +23,8 @@ import httpx
 
 from cdr_pipeline.api.errors import (
     CdrApiError,
-    ConfigurationApiError,
     FatalApiError,
     MalformedResponseError,
-    PagingError,
-    ResponseTooLargeError,
     RetriesExhaustedError,
     TransientApiError,
     TransportError,
@@ -36,7 +32,6 @@ from cdr_pipeline.api.errors import (
     error_for_code,
 )
 from cdr_pipeline.api.wire import (
-    DEFAULT_MAX_BODY_BYTES,
     Document,
     decode_body,
     encode_request,
@@ -45,62 +40,12 @@ from cdr_pipeline.api.wire import (
     redact,
     register_secret,
 )
+from cdr_pipeline.settings import ClientSettings, check_endpoint
 
 log = logging.getLogger(__name__)
 Window = tuple[int, int]
-
-
-class InvalidEndpointError(ValueError):
-    """The configured endpoint is unusable (bad URL, or plain http to a remote host)."""
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_endpoint(url: str) -> str:
-    """Accept ``https://host/path``, or ``http://`` only to a loopback host."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError as exc:
-        raise InvalidEndpointError(f"CDR_API_URL is not a valid URL ({exc})") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise InvalidEndpointError(
-            "CDR_API_URL must look like https://HOST/201511v3/getCdr "
-            f"(got scheme {parts.scheme or 'none'!r} and host {host or 'none'!r})"
-        )
-    if parts.query or parts.fragment:
-        raise InvalidEndpointError(
-            "CDR_API_URL must not carry a query string: the id goes in CDR_API_ID"
-        )
-    if parts.scheme == "http" and not is_loopback(host):
-        raise InvalidEndpointError(
-            f"CDR_API_URL uses plain http to {host!r}: credentials would cross the network in "
-            "clear text; use https (plain http is allowed only for a loopback simulator)"
-        )
-    return url
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
-    max_attempts: int = 5
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
-    compress: bool = True
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_pages_per_query: int = 1000
-    min_window_s: int = 1
-    concurrency: int = 4
-    rate_limit_per_s: float = 0.0  # 0: unlimited
-    split_stragglers: bool = True  # cut a window's chain of pages that would run last alone
+# The narrowest window a truncating server's window is split down to.
+MIN_WINDOW_S = 1
 
 
 @dataclass(frozen=True)
@@ -223,8 +168,9 @@ class CdrApiClient:
             for chunk in resp.iter_bytes():
                 size += len(chunk)
                 if size > cap:
-                    raise ResponseTooLargeError(
-                        f"response body passed the cap of {cap} bytes while downloading"
+                    raise FatalApiError(
+                        f"response body passed the cap of {cap} bytes while downloading",
+                        kind="response-too-large",
                     )
                 chunks.append(chunk)
             return resp.status_code, dict(resp.headers), b"".join(chunks)
@@ -298,7 +244,7 @@ class CdrApiClient:
                     except MalformedResponseError as exc:
                         exc.window, exc.call_id = window, call_id
                         last = exc
-                    except ResponseTooLargeError as exc:
+                    except FatalApiError as exc:  # a body past the cap
                         exc.window, exc.call_id = window, call_id
                         raise
                     else:
@@ -390,29 +336,32 @@ class CdrApiClient:
             if cursor is not None and received == cursor:
                 return self._split(window, src, len(pages) + 1)
             if received in seen:
-                raise PagingError(
+                raise FatalApiError(
                     f"the server's cursor {received!r} repeated after {len(pages) + 1} pages",
                     window=window,
                     hint="the provider's paging loops; report it, and try a smaller window_hours",
+                    kind="paging",
                 )
             pages.append(page)
             seen.add(received)
             if len(pages) >= self.settings.max_pages_per_query:
-                raise PagingError(
+                raise FatalApiError(
                     f"more than {self.settings.max_pages_per_query} pages for one query",
                     window=window,
                     hint="lower window_hours, or raise max_pages_per_query if this is real volume",
+                    kind="paging",
                 )
             cursor, page = received, None
 
     def _split(self, window: Window, src: str | None, discarded: int) -> list[Exchange]:
         start, end = window
-        if end - start <= self.settings.min_window_s:
-            raise PagingError(
+        if end - start <= MIN_WINDOW_S:
+            raise FatalApiError(
                 "the server truncates even a one-second window and ignores the cursor, "
                 "so some records of it cannot be fetched",
                 window=window,
                 hint="ask the provider for a larger page size; the day is not published partially",
+                kind="paging",
             )
         self._count("window_splits")
         self._count("pages_discarded", discarded)
@@ -652,13 +601,4 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
-__all__ = [
-    "CdrApiClient",
-    "ClientSettings",
-    "ConfigurationApiError",
-    "Exchange",
-    "InvalidEndpointError",
-    "TokenBucket",
-    "check_endpoint",
-    "is_loopback",
-]
+__all__ = ["CdrApiClient", "ClientSettings", "Exchange", "TokenBucket"]

@@ -160,62 +160,28 @@ class MalformedResponseError(TransientApiError):
 
 
 class FatalApiError(CdrApiError):
+    """Not worth retrying; ``kind`` says what the operator must look at (``configuration``,
+    ``credentials``, ``deployment``, ``blocked``, ``request``, ``unknown-code``,
+    ``response-too-large``, ``paging``)."""
+
     retryable = False
     kind = "fatal"
 
-
-class ConfigurationApiError(FatalApiError):
-    kind = "configuration"
-
-
-class CredentialsError(FatalApiError):
-    kind = "credentials"
-
-
-class DeploymentError(FatalApiError):
-    kind = "deployment"
-
-
-class BlockedError(FatalApiError):
-    """-423: never retried; the operator must act."""
-
-    kind = "blocked"
-
-
-class RequestRejectedError(FatalApiError):
-    kind = "request"
-
-
-class UnknownCodeError(FatalApiError):
-    kind = "unknown-code"
-
-
-class ResponseTooLargeError(FatalApiError):
-    kind = "response-too-large"
-
-
-class PagingError(FatalApiError):
-    """The server's cursors loop, or a window cannot be split small enough."""
-
-    kind = "paging"
+    def __init__(self, *args, kind: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if kind is not None:
+            self.kind = kind
 
 
 class RetriesExhaustedError(FatalApiError):
+    """A transient failure that outlasted every attempt: the partition may succeed later."""
+
     kind = "retries-exhausted"
 
     def __init__(self, *args, attempts: int = 0, last: CdrApiError | None = None, **kw) -> None:
         super().__init__(*args, **kw)
         self.attempts = attempts
         self.last = last
-
-
-_KIND_CLASS: dict[str, type[FatalApiError]] = {
-    "configuration": ConfigurationApiError,
-    "credentials": CredentialsError,
-    "deployment": DeploymentError,
-    "blocked": BlockedError,
-    "request": RequestRejectedError,
-}
 
 
 def error_for_code(
@@ -230,19 +196,22 @@ def error_for_code(
     info = ERROR_CODES.get(code)
     detail = (result_text or "").strip()[:200]
     if info is None:
-        return UnknownCodeError(
+        return FatalApiError(
             f"the API answered an unknown error code; its text: {detail!r}",
             code=code,
             meaning="unknown code",
             hint="compare with the provider's documentation; the code is not retried",
+            kind="unknown-code",
             window=window,
             call_id=call_id,
             http_status=http_status,
         )
     message = f"the API answered {info.meaning!r}" + (f" (text: {detail!r})" if detail else "")
-    cls: type[CdrApiError] = TransientApiError if info.retryable else _KIND_CLASS[info.kind]
+    kind = {} if info.retryable else {"kind": info.kind}
+    cls: type[CdrApiError] = TransientApiError if info.retryable else FatalApiError
     return cls(
         message,
+        **kind,
         code=code,
         meaning=info.meaning,
         hint=info.hint,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from cdr_pipeline.api.errors import MalformedResponseError, ResponseTooLargeError
+from cdr_pipeline.api.errors import FatalApiError, MalformedResponseError
 
 try:  # ISA-L inflates the same streams to the same bytes in 60% of zlib's time
     from isal import isal_zlib as _inflate_lib
@@ -48,8 +48,9 @@ def decode_body(body: bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> tupl
     encoding = sniff_encoding(body)
     if encoding == "plain":
         if len(body) > max_bytes:
-            raise ResponseTooLargeError(
-                f"response body of {len(body)} bytes exceeds the cap of {max_bytes} bytes"
+            raise FatalApiError(
+                f"response body of {len(body)} bytes exceeds the cap of {max_bytes} bytes",
+                kind="response-too-large",
             )
         return body, encoding
     if encoding == "gzip":  # rare; and ISA-L accepts gzip headers zlib refuses
@@ -61,9 +62,10 @@ def decode_body(body: bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> tupl
     except INFLATE_ERRORS as exc:
         raise MalformedResponseError(f"broken {encoding} stream: {exc}") from None
     if len(out) > max_bytes or inflater.unconsumed_tail:
-        raise ResponseTooLargeError(
+        raise FatalApiError(
             f"{encoding} body inflates past the cap of {max_bytes} bytes "
-            "(a decompression bomb or a far too large page)"
+            "(a decompression bomb or a far too large page)",
+            kind="response-too-large",
         )
     if not inflater.eof:
         raise MalformedResponseError(f"truncated {encoding} stream ({len(body)} bytes received)")

@@ -1,1 +1,2 @@
-"""Dagster glue: partitions, resources, assets, checks and schedules."""
+"""Dagster glue, autoloaded by ``dg.load_from_defs_folder``: settings and partitions,
+resources, assets, checks and schedules, each a module-level definition."""

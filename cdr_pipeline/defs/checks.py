@@ -10,7 +10,7 @@ import dagster as dg
 import pyarrow.compute as pc
 
 from cdr_pipeline import storage
-from cdr_pipeline.defs.resources import CdrStorageResource
+from cdr_pipeline.resources import CdrStorageResource
 from cdr_pipeline.store import Store
 from cdr_pipeline.transform.validate import ACCOUNTING_BUCKETS, unaccounted
 
@@ -153,6 +153,3 @@ def reject_rate(
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"worst_rate": worst, "threshold": REJECT_RATE_WARN, **meta},
     )
-
-
-CHECKS = [accounting_balances, billing_consistency, reject_rate]

@@ -44,7 +44,7 @@ from cdr_pipeline.transform.columnar import (
 )
 from cdr_pipeline.transform.hashing import fingerprint
 from cdr_pipeline.transform.keylog import KeyLog
-from cdr_pipeline.transform.parse import TIME_FIELDS, RawPage, is_valid_unicode, to_json
+from cdr_pipeline.transform.parse import TIME_FIELDS, is_valid_unicode, to_json
 from cdr_pipeline.transform.validate import (
     CDR_SCHEMA,
     REJECT_REASONS,
@@ -62,13 +62,6 @@ WORK_SCHEMA = pa.schema(
 SPILL_ABOVE_ROWS = 200_000  # a day expected to hold more than this spills to disk
 ROWS_PER_BUCKET = 64_000
 _TS = pa.timestamp("ms", tz="UTC")
-
-
-@dataclass
-class DayResult:
-    cdr: pa.Table
-    rejects: pa.Table
-    accounting: dict[str, Any]
 
 
 class _Copies:
@@ -325,25 +318,11 @@ class DayBuilder:
         key = (int(window[0]), int(window[1]))
         return self._queries.setdefault(key, len(self._queries))
 
-    def add_page(self, page: RawPage) -> None:
-        """Records already parsed (any JSON values): the exact path, record by record."""
-        mid = (page.window[0] + page.window[1]) // 2
-        q = self._query(page.window)
-        for rec in page.records:
-            self.fetched += 1
-            self._add_slow(rec, page.source, mid, q)
-        self._flush_slow()
-
-    def add_decoded(self, pages: Sequence[tuple[bytes, str, Sequence[int]]]) -> None:
-        """Decoded page documents ``(json bytes, source, window)``: the fast path first."""
-        if pages:
-            self.add_parsed(pages, parse_pages(pages, self.tz.key))
-
     def add_parsed(
         self, pages: Sequence[tuple[bytes, str, Sequence[int]]], parsed: ParsedPages
     ) -> None:
-        """Pages with :func:`parse_pages`'s result for them (which a caller may have run
-        ahead on another thread)."""
+        """Pages ``(json bytes, source, window)`` with :func:`parse_pages`'s result for them
+        (which a caller may run ahead on another thread): the one way pages come in."""
         self.fetched += parsed.records
         for page, place in parsed.exact:
             _, source, window = pages[page]
@@ -567,12 +546,6 @@ class DayBuilder:
             "rejects_by_reason": {r: self._reasons[r] for r in REJECT_REASONS if self._reasons[r]},
         }
 
-    def finish(self) -> DayResult:
-        """Everything in memory: for small days and tests."""
-        parts = list(self.iter_cdr())
-        cdr = pa.concat_tables(parts) if parts else CDR_SCHEMA.empty_table()
-        return DayResult(cdr, self.rejects_table(), self.accounting())
-
 
 def _sorted_part(parts: list[pa.Table], order: list[tuple[str, str]]) -> Iterator[pa.Table]:
     part = pa.concat_tables(parts) if parts else None
@@ -593,10 +566,3 @@ def _to_cdr(part: pa.Table) -> pa.Table:
             col = pc.cast(pc.multiply(col, 1000), pa.timestamp("ms")).cast(_TS)
         columns.append(col)
     return pa.Table.from_arrays(columns, schema=CDR_SCHEMA)
-
-
-def build_day(pages: Sequence[RawPage], day_start: int, day_end: int, tz: ZoneInfo) -> DayResult:
-    builder = DayBuilder(day_start, day_end, tz)
-    for page in pages:
-        builder.add_page(page)
-    return builder.finish()

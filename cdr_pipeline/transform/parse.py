@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
-
-from cdr_pipeline.api.wire import decode_body, parse_document
 
 TIME_FIELDS = (
     ("startSrcCallTime", "start_src_call_time"),
@@ -136,27 +133,3 @@ def to_json(value: Any, *, sort_keys: bool = False) -> str:
         return json.dumps(value, separators=(",", ":"), sort_keys=sort_keys)
     except RecursionError:
         return '"(a JSON value nested too deeply to show; see the raw layer)"'
-
-
-@dataclass(frozen=True)
-class RawPage:
-    """The records of one raw body, and where they came from."""
-
-    source: str
-    window: tuple[int, int]
-    records: list[Any]
-
-
-def read_body(body: bytes, *, max_bytes: int) -> list[Any]:
-    """Decode one raw body (zlib, gzip or plain) and return its ``cdr`` list.
-
-    Raises the API layer's MalformedResponseError / ResponseTooLargeError, or a CdrApiError
-    when the stored body is an error answer (the raw layer never stores those).
-    """
-    decoded, _ = decode_body(body, max_bytes=max_bytes)
-    doc = parse_document(decoded)
-    if doc.error_code != "0":
-        from cdr_pipeline.api.errors import error_for_code
-
-        raise error_for_code(doc.error_code, doc.result)
-    return doc.records

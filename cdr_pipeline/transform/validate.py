@@ -163,15 +163,3 @@ ACCOUNTING_BUCKETS = ("valid", "rejected", "duplicates_dropped", "overlap_copies
 def unaccounted(accounting: dict[str, Any]) -> int:
     """Records fetched but in no bucket: 0 unless something was lost (or counted twice)."""
     return accounting["fetched"] - sum(accounting[b] for b in ACCOUNTING_BUCKETS)
-
-
-def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    columns = {}
-    for f in CDR_SCHEMA:
-        values = [r[f.name] for r in rows]
-        if f.type == _TS:
-            values = [None if v is None else v * 1000 for v in values]
-            columns[f.name] = pa.array(values, pa.int64()).cast(_TS)
-        else:
-            columns[f.name] = pa.array(values, f.type)
-    return pa.table(columns, schema=CDR_SCHEMA)

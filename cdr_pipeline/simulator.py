@@ -98,6 +98,17 @@ class SimConfig:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
 
 
+# What the built-in simulator serves by default, so a first run shows rejects and duplicates.
+DEMO_QUIRKS = {
+    "bad_record_rate": 0.003,
+    "duplicate_rate": 0.01,
+    "conflict_rate": 0.002,
+    "datetime_text_rate": 0.05,
+    "epoch_ms_rate": 0.02,
+    "anomaly_rate": 0.001,
+}
+
+
 @dataclass(frozen=True)
 class SimCall:
     """One call as the simulator knows it (true values) and as it serves it (``wire``)."""

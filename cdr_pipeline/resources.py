@@ -1,0 +1,105 @@
+"""The Dagster resources: the getCdr API (live or simulated, one interface) and where the
+datasets live. Their tuning fields are the declarations of :mod:`cdr_pipeline.settings`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import ClassVar
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+from pydantic import Field
+
+from cdr_pipeline.api.client import CdrApiClient
+from cdr_pipeline.settings import ClientSettings, Settings, SimulatorSettings
+from cdr_pipeline.simulator import DEMO_QUIRKS, PATH, CdrSimulator, SimConfig
+from cdr_pipeline.store import Store, open_store
+
+
+class CdrApiResource(dg.ConfigurableResource, ClientSettings):
+    """The provider's getCdr API as the assets see it: :class:`LiveCdrApi` or
+    :class:`SimulatedCdrApi`, chosen where the definitions are built."""
+
+    uses_simulator: ClassVar[bool] = False
+
+    def open_client(self, timezone: str) -> AbstractContextManager[CdrApiClient]:
+        raise NotImplementedError
+
+    def endpoint_label(self) -> str:
+        """Where the data came from, safe to record (no credentials)."""
+        raise NotImplementedError
+
+
+class LiveCdrApi(CdrApiResource):
+    """The real endpoint; the credentials come in as ``dg.EnvVar`` so their values never
+    enter run config or the UI."""
+
+    api_url: str = Field(description="full getCdr endpoint (CDR_API_URL)")
+    api_id: str = Field(description="the id query value (CDR_API_ID)", repr=False)
+    app_id: str = Field(description="appId (CDR_APP_ID)", repr=False)
+
+    @contextmanager
+    def open_client(self, timezone: str) -> Iterator[CdrApiClient]:
+        with CdrApiClient(self.api_url, self.api_id, self.app_id, self) as client:
+            yield client
+
+    def endpoint_label(self) -> str:
+        parts = urlsplit(self.api_url)
+        return f"{parts.scheme}://{parts.hostname}{parts.path}"
+
+
+class SimulatedCdrApi(CdrApiResource, SimulatorSettings):
+    """The built-in simulator, answered in process: synthetic calls, no credentials."""
+
+    uses_simulator: ClassVar[bool] = True
+
+    @contextmanager
+    def open_client(self, timezone: str) -> Iterator[CdrApiClient]:
+        sim = CdrSimulator(
+            SimConfig(
+                seed=self.simulator_seed,
+                calls_per_day=self.simulator_calls_per_day,
+                timezone=timezone,
+                **(DEMO_QUIRKS if self.simulator_quirks else {}),
+            )
+        )
+        url = f"http://127.0.0.1{PATH}"
+        with CdrApiClient(url, "simulator", "simulator", self, transport=sim.transport()) as c:
+            yield c
+
+    def endpoint_label(self) -> str:
+        return "built-in simulator"
+
+
+class CdrStorageResource(dg.ConfigurableResource):
+    """Where the datasets live and which zone draws the day boundary."""
+
+    data_dir: str = Field(default="data", description="CDR_DATA_DIR")
+    timezone: str = Field(default="Asia/Shanghai", description="CDR_TIMEZONE")
+
+    @property
+    def store(self) -> Store:
+        return open_store(self.data_dir)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def api_resource(settings: Settings, *, secrets_from_env: bool = True) -> CdrApiResource:
+    """The live API when ``CDR_API_URL`` is set, else the simulator. Under Dagster the
+    secrets stay ``dg.EnvVar`` references; the CLI, outside Dagster, passes their values."""
+    tuning = settings.client.model_dump()
+    if settings.uses_simulator:
+        return SimulatedCdrApi(**tuning, **settings.simulator.model_dump())
+    if secrets_from_env:
+        secrets = {"api_id": dg.EnvVar("CDR_API_ID"), "app_id": dg.EnvVar("CDR_APP_ID")}
+    else:
+        secrets = {"api_id": settings.api_id, "app_id": settings.app_id}
+    return LiveCdrApi(api_url=settings.api_url, **secrets, **tuning)
+
+
+def storage_resource(settings: Settings) -> CdrStorageResource:
+    return CdrStorageResource(data_dir=settings.data_dir, timezone=settings.timezone)

@@ -1,0 +1,410 @@
+"""Every setting, declared once: name, type, default, bounds, variable and meaning.
+
+A setting is a pydantic field made with :func:`knob`, which records its environment variable.
+Three models hold them: :class:`ProjectSettings` (where data goes, the day boundary, the
+endpoint), :class:`~cdr_pipeline.api.client.ClientSettings` (how the client fetches; fields of
+the API resource too) and :class:`SimulatorSettings` (fields of the simulated API resource
+only). :func:`load_settings` reads them from the environment and reports every bad variable at
+once, in plain words; the resources, the CLI, ``.env.example`` and the README's table are made
+from these declarations (``cdr_pipeline_tests/test_settings.py`` keeps the last two equal).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pydantic
+from pydantic import Field
+
+from cdr_pipeline.store import Store, StoreError, open_store, redacted
+
+
+def knob(default: Any, env: str, description: str, *, secret: bool = False, **bounds: Any) -> Any:
+    """A setting: a pydantic field that knows its environment variable."""
+    return Field(
+        default,
+        description=description,
+        json_schema_extra={"env": env, "secret": secret},
+        repr=not secret,
+        **bounds,
+    )
+
+
+class ConfigError(ValueError):
+    """One or more settings are missing or wrong; the message names each variable."""
+
+
+class InvalidEndpointError(ValueError):
+    """The configured endpoint is unusable (bad URL, or plain http to a remote host)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(url: str) -> str:
+    """Accept ``https://host/path``, or ``http://`` only to a loopback host."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise InvalidEndpointError(f"CDR_API_URL is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidEndpointError(
+            "CDR_API_URL must look like https://HOST/201511v3/getCdr "
+            f"(got scheme {parts.scheme or 'none'!r} and host {host or 'none'!r})"
+        )
+    if parts.query or parts.fragment:
+        raise InvalidEndpointError(
+            "CDR_API_URL must not carry a query string: the id goes in CDR_API_ID"
+        )
+    if parts.scheme == "http" and not is_loopback(host):
+        raise InvalidEndpointError(
+            f"CDR_API_URL uses plain http to {host!r}: credentials would cross the network in "
+            "clear text; use https (plain http is allowed only for a loopback simulator)"
+        )
+    return url
+
+
+class ClientSettings(pydantic.BaseModel):
+    """How the client fetches a day: windows, timeouts, retries, concurrency."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    window_hours: int = knob(
+        6, "CDR_WINDOW_HOURS", "hours per sub-window of a day's fetch", ge=1, le=24
+    )
+    margin_minutes: int = knob(
+        60, "CDR_MARGIN_MINUTES", "widening of the day's window on both sides", ge=0, le=720
+    )
+    connect_timeout_s: float = knob(
+        5.0, "CDR_CONNECT_TIMEOUT_S", "seconds to wait for a connection", gt=0
+    )
+    read_timeout_s: float = knob(
+        30.0, "CDR_READ_TIMEOUT_S", "seconds to wait for each read of an answer", gt=0
+    )
+    max_attempts: int = knob(
+        5, "CDR_MAX_ATTEMPTS", "attempts per request for transient failures", ge=1, le=20
+    )
+    backoff_base_s: float = knob(
+        0.5, "CDR_BACKOFF_BASE_S", "first retry's delay, doubled each attempt, with jitter", ge=0
+    )
+    backoff_max_s: float = knob(
+        30.0,
+        "CDR_BACKOFF_MAX_S",
+        "longest delay between attempts (a Retry-After is honoured up to it)",
+        ge=0,
+    )
+    concurrency: int = knob(4, "CDR_CONCURRENCY", "requests in flight at once", ge=1, le=64)
+    rate_limit_per_s: float = knob(
+        0.0,
+        "CDR_RATE_LIMIT_PER_S",
+        "requests per second across the client, no burst; 0: no limit",
+        ge=0,
+    )
+    split_stragglers: bool = knob(
+        True,
+        "CDR_SPLIT_STRAGGLERS",
+        "cut a busy window's chain of pages into parts fetched side by side",
+    )
+    compress: bool = knob(True, "CDR_COMPRESS", "ask for zlib-compressed bodies")
+    max_pages_per_query: int = knob(
+        1000, "CDR_MAX_PAGES_PER_QUERY", "pages one window may take before it is an error", ge=1
+    )
+    max_body_mb: float = knob(
+        256, "CDR_MAX_BODY_MB", "cap on one decompressed body, in MiB", gt=0, le=4096
+    )
+
+    @property
+    def margin_s(self) -> int:
+        return self.margin_minutes * 60
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+class ProjectSettings(pydantic.BaseModel):
+    """Where the data goes, where a day begins and ends, and which API to ask."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    data_dir: str = knob(
+        "data",
+        "CDR_DATA_DIR",
+        "where datasets go: a local folder, or an object-store URL (s3://bucket/prefix)",
+    )
+    timezone: str = knob(
+        "Asia/Shanghai",
+        "CDR_TIMEZONE",
+        "the day boundary of partitions, and the zone of yyyy-MM-dd HH:mm:ss values",
+    )
+    start_date: str = knob("2024-01-01", "CDR_START_DATE", "the first daily partition")
+    late_days: int = knob(
+        2, "CDR_LATE_DAYS", "days back the late-data schedule re-materializes", ge=1, le=60
+    )
+    api_url: str | None = knob(
+        None,
+        "CDR_API_URL",
+        "full getCdr endpoint, e.g. https://HOST/201511v3/getCdr (http:// only to loopback); "
+        "unset: the built-in simulator",
+    )
+    api_id: str | None = knob(None, "CDR_API_ID", "the id query value", secret=True)
+    app_id: str | None = knob(None, "CDR_APP_ID", "appId", secret=True)
+
+    @pydantic.field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, value: str) -> str:
+        try:
+            store = open_store(value)
+        except StoreError as exc:
+            raise ValueError(f"CDR_DATA_DIR={redacted(value)!r}: {exc}") from None
+        if not store.local:
+            return value  # the object store is first contacted by a run, not at load time
+        path = Path(store.url)
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(
+                f"CDR_DATA_DIR={str(path)!r} is not a writable directory ({existing} is not one)"
+            )
+        return str(path)
+
+    @pydantic.field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"CDR_TIMEZONE={value!r} is not an IANA time zone (e.g. Asia/Shanghai, "
+                "Europe/Berlin)"
+            ) from None
+        return value
+
+    @pydantic.field_validator("start_date")
+    @classmethod
+    def _start(cls, value: str) -> str:
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            raise ValueError(f"CDR_START_DATE={value!r} is not a date in YYYY-MM-DD form") from None
+
+    @pydantic.field_validator("api_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            return check_endpoint(value)
+        except InvalidEndpointError as exc:
+            raise ValueError(str(exc)) from None
+
+    @pydantic.model_validator(mode="after")
+    def _together(self) -> ProjectSettings:
+        today = datetime.now(ZoneInfo(self.timezone)).date()
+        if date.fromisoformat(self.start_date) > today:
+            raise ValueError(
+                f"CDR_START_DATE={self.start_date} is in the future "
+                f"(today is {today} in {self.timezone})"
+            )
+        if self.api_url:
+            missing = [
+                n for n, v in (("CDR_API_ID", self.api_id), ("CDR_APP_ID", self.app_id)) if not v
+            ]
+            if missing:
+                raise ValueError(
+                    f"CDR_API_URL is set but {' and '.join(missing)} is missing: set both "
+                    "CDR_API_ID and CDR_APP_ID (or unset CDR_API_URL to use the built-in "
+                    "simulator)"
+                )
+        return self
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def store(self) -> Store:
+        return open_store(self.data_dir)
+
+    @property
+    def uses_simulator(self) -> bool:
+        return self.api_url is None
+
+
+class SimulatorSettings(pydantic.BaseModel):
+    """What the built-in simulator serves when CDR_API_URL is not set."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    simulator_seed: int = knob(20190123, "CDR_SIM_SEED", "the simulator's random seed")
+    simulator_calls_per_day: int = knob(
+        2000, "CDR_SIM_CALLS_PER_DAY", "calls a simulated day holds", ge=0, le=50_000_000
+    )
+    simulator_quirks: bool = knob(
+        True,
+        "CDR_SIM_QUIRKS",
+        "let the simulator serve a few bad records, duplicates and text timestamps",
+    )
+
+
+MODELS: tuple[type[pydantic.BaseModel], ...] = (ProjectSettings, ClientSettings, SimulatorSettings)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One setting as the README, ``.env.example`` and error messages show it."""
+
+    model: type[pydantic.BaseModel]
+    field: str
+    env: str
+    default: Any
+    description: str
+    secret: bool
+    bounds: str
+
+
+def knobs() -> Iterator[Knob]:
+    for model in MODELS:
+        for name, info in model.model_fields.items():
+            extra = info.json_schema_extra
+            if not isinstance(extra, dict) or "env" not in extra:
+                continue
+            bounds = [
+                f"{op} {getattr(m, attr)}"
+                for m in info.metadata
+                for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+                if getattr(m, attr, None) is not None
+            ]
+            yield Knob(
+                model,
+                name,
+                str(extra["env"]),
+                info.default,
+                info.description or "",
+                bool(extra.get("secret")),
+                ", ".join(bounds),
+            )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The loaded settings: the project's, the client's and the simulator's."""
+
+    project: ProjectSettings
+    client: ClientSettings
+    simulator: SimulatorSettings
+
+    # The project's settings are what most callers want; reach them directly.
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.project, name)
+
+
+# Plain words for pydantic's error types; ``{…}`` takes the error's context (its bound).
+_PLAIN = {
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "int_type": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_parsing": "must be true or false",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+}
+
+
+def _problems(model: type[pydantic.BaseModel], values: dict[str, str]) -> list[str]:
+    env_of = {k.field: k for k in knobs() if k.model is model}
+    try:
+        model.model_validate(values)
+    except pydantic.ValidationError as exc:
+        out = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if field not in env_of:  # a rule over several settings: its message names them
+                out.append(message)
+                continue
+            knob_ = env_of[field]
+            if message.startswith(knob_.env):
+                out.append(message)
+                continue
+            plain = _PLAIN.get(err["type"], message).format(**err.get("ctx", {}))
+            shown = "***" if knob_.secret else repr(values.get(field))
+            out.append(f"{knob_.env}={shown}: {plain}")
+        return out
+    return []
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read every setting from ``env`` (the process environment by default); an empty
+    variable counts as unset. Raises :class:`ConfigError` naming every bad variable."""
+    env = os.environ if env is None else env
+    given: dict[type[pydantic.BaseModel], dict[str, str]] = {m: {} for m in MODELS}
+    for k in knobs():
+        raw = (env.get(k.env) or "").strip()
+        if raw:
+            given[k.model][k.field] = raw
+    problems = [p for model in MODELS for p in _problems(model, given[model])]
+    if problems:
+        if len(problems) == 1:
+            raise ConfigError(problems[0])
+        raise ConfigError(
+            f"{len(problems)} settings are wrong:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+    return Settings(
+        ProjectSettings.model_validate(given[ProjectSettings]),
+        ClientSettings.model_validate(given[ClientSettings]),
+        SimulatorSettings.model_validate(given[SimulatorSettings]),
+    )
+
+
+def env_example() -> str:
+    """``.env.example``, made from the declarations."""
+    lines = [
+        "# Copy to .env (never commit it) or export these; every one is optional.",
+        "# Leave CDR_API_URL unset to use the built-in simulator. Made from",
+        "# cdr_pipeline/settings.py by `cdr-pipeline config --env-example`.",
+    ]
+    model = None
+    for k in knobs():
+        if k.model is not model:
+            model = k.model
+            lines += ["", f"# {(model.__doc__ or '').strip().splitlines()[0]}"]
+        default = "" if k.default is None or k.secret else k.default
+        if isinstance(default, bool):
+            default = str(default).lower()
+        bounds = f" ({k.bounds})" if k.bounds else ""
+        lines.append(f"# {k.description}{bounds}")
+        lines.append(f"# {k.env}={default}")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table() -> str:
+    """The README's configuration table, made from the declarations."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for k in knobs():
+        shown = str(k.default).lower() if isinstance(k.default, bool) else k.default
+        default = "—" if k.default is None else f"`{shown}`"
+        meaning = k.description + (f" ({k.bounds})" if k.bounds else "")
+        meaning += " (secret)" if k.secret else ""
+        rows.append(f"| `{k.env}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"

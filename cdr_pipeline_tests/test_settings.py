@@ -1,0 +1,138 @@
+"""Every setting declared once: what is made from the declarations stays equal to them, and a
+bad environment is reported whole, in plain words."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdr_pipeline.resources import LiveCdrApi, SimulatedCdrApi, api_resource
+from cdr_pipeline.settings import (
+    ClientSettings,
+    ConfigError,
+    SimulatorSettings,
+    env_example,
+    knobs,
+    load_settings,
+    markdown_table,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).parent / "cdr-pipeline")
+
+
+def test_env_example_and_the_readme_table_are_made_from_the_declarations():
+    assert (ROOT / ".env.example").read_text() == env_example(), (
+        "regenerate: cdr-pipeline config --env-example > .env.example"
+    )
+    readme = (ROOT / "README.md").read_text()
+    table = re.search(r"<!-- settings -->\n(.*?)<!-- /settings -->", readme, re.S)
+    assert table, "the README lost its settings table"
+    assert table.group(1) == markdown_table(), "regenerate: cdr-pipeline config --markdown"
+    out = subprocess.run([CLI, "config", "--env-example"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == env_example()
+
+
+def test_every_variable_is_declared_once_and_the_resources_carry_the_knobs():
+    names = [k.env for k in knobs()]
+    assert len(names) == len(set(names))
+    assert all(n.startswith("CDR_") for n in names)
+    client_fields = set(ClientSettings.model_fields)
+    sim_fields = set(SimulatorSettings.model_fields)
+    assert client_fields <= set(LiveCdrApi.model_fields)
+    assert client_fields | sim_fields <= set(SimulatedCdrApi.model_fields)
+    assert not sim_fields & set(LiveCdrApi.model_fields)  # simulator knobs: simulated only
+
+
+def test_the_environment_reaches_the_resource(tmp_path):
+    settings = load_settings(
+        {
+            "CDR_DATA_DIR": str(tmp_path),
+            "CDR_WINDOW_HOURS": "3",
+            "CDR_SPLIT_STRAGGLERS": "false",
+            "CDR_SIM_CALLS_PER_DAY": "17",
+            "CDR_MAX_BODY_MB": "1.5",
+        }
+    )
+    sim = api_resource(settings)
+    assert isinstance(sim, SimulatedCdrApi)
+    assert (sim.window_hours, sim.split_stragglers, sim.simulator_calls_per_day) == (3, False, 17)
+    assert sim.max_body_bytes == 1_572_864
+    live = api_resource(
+        load_settings(
+            {
+                "CDR_DATA_DIR": str(tmp_path),
+                "CDR_API_URL": "https://api.example.com/201511v3/getCdr",
+                "CDR_API_ID": "the-id",
+                "CDR_APP_ID": "the-app",
+                "CDR_CONCURRENCY": "9",
+            }
+        ),
+        secrets_from_env=False,
+    )
+    assert isinstance(live, LiveCdrApi) and live.concurrency == 9
+    assert "the-id" not in repr(live) and "the-app" not in repr(live)
+
+
+def test_every_bad_variable_is_reported_at_once_in_plain_words(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                "CDR_DATA_DIR": str(tmp_path),
+                "CDR_CONCURRENCY": "abc",
+                "CDR_WINDOW_HOURS": "0",
+                "CDR_MAX_ATTEMPTS": "500",
+                "CDR_READ_TIMEOUT_S": "soon",
+                "CDR_COMPRESS": "perhaps",
+                "CDR_TIMEZONE": "Mars/Olympus",
+                "CDR_LATE_DAYS": "-1",
+            }
+        )
+    text = str(caught.value)
+    assert text.startswith("7 settings are wrong:")
+    for line in (
+        "CDR_CONCURRENCY='abc': must be a whole number",
+        "CDR_WINDOW_HOURS='0': must be at least 1",
+        "CDR_MAX_ATTEMPTS='500': must be at most 20",
+        "CDR_READ_TIMEOUT_S='soon': must be a number",
+        "CDR_COMPRESS='perhaps': must be true or false",
+        "CDR_TIMEZONE='Mars/Olympus' is not an IANA time zone",
+        "CDR_LATE_DAYS='-1': must be at least 1",
+    ):
+        assert line in text
+    assert "Input should" not in text and "pydantic" not in text
+
+
+def test_a_secret_is_never_echoed_in_an_error(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                "CDR_DATA_DIR": str(tmp_path),
+                "CDR_API_URL": "https://api.example.com/201511v3/getCdr",
+                "CDR_API_ID": "s3cr3t-id-value",
+            }
+        )
+    assert "CDR_APP_ID is missing" in str(caught.value)
+    assert "s3cr3t-id-value" not in str(caught.value)
+
+
+def test_config_prints_the_effective_settings_with_secrets_masked(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "CDR_DATA_DIR": str(tmp_path),
+        "CDR_API_URL": "https://api.example.com/201511v3/getCdr",
+        "CDR_API_ID": "s3cr3t-id-value",
+        "CDR_APP_ID": "s3cr3t-app-value",
+        "CDR_CONCURRENCY": "7",
+    }
+    out = subprocess.run([CLI, "config"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:]}
+    assert rows["CDR_CONCURRENCY"] == ["7", "environment"]
+    assert rows["CDR_WINDOW_HOURS"] == ["6", "default"]
+    assert rows["CDR_API_ID"] == ["***", "environment"]
+    assert "s3cr3t" not in out.stdout
