@@ -12,8 +12,9 @@ from collections import Counter
 from zoneinfo import ZoneInfo
 
 from benchmarks.data import simulator_process
-from cdr_pipeline.api.client import CdrApiClient, ClientSettings
+from cdr_pipeline.api.client import CdrApiClient
 from cdr_pipeline.daily import Day, fetch_windows
+from cdr_pipeline.settings import ClientSettings
 
 
 def measure(

@@ -469,13 +469,13 @@ def test_every_first_page_goes_before_any_chain(sim_server, make_client, monkeyp
     workers = 4
     client = make_client(server, FAST.model_copy(update={"concurrency": workers}))
     sent: list[bool] = []  # whether each page request carried a cursor, in order
-    page = client._page
+    request = client.request
 
-    def recording(window, src, cursor):
-        sent.append(cursor is not None)
-        return page(window, src, cursor)
+    def recording(params, **kw):
+        sent.append("offset" in params)
+        return request(params, **kw)
 
-    monkeypatch.setattr(client, "_page", recording)
+    monkeypatch.setattr(client, "request", recording)
     list(client.fetch_windows(windows))
     assert sent.count(False) == len(windows) and sent.count(True) > len(windows)
     assert sent.index(True) >= len(windows) - (workers - 1)
