@@ -219,6 +219,14 @@ def test_each_partition_records_its_own_figures(monkeypatch, tmp_path, sim_serve
         assert meta["dagster/row_count"].value == acc["valid"]
         raw = _latest(instance, "raw_cdr", key)
         assert raw.metadata["fetch/records"].value == acc["fetched"]
+        kpis = _latest(instance, "call_kpis_daily", key).metadata
+        assert kpis["kpi/total_calls"].value == acc["valid"]
+        outcome = _latest(instance, "call_outcome_daily", key).metadata
+        assert outcome["dagster/row_count"].value > 0
+        # a day shows its own figures only: a run's totals are not copied onto every day
+        for asset in ("raw_cdr", "cdr", "cdr_rejects", "call_outcome_daily", "call_kpis_daily"):
+            keys = _latest(instance, asset, key).metadata
+            assert not [k for k in keys if k.startswith("run_")], (asset, list(keys))
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["accounting_balances"].passed
     assert checks["reject_rate"].passed  # 2% bad records: under the 5% threshold
@@ -246,6 +254,24 @@ def test_schedules_target_the_right_partitions(monkeypatch, tmp_path, sim_server
     with dg.build_schedule_context(scheduled_execution_time=late_tick, repository_def=repo) as ctx:
         data = late.evaluate_tick(ctx)
     assert [r.partition_key for r in data.run_requests] == ["2024-03-07"]
+
+
+def test_one_code_location_name_for_every_tool():
+    """`dg dev`, `dg launch`, `dagster dev -w workspace.yaml` and `dagster dev` name the code
+    location alike, so schedule and sensor state started under one shows under the others."""
+    import tomllib
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["tool"]
+    workspace = yaml.safe_load((root / "workspace.yaml").read_text())
+    names = {
+        project["dg"]["project"]["code_location_name"],
+        project["dagster"]["code_location_name"],
+        *(e["python_module"]["location_name"] for e in workspace["load_from"]),
+    }
+    assert names == {"cdr_pipeline"}
 
 
 def test_definitions_load(monkeypatch, tmp_path, sim_server):

@@ -18,10 +18,13 @@ import pyarrow.json as pj
 
 from cdr_pipeline.transform.hashing import string_layout
 from cdr_pipeline.transform.parse import (
-    INT32_MAX,
+    CALL_TYPE_ABSENT,
+    CALL_TYPE_RANGE,
+    DURATION_RANGE,
     MAX_EPOCH,
     MIN_EPOCH,
     STATUS_LABELS,
+    STATUS_RANGE,
     TEXT_FIELDS,
     TIME_FIELDS,
 )
@@ -196,8 +199,14 @@ def _small_number(text: pa.Array, max_digits: int) -> pa.Array:
     )
 
 
+def _within(values: pa.Array, bounds: tuple[int, int]) -> pa.Array:
+    return pc.and_(pc.greater_equal(values, bounds[0]), pc.less_equal(values, bounds[1]))
+
+
 def check_records(records: pa.StructArray, tz: str) -> CheckedRecords:
-    """Vectorised :func:`validate.validate_record` for records whose fields are all strings."""
+    """The column-wise form of :func:`validate.validate_record` (the exact rules), for
+    records whose fields are all strings; the values it checks against come from
+    :mod:`parse`, as the exact rules' do."""
     n = len(records)
     field = {name: records.field(name) for name in WIRE_FIELDS}
     ok = pc.is_valid(records) if records.null_count else pa.array(np.ones(n, dtype=bool))
@@ -224,31 +233,30 @@ def check_records(records: pa.StructArray, tz: str) -> CheckedRecords:
     ok = pc.and_(ok, pc.fill_null(pc.greater_equal(end, start), True))
 
     status = _trim(field["callEndStatus"])
-    status_ok = _small_number(status, 1)
+    status_ok = _small_number(status, len(str(STATUS_RANGE[1])))
     status_value = pc.cast(pc.if_else(status_ok, status, "0"), pa.int8())
-    status_ok = pc.and_(status_ok, pc.less_equal(status_value, 5))
+    status_ok = pc.and_(status_ok, _within(status_value, STATUS_RANGE))
     ok = pc.and_(ok, status_ok)
     columns["call_end_status"] = pc.if_else(status_ok, status_value, pa.scalar(0, pa.int8()))
     columns["call_end_status_label"] = pc.take(
         _STATUS_LABELS, pc.cast(columns["call_end_status"], pa.int32())
     )
     duration = _trim(field["duration"])
-    duration_ok = _small_number(duration, 10)
+    duration_ok = _small_number(duration, len(str(DURATION_RANGE[1])))
     seconds = pc.cast(pc.if_else(duration_ok, duration, "0"), pa.int64())
-    ok = pc.and_(ok, pc.and_(duration_ok, pc.less_equal(seconds, INT32_MAX)))
-    columns["duration_s"] = pc.cast(
-        pc.if_else(pc.less_equal(seconds, INT32_MAX), seconds, 0), pa.int32()
-    )
+    in_range = _within(seconds, DURATION_RANGE)
+    ok = pc.and_(ok, pc.and_(duration_ok, in_range))
+    columns["duration_s"] = pc.cast(pc.if_else(in_range, seconds, 0), pa.int32())
     raw_type = field["callType"]
     absent = pc.fill_null(pc.equal(raw_type, ""), True)
     call_type = _trim(raw_type)
     type_digit = _small_number(call_type, 1)
     type_value = pc.cast(pc.if_else(type_digit, call_type, "0"), pa.int8())
-    in_range = pc.and_(pc.greater_equal(type_value, 1), pc.less_equal(type_value, 3))
-    type_ok = pc.or_(absent, pc.and_(type_digit, in_range))
+    type_ok = pc.or_(absent, pc.and_(type_digit, _within(type_value, CALL_TYPE_RANGE)))
     ok = pc.and_(ok, type_ok)
+    default = str(CALL_TYPE_ABSENT)
     columns["call_type"] = pc.cast(
-        pc.if_else(pc.or_(absent, pc.invert(type_ok)), "3", call_type), pa.int8()
+        pc.if_else(pc.or_(absent, pc.invert(type_ok)), default, call_type), pa.int8()
     )
     columns["extra"] = pa.nulls(n, pa.string())
     return CheckedRecords(columns, pc.fill_null(ok, False))

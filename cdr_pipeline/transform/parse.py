@@ -44,6 +44,13 @@ STATUS_LABELS = (
 # Plausible epoch range: 2000-01-01 .. 2100-01-01. Outside it a number is not a call time.
 MIN_EPOCH, MAX_EPOCH = 946_684_800, 4_102_444_800
 INT32_MAX = 2**31 - 1
+# The value rules, stated once for both forms that apply them: exactly, record by record
+# (validate.validate_record), and column-wise (columnar.check_records). The property tests
+# in test_transform.py (_both_paths) hold the two forms equal.
+STATUS_RANGE = (0, len(STATUS_LABELS) - 1)  # callEndStatus
+DURATION_RANGE = (0, INT32_MAX)  # billed seconds
+CALL_TYPE_RANGE = (1, 3)
+CALL_TYPE_ABSENT = 3  # the callType of a record that has none
 _DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 
 

@@ -1,7 +1,8 @@
 """The reject rules for one record, the dataset schemas, and the accounting's buckets.
 
-The rules here are the exact ones; :mod:`columnar` is a faster way to the same answers for
-records it can prove clean, and :mod:`day` assembles a day from either.
+The rules here are the exact ones; :func:`columnar.check_records` is their column-wise form,
+a faster way to the same answers for records it can prove clean, and :mod:`day` assembles a
+day from either. The values both forms check against are stated once, in :mod:`parse`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 
 from cdr_pipeline.transform.parse import (
-    INT32_MAX,
+    CALL_TYPE_ABSENT,
+    CALL_TYPE_RANGE,
+    DURATION_RANGE,
     KNOWN_FIELDS,
     STATUS_LABELS,
+    STATUS_RANGE,
     TEXT_FIELDS,
     TIME_FIELDS,
     BadValue,
@@ -120,19 +124,19 @@ def validate_record(rec: Any, tz: ZoneInfo) -> dict[str, Any] | Reject:
     if bad_times:
         return _reject("bad_timestamp", "; ".join(bad_times)[:500], rec, tz)
     try:
-        status = parse_small_int(rec.get("callEndStatus"), 0, 5)
+        status = parse_small_int(rec.get("callEndStatus"), *STATUS_RANGE)
     except BadValue as exc:
         return _reject("bad_status", f"callEndStatus: {exc}", rec, tz)
     try:
-        duration = parse_small_int(rec.get("duration"), 0, INT32_MAX)
+        duration = parse_small_int(rec.get("duration"), *DURATION_RANGE)
     except BadValue as exc:
         return _reject("bad_duration", f"duration: {exc}", rec, tz)
     raw_type = rec.get("callType")
     if raw_type is None or raw_type == "":
-        call_type = 3
+        call_type = CALL_TYPE_ABSENT
     else:
         try:
-            call_type = parse_small_int(raw_type, 1, 3)
+            call_type = parse_small_int(raw_type, *CALL_TYPE_RANGE)
         except BadValue as exc:
             return _reject("bad_call_type", f"callType: {exc}", rec, tz)
     start, end = times["start_src_call_time"], times["end_call_time"]
