@@ -64,8 +64,8 @@ class PeakRss:
 def bodies(root: Store, limit: int | None = None) -> Iterator[bytes]:
     manifest = storage.read_raw_manifest(root, DAY)
     seen = 0
-    for entry, body in storage.iter_raw_bodies(root, DAY, manifest):
-        yield body
+    for entry in manifest["requests"]:
+        yield storage.read_raw_body(root, DAY, entry)
         seen += entry["records"]
         if limit is not None and seen >= limit:
             return
