@@ -20,7 +20,7 @@ import hashlib
 import json
 import posixpath
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 from functools import partial
@@ -258,15 +258,6 @@ def day_rows(store: Store, dataset: str, day: str) -> int:
     """A day's row count, from the Parquet footer alone."""
     with _open_part(store, dataset, day) as source:
         return pq.read_metadata(source).num_rows
-
-
-def iter_day_table(
-    store: Store, dataset: str, day: str, columns: list[str] | None = None
-) -> Iterator[pa.Table]:
-    """A day's file a row group at a time (only ``columns``), so memory stays flat."""
-    with _open_part(store, dataset, day) as source, pq.ParquetFile(source) as parquet:
-        for i in range(parquet.num_row_groups):
-            yield parquet.read_row_group(i, columns=columns)
 
 
 # --- the raw layer ------------------------------------------------------------------------

@@ -256,3 +256,22 @@ def test_a_pipeline_process_allocates_with_jemalloc_unless_told(tmp_path, variab
     before, loaded, switched = out.stdout.strip().splitlines()[-3:]
     assert loaded == before  # no side effect at load
     assert switched == expected
+
+
+def test_make_ui_refuses_a_taken_port_in_plain_words(tmp_path):
+    import socket
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        out = subprocess.run(
+            ["make", "-s", "ui", f"UI_PORT={port}", f"DAGSTER_HOME={tmp_path}"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert out.returncode != 0
+    assert f"port {port} is taken" in out.stderr and "UI_PORT=" in out.stderr

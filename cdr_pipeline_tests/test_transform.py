@@ -24,7 +24,7 @@ from cdr_pipeline.transform.columnar import CheckedRecords, check_records
 from cdr_pipeline.transform.day import DayBuilder, parse_pages
 from cdr_pipeline.transform.hashing import fingerprint
 from cdr_pipeline.transform.parse import MAX_EPOCH, MIN_EPOCH, BadValue, parse_time
-from cdr_pipeline.transform.summarize import call_outcome_daily, kpi_table, kpi_values
+from cdr_pipeline.transform.summarize import KpiSummary, OutcomeSummary, kpi_table
 from cdr_pipeline.transform.validate import (
     CDR_SCHEMA,
     REJECT_REASONS,
@@ -666,6 +666,18 @@ def test_structural_errors_are_classified(body, error, message):
 
 
 # --- summaries -------------------------------------------------------------------------
+
+
+def kpi_values(table: pa.Table, accounting: dict, tz=SH) -> dict:
+    summary = KpiSummary(tz)
+    summary.add(table)
+    return summary.values(accounting)
+
+
+def call_outcome_daily(table: pa.Table) -> pa.Table:
+    summary = OutcomeSummary()
+    summary.add(table)
+    return summary.table()
 
 
 def _calls() -> pa.Table:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -65,26 +64,7 @@ def _ratio(num: float, den: float) -> float | None:
     return None if den == 0 else float(num) / float(den)
 
 
-Tables = pa.Table | Iterable[pa.Table]
-OUTCOME_COLUMNS = ["call_type", "call_end_status", "call_end_status_label", "call_id", "duration_s"]
-KPI_COLUMNS = [
-    "src",
-    "dst",
-    *(col for _, col in TIME_FIELDS),
-    "call_end_status",
-    "duration_s",
-    "record_url",
-]
-
-
-def _parts(cdr: Tables) -> Iterable[pa.Table]:
-    """A whole table, or the row groups of one streamed from a file: the same to us."""
-    return [cdr] if isinstance(cdr, pa.Table) else cdr
-
-
-# Bump when what the summaries compute changes: a day's summaries stored by an older version
-# (see ``daily.validate_day``) are then recomputed from its ``cdr`` file instead.
-SUMMARY_VERSION = 1
+TIME_COLUMNS = [col for _, col in TIME_FIELDS]
 _OUTCOME_KEYS = ["call_type", "call_end_status", "call_end_status_label"]
 
 
@@ -128,13 +108,6 @@ class OutcomeSummary:
             },
             schema=OUTCOME_SCHEMA,
         )
-
-
-def call_outcome_daily(cdr: Tables) -> pa.Table:
-    summary = OutcomeSummary()
-    for part in _parts(cdr):
-        summary.add(part)
-    return summary.table()
 
 
 def _seconds(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -210,7 +183,7 @@ class KpiSummary:
         counts, sums, medians = self.counts, self.sums, self.medians
         status = part["call_end_status"].to_numpy(zero_copy_only=False).astype("int64")
         duration = part["duration_s"].to_numpy(zero_copy_only=False).astype("int64")
-        t = {name: _seconds(part[name]) for name in KPI_COLUMNS if name.endswith("_time")}
+        t = {name: _seconds(part[name]) for name in TIME_COLUMNS}
         connected = status == 1
         with_url = pc.is_valid(part["record_url"]).to_numpy(zero_copy_only=False)
         talk = (t["end_call_time"] - t["dst_accept_time"])[connected]
@@ -263,13 +236,6 @@ class KpiSummary:
             "rejected_records": int(accounting["rejected"]),
             "duplicates_dropped": int(accounting["duplicates_dropped"]),
         }
-
-
-def kpi_values(cdr: Tables, accounting: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
-    summary = KpiSummary(tz)
-    for part in _parts(cdr):
-        summary.add(part)
-    return summary.values(accounting)
 
 
 @lru_cache(maxsize=65536)
