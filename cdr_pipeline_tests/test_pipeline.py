@@ -326,10 +326,10 @@ def test_summaries_are_the_same_however_the_day_is_held(
     columns = ["call_type", "call_end_status", "calls", "billed_seconds"]
     assert [tuple(r.values()) for r in published.select(columns).to_pylist()] == outcome
     kpis = storage.read_day_table(spilled.store, "call_kpis_daily", key).to_pylist()[0]
-    total, connected, minutes, callers, callees = duckdb.sql(
+    ((total, connected, minutes, callers, callees),) = duckdb.sql(
         f"select count(*), count(*) filter (call_end_status = 1), sum(duration_s) / 60, "
         f"count(distinct src), count(distinct dst) from {cdr}"
-    ).fetchone()
+    ).fetchall()
     assert (kpis["total_calls"], kpis["connected_calls"]) == (total, connected)
     assert kpis["billed_minutes"] == pytest.approx(minutes)
     assert (kpis["unique_callers"], kpis["unique_callees"]) == (callers, callees) != (0, 0)
