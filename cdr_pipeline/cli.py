@@ -80,6 +80,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     settings = load_settings()
     start, end = _instant(args.start, settings.tz), _instant(args.end, settings.tz)
+    if start > end:
+        raise SystemExit(f"--start {args.start} is after --end {args.end}")
     total_records = total_pages = 0
     with _client(settings) as client:
         for page in client.query_window(start, end, args.src):
@@ -100,6 +102,13 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _date(text: str, flag: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"{flag} {text!r} is not a date in YYYY-MM-DD form") from None
+
+
 def _day_range(args: argparse.Namespace, settings: Settings) -> list[str]:
     today = datetime.now(settings.tz).date()
     if args.last:
@@ -108,7 +117,7 @@ def _day_range(args: argparse.Namespace, settings: Settings) -> list[str]:
     else:
         if not (args.start and args.end):
             raise SystemExit("give --start and --end (YYYY-MM-DD), or --last N")
-        start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
+        start, end = _date(args.start, "--start"), _date(args.end, "--end")
     if start > end:
         raise SystemExit(f"--start {start} is after --end {end}")
     if end >= today:
@@ -132,14 +141,16 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").touch()  # an empty instance config: local storage under home
     job = defs().resolve_job_def(DAILY_JOB)
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    if args.allow_shrink:
+        run_config["ops"] = {"cdr_day": {"config": {"allow_shrink": True}}}
     failed = []
     with dg.DagsterInstance.get() as instance:
         bar = tqdm(days, unit="day", file=sys.stderr, ascii=True, ncols=80)
         for day in bar:
             bar.set_description(day)
             result = job.execute_in_process(
-                instance=instance, partition_key=day, run_config=quiet, raise_on_error=False
+                instance=instance, partition_key=day, run_config=run_config, raise_on_error=False
             )
             if not result.success:
                 failed.append(day)
@@ -282,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--last", type=int, help="the last N complete days instead")
         if name == "report":
             s.add_argument("--out", default="report.html", help="where to write the HTML")
+        if name == "materialize":
+            s.add_argument(
+                "--allow-shrink",
+                action="store_true",
+                help="publish a day even if it loses more valid calls than CDR_MAX_SHRINK allows",
+            )
         s.set_defaults(func=func)
     return p
 

@@ -198,9 +198,38 @@ def decoded_batches(
         yield batch
 
 
-def validate_day(store: Store, day: Day, tz: ZoneInfo) -> ValidatedDay:
+class ShrinkRefused(RuntimeError):
+    """A re-run would publish markedly fewer valid calls than the published day."""
+
+
+def shrink_guard(store: Store, day: str, valid: int, max_shrink: float | None) -> None:
+    """Refuse to replace a published day by one with no valid calls, or with more than
+    ``max_shrink`` (a share) fewer; ``None`` allows anything (the operator's choice for a run).
+    A provider that suddenly answers nothing must not empty a good day."""
+    if max_shrink is None:
+        return
+    try:
+        published = storage.read_state(store, "validation", day)["accounting"]["valid"]
+    except storage.StorageError:
+        return  # nothing published yet
+    if published == 0 or (valid >= published * (1 - max_shrink) and valid > 0):
+        return
+    drop = (published - valid) / published
+    raise ShrinkRefused(
+        f"{day}: this run would publish {valid} valid calls where the published version has "
+        f"{published} (a drop of {drop:.1%}; CDR_MAX_SHRINK allows {max_shrink:.1%}, and a "
+        "drop to zero only when allowed); nothing was replaced. If the provider really holds "
+        "fewer calls for the day, re-run it with run config allow_shrink: true "
+        "(cdr-pipeline materialize --allow-shrink)"
+    )
+
+
+def validate_day(
+    store: Store, day: Day, tz: ZoneInfo, *, max_shrink: float | None = None
+) -> ValidatedDay:
     """Raw layer -> the day's ``cdr``, ``cdr_rejects``, ``call_outcome_daily`` and
-    ``call_kpis_daily`` with its accounting record, published as one version."""
+    ``call_kpis_daily`` with its accounting record, published as one version (unless
+    :func:`shrink_guard` refuses it)."""
     prefer_jemalloc()
     manifest = storage.read_raw_manifest(store, day.key)
     max_bytes = manifest.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
@@ -272,6 +301,9 @@ def validate_day(store: Store, day: Day, tz: ZoneInfo) -> ValidatedDay:
                     "call_kpis_daily": lambda: kpi_table(summary["kpis"]),
                 },
                 state={"validation": state},
+                approve=lambda: shrink_guard(
+                    store, day.key, state["accounting"]["valid"], max_shrink
+                ),
             )
     finally:
         builder.close()

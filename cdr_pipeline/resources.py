@@ -66,7 +66,9 @@ class SimulatedCdrApi(CdrApiResource, SimulatorSettings):
             )
         )
         url = f"http://127.0.0.1{PATH}"
-        with CdrApiClient(url, "simulator", "simulator", self, transport=sim.transport()) as c:
+        # dummy credentials, distinctive enough that redacting them spares ordinary words
+        creds = ("simulated-id-0000", "simulated-app-0000")
+        with CdrApiClient(url, *creds, self, transport=sim.transport()) as c:
             yield c
 
     def endpoint_label(self) -> str:
@@ -78,6 +80,7 @@ class CdrStorageResource(dg.ConfigurableResource):
 
     data_dir: str = Field(default="data", description="CDR_DATA_DIR")
     timezone: str = Field(default="Asia/Shanghai", description="CDR_TIMEZONE")
+    max_shrink: float = Field(default=0.05, ge=0, le=1, description="CDR_MAX_SHRINK")
 
     @property
     def store(self) -> Store:
@@ -102,4 +105,6 @@ def api_resource(settings: Settings, *, secrets_from_env: bool = True) -> CdrApi
 
 
 def storage_resource(settings: Settings) -> CdrStorageResource:
-    return CdrStorageResource(data_dir=settings.data_dir, timezone=settings.timezone)
+    return CdrStorageResource(
+        data_dir=settings.data_dir, timezone=settings.timezone, max_shrink=settings.max_shrink
+    )

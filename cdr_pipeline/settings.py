@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pydantic
 from pydantic import Field
 
+from cdr_pipeline.api.redact import MIN_SECRET_LENGTH
 from cdr_pipeline.store import Store, StoreError, open_store, redacted
 
 
@@ -96,6 +97,12 @@ class ClientSettings(pydantic.BaseModel):
     read_timeout_s: float = knob(
         30.0, "CDR_READ_TIMEOUT_S", "seconds to wait for each read of an answer", gt=0
     )
+    request_deadline_s: float = knob(
+        0.0,
+        "CDR_REQUEST_DEADLINE_S",
+        "total seconds one request may take, headers and body; 0: four times the read timeout",
+        ge=0,
+    )
     max_attempts: int = knob(
         5, "CDR_MAX_ATTEMPTS", "attempts per request for transient failures", ge=1, le=20
     )
@@ -129,6 +136,10 @@ class ClientSettings(pydantic.BaseModel):
     )
 
     @property
+    def deadline_s(self) -> float:
+        return self.request_deadline_s or 4 * self.read_timeout_s
+
+    @property
     def margin_s(self) -> int:
         return self.margin_minutes * 60
 
@@ -156,14 +167,39 @@ class ProjectSettings(pydantic.BaseModel):
     late_days: int = knob(
         2, "CDR_LATE_DAYS", "days back the late-data schedule re-materializes", ge=1, le=60
     )
+    max_shrink: float = knob(
+        0.05,
+        "CDR_MAX_SHRINK",
+        "a re-run may publish at most this share fewer valid calls than the published day "
+        "(never zero); a run with allow_shrink may publish anything",
+        ge=0,
+        le=1,
+    )
+    fetch_retries: int = knob(
+        2,
+        "CDR_FETCH_RETRIES",
+        "times Dagster runs raw_cdr again when the provider kept failing transiently",
+        ge=0,
+        le=10,
+    )
+    fetch_retry_delay_s: float = knob(
+        30.0,
+        "CDR_FETCH_RETRY_DELAY_S",
+        "seconds before the first of those runs (doubled each time, with jitter)",
+        ge=0,
+    )
     api_url: str | None = knob(
         None,
         "CDR_API_URL",
         "full getCdr endpoint, e.g. https://HOST/201511v3/getCdr (http:// only to loopback); "
         "unset: the built-in simulator",
     )
-    api_id: str | None = knob(None, "CDR_API_ID", "the id query value", secret=True)
-    app_id: str | None = knob(None, "CDR_APP_ID", "appId", secret=True)
+    api_id: str | None = knob(
+        None, "CDR_API_ID", "the id query value", secret=True, min_length=MIN_SECRET_LENGTH
+    )
+    app_id: str | None = knob(
+        None, "CDR_APP_ID", "appId", secret=True, min_length=MIN_SECRET_LENGTH
+    )
 
     @pydantic.field_validator("data_dir")
     @classmethod
@@ -286,7 +322,13 @@ def knobs() -> Iterator[Knob]:
             bounds = [
                 f"{op} {getattr(m, attr)}"
                 for m in info.metadata
-                for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+                for attr, op in (
+                    ("ge", ">="),
+                    ("gt", ">"),
+                    ("le", "<="),
+                    ("lt", "<"),
+                    ("min_length", "length >="),
+                )
                 if getattr(m, attr, None) is not None
             ]
             yield Knob(
@@ -328,6 +370,8 @@ _PLAIN = {
     "greater_than": "must be more than {gt}",
     "less_than_equal": "must be at most {le}",
     "less_than": "must be less than {lt}",
+    "string_too_short": "must be at least {min_length} characters (a shorter secret could not "
+    "be told apart from ordinary text in logs)",
 }
 
 

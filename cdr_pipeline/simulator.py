@@ -87,6 +87,11 @@ class SimConfig:
     force_error_after: int = 0  # answer this many requests normally before force_error
     paging_fault: str | None = None  # "cycle": cursors loop back; "endless": never ends
     latency_s: float = 0.0
+    # a hostile or misconfigured provider
+    content_encoding: str | None = None  # this Content-Encoding header on every answer
+    echo_secrets: bool = False  # error answers repeat the appId, the id and the request line
+    cdr_list: str = "present"  # "absent" or "null": success answers without their cdr list
+    empty_from_request: int = 0  # from this request on (1-based), every day has no calls
 
     def __post_init__(self) -> None:
         if self.filter_on not in ("start", "end"):
@@ -377,6 +382,15 @@ class CdrSimulator:
 
     def handle(self, method: str, path: str, query: dict[str, str], body: bytes) -> SimResponse:
         """Answer one request the way the provider would (plus configured faults)."""
+        resp = self._handle(method, path, query, body)
+        cfg = self.config
+        if cfg.content_encoding and resp.action == "respond":
+            resp.headers["Content-Encoding"] = cfg.content_encoding
+        if cfg.echo_secrets and resp.action == "respond":
+            resp = _echoed(resp, method, path, query, body)
+        return resp
+
+    def _handle(self, method: str, path: str, query: dict[str, str], body: bytes) -> SimResponse:
         cfg = self.config
         with self._lock:
             self.stats["requests"] += 1
@@ -436,6 +450,8 @@ class CdrSimulator:
         key = json.dumps(
             {k: v for k, v in params.items() if k not in ("appId", "compress")}, sort_keys=True
         )
+        if self.config.empty_from_request:  # the answers change over time: none are kept
+            key += f"#{self.stats['requests']}"
         with self._lock:
             cached = self._bodies.get(key)
         if cached is not None:
@@ -509,6 +525,8 @@ class CdrSimulator:
         ):
             return self._error("-202", "timestamp parameter exception")
         records = self.listing(int(s), int(e), params.get("src") or None)
+        if cfg.empty_from_request and self.stats["requests"] >= cfg.empty_from_request:
+            records = []
         cursor = params.get("offset", "")
         if cfg.paging_fault == "cycle":  # cursors c1 -> c2 -> c1 -> ...
             page, offset = records[: cfg.page_size], "c2" if cursor == "c1" else "c1"
@@ -526,7 +544,12 @@ class CdrSimulator:
         with self._lock:
             self.stats["pages"] += 1
             self.stats["records_served"] += len(page)
-        return {"cdr": page, "errorCode": "0", "offset": offset, "result": "Call Details"}
+        doc: dict[str, Any] = {"errorCode": "0", "offset": offset, "result": "Call Details"}
+        if cfg.cdr_list == "null":
+            doc["cdr"] = None
+        elif cfg.cdr_list != "absent":
+            doc["cdr"] = page
+        return doc
 
     def transport(self) -> httpx.MockTransport:
         """An in-process httpx transport; drops and slow answers become httpx errors."""
@@ -538,9 +561,34 @@ class CdrSimulator:
                 raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
             if resp.action == "slow":
                 raise httpx.ReadTimeout("timed out")
-            return httpx.Response(resp.status, headers=resp.headers, content=resp.body)
+            # a stream, as from a socket: the client reads the raw bytes
+            return httpx.Response(
+                resp.status, headers=resp.headers, stream=httpx.ByteStream(resp.body)
+            )
 
         return httpx.MockTransport(handler)
+
+
+def _echoed(
+    resp: SimResponse, method: str, path: str, query: dict[str, str], body: bytes
+) -> SimResponse:
+    """An error answer that repeats what it was sent, as careless providers' do."""
+    try:
+        app_id = json.loads(body).get("appId", "")
+    except (ValueError, AttributeError):
+        app_id = ""
+    request_line = f"{method} {path}?id={query.get('id', '')} HTTP/1.1"
+    if resp.status >= 400:
+        page = f"<html><h1>{resp.status}</h1><pre>{request_line}</pre></html>"
+        return replace(resp, body=page.encode())
+    try:
+        doc = json.loads(resp.body)
+    except ValueError:
+        return resp
+    if not isinstance(doc, dict) or doc.get("errorCode") in (None, "0"):
+        return resp
+    doc["result"] = f"{doc.get('result')}: appId {app_id} invalid for id {query.get('id')}"
+    return replace(resp, body=json.dumps(doc).encode())
 
 
 @dataclass

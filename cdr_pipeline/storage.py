@@ -201,12 +201,15 @@ def publish_day(
     day: str,
     tables: dict[str, Content],
     state: dict[str, dict[str, Any]] | None = None,
+    approve: Callable[[], None] | None = None,
 ) -> dict[str, str]:
     """Replace a day's file in each dataset (and its state records) as one transaction;
     return where each dataset's file is (as the user would type it).
 
     Tables are written in order, so a table given as a function, and a ``state`` record
-    (serialised only after every table is staged), may describe a table streamed before it."""
+    (serialised only after every table is staged), may describe a table streamed before it.
+    ``approve`` runs once everything is staged and nothing replaced: if it raises, the
+    published version stays as it was."""
     recover_day(store, day)
     staged: list[tuple[str, str]] = []
     try:
@@ -217,6 +220,8 @@ def publish_day(
             target = state_key(kind, day)
             data = _json_bytes(obj)
             staged.append((_staged(store, target, partial(_write_all, data=data)), target))
+        if approve is not None:
+            approve()
     except BaseException:
         for tmp, _ in staged:
             store.delete(tmp)

@@ -116,7 +116,11 @@ def test_configuration_errors_name_the_setting(tmp_path):
         ({"CDR_TIMEZONE": "Mars/Olympus"}, "CDR_TIMEZONE"),
         ({"CDR_API_URL": "http://api.example.com/201511v3/getCdr"}, "plain http"),
         ({"CDR_API_URL": "https://api.example.com/201511v3/getCdr"}, "CDR_API_ID"),
-        ({"CDR_API_URL": "https://h/201511v3/getCdr", "CDR_API_ID": "x"}, "CDR_APP_ID"),
+        ({"CDR_API_URL": "https://h/201511v3/getCdr", "CDR_API_ID": "x-id"}, "CDR_APP_ID"),
+        (
+            {"CDR_API_URL": "https://h/201511v3/getCdr", "CDR_API_ID": "x", "CDR_APP_ID": "y"},
+            "at least 4",
+        ),
         ({"CDR_START_DATE": tomorrow}, "CDR_START_DATE"),
         ({"CDR_START_DATE": "2024-02-30"}, "CDR_START_DATE"),
         ({"CDR_START_DATE": "yesterday"}, "CDR_START_DATE"),

@@ -64,6 +64,7 @@ def test_no_secret_anywhere_after_real_runs(tmp_path, sim_server):
     good = sim_server(
         app_id=APP_ID,
         api_id=API_ID,
+        echo_secrets=True,  # its error answers repeat appId, id and the request line
         fault_rate=0.3,
         fault_kinds=("code-501", "http503", "drop", "malformed"),
         page_size=80,
@@ -103,20 +104,21 @@ def test_no_secret_anywhere_after_real_runs(tmp_path, sim_server):
     )
     assert "HTTP Request: POST" in log  # httpx's own request lines did reach the logs
     assert "***" in log  # ... with the id redacted
+    assert "getCdr attempt" in log and "invalid for id ***" in log  # echoed, redacted
     assert good.sim.stats["fault:drop"] + good.sim.stats["fault:code-501"] > 0
 
     log = run(
         [*materialize, "--select", "raw_cdr", "--partition", "2024-05-08"],
-        sim_server(force_error="-401"),
+        sim_server(force_error="-401", echo_secrets=True),
         expect_ok=False,
     )
-    assert "-401" in log
+    assert "-401" in log and "appId *** invalid" in log
     cli = str(BIN / "cdr-pipeline")
     run([cli, "materialize", "--start", "2024-05-08", "--end", "2024-05-08"], good, True)
     run([cli, "lookup", "no-such-call"], good, expect_ok=False)  # -201: exit 1
     run(
         [cli, "fetch", "--start", "2024-05-09", "--end", "2024-05-09"],
-        sim_server(force_error="-403"),
+        sim_server(force_error="-403", echo_secrets=True),
         expect_ok=False,
     )
 

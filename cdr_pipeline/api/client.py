@@ -6,8 +6,8 @@ body it kept, exactly as received, with what it took to get it.
 
 from __future__ import annotations
 
-import logging
 import random
+import ssl
 import threading
 import time
 from collections import Counter
@@ -28,18 +28,18 @@ from cdr_pipeline.api.errors import (
 )
 from cdr_pipeline.api.fetch import fetch_windows
 from cdr_pipeline.api.paging import Exchange, follow
+from cdr_pipeline.api.redact import get_logger, install_log_redaction, redact, register_secret
+from cdr_pipeline.api.transport import DeadlinePassed, deadline
+from cdr_pipeline.api.transport import transport as http_transport
 from cdr_pipeline.api.wire import (
     Document,
     decode_body,
     encode_request,
-    install_log_redaction,
     parse_document,
-    redact,
-    register_secret,
 )
 from cdr_pipeline.settings import ClientSettings, check_endpoint
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 Window = tuple[int, int]
 
 
@@ -105,13 +105,15 @@ class CdrApiClient:
         self._halted: CdrApiError | None = None
         s = self.settings
         self._http = httpx.Client(
-            transport=transport,
+            transport=transport or http_transport(self.url, s),
             timeout=httpx.Timeout(s.read_timeout_s, connect=s.connect_timeout_s),
-            limits=httpx.Limits(max_connections=max(4, s.concurrency * 2)),
             follow_redirects=False,
             headers={
                 "User-Agent": "cdr-pipeline",
                 "Content-Type": "application/json; charset=utf-8",
+                # bodies are stored as sent, and decoded by what they hold (wire.decode_body):
+                # a wrong Content-Encoding header cannot break them
+                "Accept-Encoding": "identity",
             },
         )
 
@@ -140,11 +142,14 @@ class CdrApiClient:
 
     def _post_once(self, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         cap = self.settings.max_body_bytes
-        with self._http.stream(
-            "POST", self.url, params={"id": self._api_id}, content=encode_request(params)
-        ) as resp:
+        with (
+            deadline(self.settings.deadline_s),
+            self._http.stream(
+                "POST", self.url, params={"id": self._api_id}, content=encode_request(params)
+            ) as resp,
+        ):
             chunks, size = [], 0
-            for chunk in resp.iter_bytes():
+            for chunk in resp.iter_raw():
                 size += len(chunk)
                 if size > cap:
                     raise FatalApiError(
@@ -193,7 +198,20 @@ class CdrApiClient:
             try:
                 status, headers, body = self._post_once(full)
             except httpx.TimeoutException as exc:
-                last = TransportError(f"the request timed out ({type(exc).__name__})", **ctx)
+                last = TransportError(_timed_out(exc, s), **ctx)
+            except httpx.ConnectError as exc:
+                if _certificate_failed(exc):
+                    raise FatalApiError(
+                        f"the server's TLS certificate was not accepted ({redact(str(exc))[:200]})",
+                        hint="the endpoint's certificate does not verify against this machine's "
+                        "CA bundle: fix the certificate, or point SSL_CERT_FILE at the CA bundle "
+                        "that signs it (never turn verification off)",
+                        kind="tls",
+                        **ctx,
+                    ) from None
+                last = TransportError(
+                    f"the connection failed ({type(exc).__name__}: {redact(str(exc))[:200]})", **ctx
+                )
             except httpx.TransportError as exc:
                 last = TransportError(
                     f"the connection failed ({type(exc).__name__}: {redact(str(exc))[:200]})", **ctx
@@ -282,6 +300,26 @@ class CdrApiClient:
         """Several windows with bounded concurrency, planned from their first pages
         (:mod:`cdr_pipeline.api.plan`); results come back in window order."""
         return fetch_windows(self, windows, src)
+
+
+def _timed_out(exc: httpx.TimeoutException, settings: ClientSettings) -> str:
+    if isinstance(exc, DeadlinePassed):
+        return (
+            f"the request passed its total deadline of {settings.deadline_s:g} s (the server "
+            "is answering too slowly)"
+        )
+    return f"the request timed out ({type(exc).__name__})"
+
+
+def _certificate_failed(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
+            seen
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -1,14 +1,16 @@
 """The provider's error codes as typed exceptions.
 
 Every exception carries the code, its meaning, whether a retry can help and a hint for the
-operator, plus the query window it happened in. Messages never contain credentials: the
-client only ever passes redacted text in here.
+operator, plus the query window it happened in. Messages never contain credentials: every
+message is redacted when the exception is made and again when it is shown.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from cdr_pipeline.api.redact import redact
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ class CdrApiError(Exception):
         call_id: str | None = None,
         http_status: int | None = None,
     ) -> None:
+        # Provider text (an echoed appId or id) and body snippets land here: scrubbed once
+        # when made, and the whole text again when shown.
+        message = redact(message)
         self.message = message
         self.code = code
         self.meaning = meaning
@@ -122,7 +127,7 @@ class CdrApiError(Exception):
         text = head + (": " + ", ".join(parts) if parts else "")
         if self.hint:
             text += f". What to check: {self.hint}"
-        return text
+        return redact(text)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r})"

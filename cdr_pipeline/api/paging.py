@@ -3,16 +3,16 @@ in two when the server ignores them (every record of the window is still fetched
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cdr_pipeline.api.errors import FatalApiError, describe_window
+from cdr_pipeline.api.redact import get_logger
 
 if TYPE_CHECKING:
     from cdr_pipeline.api.client import CdrApiClient
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 Window = tuple[int, int]
 # The narrowest window a truncating server's window is split down to.
 MIN_WINDOW_S = 1

@@ -1,4 +1,4 @@
-"""The wire format: request bodies, decompression by content, response parsing, redaction.
+"""The wire format: request bodies, decompression by content, response parsing.
 
 Nothing here does I/O, so the transform can reuse :func:`decode_body` and
 :func:`parse_document` on the raw layer without touching HTTP.
@@ -7,12 +7,9 @@ Nothing here does I/O, so the transform can reuse :func:`decode_body` and
 from __future__ import annotations
 
 import json
-import logging
-import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 from cdr_pipeline.api.errors import FatalApiError, MalformedResponseError
 
@@ -84,7 +81,24 @@ class Document:
 
     @property
     def truncated(self) -> bool:
-        return self.offset not in (None, "", "0", 0)
+        return more_follows(self.raw.get("offset"))
+
+
+def more_follows(offset: Any) -> bool:
+    """Whether an answer's ``offset`` is a cursor (more follows) or the end: null, empty,
+    ``false`` and any spelling of zero (``0``, ``"0.0"``, ``"00"``) are the end; anything
+    else is a cursor, sent back as it came."""
+    if offset is None or offset is False:
+        return False
+    if isinstance(offset, (int, float)):
+        return offset != 0
+    text = str(offset).strip()
+    if not text:
+        return False
+    try:
+        return float(text) != 0
+    except ValueError:
+        return True
 
 
 _MAX_INT_DIGITS = 4000  # below Python's int-from-string limit (4300)
@@ -124,73 +138,15 @@ def parse_document(json_bytes: bytes) -> Document:
     offset = None if offset is None else str(offset)
     records: list[Any] = []
     if code == "0":
-        cdr = doc.get("cdr", [])
+        cdr = doc.get("cdr")
         if cdr is None:
+            if not more_follows(doc.get("offset")):
+                # never read as "no calls": a re-run would replace a good day with an empty one
+                raise MalformedResponseError(
+                    "a success answer without a cdr list and without a cursor for more"
+                )
             cdr = []
         if not isinstance(cdr, list):
             raise MalformedResponseError(f"cdr is a JSON {type(cdr).__name__}, not a list")
         records = cdr
     return Document(code, result, records, offset, doc)
-
-
-# --- secret redaction -------------------------------------------------------------------
-
-_SECRETS: set[str] = set()
-_SECRETS_LOCK = threading.Lock()
-REDACTED = "***"
-
-
-def register_secret(value: str | None) -> None:
-    """Remember a credential so every log line and message passing through here is scrubbed,
-    in the forms a URL or a JSON body may carry it too (httpx logs the encoded query)."""
-    if value and len(value) >= 3:
-        forms = {value, quote(value, safe=""), quote(value), quote_plus(value)}
-        forms.add(json.dumps(value)[1:-1])
-        with _SECRETS_LOCK:
-            _SECRETS.update(forms)
-
-
-def redact(text: str) -> str:
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-class RedactingFilter(logging.Filter):
-    """Rewrites a log record so no registered secret survives, then lets it through."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not _SECRETS:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken record: let logging report it as usual
-            return True
-        clean = redact(message)
-        if clean != message:
-            record.msg = clean
-            record.args = None
-        return True
-
-
-_HTTP_LOGGERS = (
-    "httpx",
-    "httpcore",
-    "httpcore.connection",
-    "httpcore.http11",
-    "httpcore.http2",
-    "httpcore.proxy",
-)
-_filter_installed = False
-
-
-def install_log_redaction() -> None:
-    """httpx logs every request URL (with ``id=``) at INFO: scrub it at the source loggers."""
-    global _filter_installed
-    if _filter_installed:
-        return
-    flt = RedactingFilter()
-    for name in _HTTP_LOGGERS:
-        logging.getLogger(name).addFilter(flt)
-    _filter_installed = True

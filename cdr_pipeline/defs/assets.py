@@ -11,11 +11,12 @@ from typing import Any
 
 import dagster as dg
 import pyarrow as pa
+from pydantic import Field
 
 from cdr_pipeline import storage
 from cdr_pipeline.api.errors import CdrApiError, RetriesExhaustedError
-from cdr_pipeline.daily import Day, ValidatedDay, fetch_raw_day, validate_day
-from cdr_pipeline.defs.partitions import daily_partitions
+from cdr_pipeline.daily import Day, ShrinkRefused, ValidatedDay, fetch_raw_day, validate_day
+from cdr_pipeline.defs.partitions import SETTINGS, daily_partitions
 from cdr_pipeline.report import (
     TREND_DAYS,
     days_back,
@@ -74,7 +75,10 @@ def _api_failure(exc: CdrApiError, day: Day) -> dg.Failure:
     partitions_def=daily_partitions,
     backfill_policy=BACKFILL,
     retry_policy=dg.RetryPolicy(
-        max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+        max_retries=SETTINGS.fetch_retries,
+        delay=SETTINGS.fetch_retry_delay_s,
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
     ),
     pool=API_POOL,
     description="Every getCdr response body of the day exactly as received, with a manifest.",
@@ -122,6 +126,16 @@ def raw_cdr(
     return dg.MaterializeResult()
 
 
+class DayConfig(dg.Config):
+    """Run config of ``cdr_day``."""
+
+    allow_shrink: bool = Field(
+        default=False,
+        description="publish even if the day loses more valid calls than CDR_MAX_SHRINK allows "
+        "(or all of them): for a provider that really holds fewer",
+    )
+
+
 def _spec(name: str, schema: pa.Schema, description: str) -> dg.AssetSpec:
     return dg.AssetSpec(
         name,
@@ -155,12 +169,16 @@ def _spec(name: str, schema: pa.Schema, description: str) -> dg.AssetSpec:
     "reader sees all four from this run or all from the previous one.",
 )
 def cdr_day(
-    context: dg.AssetExecutionContext, cdr_storage: CdrStorageResource
+    context: dg.AssetExecutionContext, config: DayConfig, cdr_storage: CdrStorageResource
 ) -> Iterator[dg.MaterializeResult]:
     charted: dict[str, Any] = {}  # KPI rows read for the charts, each day's file once
     fetched = valid = 0
+    max_shrink = None if config.allow_shrink else cdr_storage.max_shrink
     for day in days_of(context):
-        result = validate_day(cdr_storage.store, day, cdr_storage.tz)
+        try:
+            result = validate_day(cdr_storage.store, day, cdr_storage.tz, max_shrink=max_shrink)
+        except ShrinkRefused as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from None
         acc = result.accounting
         fetched, valid = fetched + acc["fetched"], valid + acc["valid"]
         for key, metadata in _day_metadata(day, result, cdr_storage, charted).items():

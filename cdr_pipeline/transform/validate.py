@@ -101,6 +101,8 @@ def validate_record(rec: Any, tz: ZoneInfo) -> dict[str, Any] | Reject:
     if not isinstance(rec, dict):
         return Reject("not_an_object", f"a JSON {type(rec).__name__}, not an object", None)
     call_id = rec.get("callId")
+    if type(call_id) is int:  # a callId sent as a JSON number is its digits, as statuses are
+        call_id = str(call_id)
     if not isinstance(call_id, str) or not call_id.strip() or not is_valid_unicode(call_id):
         if call_id is None:
             what = "absent"
