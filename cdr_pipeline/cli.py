@@ -144,26 +144,56 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     run_config: dict = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     if args.allow_shrink:
         run_config["ops"] = {"cdr_day": {"config": {"allow_shrink": True}}}
-    failed = []
+    failed: list[str] = []
+    interrupted = False
     with dg.DagsterInstance.get() as instance:
         bar = tqdm(days, unit="day", file=sys.stderr, ascii=True, ncols=80)
-        for day in bar:
-            bar.set_description(day)
-            result = job.execute_in_process(
-                instance=instance, partition_key=day, run_config=run_config, raise_on_error=False
-            )
-            if not result.success:
-                failed.append(day)
-                for event in result.all_events:
-                    if event.is_failure and event.event_specific_data is not None:
-                        err = getattr(event.event_specific_data, "error", None)
-                        if err is not None:
-                            bar.write(f"{day}: {err.message.strip()}", file=sys.stderr)
+        try:
+            for day in bar:
+                bar.set_description(day)
+                result = job.execute_in_process(
+                    instance=instance,
+                    partition_key=day,
+                    run_config=run_config,
+                    raise_on_error=False,
+                )
+                if not result.success:
+                    failed.append(day)
+                    interrupted = _report_failure(result, day, bar.write)
+                    if interrupted:
+                        break
+        except KeyboardInterrupt:  # between the steps of a run, or between runs
+            interrupted = True
+        finally:
+            bar.close()
+    if interrupted:
+        left = days[days.index(failed[-1]) if failed else 0 :]
+        print(
+            f"interrupted: stopped before finishing {', '.join(left)}; what was published "
+            "before stays as it was",
+            file=sys.stderr,
+        )
+        return 130
     print_kpis(settings, days)
     if failed:
         print(f"failed partitions: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _report_failure(result, day: str, write) -> bool:
+    """Say why a day's run failed; True when it was interrupted."""
+    interrupted = False
+    for event in result.all_events:
+        if not (event.is_failure and event.event_specific_data is not None):
+            continue
+        err = getattr(event.event_specific_data, "error", None)
+        if err is not None:
+            write(f"{day}: {err.message.strip()}", file=sys.stderr)
+        user = getattr(event.event_specific_data, "user_failure_data", None)
+        if user is not None and user.metadata.get("interrupted") is not None:
+            interrupted = True
+    return interrupted
 
 
 KPI_COLUMNS = (

@@ -278,14 +278,21 @@ def write_raw_day(store: Store, day: str, bodies: list[tuple[bytes, str]], manif
     folder = raw_day_key(day)
     present = set(store.list(folder))
     keep = {"manifest.json"}
-    for body, encoding in bodies:
-        name, _ = body_name(body, encoding)
-        keep.add(name)
-        if name not in present:
-            store.put(f"{folder}/{name}", body)
-            present.add(name)
-    manifest_key = f"{folder}/manifest.json"
-    store.put(manifest_key, _json_bytes(manifest))
+    added: list[str] = []
+    try:
+        for body, encoding in bodies:
+            name, _ = body_name(body, encoding)
+            keep.add(name)
+            if name not in present:
+                store.put(f"{folder}/{name}", body)
+                present.add(name)
+                added.append(name)
+        manifest_key = f"{folder}/manifest.json"
+        store.put(manifest_key, _json_bytes(manifest))
+    except BaseException:  # a full disk, a permission: no orphan bodies are left
+        for name in added:
+            store.delete(f"{folder}/{name}")
+        raise
     for entry in present - keep:
         store.delete(f"{folder}/{entry}")
     return store.uri(folder)

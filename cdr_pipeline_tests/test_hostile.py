@@ -330,3 +330,75 @@ def test_the_shrink_guard_allows_a_small_drop_and_refuses_a_large_one(tmp_path):
     with pytest.raises(ShrinkRefused):
         shrink_guard(store, day, 0, 1.0)  # a drop to zero is refused whatever the share
     shrink_guard(store, day, 0, None)  # allowed for this run
+
+
+# --- Ctrl-C and SIGTERM -------------------------------------------------------------------
+
+MATERIALIZE = ["dagster", "asset", "materialize", "-m", "cdr_pipeline.definitions"]
+
+
+@pytest.mark.parametrize(
+    ("command", "sig", "code"),
+    [
+        (
+            ["cdr-pipeline", "materialize", "--start", "2024-03-01", "--end", "2024-03-03"],
+            "INT",
+            130,
+        ),
+        (
+            ["cdr-pipeline", "materialize", "--start", "2024-03-01", "--end", "2024-03-03"],
+            "TERM",
+            130,
+        ),
+        (
+            [*MATERIALIZE, "--select", "*", "--partition", "2024-03-02"],
+            "INT",
+            None,
+        ),
+        (["dg", "launch", "--assets", "*", "--partition", "2024-03-02"], "INT", None),
+    ],
+    ids=["cli-ctrl-c", "cli-sigterm", "dagster", "dg"],
+)
+def test_an_interrupt_stops_the_run_and_publishes_nothing(tmp_path, sim_server, command, sig, code):
+    """A slow provider (a whole day takes minutes); the signal comes once requests are under
+    way. The run must end long before the day could have been fetched, say so, and leave
+    nothing new behind (no retry of the interrupted step either)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server = sim_server(calls_per_day=4000, page_size=50, latency_s=0.4)
+    (tmp_path / "home").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CDR_", "DAGSTER_"))}
+    env |= {
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "CDR_DATA_DIR": str(tmp_path / "data"),
+        "CDR_API_URL": server.url,
+        "CDR_API_ID": API_ID,
+        "CDR_APP_ID": APP_ID,
+    }
+    exe = str(Path(sys.executable).parent / command[0])
+    proc = subprocess.Popen(
+        [exe, *command[1:]],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    deadline = time.monotonic() + 120
+    while server.sim.stats["requests"] < 3:  # the fetch is under way
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never started fetching"
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, f"SIG{sig}"))
+    out, err = proc.communicate(timeout=60)  # the day alone would take minutes
+    assert proc.returncode != 0, out + err
+    if code is not None:
+        assert proc.returncode == code
+        assert "interrupted" in err
+    assert "requested a retry" not in out + err
+    assert not list((tmp_path / "data").glob("cdr/*/*.parquet"))
+    assert not list((tmp_path / "data").glob("raw/cdr/*/manifest.json"))

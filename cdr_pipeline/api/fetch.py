@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from cdr_pipeline.api import plan
@@ -18,6 +19,39 @@ if TYPE_CHECKING:
     from cdr_pipeline.api.client import CdrApiClient
 
 Window = tuple[int, int]
+
+
+class Workers:
+    """Daemon threads that run tasks. Never joined: when the caller stops (an interrupt, a
+    failure) requests still in flight are abandoned, not waited for; the client sends
+    nothing new after it is closed."""
+
+    def __init__(self, count: int, run: Callable[[plan.Task], list[Exchange]]) -> None:
+        self.count = count
+        self._todo: queue.SimpleQueue[plan.Task | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[plan.Task, list[Exchange] | BaseException]] = (
+            queue.SimpleQueue()
+        )
+        for n in range(count):
+            name = f"getCdr-{n}"
+            threading.Thread(target=self._work, args=(run,), name=name, daemon=True).start()
+
+    def _work(self, run: Callable[[plan.Task], list[Exchange]]) -> None:
+        while (task := self._todo.get()) is not None:
+            try:
+                self._done.put((task, run(task)))
+            except BaseException as exc:  # handed to the caller
+                self._done.put((task, exc))
+
+    def submit(self, task: plan.Task) -> None:
+        self._todo.put(task)
+
+    def next_done(self) -> tuple[plan.Task, list[Exchange] | BaseException]:
+        return self._done.get()  # a signal (Ctrl-C) interrupts the wait
+
+    def stop(self) -> None:
+        for _ in range(self.count):
+            self._todo.put(None)
 
 
 def fetch_windows(
@@ -32,8 +66,8 @@ def fetch_windows(
             yield w, follow(client, w, src)
         return
     split = plan.splitting(len(windows), workers, client.settings.split_stragglers)
-    queue = plan.first_pages(windows)
-    heapq.heapify(queue)
+    todo = plan.first_pages(windows)
+    heapq.heapify(todo)
     firsts: dict[int, Exchange | None] = {}
     share = 0.0  # set by the plan, before any part exists
     pieces: dict[int, dict[Window, list[Exchange]]] = {i: {} for i in range(len(windows))}
@@ -51,7 +85,7 @@ def fetch_windows(
             client.count("pages_discarded")
             open_pieces[tasks[0].index] += len(tasks) - 1
         for task in tasks:
-            heapq.heappush(queue, task)
+            heapq.heappush(todo, task)
 
     def done(task: plan.Task, pages: list[Exchange]) -> None:
         first = pages[0]
@@ -68,21 +102,23 @@ def fetch_windows(
         pieces[task.index][task.window] = pages
         open_pieces[task.index] -= 1
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="getCdr") as pool:
-        running: dict[Future[list[Exchange]], plan.Task] = {}
+    pool = Workers(workers, run)
+    try:
+        running = 0
         planned = False
         handed = 0
-        while running or (queue and not failed):
-            while queue and len(running) < workers and not failed:
-                task = heapq.heappop(queue)
-                running[pool.submit(run, task)] = task
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                task = running.pop(future)
-                try:
-                    done(task, future.result())
-                except BaseException as exc:  # handed to the caller, in window order
-                    failed.setdefault(task.index, exc)
+        while running or (todo and not failed):
+            while todo and running < workers and not failed:
+                pool.submit(heapq.heappop(todo))
+                running += 1
+            task, outcome = pool.next_done()
+            running -= 1
+            try:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                done(task, outcome)
+            except BaseException as exc:  # handed to the caller, in window order
+                failed.setdefault(task.index, exc)
             if not planned and len(firsts) == len(windows):
                 planned = True
                 chains = plan.plan_chains([firsts[i] for i in range(len(windows))], workers, split)
@@ -93,5 +129,7 @@ def fetch_windows(
                 parts = pieces.pop(handed)
                 yield windows[handed], [p for w in sorted(parts) for p in parts[w]]
                 handed += 1
+    finally:
+        pool.stop()
     if failed:
         raise failed[min(failed)]

@@ -99,6 +99,23 @@ def raw_cdr(
                 )
             except CdrApiError as exc:
                 raise _api_failure(exc, day) from None
+            except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+                # Dagster re-runs an interrupted step under its retry policy (for preempted
+                # pods); an operator's Ctrl-C or SIGTERM means stop.
+                raise dg.Failure(
+                    f"{day.key}: interrupted while fetching (Ctrl-C or SIGTERM); requests in "
+                    "flight were abandoned and nothing new was published",
+                    metadata={"partition": day.key, "interrupted": True},
+                    allow_retries=False,
+                ) from None
+            except OSError as exc:
+                raise dg.Failure(
+                    f"{day.key}: could not write the raw layer: {exc}. This is a problem of "
+                    "this machine (disk space, permissions), not of the provider: it is not "
+                    "retried, and no partial day was left behind",
+                    metadata={"partition": day.key, "path": str(exc.filename or "")},
+                    allow_retries=False,
+                ) from None
             t = manifest["totals"]
             records += t["records"]
             context.log.info(
