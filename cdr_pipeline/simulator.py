@@ -91,6 +91,8 @@ class SimConfig:
     content_encoding: str | None = None  # this Content-Encoding header on every answer
     echo_secrets: bool = False  # error answers repeat the appId, the id and the request line
     cdr_list: str = "present"  # "absent" or "null": success answers without their cdr list
+    bomb_from_request: int = 0  # from this request on (1-based), answer a decompression bomb
+    bomb_bytes: int = 512 * 1024 * 1024  # what the bomb inflates to
     empty_from_request: int = 0  # from this request on (1-based), every day has no calls
 
     def __post_init__(self) -> None:
@@ -178,6 +180,7 @@ class CdrSimulator:
         self._hour_calls = lru_cache(maxsize=8192)(self._generate_hour)
         self._listings = lru_cache(maxsize=64)(self._listing)
         self._bodies: dict[str, bytes] = {}
+        self._bomb_body: bytes | None = None
         self._zipped: dict[bytes, bytes] = {}
 
     # --- data -------------------------------------------------------------------------
@@ -426,6 +429,8 @@ class CdrSimulator:
             response = self._fault(fault)
             if response is not None:
                 return response
+        if cfg.bomb_from_request and served >= cfg.bomb_from_request:
+            return SimResponse(200, self._bomb(), {"Content-Type": "application/octet-stream"})
         compress = params.get("compress", "0")
         if compress not in ("0", "1"):
             return self._error("-2", "parameter exception")
@@ -465,6 +470,16 @@ class CdrSimulator:
             if len(self._bodies) > 4096:
                 self._bodies.pop(next(iter(self._bodies)))
         return raw
+
+    def _bomb(self) -> bytes:
+        """A small zlib stream of a huge JSON-looking body, made a megabyte at a time."""
+        with self._lock:
+            if self._bomb_body is None:
+                packer, chunk = zlib.compressobj(9), b" " * (1 << 20)
+                parts = [packer.compress(b'{"errorCode":"0","cdr":[')]
+                parts += [packer.compress(chunk) for _ in range(self.config.bomb_bytes >> 20)]
+                self._bomb_body = b"".join(parts) + packer.flush()
+            return self._bomb_body
 
     def _compressed(self, raw: bytes) -> bytes:
         key = hashlib.blake2b(raw, digest_size=16).digest()

@@ -11,6 +11,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -402,3 +403,99 @@ def test_an_interrupt_stops_the_run_and_publishes_nothing(tmp_path, sim_server, 
     assert "requested a retry" not in out + err
     assert not list((tmp_path / "data").glob("cdr/*/*.parquet"))
     assert not list((tmp_path / "data").glob("raw/cdr/*/manifest.json"))
+
+
+# --- this machine's own failures ----------------------------------------------------------
+
+
+def test_a_local_write_failure_is_fatal_names_the_path_and_is_not_retried(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    from cdr_pipeline_tests.conftest import Env
+
+    env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=200))
+    blocked = env.root / "raw" / "cdr" / "date=2024-03-05"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the day's folder belongs")
+    result = env.run(instance, "2024-03-05", raise_on_error=False)
+    assert not result.success
+    kinds = [e.event_type_value for e in result.all_events]
+    assert "STEP_UP_FOR_RETRY" not in kinds  # the provider is not to blame
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "2024-03-05: could not write the raw layer" in message
+    assert str(blocked) in message and "not retried" in message
+
+
+def test_a_disk_that_fills_up_mid_day_leaves_no_orphan_bodies(tmp_path, sim_server, make_client):
+    import errno
+
+    from cdr_pipeline import storage
+    from cdr_pipeline.daily import Day, fetch_raw_day
+    from cdr_pipeline.store import Store, open_store
+
+    store = open_store(tmp_path)
+    day = Day.from_key("2024-03-05", ZoneInfo("Asia/Shanghai"))
+    client = make_client(sim_server(calls_per_day=2000, page_size=100))
+    real_put, puts = Store.put, []
+
+    def filling_up(self, key, data):
+        puts.append(key)
+        if len(puts) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path(key)))
+        real_put(self, key, data)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Store, "put", filling_up)
+        with pytest.raises(OSError, match="No space left"):
+            fetch_raw_day(client, store, day)
+    folder = tmp_path / storage.raw_day_key(day.key)
+    assert len(puts) == 5 and list(folder.iterdir()) == []
+
+
+# --- decompression bombs to every worker at once ------------------------------------------
+
+BOMB_CLIENT = r"""
+import json, sys
+from cdr_pipeline.api.client import CdrApiClient
+from cdr_pipeline.api.errors import CdrApiError
+from cdr_pipeline.settings import ClientSettings
+
+def rss_peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+url, cap_mb = sys.argv[1], float(sys.argv[2])
+windows = [(1709222400 + h * 3600, 1709222400 + (h + 1) * 3600) for h in range(8)]
+settings = ClientSettings(concurrency=4, max_body_mb=cap_mb, max_attempts=1)
+with CdrApiClient(url, "ID-bomb-test", "APP-bomb-test", settings) as client:
+    client.query_window(*windows[0])  # the first request proves the account: it is fine
+    before = rss_peak_mb()
+    try:
+        list(client.fetch_windows(windows[1:]))
+    except CdrApiError as exc:
+        kind = exc.kind
+print(json.dumps({"before": before, "after": rss_peak_mb(), "kind": kind}))
+"""
+
+
+def test_bombs_to_every_worker_cost_one_cap_not_one_per_worker(sim_server):
+    """Four workers each receive a body that inflates to 256 MiB; the cap is 48 MiB. Were
+    they inflated side by side, the peak would grow by about four caps."""
+    import subprocess
+    import sys
+
+    cap_mb = 48
+    server = sim_server(calls_per_day=300, bomb_from_request=2, bomb_bytes=256 << 20)
+    out = subprocess.run(
+        [sys.executable, "-c", BOMB_CLIENT, server.url, str(cap_mb)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["kind"] == "response-too-large"
+    assert server.sim.stats["requests"] >= 5  # the workers did all ask at once
+    assert result["after"] - result["before"] < 2 * cap_mb, result

@@ -103,6 +103,10 @@ class CdrApiClient:
         self._proven = False
         self._probe = threading.Lock()
         self._halted: CdrApiError | None = None
+        # One body inflated and parsed at a time: each may grow to max_body_bytes, and a bomb
+        # answered to every worker at once must not cost that many times over. (Inflating
+        # is fast and parsing holds the GIL anyway: the lock costs next to nothing.)
+        self._decoding = threading.Lock()
         s = self.settings
         self._http = httpx.Client(
             transport=transport or http_transport(self.url, s),
@@ -236,8 +240,9 @@ class CdrApiClient:
                     )
                 else:
                     try:
-                        decoded, encoding = decode_body(body, max_bytes=s.max_body_bytes)
-                        doc = parse_document(decoded)
+                        with self._decoding:
+                            decoded, encoding = decode_body(body, max_bytes=s.max_body_bytes)
+                            doc = parse_document(decoded)
                     except MalformedResponseError as exc:
                         exc.window, exc.call_id = window, call_id
                         last = exc

@@ -59,6 +59,9 @@ def decode_body(body: bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> tupl
     except INFLATE_ERRORS as exc:
         raise MalformedResponseError(f"broken {encoding} stream: {exc}") from None
     if len(out) > max_bytes or inflater.unconsumed_tail:
+        # the exception's traceback keeps this frame: let the inflated bytes go first, or a
+        # bomb answered to several workers is held once per worker until the run ends
+        del out, inflater
         raise FatalApiError(
             f"{encoding} body inflates past the cap of {max_bytes} bytes "
             "(a decompression bomb or a far too large page)",
