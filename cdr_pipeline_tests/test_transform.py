@@ -758,3 +758,22 @@ def test_a_fingerprint_depends_on_the_string_alone(strings, data):
         for c, d in zip(strings, whole.tolist(), strict=True):
             if (a or "") != (c or ""):
                 assert b != d  # no collisions among a few dozen strings
+
+
+def test_a_call_id_sent_as_a_json_number_is_its_digits():
+    """Statuses and durations sent as numbers are read as their digits; so is a callId."""
+    result = one_page([record(callId=1234567890123), record(callId=12.5)])
+    assert result.cdr.column("call_id").to_pylist() == ["1234567890123"]
+    assert result.accounting["rejects_by_reason"] == {"missing_call_id": 1}  # 12.5 is no id
+
+
+def test_space_around_a_call_id_is_not_part_of_it():
+    """ ``" spaced "`` and ``"spaced"`` are one call served twice (the provider's padding is
+    not part of an id): one row, the copy counted as a duplicate, the most complete kept."""
+    padded = record(callId=" spaced ", recordUrl="")
+    plain = record(callId="spaced")
+    result = one_page([padded, plain])
+    assert result.cdr.column("call_id").to_pylist() == ["spaced"]
+    assert result.cdr.column("record_url").to_pylist() == ["https://r.example/x.mp3"]
+    acc = result.accounting
+    assert (acc["valid"], acc["duplicates_dropped"], acc["duplicates_conflicting"]) == (1, 1, 1)
