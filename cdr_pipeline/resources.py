@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 from pydantic import Field
 
+from cdr_pipeline import storage
 from cdr_pipeline.api.client import CdrApiClient
 from cdr_pipeline.settings import ClientSettings, Settings, SimulatorSettings
 from cdr_pipeline.simulator import DEMO_QUIRKS, PATH, CdrSimulator, SimConfig
@@ -81,6 +82,8 @@ class CdrStorageResource(dg.ConfigurableResource):
     data_dir: str = Field(default="data", description="CDR_DATA_DIR")
     timezone: str = Field(default="Asia/Shanghai", description="CDR_TIMEZONE")
     max_shrink: float = Field(default=0.05, ge=0, le=1, description="CDR_MAX_SHRINK")
+    lock_wait_s: float = Field(default=0.0, ge=0, description="CDR_LOCK_WAIT_S")
+    lease_ttl_s: float = Field(default=3600.0, ge=60, description="CDR_LEASE_TTL_S")
 
     @property
     def store(self) -> Store:
@@ -89,6 +92,13 @@ class CdrStorageResource(dg.ConfigurableResource):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    def take(self, day: str, run_id: str) -> None:
+        """Hold ``day`` for this run (see :func:`storage.take_lease`)."""
+        storage.take_lease(self.store, day, run_id, ttl_s=self.lease_ttl_s, wait_s=self.lock_wait_s)
+
+    def release(self, day: str, run_id: str) -> None:
+        storage.release_lease(self.store, day, run_id)
 
 
 def api_resource(settings: Settings, *, secrets_from_env: bool = True) -> CdrApiResource:
@@ -106,5 +116,9 @@ def api_resource(settings: Settings, *, secrets_from_env: bool = True) -> CdrApi
 
 def storage_resource(settings: Settings) -> CdrStorageResource:
     return CdrStorageResource(
-        data_dir=settings.data_dir, timezone=settings.timezone, max_shrink=settings.max_shrink
+        data_dir=settings.data_dir,
+        timezone=settings.timezone,
+        max_shrink=settings.max_shrink,
+        lock_wait_s=settings.lock_wait_s,
+        lease_ttl_s=settings.lease_ttl_s,
     )

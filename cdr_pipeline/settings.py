@@ -175,6 +175,19 @@ class ProjectSettings(pydantic.BaseModel):
         ge=0,
         le=1,
     )
+    lock_wait_s: float = knob(
+        0.0,
+        "CDR_LOCK_WAIT_S",
+        "seconds a run waits for another run of the same day to finish; 0: fail at once",
+        ge=0,
+    )
+    lease_ttl_s: float = knob(
+        3600.0,
+        "CDR_LEASE_TTL_S",
+        "seconds a run's hold on a day lasts unless renewed: after it, a run that died "
+        "is taken over",
+        ge=60,
+    )
     fetch_retries: int = knob(
         2,
         "CDR_FETCH_RETRIES",

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import re
+import socket
+import time
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import date
+from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,10 +34,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cdr_pipeline.api.redact import get_logger
 from cdr_pipeline.api.wire import ENCODING_EXT
 from cdr_pipeline.store import Store, StoreError, check_key, tmp_key
 
 # Published together, as one version of a day (data contract, "A day is one version").
+log = get_logger(__name__)
 DATASETS = ("cdr", "cdr_rejects", "call_outcome_daily", "call_kpis_daily")
 RAW_DIR = ("raw", "cdr")
 PART_NAME = "part-0.parquet"
@@ -263,6 +269,91 @@ def day_rows(store: Store, dataset: str, day: str) -> int:
     """A day's row count, from the Parquet footer alone."""
     with _open_part(store, dataset, day) as source:
         return pq.read_metadata(source).num_rows
+
+
+# --- a day's lease: one run at a time fetches and publishes a day -------------------------
+
+
+class DayBusy(StorageError):
+    """Another run holds the day's lease."""
+
+
+def lease_key(day: str) -> str:
+    return f"_state/lease/date={check_day(day)}.json"
+
+
+def _lease(owner: str, ttl_s: float, clock: Callable[[], float]) -> bytes:
+    now = clock()
+    return _json_bytes(
+        {
+            "owner": owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "taken_at": now,
+            "expires_at": now + ttl_s,
+            "nonce": uuid.uuid4().hex,  # two claims never write the same bytes
+        }
+    )
+
+
+def _holder(store: Store, day: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(store.read_bytes(lease_key(day)))
+    except FileNotFoundError:
+        return None
+
+
+def take_lease(
+    store: Store,
+    day: str,
+    owner: str,
+    *,
+    ttl_s: float,
+    wait_s: float,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Hold ``day`` for ``owner`` (a run) until it is released or ``ttl_s`` passes. Another
+    holder's lease is waited for up to ``wait_s`` seconds, then :class:`DayBusy`; an expired
+    one (its run died) is taken over. The same owner taking it again renews it."""
+    key = lease_key(day)
+    give_up = clock() + wait_s
+    said = False
+    while True:
+        if store.create(key, _lease(owner, ttl_s, clock)):
+            return
+        holder = _holder(store, day)
+        if holder is None:
+            continue  # released meanwhile
+        if holder.get("owner") == owner:
+            store.put(key, _lease(owner, ttl_s, clock))
+            return
+        if holder.get("expires_at", 0) < clock():
+            store.delete(key)  # its run is gone: take it over
+            continue
+        if clock() >= give_up:
+            expires = datetime.fromtimestamp(holder["expires_at"], UTC)
+            raise DayBusy(
+                f"{day} is being materialized by another run ({holder.get('owner')} on "
+                f"{holder.get('host')}, pid {holder.get('pid')}; its lease ends "
+                f"{expires:%Y-%m-%d %H:%M:%S} UTC unless released sooner). Wait for it, or set "
+                f"CDR_LOCK_WAIT_S to wait (now {wait_s:g} s)"
+            )
+        if not said:
+            log.warning(
+                "%s is held by another run (%s); waiting up to %g s",
+                day,
+                holder.get("owner"),
+                wait_s,
+            )
+            said = True
+        sleep(min(1.0, max(0.0, give_up - clock())))
+
+
+def release_lease(store: Store, day: str, owner: str) -> None:
+    holder = _holder(store, day)
+    if holder is not None and holder.get("owner") == owner:
+        store.delete(lease_key(day))
 
 
 # --- the raw layer ------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import contextlib
 import os
 import posixpath
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -138,6 +139,20 @@ class Store:
             self.delete(tmp)
             raise
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if it does not exist, atomically (False: it did): the content is
+        staged, then hard-linked into place, which fails if the name is taken."""
+        tmp = tmp_key(key)
+        self.write(tmp, lambda where: Path(where).write_bytes(data))
+        try:
+            os.link(self.path(tmp), self.path(key))
+        except FileExistsError:
+            return False
+        finally:
+            self.delete(tmp)
+        self._fsync_dir(self.path(key).parent)
+        return True
+
     def move(self, src: str, dst: str) -> None:
         os.replace(self.path(src), self.path(dst))
         self._fsync_dir(self.path(dst).parent)
@@ -237,6 +252,22 @@ class ObjectStore(Store):
         # One PUT is atomic on an object store: no temporary needed.
         with self.fs.open_output_stream(self._p(key)) as sink:
             sink.write(data)
+
+    # pyarrow's object-store clients have no conditional PUT (If-None-Match): a create is
+    # claimed, then confirmed by reading it back after a pause. Two claims a pause apart
+    # cannot both be confirmed; a closer race is caught where it matters, by the owner check
+    # before a day is published (cdr_day takes the lease again: a lost race fails there).
+    SETTLE_S = 1.0
+
+    def create(self, key: str, data: bytes) -> bool:
+        if self.exists(key):
+            return False
+        self.put(key, data)
+        time.sleep(self.SETTLE_S)
+        try:
+            return self.read_bytes(key) == data
+        except FileNotFoundError:
+            return False
 
     def move(self, src: str, dst: str) -> None:
         self.fs.copy_file(self._p(src), self._p(dst))

@@ -768,7 +768,7 @@ def test_a_call_id_sent_as_a_json_number_is_its_digits():
 
 
 def test_space_around_a_call_id_is_not_part_of_it():
-    """ ``" spaced "`` and ``"spaced"`` are one call served twice (the provider's padding is
+    """``" spaced "`` and ``"spaced"`` are one call served twice (the provider's padding is
     not part of an id): one row, the copy counted as a duplicate, the most complete kept."""
     padded = record(callId=" spaced ", recordUrl="")
     plain = record(callId="spaced")

@@ -14,6 +14,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from cdr_pipeline import storage
+from cdr_pipeline.api.client import CdrApiClient
 from cdr_pipeline.api.errors import CdrApiError, RetriesExhaustedError
 from cdr_pipeline.daily import Day, ShrinkRefused, ValidatedDay, fetch_raw_day, validate_day
 from cdr_pipeline.defs.partitions import SETTINGS, daily_partitions
@@ -91,56 +92,74 @@ def raw_cdr(
             "CDR_API_URL is not set: these CDRs come from the built-in simulator, not the API"
         )
     records = 0
-    with cdr_api.open_client(cdr_storage.timezone) as client:
-        for day in days_of(context):
-            try:
-                manifest = fetch_raw_day(
-                    client, cdr_storage.store, day, endpoint=cdr_api.endpoint_label()
+    days = list(days_of(context))
+    try:
+        with cdr_api.open_client(cdr_storage.timezone) as client:
+            for day in days:
+                manifest = _fetch(context, client, cdr_api, cdr_storage, day)
+                t = manifest["totals"]
+                records += t["records"]
+                context.log.info(
+                    "%s: %d records in %d pages (%d requests, %d retries, %d splits)",
+                    day.key,
+                    t["records"],
+                    t["pages"],
+                    t["http_requests"],
+                    t["retries"],
+                    t["window_splits"],
                 )
-            except CdrApiError as exc:
-                raise _api_failure(exc, day) from None
-            except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
-                # Dagster re-runs an interrupted step under its retry policy (for preempted
-                # pods); an operator's Ctrl-C or SIGTERM means stop.
-                raise dg.Failure(
-                    f"{day.key}: interrupted while fetching (Ctrl-C or SIGTERM); requests in "
-                    "flight were abandoned and nothing new was published",
-                    metadata={"partition": day.key, "interrupted": True},
-                    allow_retries=False,
-                ) from None
-            except OSError as exc:
-                raise dg.Failure(
-                    f"{day.key}: could not write the raw layer: {exc}. This is a problem of "
-                    "this machine (disk space, permissions), not of the provider: it is not "
-                    "retried, and no partial day was left behind",
-                    metadata={"partition": day.key, "path": str(exc.filename or "")},
-                    allow_retries=False,
-                ) from None
-            t = manifest["totals"]
-            records += t["records"]
-            context.log.info(
-                "%s: %d records in %d pages (%d requests, %d retries, %d splits)",
-                day.key,
-                t["records"],
-                t["pages"],
-                t["http_requests"],
-                t["retries"],
-                t["window_splits"],
-            )
-            context.add_asset_metadata(
-                {
-                    **{f"fetch/{k}": v for k, v in t.items()},
-                    "window_utc": " .. ".join(manifest["day_window_utc"]),
-                    "sub_windows": len(manifest["fetch_windows"]),
-                    "endpoint": manifest["endpoint"],
-                    "path": dg.MetadataValue.path(
-                        cdr_storage.store.uri(storage.raw_day_key(day.key))
-                    ),
-                },
-                partition_key=day.key,
-            )
+                context.add_asset_metadata(
+                    {
+                        **{f"fetch/{k}": v for k, v in t.items()},
+                        "window_utc": " .. ".join(manifest["day_window_utc"]),
+                        "sub_windows": len(manifest["fetch_windows"]),
+                        "endpoint": manifest["endpoint"],
+                        "path": dg.MetadataValue.path(
+                            cdr_storage.store.uri(storage.raw_day_key(day.key))
+                        ),
+                    },
+                    partition_key=day.key,
+                )
+    except BaseException:
+        for day in days:  # held until cdr_day publishes them, unless this step fails
+            cdr_storage.release(day.key, context.run_id)
+        raise
     context.log.info("run total: %d records fetched", records)
     return dg.MaterializeResult()
+
+
+def _fetch(
+    context: dg.AssetExecutionContext,
+    client: CdrApiClient,
+    cdr_api: CdrApiResource,
+    cdr_storage: CdrStorageResource,
+    day: Day,
+) -> dict[str, Any]:
+    """One day's raw layer, the day held for this run; every way it can fail, said once."""
+    try:
+        cdr_storage.take(day.key, context.run_id)
+        return fetch_raw_day(client, cdr_storage.store, day, endpoint=cdr_api.endpoint_label())
+    except CdrApiError as exc:
+        raise _api_failure(exc, day) from None
+    except storage.DayBusy as exc:
+        raise dg.Failure(str(exc), metadata={"partition": day.key}, allow_retries=False) from None
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+        # Dagster re-runs an interrupted step under its retry policy (for preempted pods);
+        # an operator's Ctrl-C or SIGTERM means stop.
+        raise dg.Failure(
+            f"{day.key}: interrupted while fetching (Ctrl-C or SIGTERM); requests in flight "
+            "were abandoned and nothing new was published",
+            metadata={"partition": day.key, "interrupted": True},
+            allow_retries=False,
+        ) from None
+    except OSError as exc:
+        raise dg.Failure(
+            f"{day.key}: could not write the raw layer: {exc}. This is a problem of this "
+            "machine (disk space, permissions), not of the provider: it is not retried, and "
+            "no partial day was left behind",
+            metadata={"partition": day.key, "path": str(exc.filename or "")},
+            allow_retries=False,
+        ) from None
 
 
 class DayConfig(dg.Config):
@@ -191,15 +210,22 @@ def cdr_day(
     charted: dict[str, Any] = {}  # KPI rows read for the charts, each day's file once
     fetched = valid = 0
     max_shrink = None if config.allow_shrink else cdr_storage.max_shrink
-    for day in days_of(context):
-        try:
-            result = validate_day(cdr_storage.store, day, cdr_storage.tz, max_shrink=max_shrink)
-        except ShrinkRefused as exc:
-            raise dg.Failure(str(exc), allow_retries=False) from None
-        acc = result.accounting
-        fetched, valid = fetched + acc["fetched"], valid + acc["valid"]
-        for key, metadata in _day_metadata(day, result, cdr_storage, charted).items():
-            context.add_asset_metadata(metadata, asset_key=key, partition_key=day.key)
+    days = list(days_of(context))
+    try:
+        for day in days:
+            try:
+                cdr_storage.take(day.key, context.run_id)  # held since raw_cdr, or taken now
+                result = validate_day(cdr_storage.store, day, cdr_storage.tz, max_shrink=max_shrink)
+            except (ShrinkRefused, storage.DayBusy) as exc:
+                raise dg.Failure(str(exc), allow_retries=False) from None
+            cdr_storage.release(day.key, context.run_id)
+            acc = result.accounting
+            fetched, valid = fetched + acc["fetched"], valid + acc["valid"]
+            for key, metadata in _day_metadata(day, result, cdr_storage, charted).items():
+                context.add_asset_metadata(metadata, asset_key=key, partition_key=day.key)
+    finally:
+        for day in days:
+            cdr_storage.release(day.key, context.run_id)
     context.log.info("run total: %d records fetched, %d valid calls published", fetched, valid)
     for spec in context.assets_def.specs:
         yield dg.MaterializeResult(asset_key=spec.key)

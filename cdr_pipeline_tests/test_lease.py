@@ -1,0 +1,174 @@
+"""One run at a time per day: the day's lease, alone and between two real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from cdr_pipeline import storage
+from cdr_pipeline.store import open_store
+from cdr_pipeline_tests.conftest import API_ID, APP_ID
+from cdr_pipeline_tests.test_crash import _one_version
+
+DAY = "2024-04-10"  # test_crash's day: _one_version reads it
+CLI = str(Path(sys.executable).parent / "cdr-pipeline")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_lease_is_held_renewed_waited_for_and_taken_over(tmp_path):
+    store, clock = open_store(tmp_path), Clock()
+    kw = {"ttl_s": 600, "clock": clock, "sleep": clock.sleep}
+    storage.take_lease(store, DAY, "run-a", wait_s=0, **kw)
+    storage.take_lease(store, DAY, "run-a", wait_s=0, **kw)  # the same run again: renewed
+    with pytest.raises(storage.DayBusy, match=r"2024-04-10 is being materialized by.*run-a"):
+        storage.take_lease(store, DAY, "run-b", wait_s=0, **kw)
+    # waiting: run-a releases while run-b waits
+    released = []
+
+    def sleep_then_release(seconds: float) -> None:
+        clock.sleep(seconds)
+        if not released:
+            storage.release_lease(store, DAY, "run-a")
+            released.append(clock.now)
+
+    storage.take_lease(
+        store, DAY, "run-b", ttl_s=600, wait_s=30, clock=clock, sleep=sleep_then_release
+    )
+    storage.release_lease(store, DAY, "run-a")  # not its lease any more: nothing happens
+    with pytest.raises(storage.DayBusy):
+        storage.take_lease(store, DAY, "run-c", wait_s=5, **kw)
+    clock.now += 601  # run-b died without releasing
+    storage.take_lease(store, DAY, "run-c", wait_s=0, **kw)
+    storage.release_lease(store, DAY, "run-c")
+    assert list((tmp_path / "_state" / "lease").iterdir()) == []
+
+
+def test_an_exclusive_create_has_one_winner(tmp_path):
+    store = open_store(tmp_path)
+    wins = []
+    barrier = threading.Barrier(8)
+
+    def claim(n: int) -> None:
+        barrier.wait()
+        if store.create("_state/lease/x.json", f"{n}".encode()):
+            wins.append(n)
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert store.read_bytes("_state/lease/x.json") == str(wins[0]).encode()
+    assert [p.name for p in (tmp_path / "_state" / "lease").iterdir()] == ["x.json"]
+
+
+def _env(tmp_path: Path, url: str, name: str, **extra: str) -> dict[str, str]:
+    home = tmp_path / f"home-{name}"  # separate Dagster homes: only the data is shared
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CDR_", "DAGSTER_"))}
+    return env | {
+        "DAGSTER_HOME": str(home),
+        "CDR_DATA_DIR": str(tmp_path / "data"),
+        "CDR_API_URL": url,
+        "CDR_API_ID": API_ID,
+        "CDR_APP_ID": APP_ID,
+        "CDR_TIMEZONE": "Asia/Shanghai",
+        **extra,
+    }
+
+
+def _gated(server) -> threading.Event:
+    """The provider answers nothing until the gate opens: the first run is then certainly
+    still fetching, holding the day, while the second one starts."""
+    gate = threading.Event()
+    handle = server.sim.handle
+
+    def held(*args, **kwargs):
+        gate.wait(120)
+        return handle(*args, **kwargs)
+
+    server.sim.handle = held
+    return gate
+
+
+def _start(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [CLI, "materialize", "--start", DAY, "--end", DAY],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_lease(tmp_path: Path, first: subprocess.Popen) -> None:
+    lease = tmp_path / "data" / storage.lease_key(DAY)
+    for _ in range(2400):
+        if lease.exists():
+            return
+        assert first.poll() is None, first.communicate()
+        threading.Event().wait(0.05)
+    raise AssertionError("the first run never took the day")
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_a_second_run_of_the_same_day_fails_fast_and_clearly(tmp_path, sim_server, attempt):
+    server = sim_server(calls_per_day=400, page_size=100)
+    gate = _gated(server)
+    first = _start(_env(tmp_path, server.url, "a"))
+    _wait_for_lease(tmp_path, first)
+    second = subprocess.run(
+        [CLI, "materialize", "--start", DAY, "--end", DAY],
+        env=_env(tmp_path, server.url, "b"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    gate.set()
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 1
+    assert f"{DAY} is being materialized by another run" in second.stderr
+    assert "CDR_LOCK_WAIT_S" in second.stderr
+    _one_version(tmp_path / "data")
+    assert not (tmp_path / "data" / storage.lease_key(DAY)).exists()  # released
+    leftovers = [p for p in (tmp_path / "data").rglob(".*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_a_second_run_told_to_wait_publishes_after_the_first(tmp_path, sim_server):
+    server = sim_server(calls_per_day=400, page_size=100)
+    gate = _gated(server)
+    first = _start(_env(tmp_path, server.url, "a"))
+    _wait_for_lease(tmp_path, first)
+    second = _start(_env(tmp_path, server.url, "b", CDR_LOCK_WAIT_S="300"))
+    said = []
+    for line in second.stderr:  # it says that it waits, and for whom
+        said.append(line)
+        if f"{DAY} is held by another run" in line:
+            break
+    assert said and "waiting up to 300 s" in said[-1], "".join(said)
+    gate.set()  # only now can the first run finish
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    _one_version(tmp_path / "data")
+    runs = storage.read_raw_manifest(open_store(tmp_path / "data"), DAY)
+    assert runs["totals"]["records"] > 0
+    assert not (tmp_path / "data" / storage.lease_key(DAY)).exists()
