@@ -303,6 +303,20 @@ def _holder(store: Store, day: str) -> dict[str, Any] | None:
         return None
 
 
+def _died_here(holder: dict[str, Any]) -> bool:
+    """A holder on this machine whose process is gone (killed, crashed) need not be waited
+    for until its lease expires."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, someone else's
+        return False
+    return False
+
+
 def take_lease(
     store: Store,
     day: str,
@@ -315,7 +329,8 @@ def take_lease(
 ) -> None:
     """Hold ``day`` for ``owner`` (a run) until it is released or ``ttl_s`` passes. Another
     holder's lease is waited for up to ``wait_s`` seconds, then :class:`DayBusy`; an expired
-    one (its run died) is taken over. The same owner taking it again renews it."""
+    one, or one whose process on this machine is gone, is taken over. The same owner taking
+    it again renews it."""
     key = lease_key(day)
     give_up = clock() + wait_s
     said = False
@@ -328,7 +343,7 @@ def take_lease(
         if holder.get("owner") == owner:
             store.put(key, _lease(owner, ttl_s, clock))
             return
-        if holder.get("expires_at", 0) < clock():
+        if holder.get("expires_at", 0) < clock() or _died_here(holder):
             store.delete(key)  # its run is gone: take it over
             continue
         if clock() >= give_up:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -172,3 +173,21 @@ def test_a_second_run_told_to_wait_publishes_after_the_first(tmp_path, sim_serve
     runs = storage.read_raw_manifest(open_store(tmp_path / "data"), DAY)
     assert runs["totals"]["records"] > 0
     assert not (tmp_path / "data" / storage.lease_key(DAY)).exists()
+
+
+def test_a_lease_whose_process_died_on_this_machine_is_taken_over_at_once(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    store = open_store(tmp_path)
+    storage.take_lease(store, DAY, "run-killed", ttl_s=3600, wait_s=0)
+    key = storage.lease_key(DAY)
+    holder = json.loads(store.read_bytes(key))
+    holder["pid"] = int(dead.stdout)  # as if that process had taken it, then been killed
+    store.put(key, json.dumps(holder).encode())
+    storage.take_lease(store, DAY, "run-next", ttl_s=3600, wait_s=0)
+    with pytest.raises(storage.DayBusy):  # a live holder (this process) is waited for
+        storage.take_lease(store, DAY, "run-third", ttl_s=3600, wait_s=0)
