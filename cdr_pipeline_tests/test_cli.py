@@ -279,3 +279,18 @@ def test_make_ui_refuses_a_taken_port_in_plain_words(tmp_path):
         )
     assert out.returncode != 0
     assert f"port {port} is taken" in out.stderr and "UI_PORT=" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["materialize", "--start", "2024-02-30", "--end", "2024-03-01"], "--start '2024-02-30'"),
+        (["kpis", "--start", "2024-03-01", "--end", "soon"], "--end 'soon'"),
+        (["fetch", "--start", "2024-03-02", "--end", "2024-03-01"], "is after --end"),
+    ],
+)
+def test_bad_dates_are_one_plain_line(tmp_path, args, said):
+    out = subprocess.run([CLI, *args], capture_output=True, text=True, env=_env(tmp_path))
+    assert out.returncode != 0
+    assert said in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -191,3 +191,22 @@ def test_a_lease_whose_process_died_on_this_machine_is_taken_over_at_once(tmp_pa
     storage.take_lease(store, DAY, "run-next", ttl_s=3600, wait_s=0)
     with pytest.raises(storage.DayBusy):  # a live holder (this process) is waited for
         storage.take_lease(store, DAY, "run-third", ttl_s=3600, wait_s=0)
+
+
+def test_a_run_of_raw_cdr_alone_leaves_the_day_free(monkeypatch, tmp_path, sim_server, instance):
+    import dagster as dg
+
+    from cdr_pipeline_tests.conftest import Env
+
+    env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=100))
+    result = dg.materialize(
+        [env.defs.get_assets_def("raw_cdr")],
+        partition_key=DAY,
+        instance=instance,
+        resources=env.defs.resources,
+        selection=["raw_cdr"],
+    )
+    assert result.success
+    assert not (env.root / storage.lease_key(DAY)).exists()
+    assert env.run(instance, DAY).success  # and a full run of the day goes ahead
+    assert not (env.root / storage.lease_key(DAY)).exists()

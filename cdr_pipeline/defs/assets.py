@@ -122,8 +122,12 @@ def raw_cdr(
                 )
     except BaseException:
         for day in days:  # held until cdr_day publishes them, unless this step fails
-            cdr_storage.release(day.key, context.run_id)
+            cdr_storage.release(day.key, context.run.run_id)
         raise
+    selection = context.run.asset_selection
+    if selection is not None and dg.AssetKey("cdr") not in selection:
+        for day in days:  # no cdr_day in this run to publish them
+            cdr_storage.release(day.key, context.run.run_id)
     context.log.info("run total: %d records fetched", records)
     return dg.MaterializeResult()
 
@@ -137,7 +141,7 @@ def _fetch(
 ) -> dict[str, Any]:
     """One day's raw layer, the day held for this run; every way it can fail, said once."""
     try:
-        cdr_storage.take(day.key, context.run_id)
+        cdr_storage.take(day.key, context.run.run_id)
         return fetch_raw_day(client, cdr_storage.store, day, endpoint=cdr_api.endpoint_label())
     except CdrApiError as exc:
         raise _api_failure(exc, day) from None
@@ -214,18 +218,18 @@ def cdr_day(
     try:
         for day in days:
             try:
-                cdr_storage.take(day.key, context.run_id)  # held since raw_cdr, or taken now
+                cdr_storage.take(day.key, context.run.run_id)  # held since raw_cdr, or taken now
                 result = validate_day(cdr_storage.store, day, cdr_storage.tz, max_shrink=max_shrink)
             except (ShrinkRefused, storage.DayBusy) as exc:
                 raise dg.Failure(str(exc), allow_retries=False) from None
-            cdr_storage.release(day.key, context.run_id)
+            cdr_storage.release(day.key, context.run.run_id)
             acc = result.accounting
             fetched, valid = fetched + acc["fetched"], valid + acc["valid"]
             for key, metadata in _day_metadata(day, result, cdr_storage, charted).items():
                 context.add_asset_metadata(metadata, asset_key=key, partition_key=day.key)
     finally:
         for day in days:
-            cdr_storage.release(day.key, context.run_id)
+            cdr_storage.release(day.key, context.run.run_id)
     context.log.info("run total: %d records fetched, %d valid calls published", fetched, valid)
     for spec in context.assets_def.specs:
         yield dg.MaterializeResult(asset_key=spec.key)
