@@ -138,7 +138,8 @@ def test_defaults_and_unknown_fields():
     [
         ({"callId": ...}, "missing_call_id"),
         ({"callId": "  "}, "missing_call_id"),
-        ({"callId": 12}, "missing_call_id"),
+        ({"callId": 12.5}, "missing_call_id"),
+        ({"callId": True}, "missing_call_id"),
         ({"startSrcCallTime": "0"}, "missing_start_time"),
         ({"startSrcCallTime": ...}, "missing_start_time"),
         ({"startSrcCallTime": "yesterday"}, "bad_timestamp"),

@@ -201,43 +201,12 @@ class CdrApiClient:
             ctx = {"window": window, "call_id": call_id}
             try:
                 status, headers, body = self._post_once(full)
-            except httpx.TimeoutException as exc:
-                last = TransportError(_timed_out(exc, s), **ctx)
-            except httpx.ConnectError as exc:
-                if _certificate_failed(exc):
-                    raise FatalApiError(
-                        f"the server's TLS certificate was not accepted ({redact(str(exc))[:200]})",
-                        hint="the endpoint's certificate does not verify against this machine's "
-                        "CA bundle: fix the certificate, or point SSL_CERT_FILE at the CA bundle "
-                        "that signs it (never turn verification off)",
-                        kind="tls",
-                        **ctx,
-                    ) from None
-                last = TransportError(
-                    f"the connection failed ({type(exc).__name__}: {redact(str(exc))[:200]})", **ctx
-                )
             except httpx.TransportError as exc:
-                last = TransportError(
-                    f"the connection failed ({type(exc).__name__}: {redact(str(exc))[:200]})", **ctx
-                )
+                last = _transport_error(exc, s, ctx)  # a TLS failure raises: it is fatal
             else:
                 self.count("bytes_received", len(body))
-                if status == 429 or status >= 500:
-                    last = TransientApiError(
-                        "the server is overloaded or failing",
-                        http_status=status,
-                        retry_after=_retry_after(headers.get("retry-after")),
-                        **ctx,
-                    )
-                elif status >= 400 or status < 200 or status >= 300:
-                    hint = (
-                        "check CDR_API_URL (host and path)"
-                        if status in (301, 302, 404)
-                        else "check the endpoint and credentials"
-                    )
-                    raise FatalApiError(
-                        "the server refused the request", http_status=status, hint=hint, **ctx
-                    )
+                if not 200 <= status < 300:
+                    last = _http_error(status, headers, ctx)  # a refusal raises: it is fatal
                 else:
                     try:
                         with self._decoding:
@@ -307,13 +276,47 @@ class CdrApiClient:
         return fetch_windows(self, windows, src)
 
 
-def _timed_out(exc: httpx.TimeoutException, settings: ClientSettings) -> str:
+def _transport_error(
+    exc: httpx.TransportError, settings: ClientSettings, ctx: dict[str, Any]
+) -> CdrApiError:
+    """What a failed exchange means: a transient error to retry, or (raised) a TLS failure,
+    which is this deployment's to fix, not the provider's."""
     if isinstance(exc, DeadlinePassed):
-        return (
+        return TransportError(
             f"the request passed its total deadline of {settings.deadline_s:g} s (the server "
-            "is answering too slowly)"
+            "is answering too slowly)",
+            **ctx,
         )
-    return f"the request timed out ({type(exc).__name__})"
+    if isinstance(exc, httpx.TimeoutException):
+        return TransportError(f"the request timed out ({type(exc).__name__})", **ctx)
+    text = f"{type(exc).__name__}: {redact(str(exc))[:200]}"
+    if isinstance(exc, httpx.ConnectError) and _certificate_failed(exc):
+        raise FatalApiError(
+            f"the server's TLS certificate was not accepted ({text})",
+            hint="the endpoint's certificate does not verify against this machine's CA bundle: "
+            "fix the certificate, or point SSL_CERT_FILE at the CA bundle that signs it "
+            "(never turn verification off)",
+            kind="tls",
+            **ctx,
+        ) from None
+    return TransportError(f"the connection failed ({text})", **ctx)
+
+
+def _http_error(status: int, headers: dict[str, str], ctx: dict[str, Any]) -> CdrApiError:
+    """429 and 5xx are worth another try (after any Retry-After); the rest (raised) are not."""
+    if status == 429 or status >= 500:
+        return TransientApiError(
+            "the server is overloaded or failing",
+            http_status=status,
+            retry_after=_retry_after(headers.get("retry-after")),
+            **ctx,
+        )
+    hint = (
+        "check CDR_API_URL (host and path)"
+        if status in (301, 302, 404)
+        else "check the endpoint and credentials"
+    )
+    raise FatalApiError("the server refused the request", http_status=status, hint=hint, **ctx)
 
 
 def _certificate_failed(exc: BaseException) -> bool:
