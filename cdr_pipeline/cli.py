@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from tabulate import tabulate
 
 from cdr_pipeline.api.errors import CdrApiError
-from cdr_pipeline.settings import ConfigError, Settings, knobs, load_settings
+from cdr_pipeline.settings import ConfigError, Settings, apply_dotenv, knobs, load_settings
 
 
 def _client(settings: Settings):
@@ -141,7 +141,12 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").touch()  # an empty instance config: local storage under home
     job = defs().resolve_job_def(DAILY_JOB)
-    run_config: dict = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # Dagster's console log repeats a failure with its stack trace: the summary below says it
+    # once, in plain words (--verbose shows Dagster's own log too).
+    level = "WARNING" if args.verbose else "CRITICAL"
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": level}}}}
+    if settings.uses_simulator:
+        print("CDR_API_URL is not set: fetching synthetic calls from the built-in simulator")
     if args.allow_shrink:
         run_config["ops"] = {"cdr_day": {"config": {"allow_shrink": True}}}
     failed: list[str] = []
@@ -159,7 +164,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                 )
                 if not result.success:
                     failed.append(day)
-                    interrupted = _report_failure(result, day, bar.write)
+                    interrupted = _report_failure(result, day, bar.write, args.verbose)
                     if interrupted:
                         break
         except KeyboardInterrupt:  # between the steps of a run, or between runs
@@ -174,25 +179,34 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    print_kpis(settings, days)
+    print_kpis(settings, days, failed=set(failed))
     if failed:
         print(f"failed partitions: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
 
-def _report_failure(result, day: str, write) -> bool:
-    """Say why a day's run failed; True when it was interrupted."""
+def _report_failure(result, day: str, write, verbose: bool) -> bool:
+    """Say once, in plain words, why a day's run failed (with the stack trace when
+    ``verbose``); True when it was interrupted."""
     interrupted = False
     for event in result.all_events:
-        if not (event.is_failure and event.event_specific_data is not None):
+        if not event.is_step_failure:
             continue
-        err = getattr(event.event_specific_data, "error", None)
-        if err is not None:
-            write(f"{day}: {err.message.strip()}", file=sys.stderr)
-        user = getattr(event.event_specific_data, "user_failure_data", None)
+        data = event.step_failure_data
+        user = data.user_failure_data
         if user is not None and user.metadata.get("interrupted") is not None:
             interrupted = True
+        error = data.error
+        while error is not None and error.cause is not None and not error.message.strip():
+            error = error.cause
+        text = (user.description if user is not None and user.description else None) or (
+            error.message.strip() if error is not None else "failed"
+        )
+        text = text.removeprefix("dagster._core.definitions.events.Failure: ")
+        write(f"{day} failed: {text}", file=sys.stderr)
+        if verbose and error is not None:
+            write(error.to_string(), file=sys.stderr)
     return interrupted
 
 
@@ -210,17 +224,31 @@ KPI_COLUMNS = (
 )
 
 
-def print_kpis(settings: Settings, days: Sequence[str]) -> None:
+def print_kpis(settings: Settings, days: Sequence[str], failed: set[str] | None = None) -> None:
+    """One row per day asked for: its KPIs, or why there are none (a day that failed in this
+    command is never shown with the figures of an earlier run)."""
     from cdr_pipeline.report import kpi_history
 
-    rows = kpi_history(settings.store, days)
-    if not rows:
-        print("no KPIs to show")
-        return
-    headers = [c for c, _ in KPI_COLUMNS]
-    cells = [[("—" if r[c] is None else fmt.format(r[c])) for c, fmt in KPI_COLUMNS] for r in rows]
+    failed = failed or set()
+    found = {r["date"]: r for r in kpi_history(settings.store, days)}
+    headers = [c for c, _ in KPI_COLUMNS] + ["status"]
+    cells = []
+    for day in days:
+        row = found.get(day)
+        if day in failed or row is None:
+            status = "FAILED" if day in failed else "not materialized"
+            cells.append([day, *[""] * (len(KPI_COLUMNS) - 1), status])
+        else:
+            values = [("—" if row[c] is None else fmt.format(row[c])) for c, fmt in KPI_COLUMNS]
+            cells.append([*values, "ok"])
     print()
     print(tabulate(cells, headers=headers, tablefmt="plain", stralign="right"))
+    missing = [d for d in days if d not in found and d not in failed]
+    if missing:
+        print(
+            f"\n{len(missing)} of {len(days)} days are not materialized: "
+            f"cdr-pipeline materialize --start {missing[0]} --end {missing[-1]}"
+        )
     store = settings.store
     print(
         f"\ndatasets under {store.url}/ (cdr, cdr_rejects, call_outcome_daily, "
@@ -269,7 +297,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     rows = []
     for k in knobs():
         value = getattr(models[k.model], k.field)
-        source = "environment" if (os.environ.get(k.env) or "").strip() else "default"
+        source = "default"
+        if (os.environ.get(k.env) or "").strip():
+            source = ".env" if k.env in args.dotenv else "environment"
         shown = "***" if k.secret and value else value
         rows.append([k.env, "—" if shown is None else shown, source])
     print(tabulate(rows, headers=["variable", "value", "from"], tablefmt="plain"))
@@ -325,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--out", default="report.html", help="where to write the HTML")
         if name == "materialize":
             s.add_argument(
+                "--verbose", action="store_true", help="show Dagster's log and stack traces"
+            )
+            s.add_argument(
                 "--allow-shrink",
                 action="store_true",
                 help="publish a day even if it loses more valid calls than CDR_MAX_SHRINK allows",
@@ -335,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.dotenv = apply_dotenv()  # the same .env Dagster's commands read, over the environment
     try:
         return args.func(args)
     except ConfigError as exc:

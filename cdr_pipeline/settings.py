@@ -411,6 +411,20 @@ def _problems(model: type[pydantic.BaseModel], values: dict[str, str]) -> list[s
     return []
 
 
+def apply_dotenv(folder: Path | None = None) -> set[str]:
+    """Load ``.env`` from ``folder`` (the working directory) over the environment, as
+    Dagster's own commands do, so every entry point sees the same settings; return the names
+    it set."""
+    from dotenv import dotenv_values  # comes with dagster
+
+    path = (folder or Path.cwd()) / ".env"
+    if not path.is_file():
+        return set()
+    values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    os.environ.update(values)
+    return set(values)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (the process environment by default); an empty
     variable counts as unset. Raises :class:`ConfigError` naming every bad variable."""

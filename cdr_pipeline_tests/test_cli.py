@@ -294,3 +294,72 @@ def test_bad_dates_are_one_plain_line(tmp_path, args, said):
     assert out.returncode != 0
     assert said in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_dotenv_file_means_the_same_to_the_cli_as_to_dagster(tmp_path):
+    """Dagster's commands load ``.env`` from the working directory over the environment;
+    so does ``cdr-pipeline``, and ``config`` says where each value came from."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".env").write_text(
+        f"CDR_DATA_DIR={tmp_path / 'from-dotenv'}\nCDR_SIM_CALLS_PER_DAY=150\n"
+    )
+    env = _env(tmp_path) | {"CDR_DATA_DIR": str(tmp_path / "from-environment")}
+    out = subprocess.run([CLI, "config"], cwd=work, env=env, capture_output=True, text=True)
+    rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:]}
+    assert rows["CDR_DATA_DIR"] == [str(tmp_path / "from-dotenv"), ".env"]
+    assert rows["CDR_SIM_CALLS_PER_DAY"] == ["150", ".env"]
+    run = subprocess.run(
+        [CLI, "materialize", "--start", "2024-03-01", "--end", "2024-03-01"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert list((tmp_path / "from-dotenv").glob("cdr/*/*.parquet"))
+    assert not (tmp_path / "from-environment").exists()
+
+
+def test_a_failed_day_is_said_once_and_never_shown_with_old_figures(tmp_path):
+    env = _env(tmp_path)  # the built-in simulator publishes the day first
+    day = ["--start", "2024-03-01", "--end", "2024-03-01"]
+    first = subprocess.run([CLI, "materialize", *day], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # now the real API, with a credential it refuses
+    from cdr_pipeline.simulator import serve
+
+    server = serve(SimConfig(force_error="-401"))
+    try:
+        bad = env | {"CDR_API_URL": server.url, "CDR_API_ID": "ID-wrong", "CDR_APP_ID": "APP-x"}
+        out = subprocess.run([CLI, "materialize", *day], env=bad, capture_output=True, text=True)
+    finally:
+        server.close()
+    assert out.returncode == 1
+    said = [line for line in out.stderr.splitlines() if "2024-03-01 failed:" in line]
+    assert len(said) == 1 and "-401" in said[0] and "CDR_APP_ID" in said[0]
+    assert "Traceback" not in out.stderr
+    (row,) = [line for line in out.stdout.splitlines() if line.startswith("2024-03-01")]
+    assert row.split() == ["2024-03-01", "FAILED"]  # not the published day's figures
+
+
+def test_kpis_say_which_days_are_not_materialized(tmp_path):
+    env = _env(tmp_path)
+    subprocess.run(
+        [CLI, "materialize", "--start", "2024-03-02", "--end", "2024-03-02"],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    out = subprocess.run(
+        [CLI, "kpis", "--start", "2024-03-01", "--end", "2024-03-03"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0
+    rows = {line.split()[0]: line for line in out.stdout.splitlines() if line[:4] == "2024"}
+    assert rows["2024-03-01"].split()[1:] == ["not", "materialized"]
+    assert rows["2024-03-02"].split()[-1] == "ok"
+    assert "2 of 3 days are not materialized" in out.stdout
