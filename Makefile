@@ -2,45 +2,66 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+RUN_STAMP  := $(VENV)/.installed-runtime
+TEST_STAMP := $(VENV)/.installed-test
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 .PHONY: install run test bench screenshot ui lint format clean
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
-	touch $(STAMP)
+# $(call install,EXTRAS,WHAT): install the project (with EXTRAS) into .venv, with uv when it is
+# on the PATH, else pip; refuse a Python older than 3.11 before anything is installed; and
+# leave no half-made .venv behind when the install fails.
+define install
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else \
+	  f"cdr-pipeline needs Python 3.11 or newer; $(PYTHON) is {v.major}.{v.minor}: run make again \
+	  with PYTHON=python3.11 (or newer)")'
+	@echo "installing $(2) into $(VENV) (a minute or two the first time) ..."
+	@if command -v uv >/dev/null 2>&1; then \
+	  { test -x $(BIN)/python || uv venv -q --python $(PYTHON) $(VENV); } && \
+	  uv pip install -q --python $(BIN)/python -c constraints.txt -e ".$(1)"; \
+	else \
+	  { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); } && \
+	  $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".$(1)"; \
+	fi || { rm -rf $(VENV); echo "make: the install failed (above); $(VENV) was removed" >&2; exit 1; }
+endef
 
-install: $(STAMP)
+$(RUN_STAMP): pyproject.toml constraints.txt
+	$(call install,,the pipeline)
+	@touch $@
+
+$(TEST_STAMP): $(RUN_STAMP)
+	$(call install,[test],the test tools)
+	@touch $@
+
+install: $(RUN_STAMP)
 
 ## Materialize the last 7 complete days from the built-in simulator and print their KPIs.
-run: $(STAMP)
+run: $(RUN_STAMP)
 	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/cdr-pipeline materialize --last 7
 
 ## The whole suite: lint, then every test.
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests benchmarks docs
 	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests benchmarks docs
 	$(BIN)/pytest -n 2 -q -p no:cacheprovider
 
 ## Speed and memory against naive pandas and dlt; writes benchmarks/RESULTS.md (~10 min).
 BENCH_STAMP := $(VENV)/.bench-installed
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,bench]"
-	touch $(BENCH_STAMP)
+$(BENCH_STAMP): $(TEST_STAMP)
+	$(call install,[test,bench],the benchmark baselines)
+	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run
 
 ## Regenerate docs/partitions.png (the README's screenshot) with the webserver and headless Chromium.
-screenshot: $(STAMP)
+screenshot: $(TEST_STAMP)
 	$(BIN)/python docs/screenshot.py --out docs/partitions.png
 
 ## The Dagster UI on http://127.0.0.1:$(UI_PORT) (`dg dev`) with the runs of `make run`.
 UI_PORT ?= 3000
-ui: $(STAMP)
+ui: $(RUN_STAMP)
 	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	@$(BIN)/python -c "import socket, sys; s = socket.socket(); \
 	  s.bind(('127.0.0.1', $(UI_PORT)))" 2>/dev/null || { \
@@ -48,11 +69,11 @@ ui: $(STAMP)
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(BIN):$$PATH \
 	  $(BIN)/dg dev --use-active-venv -h 127.0.0.1 -p $(UI_PORT)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests benchmarks docs
 	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests benchmarks docs
 
-format: $(STAMP)
+format: $(TEST_STAMP)
 	$(BIN)/ruff check --fix cdr_pipeline cdr_pipeline_tests benchmarks docs
 	$(BIN)/ruff format cdr_pipeline cdr_pipeline_tests benchmarks docs
 
