@@ -254,13 +254,8 @@ def print_kpis(settings: Settings, days: Sequence[str], failed: set[str] | None 
         f"\ndatasets under {store.url}/ (cdr, cdr_rejects, call_outcome_daily, "
         "call_kpis_daily, raw/cdr); e.g."
     )
-    if store.local:
-        glob = f"{store.url}/call_kpis_daily/*/*.parquet"
-        query = f"select * from read_parquet('{glob}', hive_partitioning=true) order by date"
-        print(f'  .venv/bin/python -c "import duckdb; print(duckdb.sql(\\"{query}\\"))"')
-    else:
-        where = f"{store.url}/call_kpis_daily"
-        print(f"  .venv/bin/python -c \"import pandas; print(pandas.read_parquet('{where}'))\"")
+    where = f"{store.url}/call_kpis_daily"
+    print(f"  .venv/bin/python -c \"import pandas; print(pandas.read_parquet('{where}'))\"")
 
 
 def cmd_kpis(args: argparse.Namespace) -> int:
