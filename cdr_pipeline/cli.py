@@ -1,4 +1,5 @@
-"""``cdr-pipeline``: run the simulator, look up a call, debug a window, materialize days."""
+"""cdr-pipeline: materialize days of CDRs, print their KPIs, write a report, check the
+settings, ask the getCdr API about one call or one window, or serve the built-in simulator."""
 
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
+    if not args.call_id.strip():
+        raise SystemExit("give the callId to look up (the callback request returned it)")
     settings = load_settings()
     with _client(settings) as client:
         record = client.lookup(args.call_id)
@@ -258,9 +261,35 @@ def print_kpis(settings: Settings, days: Sequence[str], failed: set[str] | None 
     print(f"  .venv/bin/python -c \"import pandas; print(pandas.read_parquet('{where}'))\"")
 
 
+def _data_present(settings: Settings) -> None:
+    """Reading commands refuse a local data directory that does not exist (run from another
+    folder, the default ``data`` points nowhere), rather than show an empty table."""
+    store = settings.store
+    if store.local and not Path(store.url).is_dir():
+        raise SystemExit(
+            f"no data directory at {store.url}: run cdr-pipeline from the folder that holds "
+            "data/, or set CDR_DATA_DIR"
+        )
+
+
 def cmd_kpis(args: argparse.Namespace) -> int:
     settings = load_settings()
-    print_kpis(settings, _day_range(args, settings))
+    days = _day_range(args, settings)
+    _data_present(settings)
+    if args.format == "table":
+        print_kpis(settings, days)
+        return 0
+    from cdr_pipeline.report import kpi_history
+
+    rows = kpi_history(settings.store, days)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["date"])
+        writer.writeheader()
+        writer.writerows(rows)
     return 0
 
 
@@ -269,8 +298,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     days = _day_range(args, settings)
-    out = Path(args.out)
-    out.write_text(html_report(settings.store, days[0], days[-1]), encoding="utf-8")
+    _data_present(settings)
+    store = settings.store
+    default = Path(store.url) / "report.html" if store.local else Path("report.html")
+    out = Path(args.out) if args.out else default
+    out.write_text(html_report(store, days[0], days[-1]), encoding="utf-8")
     print(f"wrote {out} ({days[0]} to {days[-1]})")
     return 0
 
@@ -301,11 +333,28 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cdr-pipeline", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every flag's default shown; descriptions kept as written."""
 
-    s = sub.add_parser("simulate-api", help="serve the built-in getCdr simulator over HTTP")
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cdr-pipeline")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cdr-pipeline", description=__doc__, formatter_class=_Help)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=_Help)
+
+    s = command("simulate-api", "serve the built-in getCdr simulator over HTTP")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8787)
     s.add_argument("--seed", type=int, default=20190123)
@@ -322,18 +371,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-id", default=None, help="require this id (default: accept any)")
     s.set_defaults(func=cmd_simulate)
 
-    s = sub.add_parser("config", help="print the effective settings (secrets masked)")
+    s = command("config", "print the effective settings and where each came from")
     s.add_argument("--env-example", action="store_true", help="print .env.example instead")
     s.add_argument("--markdown", action="store_true", help="print the README's settings table")
     s.set_defaults(func=cmd_config)
 
-    s = sub.add_parser("lookup", help="print one call's CDR as JSON")
-    s.add_argument("call_id")
+    s = command("lookup", "ask the getCdr API (not the local data) for one call's CDR, as JSON")
+    s.add_argument("call_id", help="the callId the callback request returned")
     s.set_defaults(func=cmd_lookup)
 
-    s = sub.add_parser("fetch", help="query a window and print per-page counts")
+    s = command(
+        "fetch", "ask the getCdr API for one window and print its pages' counts (no data is kept)"
+    )
     s.add_argument("--start", required=True, help="epoch seconds, YYYY-MM-DD or ISO date-time")
-    s.add_argument("--end", required=True)
+    s.add_argument("--end", required=True, help="the same forms; local times in CDR_TIMEZONE")
     s.add_argument("--src", default=None, help="only this caller's CDRs")
     s.set_defaults(func=cmd_fetch)
 
@@ -342,12 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("kpis", cmd_kpis, "print the KPI table of a range of days"),
         ("report", cmd_report, "write a self-contained HTML report of a range of days"),
     ):
-        s = sub.add_parser(name, help=text)
+        s = command(name, text)
         s.add_argument("--start", help="first day, YYYY-MM-DD")
         s.add_argument("--end", help="last day, YYYY-MM-DD (inclusive)")
         s.add_argument("--last", type=int, help="the last N complete days instead")
         if name == "report":
-            s.add_argument("--out", default="report.html", help="where to write the HTML")
+            s.add_argument(
+                "--out", default=None, help="where to write the HTML (default: the data directory)"
+            )
+        if name == "kpis":
+            s.add_argument(
+                "--format", choices=("table", "csv", "json"), default="table", help="output format"
+            )
         if name == "materialize":
             s.add_argument(
                 "--verbose", action="store_true", help="show Dagster's log and stack traces"
@@ -372,6 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CdrApiError as exc:
         print(f"API error: {exc}", file=sys.stderr)
         return 3
+    except OSError as exc:  # the data directory: a bucket out of reach, a full disk
+        print(f"storage error: {exc}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

@@ -363,3 +363,45 @@ def test_kpis_say_which_days_are_not_materialized(tmp_path):
     assert rows["2024-03-01"].split()[1:] == ["not", "materialized"]
     assert rows["2024-03-02"].split()[-1] == "ok"
     assert "2 of 3 days are not materialized" in out.stdout
+
+
+def test_cli_rough_edges(tmp_path):
+    """A version, a plain word for an empty callId, a folder without data, machine-readable
+    KPIs, the report beside the data, and an unreachable bucket in one line."""
+    env = _env(tmp_path)
+    version = subprocess.run([CLI, "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("cdr-pipeline ")
+    empty = subprocess.run([CLI, "lookup", ""], capture_output=True, text=True, env=env)
+    assert empty.returncode != 0 and "give the callId" in empty.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lost = {k: v for k, v in env.items() if k != "CDR_DATA_DIR"}
+    out = subprocess.run(
+        [CLI, "kpis", "--last", "3"], capture_output=True, text=True, env=lost, cwd=elsewhere
+    )
+    assert out.returncode != 0 and "no data directory at" in out.stderr
+    assert not (elsewhere / "data").exists()  # and none was made
+    day = ["--start", "2024-03-01", "--end", "2024-03-01"]
+    subprocess.run([CLI, "materialize", *day], env=env, capture_output=True, check=True)
+    as_json = subprocess.run(
+        [CLI, "kpis", *day, "--format", "json"], capture_output=True, text=True, env=env
+    )
+    (row,) = json.loads(as_json.stdout)
+    as_csv = subprocess.run(
+        [CLI, "kpis", *day, "--format", "csv"], capture_output=True, text=True, env=env
+    )
+    header, line = as_csv.stdout.strip().splitlines()
+    assert header.split(",")[:2] == ["date", "total_calls"]
+    assert line.split(",")[1] == str(row["total_calls"])
+    report = subprocess.run([CLI, "report", *day], capture_output=True, text=True, env=env)
+    assert report.returncode == 0 and (tmp_path / "data" / "report.html").exists()
+    bucket = env | {
+        "CDR_DATA_DIR": "s3://no-such-bucket/prefix",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens there
+        "AWS_ACCESS_KEY_ID": "key-id",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    down = subprocess.run([CLI, "kpis", *day], capture_output=True, text=True, env=bucket)
+    assert down.returncode == 4
+    assert down.stderr.startswith("storage error: ") and len(down.stderr.splitlines()) == 1
