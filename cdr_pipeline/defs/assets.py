@@ -40,7 +40,10 @@ def column_schema(schema: pa.Schema) -> dg.TableSchema:
     return dg.TableSchema(
         columns=[
             dg.TableColumn(
-                f.name, str(f.type), constraints=dg.TableColumnConstraints(nullable=f.nullable)
+                f.name,
+                str(f.type),
+                description=(f.metadata or {}).get(b"description", b"").decode() or None,
+                constraints=dg.TableColumnConstraints(nullable=f.nullable),
             )
             for f in schema
         ]

@@ -13,21 +13,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cdr_pipeline.dictionary import described
 from cdr_pipeline.transform.hashing import fingerprint
 from cdr_pipeline.transform.keylog import KeyLog
 from cdr_pipeline.transform.parse import TIME_FIELDS
 
-OUTCOME_SCHEMA = pa.schema(
-    [
-        pa.field("call_type", pa.int8()),
-        pa.field("call_end_status", pa.int8()),
-        pa.field("call_end_status_label", pa.string()),
-        pa.field("calls", pa.int64()),
-        pa.field("billed_seconds", pa.int64()),
-        pa.field("avg_billed_seconds", pa.float64()),
-        pa.field("share_of_calls", pa.float64()),
-    ]
+OUTCOME_SCHEMA = described(
+    pa.schema(
+        [
+            pa.field("call_type", pa.int8()),
+            pa.field("call_end_status", pa.int8()),
+            pa.field("call_end_status_label", pa.string()),
+            pa.field("calls", pa.int64()),
+            pa.field("billed_seconds", pa.int64()),
+            pa.field("avg_billed_seconds", pa.float64()),
+            pa.field("share_of_calls", pa.float64()),
+        ]
+    ),
+    "call_outcome_daily",
 )
+
 
 KPI_COUNTS = (
     "total_calls",
@@ -51,12 +56,15 @@ KPI_FLOATS = (
     "short_call_ratio",
     "recording_coverage",
 )
-KPI_SCHEMA = pa.schema(
-    [pa.field(n, pa.int64()) for n in KPI_COUNTS[:2]]
-    + [pa.field(n, pa.float64()) for n in KPI_FLOATS]
-    + [pa.field(n, pa.int64()) for n in KPI_COUNTS[2:4]]
-    + [pa.field("peak_hour", pa.int8())]
-    + [pa.field(n, pa.int64()) for n in KPI_COUNTS[4:]]
+KPI_SCHEMA = described(
+    pa.schema(
+        [pa.field(n, pa.int64()) for n in KPI_COUNTS[:2]]
+        + [pa.field(n, pa.float64()) for n in KPI_FLOATS]
+        + [pa.field(n, pa.int64()) for n in KPI_COUNTS[2:4]]
+        + [pa.field("peak_hour", pa.int8())]
+        + [pa.field(n, pa.int64()) for n in KPI_COUNTS[4:]]
+    ),
+    "call_kpis_daily",
 )
 
 

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 
+from cdr_pipeline.dictionary import described
 from cdr_pipeline.transform.parse import (
     CALL_TYPE_ABSENT,
     CALL_TYPE_RANGE,
@@ -43,29 +44,36 @@ REJECT_REASONS = (
 )
 
 _TS = pa.timestamp("ms", tz="UTC")
-CDR_SCHEMA = pa.schema(
-    [
-        pa.field("call_id", pa.string(), nullable=False),
-        pa.field("src", pa.string()),
-        pa.field("dst", pa.string()),
-        *[pa.field(col, _TS) for _, col in TIME_FIELDS],
-        pa.field("call_end_status", pa.int8()),
-        pa.field("call_end_status_label", pa.string()),
-        pa.field("duration_s", pa.int32()),
-        pa.field("record_url", pa.string()),
-        pa.field("call_type", pa.int8()),
-        pa.field("biz_id", pa.string()),
-        pa.field("order_id", pa.string()),
-        pa.field("extra", pa.string()),
-    ]
+CDR_SCHEMA = described(
+    pa.schema(
+        [
+            pa.field("call_id", pa.string(), nullable=False),
+            pa.field("src", pa.string()),
+            pa.field("dst", pa.string()),
+            *[pa.field(col, _TS) for _, col in TIME_FIELDS],
+            pa.field("call_end_status", pa.int8()),
+            pa.field("call_end_status_label", pa.string()),
+            pa.field("duration_s", pa.int32()),
+            pa.field("record_url", pa.string()),
+            pa.field("call_type", pa.int8()),
+            pa.field("biz_id", pa.string()),
+            pa.field("order_id", pa.string()),
+            pa.field("extra", pa.string()),
+        ]
+    ),
+    "cdr",
 )
-REJECTS_SCHEMA = pa.schema(
-    [
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("detail", pa.string()),
-        pa.field("raw", pa.string()),
-        pa.field("source", pa.string()),
-    ]
+
+REJECTS_SCHEMA = described(
+    pa.schema(
+        [
+            pa.field("reason", pa.string(), nullable=False),
+            pa.field("detail", pa.string()),
+            pa.field("raw", pa.string()),
+            pa.field("source", pa.string()),
+        ]
+    ),
+    "cdr_rejects",
 )
 
 
