@@ -307,6 +307,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """One request to the configured API, and what it says in plain words."""
+    import dataclasses
+    import time
+
+    from cdr_pipeline.resources import api_resource
+
+    settings = load_settings()
+    quick = settings.client.model_copy(
+        update={"max_attempts": min(2, settings.client.max_attempts)}
+    )
+    resource = api_resource(dataclasses.replace(settings, client=quick), secrets_from_env=False)
+    end = int(time.time()) - 86400  # a minute of yesterday: complete on any provider
+    print(f"asking {resource.endpoint_label()} for the calls of one minute ...")
+    try:
+        with resource.open_client(settings.timezone) as client:
+            pages = client.query_window(end - 60, end)
+    except CdrApiError as exc:
+        print(f"not working: {exc.message}", file=sys.stderr)
+        if exc.code is not None:
+            print(f"API code {exc.code}: {exc.meaning}", file=sys.stderr)
+        if exc.hint:
+            print(f"what to do: {exc.hint}", file=sys.stderr)
+        return 3
+    calls = sum(p.record_count for p in pages)
+    print(
+        f"works: the API answered ({calls} calls in that minute); the URL, the credentials and "
+        "this machine's address are accepted"
+    )
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from cdr_pipeline import settings as declared
 
@@ -375,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--env-example", action="store_true", help="print .env.example instead")
     s.add_argument("--markdown", action="store_true", help="print the README's settings table")
     s.set_defaults(func=cmd_config)
+
+    s = command("check", "send one request to the configured API and say what works or not")
+    s.set_defaults(func=cmd_check)
 
     s = command("lookup", "ask the getCdr API (not the local data) for one call's CDR, as JSON")
     s.add_argument("call_id", help="the callId the callback request returned")

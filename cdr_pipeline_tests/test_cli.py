@@ -405,3 +405,25 @@ def test_cli_rough_edges(tmp_path):
     down = subprocess.run([CLI, "kpis", *day], capture_output=True, text=True, env=bucket)
     assert down.returncode == 4
     assert down.stderr.startswith("storage error: ") and len(down.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("force_error", "code", "said"),
+    [
+        (None, 0, "works: the API answered"),
+        ("-403", 3, "allow-list"),
+        ("-401", 3, "check CDR_APP_ID"),
+    ],
+)
+def test_check_says_what_works_and_what_to_fix(tmp_path, force_error, code, said):
+    from cdr_pipeline.simulator import serve
+
+    server = serve(SimConfig(force_error=force_error, app_id=APP_ID, api_id=API_ID))
+    try:
+        env = _env(tmp_path, CDR_API_URL=server.url, CDR_API_ID=API_ID, CDR_APP_ID=APP_ID)
+        out = subprocess.run([CLI, "check"], capture_output=True, text=True, env=env)
+    finally:
+        server.close()
+    assert out.returncode == code, out.stderr
+    assert said in out.stdout + out.stderr
+    assert server.sim.stats["requests"] == 1  # one request, even when it fails
