@@ -21,6 +21,7 @@ from cdr_pipeline import storage
 from cdr_pipeline.store import Store
 
 TREND_DAYS = 30
+CALL_TYPE_NAMES = {1: "VoIP", 2: "IP to PSTN", 3: "PSTN to PSTN"}
 RATES = (
     ("connect_rate", "connect rate"),
     ("caller_answer_rate", "caller answer rate"),
@@ -87,6 +88,8 @@ def trend_png(rows: Sequence[dict[str, Any]], *, title: str = "") -> bytes:
             label="ACD (s)",
         )
         acd.set_ylabel("ACD (s)", fontsize=8)
+        bars, line = bottom.get_legend_handles_labels(), acd.get_legend_handles_labels()
+        acd.legend(bars[0] + line[0], bars[1] + line[1], loc="lower left", fontsize=8)
         bottom.grid(alpha=0.3)
         bottom.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
         fig.autofmt_xdate()
@@ -105,14 +108,34 @@ def png_markdown(png: bytes, alt: str) -> str:
 
 
 _HTML_TABLE = jinja2.Environment(autoescape=True).from_string(
-    "<table><thead><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr></thead><tbody>"
-    "{% for row in rows %}<tr>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}"
-    "</tbody></table>"
+    "<div class=scroll><table><thead><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}"
+    "</tr></thead><tbody>{% for row in rows %}<tr>{% for v in row %}<td>{{ v }}</td>"
+    "{% endfor %}</tr>{% endfor %}</tbody></table></div>"
 )
+# How the report shows each figure: rates as percentages (as the CLI and the chart do),
+# counts and minutes with thousands separators, never in scientific notation.
+_FORMATS = {
+    **dict.fromkeys(
+        ("connect_rate", "caller_answer_rate", "callee_answer_rate", "share"), "{:.1%}"
+    ),
+    **dict.fromkeys(("acd_s", "median_caller_pdd_s"), "{:.1f}"),
+    **dict.fromkeys(("billed_minutes", "billed minutes"), "{:,.0f}"),
+    **dict.fromkeys(("total_calls", "calls", "rejected_records", "duplicates_dropped"), "{:,}"),
+}
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[format_cell(r.get(c)) for c in columns] for r in rows]
+    cells = [
+        [
+            "—"
+            if r.get(c) is None
+            else _FORMATS[c].format(r[c])
+            if c in _FORMATS and not isinstance(r[c], str)
+            else format_cell(r[c])
+            for c in columns
+        ]
+        for r in rows
+    ]
     return _HTML_TABLE.render(columns=columns, rows=cells)
 
 
@@ -154,11 +177,11 @@ def outcome_breakdown(store: Store, days: Sequence[str]) -> list[dict[str, Any]]
     total = sum(grouped.column("calls_sum").to_pylist()) or 1
     return [
         {
-            "call type": r["call_type"],
+            "call type": f"{r['call_type']} {CALL_TYPE_NAMES.get(r['call_type'], '')}".strip(),
             "end status": f"{r['call_end_status']} {r['call_end_status_label']}",
             "calls": r["calls_sum"],
-            "share": f"{r['calls_sum'] / total:.1%}",
-            "billed minutes": round(r["billed_seconds_sum"] / 60, 1),
+            "share": r["calls_sum"] / total,
+            "billed minutes": r["billed_seconds_sum"] / 60,
         }
         for r in grouped.to_pylist()
     ]
@@ -206,7 +229,8 @@ def html_report(store: Store, start: str, end: str) -> str:
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }}
+.scroll {{ overflow-x: auto; max-width: 100%; }}
 th {{ background: #f3f5f8; }}
 .note {{ color: #a33; }}
 </style></head><body>

@@ -75,8 +75,12 @@ def test_html_report_is_self_contained_and_matches_the_data(
     for day, n in calls:
         assert re.search(rf"<td>{day}</td><td>{n}</td>", text), (day, n)
     # the outcome breakdown adds up to every call of the period
-    outcome_calls = re.findall(r"<td>\d</td><td>\d \w+</td><td>(\d+)</td>", text)
-    assert sum(map(int, outcome_calls)) == sum(n for _, n in calls)
+    outcome_calls = re.findall(r"<td>\d [A-Za-z ]+</td><td>\d \w+</td><td>([\d,]+)</td>", text)
+    assert outcome_calls
+    tables = re.sub(r'src="data:[^"]*"', "", text)
+    assert not re.search(r"\de[+-]\d", tables)  # no scientific notation in any figure
+    assert re.search(r"<td>\d+\.\d%</td>", text)  # rates as percentages
+    assert sum(int(c.replace(",", "")) for c in outcome_calls) == sum(n for _, n in calls)
 
 
 def test_report_of_an_empty_period_says_so(tmp_path):
