@@ -33,6 +33,8 @@ def _bounded(timeout: float | None) -> float | None:
     left = end - time.monotonic()
     if left <= 0:
         raise httpcore.ReadTimeout("the request's total deadline has passed")
+    # a timeout of this operation is the deadline's when what is left of it is the bound
+    _deadline.binding = timeout is None or left < timeout
     return left if timeout is None else min(timeout, left)
 
 
@@ -44,10 +46,11 @@ class DeadlinePassed(httpx.TimeoutException):
 def deadline(seconds: float) -> Iterator[None]:
     """Bound every socket operation of this thread's request to ``seconds`` in all."""
     end = _deadline.at = time.monotonic() + seconds
+    _deadline.binding = False
     try:
         yield
     except httpx.TimeoutException as exc:
-        if time.monotonic() >= end:
+        if _deadline.binding or time.monotonic() >= end:
             raise DeadlinePassed(f"total deadline of {seconds:g} s passed") from exc
         raise
     finally:
