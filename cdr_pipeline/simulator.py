@@ -87,6 +87,9 @@ class SimConfig:
     force_error_after: int = 0  # answer this many requests normally before force_error
     paging_fault: str | None = None  # "cycle": cursors loop back; "endless": never ends
     latency_s: float = 0.0
+    # billed seconds are the talk time rounded up to this (6-second billing is common): so
+    # acd_s (billed) and aloc_s (talk) differ, as on a real bill
+    billing_increment_s: int = 6
     # a hostile or misconfigured provider
     content_encoding: str | None = None  # this Content-Encoding header on every answer
     echo_secrets: bool = False  # error answers repeat the appId, the id and the request line
@@ -255,8 +258,10 @@ class CdrSimulator:
                     else:
                         status = 1
                         dacc = t["dstAcceptTime"] = dring + rng.randint(2, 15)
-                        duration = min(int(rng.expovariate(1 / 150)), 3 * 3600)
-                        t["endCallTime"] = dacc + duration
+                        talk = min(int(rng.expovariate(1 / 150)), 3 * 3600)
+                        t["endCallTime"] = dacc + talk
+                        step = max(1, cfg.billing_increment_s)
+                        duration = -(-talk // step) * step
         if status != 1 and rng.random() < cfg.anomaly_rate:
             duration = rng.randint(1, 30)  # billed without an answer: a soft anomaly
         record_url = (

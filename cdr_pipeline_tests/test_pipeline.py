@@ -333,3 +333,21 @@ def test_summaries_are_the_same_however_the_day_is_held(
     assert (kpis["total_calls"], kpis["connected_calls"]) == (total, connected)
     assert kpis["billed_minutes"] == pytest.approx(minutes)
     assert (kpis["unique_callers"], kpis["unique_callees"]) == (callers, callees) != (0, 0)
+
+
+def test_billing_rounds_the_talk_up_so_acd_and_aloc_differ(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    """The simulator bills as providers do (6-second increments): acd_s is billed time,
+    aloc_s measured talk, and the two KPIs show the difference the data dictionary explains."""
+    from cdr_pipeline import storage
+
+    env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=300))
+    assert env.run(instance, "2024-03-05").success
+    rows = duckdb.sql(
+        "select duration_s, date_diff('second', dst_accept_time, end_call_time) "
+        f"from read_parquet('{env.glob('cdr')}') where call_end_status = 1"
+    ).fetchall()
+    assert rows and all(billed == -(-talk // 6) * 6 for billed, talk in rows)
+    kpis = storage.read_day_table(env.store, "call_kpis_daily", "2024-03-05").to_pylist()[0]
+    assert kpis["acd_s"] > kpis["aloc_s"]
