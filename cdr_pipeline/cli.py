@@ -349,13 +349,9 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(declared.markdown_table(), end="")
         return 0
     loaded = load_settings()
-    models = {
-        m: getattr(loaded, a)
-        for m, a in zip(declared.MODELS, ("project", "client", "simulator"), strict=True)
-    }
     rows = []
     for k in knobs():
-        value = getattr(models[k.model], k.field)
+        value = getattr(loaded.of(k.model), k.field)
         source = "default"
         if (os.environ.get(k.env) or "").strip():
             source = ".env" if k.env in args.dotenv else "environment"

@@ -7,16 +7,14 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import ClassVar
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 from pydantic import Field
 
 from cdr_pipeline import storage
 from cdr_pipeline.api.client import CdrApiClient
-from cdr_pipeline.settings import ClientSettings, Settings, SimulatorSettings
+from cdr_pipeline.settings import ClientSettings, Settings, SimulatorSettings, StorageSettings
 from cdr_pipeline.simulator import DEMO_QUIRKS, PATH, CdrSimulator, SimConfig
-from cdr_pipeline.store import Store, open_store
 
 
 class CdrApiResource(dg.ConfigurableResource, ClientSettings):
@@ -76,22 +74,9 @@ class SimulatedCdrApi(CdrApiResource, SimulatorSettings):
         return "built-in simulator"
 
 
-class CdrStorageResource(dg.ConfigurableResource):
-    """Where the datasets live and which zone draws the day boundary."""
-
-    data_dir: str = Field(default="data", description="CDR_DATA_DIR")
-    timezone: str = Field(default="Asia/Shanghai", description="CDR_TIMEZONE")
-    max_shrink: float = Field(default=0.05, ge=0, le=1, description="CDR_MAX_SHRINK")
-    lock_wait_s: float = Field(default=0.0, ge=0, description="CDR_LOCK_WAIT_S")
-    lease_ttl_s: float = Field(default=3600.0, ge=60, description="CDR_LEASE_TTL_S")
-
-    @property
-    def store(self) -> Store:
-        return open_store(self.data_dir)
-
-    @property
-    def tz(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
+class CdrStorageResource(dg.ConfigurableResource, StorageSettings):
+    """Where the datasets live, which zone draws the day boundary, and one run at a time per
+    day (its fields are the declarations of :class:`StorageSettings`)."""
 
     def take(self, day: str, run_id: str) -> None:
         """Hold ``day`` for this run (see :func:`storage.take_lease`)."""
@@ -115,10 +100,4 @@ def api_resource(settings: Settings, *, secrets_from_env: bool = True) -> CdrApi
 
 
 def storage_resource(settings: Settings) -> CdrStorageResource:
-    return CdrStorageResource(
-        data_dir=settings.data_dir,
-        timezone=settings.timezone,
-        max_shrink=settings.max_shrink,
-        lock_wait_s=settings.lock_wait_s,
-        lease_ttl_s=settings.lease_ttl_s,
-    )
+    return CdrStorageResource(**settings.storage.model_dump())

@@ -1,11 +1,12 @@
 """Every setting, declared once: name, type, default, bounds, variable and meaning.
 
 A setting is a pydantic field made with :func:`knob`, which records its environment variable.
-Three models hold them: :class:`ProjectSettings` (where data goes, the day boundary, the
-endpoint), :class:`~cdr_pipeline.api.client.ClientSettings` (how the client fetches; fields of
-the API resource too) and :class:`SimulatorSettings` (fields of the simulated API resource
-only). :func:`load_settings` reads them from the environment and reports every bad variable at
-once, in plain words; the resources, the CLI, ``.env.example`` and the README's table are made
+Four models hold them: :class:`StorageSettings` (where data goes, the day boundary, how a day
+is published; fields of the storage resource too), :class:`ProjectSettings` (the partitions,
+the schedules, the endpoint), :class:`ClientSettings` (how the client fetches; fields of the
+API resource too) and :class:`SimulatorSettings` (fields of the simulated API resource only).
+:func:`load_settings` reads them from the environment and reports every bad variable at once,
+in plain words; the resources, the CLI, ``.env.example`` and the README's table are made
 from these declarations (``cdr_pipeline_tests/test_settings.py`` keeps the last two equal).
 """
 
@@ -148,8 +149,9 @@ class ClientSettings(pydantic.BaseModel):
         return int(self.max_body_mb * 1024 * 1024)
 
 
-class ProjectSettings(pydantic.BaseModel):
-    """Where the data goes, where a day begins and ends, and which API to ask."""
+class StorageSettings(pydantic.BaseModel):
+    """Where the data goes, where a day begins and ends, and how a day is published (fields
+    of the storage resource too)."""
 
     model_config = pydantic.ConfigDict(frozen=True)
 
@@ -162,10 +164,6 @@ class ProjectSettings(pydantic.BaseModel):
         "Asia/Shanghai",
         "CDR_TIMEZONE",
         "the day boundary of partitions, and the zone of yyyy-MM-dd HH:mm:ss values",
-    )
-    start_date: str = knob("2024-01-01", "CDR_START_DATE", "the first daily partition")
-    late_days: int = knob(
-        2, "CDR_LATE_DAYS", "days back the late-data schedule re-materializes", ge=1, le=60
     )
     max_shrink: float = knob(
         0.05,
@@ -187,31 +185,6 @@ class ProjectSettings(pydantic.BaseModel):
         "seconds a run's hold on a day lasts unless renewed: after it, a run that died "
         "is taken over",
         ge=60,
-    )
-    fetch_retries: int = knob(
-        2,
-        "CDR_FETCH_RETRIES",
-        "times Dagster runs raw_cdr again when the provider kept failing transiently",
-        ge=0,
-        le=10,
-    )
-    fetch_retry_delay_s: float = knob(
-        30.0,
-        "CDR_FETCH_RETRY_DELAY_S",
-        "seconds before the first of those runs (doubled each time, with jitter)",
-        ge=0,
-    )
-    api_url: str | None = knob(
-        None,
-        "CDR_API_URL",
-        "full getCdr endpoint, e.g. https://HOST/201511v3/getCdr (http:// only to loopback); "
-        "unset: the built-in simulator",
-    )
-    api_id: str | None = knob(
-        None, "CDR_API_ID", "the id query value", secret=True, min_length=MIN_SECRET_LENGTH
-    )
-    app_id: str | None = knob(
-        None, "CDR_APP_ID", "appId", secret=True, min_length=MIN_SECRET_LENGTH
     )
 
     @pydantic.field_validator("data_dir")
@@ -243,6 +216,50 @@ class ProjectSettings(pydantic.BaseModel):
             ) from None
         return value
 
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def store(self) -> Store:
+        return open_store(self.data_dir)
+
+
+class ProjectSettings(pydantic.BaseModel):
+    """Which days there are, when they run, and which API to ask."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    start_date: str = knob("2024-01-01", "CDR_START_DATE", "the first daily partition")
+    late_days: int = knob(
+        2, "CDR_LATE_DAYS", "days back the late-data schedule re-materializes", ge=1, le=60
+    )
+    fetch_retries: int = knob(
+        2,
+        "CDR_FETCH_RETRIES",
+        "times Dagster runs raw_cdr again when the provider kept failing transiently",
+        ge=0,
+        le=10,
+    )
+    fetch_retry_delay_s: float = knob(
+        30.0,
+        "CDR_FETCH_RETRY_DELAY_S",
+        "seconds before the first of those runs (doubled each time, with jitter)",
+        ge=0,
+    )
+    api_url: str | None = knob(
+        None,
+        "CDR_API_URL",
+        "full getCdr endpoint, e.g. https://HOST/201511v3/getCdr (http:// only to loopback); "
+        "unset: the built-in simulator",
+    )
+    api_id: str | None = knob(
+        None, "CDR_API_ID", "the id query value", secret=True, min_length=MIN_SECRET_LENGTH
+    )
+    app_id: str | None = knob(
+        None, "CDR_APP_ID", "appId", secret=True, min_length=MIN_SECRET_LENGTH
+    )
+
     @pydantic.field_validator("start_date")
     @classmethod
     def _start(cls, value: str) -> str:
@@ -263,12 +280,6 @@ class ProjectSettings(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _together(self) -> ProjectSettings:
-        today = datetime.now(ZoneInfo(self.timezone)).date()
-        if date.fromisoformat(self.start_date) > today:
-            raise ValueError(
-                f"CDR_START_DATE={self.start_date} is in the future "
-                f"(today is {today} in {self.timezone})"
-            )
         if self.api_url:
             missing = [
                 n for n, v in (("CDR_API_ID", self.api_id), ("CDR_APP_ID", self.app_id)) if not v
@@ -280,14 +291,6 @@ class ProjectSettings(pydantic.BaseModel):
                     "simulator)"
                 )
         return self
-
-    @property
-    def tz(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
-    @property
-    def store(self) -> Store:
-        return open_store(self.data_dir)
 
     @property
     def uses_simulator(self) -> bool:
@@ -310,7 +313,12 @@ class SimulatorSettings(pydantic.BaseModel):
     )
 
 
-MODELS: tuple[type[pydantic.BaseModel], ...] = (ProjectSettings, ClientSettings, SimulatorSettings)
+MODELS: tuple[type[pydantic.BaseModel], ...] = (
+    StorageSettings,
+    ProjectSettings,
+    ClientSettings,
+    SimulatorSettings,
+)
 
 
 @dataclass(frozen=True)
@@ -357,17 +365,26 @@ def knobs() -> Iterator[Knob]:
 
 @dataclass(frozen=True)
 class Settings:
-    """The loaded settings: the project's, the client's and the simulator's."""
+    """The loaded settings, one model of each kind."""
 
+    storage: StorageSettings
     project: ProjectSettings
     client: ClientSettings
     simulator: SimulatorSettings
 
-    # The project's settings are what most callers want; reach them directly.
+    def of(self, model: type[pydantic.BaseModel]) -> pydantic.BaseModel:
+        return next(
+            m for m in (self.storage, self.project, self.client, self.simulator) if type(m) is model
+        )
+
+    # The storage's and the project's settings are what most callers want: reach them directly.
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(self.project, name)
+        for model in (self.storage, self.project):
+            if hasattr(model, name):
+                return getattr(model, name)
+        raise AttributeError(name)
 
 
 # Plain words for pydantic's error types; ``{…}`` takes the error's context (its bound).
@@ -425,6 +442,23 @@ def apply_dotenv(folder: Path | None = None) -> set[str]:
     return set(values)
 
 
+def _start_in_the_future(given: dict[type[pydantic.BaseModel], dict[str, str]]) -> list[str]:
+    """A rule over two models: the first day must not be after today in the day's zone (each
+    value's own form is the field rules' to report)."""
+    zone = given[StorageSettings].get("timezone", StorageSettings.model_fields["timezone"].default)
+    start = given[ProjectSettings].get(
+        "start_date", ProjectSettings.model_fields["start_date"].default
+    )
+    try:
+        today = datetime.now(ZoneInfo(zone)).date()
+        first = date.fromisoformat(start)
+    except (ValueError, ZoneInfoNotFoundError):
+        return []
+    if first <= today:
+        return []
+    return [f"CDR_START_DATE={first} is in the future (today is {today} in {zone})"]
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (the process environment by default); an empty
     variable counts as unset. Raises :class:`ConfigError` naming every bad variable."""
@@ -435,6 +469,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if raw:
             given[k.model][k.field] = raw
     problems = [p for model in MODELS for p in _problems(model, given[model])]
+    problems += _start_in_the_future(given)
     if problems:
         if len(problems) == 1:
             raise ConfigError(problems[0])
@@ -442,6 +477,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"{len(problems)} settings are wrong:\n" + "\n".join(f"  - {p}" for p in problems)
         )
     return Settings(
+        StorageSettings.model_validate(given[StorageSettings]),
         ProjectSettings.model_validate(given[ProjectSettings]),
         ClientSettings.model_validate(given[ClientSettings]),
         SimulatorSettings.model_validate(given[SimulatorSettings]),

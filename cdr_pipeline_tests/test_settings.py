@@ -10,11 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from cdr_pipeline.resources import LiveCdrApi, SimulatedCdrApi, api_resource
+from cdr_pipeline.resources import (
+    CdrStorageResource,
+    LiveCdrApi,
+    SimulatedCdrApi,
+    api_resource,
+    storage_resource,
+)
 from cdr_pipeline.settings import (
     ClientSettings,
     ConfigError,
     SimulatorSettings,
+    StorageSettings,
     env_example,
     knobs,
     load_settings,
@@ -46,6 +53,7 @@ def test_every_variable_is_declared_once_and_the_resources_carry_the_knobs():
     assert client_fields <= set(LiveCdrApi.model_fields)
     assert client_fields | sim_fields <= set(SimulatedCdrApi.model_fields)
     assert not sim_fields & set(LiveCdrApi.model_fields)  # simulator knobs: simulated only
+    assert set(StorageSettings.model_fields) <= set(CdrStorageResource.model_fields)
 
 
 def test_the_environment_reaches_the_resource(tmp_path):
@@ -62,6 +70,7 @@ def test_the_environment_reaches_the_resource(tmp_path):
     assert isinstance(sim, SimulatedCdrApi)
     assert (sim.window_hours, sim.split_stragglers, sim.simulator_calls_per_day) == (3, False, 17)
     assert sim.max_body_bytes == 1_572_864
+    assert storage_resource(settings).data_dir == str(tmp_path)
     live = api_resource(
         load_settings(
             {

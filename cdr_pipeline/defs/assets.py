@@ -217,21 +217,22 @@ def cdr_day(
     charted: dict[str, Any] = {}  # KPI rows read for the charts, each day's file once
     fetched = valid = 0
     max_shrink = None if config.allow_shrink else cdr_storage.max_shrink
-    days = list(days_of(context))
+    held = list(days_of(context))  # the days this run still holds
     try:
-        for day in days:
+        while held:
+            day = held[0]
             try:
                 cdr_storage.take(day.key, context.run.run_id)  # held since raw_cdr, or taken now
                 result = validate_day(cdr_storage.store, day, cdr_storage.tz, max_shrink=max_shrink)
             except (ShrinkRefused, storage.DayBusy) as exc:
                 raise dg.Failure(str(exc), allow_retries=False) from None
-            cdr_storage.release(day.key, context.run.run_id)
+            cdr_storage.release(held.pop(0).key, context.run.run_id)
             acc = result.accounting
             fetched, valid = fetched + acc["fetched"], valid + acc["valid"]
             for key, metadata in _day_metadata(day, result, cdr_storage, charted).items():
                 context.add_asset_metadata(metadata, asset_key=key, partition_key=day.key)
     finally:
-        for day in days:
+        for day in held:  # a failure: the rest is not this run's to publish any more
             cdr_storage.release(day.key, context.run.run_id)
     context.log.info("run total: %d records fetched, %d valid calls published", fetched, valid)
     for spec in context.assets_def.specs:
