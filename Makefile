@@ -35,9 +35,15 @@ $(TEST_STAMP): $(RUN_STAMP)
 
 install: $(RUN_STAMP)
 
+# `make run` and `make ui` show the last DEMO_DAYS days as partitions unless CDR_START_DATE is
+# set (in the environment or .env, which wins): a newcomer's UI opens on the days `make run`
+# made, not on a thousand empty ones since the deployment default.
+DEMO_DAYS ?= 30
+run ui screenshot: export CDR_START_DATE ?= $(shell $(PYTHON) -c "import datetime as d; \
+  print(d.date.today() - d.timedelta(days=$(DEMO_DAYS)))")
+
 ## Materialize the last 7 complete days from the built-in simulator and print their KPIs.
 run: $(RUN_STAMP)
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/cdr-pipeline materialize --last 7
 
 ## The whole suite: lint, then every test.
@@ -62,7 +68,7 @@ screenshot: $(TEST_STAMP)
 ## The Dagster UI on http://127.0.0.1:$(UI_PORT) (`dg dev`) with the runs of `make run`.
 UI_PORT ?= 3000
 ui: $(RUN_STAMP)
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	@$(BIN)/python -c "from cdr_pipeline.cli import local_home; local_home()"
 	@$(BIN)/python -c "import socket, sys; s = socket.socket(); \
 	  s.bind(('127.0.0.1', $(UI_PORT)))" 2>/dev/null || { \
 	  echo "make ui: port $(UI_PORT) is taken; run: make ui UI_PORT=3001" >&2; exit 1; }

@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import yaml
 from tabulate import tabulate
 
 from cdr_pipeline.api.errors import CdrApiError
@@ -131,6 +132,31 @@ def _day_range(args: argparse.Namespace, settings: Settings) -> list[str]:
     return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
 
+LOCAL_INSTANCE = """\
+# The local Dagster instance of `make run`, `make ui` and `cdr-pipeline materialize`: runs,
+# event logs and schedule state in SQLite under this folder. Runs log to the console at INFO
+# (Dagster's default, DEBUG, prints ~30 lines a day); the UI's event log keeps every level.
+python_logs:
+  python_log_level: INFO
+"""
+
+
+def local_home() -> Path:
+    """``DAGSTER_HOME`` (``.dagster_home`` unless set), with the local instance config when it
+    has none; Dagster's one-time telemetry notice is printed here, before any progress bar."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists() or not config.read_text().strip():
+        config.write_text(LOCAL_INSTANCE)
+    telemetry = (yaml.safe_load(config.read_text()) or {}).get("telemetry") or {}
+    if telemetry.get("enabled", True):
+        from dagster_shared.telemetry import get_or_set_instance_id
+
+        get_or_set_instance_id()
+    return home
+
+
 def cmd_materialize(args: argparse.Namespace) -> int:
     import dagster as dg
     from tqdm import tqdm
@@ -140,9 +166,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     days = _day_range(args, settings)
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()  # an empty instance config: local storage under home
+    local_home()
     job = defs().resolve_job_def(DAILY_JOB)
     # Dagster's console log repeats a failure with its stack trace: the summary below says it
     # once, in plain words (--verbose shows Dagster's own log too).
@@ -362,7 +386,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every flag's default shown; descriptions kept as written."""
+    """Every flag's default shown (unless it has none, or its help says it); descriptions kept
+    as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def _version() -> str:
@@ -383,25 +414,38 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text, formatter_class=_Help)
 
     s = command("simulate-api", "serve the built-in getCdr simulator over HTTP")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8787)
-    s.add_argument("--seed", type=int, default=20190123)
-    s.add_argument("--calls-per-day", type=int, default=2000)
-    s.add_argument("--page-size", type=int, default=1000)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8787, help="port to listen on")
+    s.add_argument("--seed", type=int, default=20190123, help="the same seed, the same calls")
+    s.add_argument("--calls-per-day", type=int, default=2000, help="calls a day holds")
+    s.add_argument("--page-size", type=int, default=1000, help="records per page at most")
     s.add_argument("--fault-rate", type=float, default=0.0, help="share of requests that fail")
-    s.add_argument("--bad-record-rate", type=float, default=0.0)
-    s.add_argument("--duplicate-rate", type=float, default=0.0)
+    s.add_argument(
+        "--bad-record-rate", type=float, default=0.0, help="share of records that are rejects"
+    )
+    s.add_argument(
+        "--duplicate-rate", type=float, default=0.0, help="share of records served twice"
+    )
     s.add_argument("--ignore-cursor", action="store_true", help="answer every page as the first")
-    s.add_argument("--filter-on", choices=("start", "end"), default="start")
+    s.add_argument(
+        "--filter-on",
+        choices=("start", "end"),
+        default="start",
+        help="the call time a query's window selects on",
+    )
     s.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer")
-    s.add_argument("--timezone", default=os.environ.get("CDR_TIMEZONE", "Asia/Shanghai"))
-    s.add_argument("--app-id", default=None, help="require this appId (default: accept any)")
-    s.add_argument("--api-id", default=None, help="require this id (default: accept any)")
+    s.add_argument(
+        "--timezone",
+        default=os.environ.get("CDR_TIMEZONE", "Asia/Shanghai"),
+        help="zone of the text times it serves",
+    )
+    s.add_argument("--app-id", default=None, help="require this appId (none: accept any)")
+    s.add_argument("--api-id", default=None, help="require this id (none: accept any)")
     s.set_defaults(func=cmd_simulate)
 
     s = command("config", "print the effective settings and where each came from")
     s.add_argument("--env-example", action="store_true", help="print .env.example instead")
-    s.add_argument("--markdown", action="store_true", help="print the README's settings table")
+    s.add_argument("--markdown", action="store_true", help="print the operators' guide's table")
     s.set_defaults(func=cmd_config)
 
     s = command("check", "send one request to the configured API and say what works or not")
@@ -430,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--last", type=int, help="the last N complete days instead")
         if name == "report":
             s.add_argument(
-                "--out", default=None, help="where to write the HTML (default: the data directory)"
+                "--out",
+                default=None,
+                help="where to write the HTML (default: report.html in the data directory)",
             )
         if name == "kpis":
             s.add_argument(

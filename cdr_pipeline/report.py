@@ -107,6 +107,40 @@ def png_markdown(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
+# The Dagster UI renders a markdown metadata value in place only when it is shorter than this;
+# longer ones hide behind a "[Show Markdown]" link (dagster-webserver 1.13).
+UI_INLINE_MARKDOWN = 1000
+
+
+def sparkline_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The KPI trend small enough for the UI to show in place: an SVG line of the connect rate
+    (green) and of the day's calls (grey) over ``rows``, and their ranges in words."""
+    rates = [r["connect_rate"] for r in rows if r.get("connect_rate") is not None]
+    calls = [r["total_calls"] for r in rows if r.get("total_calls") is not None]
+    if not rates or not calls:
+        return "no KPI rows to chart yet"
+    width, height = 240, 40
+
+    def line(values: Sequence[float], colour: str) -> str:
+        low, high = min(values), max(values)
+        step = width / max(len(values) - 1, 1)
+        points = ",".join(
+            f"{i * step:.0f},{height - 2 - (v - low) / ((high - low) or 1) * (height - 4):.0f}"
+            for i, v in enumerate(values)
+        )
+        return f"%3Cpolyline%20fill='none'%20stroke='%23{colour}'%20points='{points}'/%3E"
+
+    svg = (
+        f"%3Csvg%20xmlns='http://www.w3.org/2000/svg'%20width='{width}'%20height='{height}'%3E"
+        f"{line(calls, '9ca3af')}{line(rates, '16a34a')}%3C/svg%3E"
+    )
+    words = (
+        f"connect rate {min(rates):.0%}-{max(rates):.0%} (green), calls {min(calls):,}-"
+        f"{max(calls):,} (grey), {rows[0]['date']} to {rows[-1]['date']}"
+    )
+    return f"![KPI trend](data:image/svg+xml,{svg})  \n{words}"
+
+
 _HTML_TABLE = jinja2.Environment(autoescape=True).from_string(
     "<div class=scroll><table><thead><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}"
     "</tr></thead><tbody>{% for row in rows %}<tr>{% for v in row %}<td>{{ v }}</td>"

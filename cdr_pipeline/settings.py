@@ -6,7 +6,7 @@ is published; fields of the storage resource too), :class:`ProjectSettings` (the
 the schedules, the endpoint), :class:`ClientSettings` (how the client fetches; fields of the
 API resource too) and :class:`SimulatorSettings` (fields of the simulated API resource only).
 :func:`load_settings` reads them from the environment and reports every bad variable at once,
-in plain words; the resources, the CLI, ``.env.example`` and the README's table are made
+in plain words; the resources, the CLI, ``.env.example`` and the operators' guide's table are made
 from these declarations (``cdr_pipeline_tests/test_settings.py`` keeps the last two equal).
 """
 
@@ -323,7 +323,7 @@ MODELS: tuple[type[pydantic.BaseModel], ...] = (
 
 @dataclass(frozen=True)
 class Knob:
-    """One setting as the README, ``.env.example`` and error messages show it."""
+    """One setting as the operators' guide, ``.env.example`` and error messages show it."""
 
     model: type[pydantic.BaseModel]
     field: str
@@ -506,7 +506,7 @@ def env_example() -> str:
 
 
 def markdown_table() -> str:
-    """The README's configuration table, made from the declarations."""
+    """The settings table of docs/operators.md, made from the declarations."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for k in knobs():
         shown = str(k.default).lower() if isinstance(k.default, bool) else k.default

@@ -9,6 +9,8 @@ A server that exits with "address already in use" is therefore started again on 
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,13 +28,25 @@ LOG_TAIL = 4000  # characters of a failed server's output put in the error
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Ask a server process to stop; kill it if it has not within ``timeout`` seconds."""
-    proc.terminate()
+    """Ask a server and its children (``make ui`` runs ``dg dev``, which runs the webserver and
+    the daemon) to stop; kill them if they have not within ``timeout`` seconds."""
+    _signal(proc, signal.SIGTERM)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _signal(proc, signal.SIGKILL)
         proc.wait()
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    """To its process group when it leads one, else to the process alone."""
+    try:
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    except ProcessLookupError:  # already gone
+        pass
 
 
 def free_port() -> int:
@@ -64,7 +78,12 @@ def server_process(
         port = free_port()
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                argv(port), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+                argv(port),
+                env=env,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() reaches its children
             )
         deadline = time.monotonic() + timeout
         while not (ready := up(port)) and proc.poll() is None and time.monotonic() < deadline:

@@ -1,4 +1,5 @@
-"""The README's analyst recipes, run as written against a freshly materialized data folder."""
+"""The analysts' guide's recipes (docs/analysts.md), run as written against freshly
+materialized data."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 
 from cdr_pipeline_tests.conftest import Env
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-RECIPES = dict(re.findall(r"<!-- recipe: (\w+) -->\n```python\n(.*?)```", README.read_text(), re.S))
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "analysts.md"
+RECIPES = dict(re.findall(r"<!-- recipe: (\w+) -->\n```python\n(.*?)```", GUIDE.read_text(), re.S))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def s3_lake(tmp_path_factory, sim_server_module, s3_server):
     return s3_server
 
 
-def test_the_readme_has_the_recipes():
+def test_the_guide_has_the_recipes():
     assert set(RECIPES) == {"duckdb", "pandas", "polars", "pandas_s3", "duckdb_s3"}
 
 

@@ -1,9 +1,9 @@
 """A hostile provider and a fault-free one serve the same seed: the datasets must not differ.
 
 The figures that depend only on what the provider answered (records, rejects, duplicates,
-splits) are the ones the README's "Reliability" table states; the test fails if they drift
+splits) are the ones docs/reliability.md states; the test fails if they drift
 apart. Request, retry and fault counts move when a loaded machine stalls an answer past the
-read timeout, so they are asserted only as bounds, and the README quotes them from one run.
+read timeout, so they are asserted only as bounds, and docs/reliability.md quotes them from one run.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ HOSTILE = dict(
 )
 # The read timeout is what each slow fault costs, and it must also outlast a healthy answer on a
 # busy CI machine: at 1 s, one answer stalled past it, cost a retry the faults did not cause, and
-# moved the README's figures (2 s costs the test about 15 s more).
+# moved the documented figures (2 s costs the test about 15 s more).
 TUNING = dict(
     CDR_READ_TIMEOUT_S="2",
     CDR_MAX_ATTEMPTS="4",
@@ -50,7 +50,7 @@ TUNING = dict(
     CDR_CONCURRENCY="4",
 )
 PUBLISHED = ("cdr", "call_outcome_daily", "call_kpis_daily")
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
 
 def _materialize(monkeypatch, folder: Path, server, instance) -> Env:
@@ -152,11 +152,13 @@ def test_chaos_run_publishes_the_same_bytes_as_a_fault_free_run(
     documented = re.search(
         r"<!-- chaos-figures -->\n\| figure \| value \|\n\|---\|---\|\n(.*?)\n"
         r"<!-- /chaos-figures -->",
-        README.read_text(),
+        PAGE.read_text(),
         re.S,
     )
-    assert documented, "the README's Reliability section lost its chaos-figures table"
-    assert documented.group(1) == table, f"update the README's chaos figures to:\n{table}"
+    assert documented, "docs/reliability.md lost its chaos-figures table"
+    assert documented.group(1) == table, (
+        f"update the chaos figures in docs/reliability.md to:\n{table}"
+    )
 
 
 @pytest.mark.parametrize("honour_cursor", [True, False])

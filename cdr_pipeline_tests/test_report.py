@@ -12,7 +12,14 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from cdr_pipeline.report import days_back, html_report, kpi_history, trend_png
+from cdr_pipeline.report import (
+    UI_INLINE_MARKDOWN,
+    days_back,
+    html_report,
+    kpi_history,
+    sparkline_markdown,
+    trend_png,
+)
 from cdr_pipeline.store import open_store
 from cdr_pipeline_tests.conftest import Env
 
@@ -40,10 +47,18 @@ def test_kpi_materializations_carry_a_trend_chart(monkeypatch, tmp_path, sim_ser
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("call_kpis_daily"), asset_partitions=[key]),
             limit=1,
         ).records
-        trend = records[0].asset_materialization.metadata["trend"]
-        assert isinstance(trend, dg.MarkdownMetadataValue)
-        (png,) = _inline_pngs(trend.value)
+        metadata = records[0].asset_materialization.metadata
+        chart = metadata["trend_chart"]
+        assert isinstance(chart, dg.MarkdownMetadataValue)
+        (png,) = _inline_pngs(chart.value)
         assert _png_size(png) == (640, 400)
+        # the sparkline is short enough for the UI to draw in place, and covers the days so far
+        trend = metadata["trend"].value
+        assert len(trend) < UI_INLINE_MARKDOWN and "data:image/svg+xml," in trend
+        assert f"2024-03-01 to {key}" in trend
+        points = re.findall(r"points='([\d,]+)'", trend)
+        assert len(points) == 2
+        assert all(len(p.split(",")) == 2 * (1 + int(key[-1]) - 1) for p in points)
     # the same figures always give the same picture
     rows = kpi_history(env.store, days_back("2024-03-04", 30))
     assert [r["date"] for r in rows] == ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04"]
@@ -86,3 +101,13 @@ def test_html_report_is_self_contained_and_matches_the_data(
 def test_report_of_an_empty_period_says_so(tmp_path):
     text = html_report(open_store(tmp_path), "2024-03-01", "2024-03-02")
     assert "No KPIs have been materialized" in text and "<img" not in text
+
+
+def test_the_sparkline_stays_short_enough_to_show_in_place():
+    """30 days of large, varied figures still fit under the UI's in-place limit."""
+    rows = [
+        {"date": f"2024-03-{d:02d}", "connect_rate": (d * 37 % 100) / 100, "total_calls": 10**7 - d}
+        for d in range(1, 31)
+    ]
+    assert len(sparkline_markdown(rows)) < UI_INLINE_MARKDOWN
+    assert sparkline_markdown([]) == "no KPI rows to chart yet"

@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "cdr-pipeline")
 
 
-def test_env_example_and_the_readme_table_are_made_from_the_declarations():
+def test_env_example_and_the_operators_table_are_made_from_the_declarations():
     assert (ROOT / ".env.example").read_text() == env_example(), (
         "regenerate: cdr-pipeline config --env-example > .env.example"
     )
-    readme = (ROOT / "README.md").read_text()
-    table = re.search(r"<!-- settings -->\n(.*?)<!-- /settings -->", readme, re.S)
-    assert table, "the README lost its settings table"
+    guide = (ROOT / "docs" / "operators.md").read_text()
+    table = re.search(r"<!-- settings -->\n(.*?)<!-- /settings -->", guide, re.S)
+    assert table, "docs/operators.md lost its settings table"
     assert table.group(1) == markdown_table(), "regenerate: cdr-pipeline config --markdown"
     out = subprocess.run([CLI, "config", "--env-example"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout == env_example()

@@ -1,9 +1,9 @@
-"""Regenerate the README's screenshot: an asset's partitions page in headless Chromium.
+"""Regenerate the README's screenshot: what a newcomer sees after `make run`, then `make ui`.
 
-``python docs/screenshot.py [--out docs/partitions.png]`` materializes the last 14 days from
-the built-in simulator into a scratch data folder and Dagster home (never the user's own),
-starts ``dagster-webserver`` on a free loopback port, lets Chromium render the page (the UI is
-JavaScript: it gets a virtual-time budget to fetch and draw) and saves the PNG.
+``python docs/screenshot.py [--out docs/partitions.png]`` runs exactly those two targets in
+this tree, with a scratch data folder and Dagster home (never the user's own), then lets headless
+Chromium render the partitions page of ``call_kpis_daily`` with the last day selected (the UI
+is JavaScript: it gets a virtual-time budget to fetch and draw) and saves the PNG.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import date, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from cdr_pipeline_tests.servers import BIN, webserver  # noqa: E402
+from cdr_pipeline.cli import LOCAL_INSTANCE  # noqa: E402
+from cdr_pipeline_tests.servers import answers, server_process  # noqa: E402
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
 
@@ -33,26 +35,33 @@ def find_browser() -> str | None:
     return None
 
 
-def screenshot(out: Path, *, days: int = 14, asset: str = "call_kpis_daily") -> Path:
+def screenshot(out: Path, *, asset: str = "call_kpis_daily", **env_extra: str) -> Path:
     browser = find_browser()
     if browser is None:
         raise SystemExit("no Chromium found: apt-get install chromium-headless-shell (or chromium)")
     with tempfile.TemporaryDirectory(prefix="cdr-screenshot-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CDR_", "DAGSTER_"))}
+        env |= {"CDR_DATA_DIR": str(Path(tmp) / "data"), **env_extra}
         home = Path(tmp) / "home"
         home.mkdir()
-        # no first-visit welcome dialog over the page, no telemetry from a docs build
-        (home / "dagster.yaml").write_text("nux:\n  enabled: false\ntelemetry:\n  enabled: false\n")
-        start = date.today() - timedelta(days=days + 6)  # a short partition bar, mostly filled
-        last = date.today() - timedelta(days=1)  # selected: its metadata shows the trend chart
-        env |= {
-            "DAGSTER_HOME": str(home),
-            "CDR_DATA_DIR": str(Path(tmp) / "data"),
-            "CDR_SIM_CALLS_PER_DAY": "800",
-            "CDR_START_DATE": start.isoformat(),
-        }
-        _run([str(BIN / "cdr-pipeline"), "materialize", "--last", str(days)], env=env, cwd=ROOT)
-        with webserver(env, Path(tmp) / "webserver.log") as url:
+        # the instance `make run` makes, without the first-visit welcome dialog over the page
+        # and without telemetry from a docs build
+        (home / "dagster.yaml").write_text(
+            LOCAL_INSTANCE + "nux:\n  enabled: false\ntelemetry:\n  enabled: false\n"
+        )
+        make = ["make", "-s", f"DAGSTER_HOME={home}"]
+        _run([*make, "run"], env=env, cwd=ROOT)
+        # the last complete day (make run's default zone), selected: its metadata shows the trend
+        last = datetime.now(ZoneInfo(env.get("CDR_TIMEZONE", "Asia/Shanghai"))).date()
+        last -= timedelta(days=1)
+        with server_process(
+            "make ui",
+            lambda port: [*make, "ui", f"UI_PORT={port}"],
+            lambda port: answers(f"http://127.0.0.1:{port}/server_info"),
+            Path(tmp) / "ui.log",
+            env=env,
+            cwd=ROOT,
+        ) as port:
             out.parent.mkdir(parents=True, exist_ok=True)
             _run(
                 [
@@ -64,7 +73,8 @@ def screenshot(out: Path, *, days: int = 14, asset: str = "call_kpis_daily") -> 
                     "--window-size=1400,1300",
                     "--virtual-time-budget=25000",
                     f"--screenshot={out}",
-                    f"{url}/assets/{asset}?view=partitions&partition={last.isoformat()}",
+                    f"http://127.0.0.1:{port}/assets/{asset}?view=partitions"
+                    f"&partition={last.isoformat()}",
                 ],
                 timeout=180,
             )
@@ -85,9 +95,8 @@ def _run(argv: list[str], **kw: Any) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(ROOT / "docs" / "partitions.png"))
-    parser.add_argument("--days", type=int, default=14)
     args = parser.parse_args()
-    print(f"wrote {screenshot(Path(args.out), days=args.days)}")
+    print(f"wrote {screenshot(Path(args.out))}")
     return 0
 
 

@@ -24,6 +24,7 @@ from cdr_pipeline.report import (
     kpi_history,
     markdown_table,
     png_markdown,
+    sparkline_markdown,
     trend_png,
 )
 from cdr_pipeline.resources import CdrApiResource, CdrStorageResource
@@ -277,10 +278,16 @@ def _day_metadata(
             "preview": dg.MetadataValue.md(markdown_table(result.outcome.to_pylist())),
         },
         "call_kpis_daily": {
-            "trend": dg.MetadataValue.md(
+            # in place on the partition's page; the full chart one click further
+            "trend": dg.MetadataValue.md(sparkline_markdown(history)),
+            "trend_chart": dg.MetadataValue.md(
                 png_markdown(trend_png(history, title=title), f"KPI trend, {title}")
             ),
-            **{f"kpi/{k}": v for k, v in kpis.items() if v is not None},
+            **{
+                f"kpi/{k}": round(v, 4) if isinstance(v, float) else v
+                for k, v in kpis.items()
+                if v is not None
+            },
             "path": path["call_kpis_daily"],
             "preview": dg.MetadataValue.md(
                 markdown_table([{"kpi": k, "value": v} for k, v in kpis.items()])
