@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import tempfile
 import time
 from collections import deque
@@ -25,8 +26,11 @@ import pyarrow as pa
 from cdr_pipeline import storage
 from cdr_pipeline.api.client import CdrApiClient, Window
 from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, decode_body
+from cdr_pipeline.settings import AnalyticsSettings
 from cdr_pipeline.store import Store
+from cdr_pipeline.transform.analytics import Analytics, DayAnalytics
 from cdr_pipeline.transform.day import DayBuilder, ParsedPages, parse_pages
+from cdr_pipeline.transform.enrich import Enricher
 from cdr_pipeline.transform.summarize import KpiSummary, OutcomeSummary, kpi_table
 from cdr_pipeline.transform.validate import CDR_SCHEMA
 
@@ -144,7 +148,8 @@ class ValidatedDay:
     kpis: dict[str, Any]  # call_kpis_daily's one row
     paths: dict[str, str]  # dataset -> where its file is
     timings: dict[str, float]  # seconds: reading and checking pages; de-duplicating,
-    # sorting and writing the files
+    # sorting and writing the files; the analytics
+    analytics: Analytics  # call_destinations_daily, call_load_hourly, caller_risk_daily
 
 
 def prefer_jemalloc() -> str:
@@ -225,25 +230,36 @@ def shrink_guard(store: Store, day: str, valid: int, max_shrink: float | None) -
 
 
 def validate_day(
-    store: Store, day: Day, tz: ZoneInfo, *, max_shrink: float | None = None
+    store: Store,
+    day: Day,
+    tz: ZoneInfo,
+    *,
+    max_shrink: float | None = None,
+    analytics: AnalyticsSettings | None = None,
 ) -> ValidatedDay:
-    """Raw layer -> the day's ``cdr``, ``cdr_rejects``, ``call_outcome_daily`` and
-    ``call_kpis_daily`` with its accounting record, published as one version (unless
-    :func:`shrink_guard` refuses it)."""
+    """Raw layer -> the day's ``cdr`` (enriched), ``cdr_rejects``, ``call_outcome_daily``,
+    ``call_kpis_daily`` and the analytics datasets with its accounting record, published as one
+    version (unless :func:`shrink_guard` refuses it)."""
+    analytics = analytics or AnalyticsSettings()
     prefer_jemalloc()
     manifest = storage.read_raw_manifest(store, day.key)
     max_bytes = manifest.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
     expected = manifest["totals"]["records"]
-    spill_dir = storage.spill_dir(store)
-    builder = DayBuilder(day.start, day.end, tz, expected_records=expected, spill_dir=spill_dir)
-    # A day large enough to spill keeps its distinct-count keys on disk too (the builder's
-    # folder goes away as soon as its last row is out; these are needed after that).
-    scratch = (
-        tempfile.TemporaryDirectory(prefix=".cdr-kpi-", dir=spill_dir, ignore_cleanup_errors=True)
-        if builder.spill_folder is not None
-        else None
+    # The day's scratch: the builder's spill folder, the analytics' rows and a large day's
+    # distinct-count keys. Named by the day, whose lease this run holds, so a run killed
+    # before it could clean up leaves nothing the next run of the day does not remove.
+    spill_root = storage.spill_dir(store) or Path(tempfile.gettempdir())
+    prefix = f".cdr-day-{day.key}-"
+    for stale in spill_root.glob(f"{prefix}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = tempfile.TemporaryDirectory(prefix=prefix, dir=spill_root, ignore_cleanup_errors=True)
+    builder = DayBuilder(
+        day.start, day.end, tz, expected_records=expected, spill_dir=Path(scratch.name)
     )
+    enrich = Enricher(tz, analytics.default_region)
+    day_analytics = DayAnalytics(Path(scratch.name), day.start, day.end, tz, analytics)
     tz_name = tz.key
+    timings: dict[str, float] = {}
     started = time.perf_counter()
     try:
         # Arrow parses and checks the next batches on other threads while this one is added
@@ -263,18 +279,22 @@ def validate_day(
 
         outcome = OutcomeSummary()
         kpis = KpiSummary(
-            tz, expected_rows=expected, spill_folder=Path(scratch.name) if scratch else None
+            tz,
+            expected_rows=expected,
+            spill_folder=Path(scratch.name) if builder.spill_folder is not None else None,
         )
 
         def summarize(part: pa.Table) -> None:
             outcome.add(part)
             kpis.add(part)
+            day_analytics.add(part)
 
         def cdr_rows() -> Iterator[pa.Table]:
             # The summaries are taken from the rows on their way to the file, on a thread of
             # their own (most of their work is in numpy and Arrow, which release the GIL).
             pending: deque[Future[None]] = deque()
             for part in builder.iter_cdr():
+                part = enrich(part)
                 pending.append(summarizer.submit(summarize, part))
                 if len(pending) > 1:
                     pending.popleft().result()
@@ -286,7 +306,10 @@ def validate_day(
                 "raw_records": manifest["totals"]["records"]
             }
             summary["outcome"] = outcome.table().combine_chunks()
-            summary["kpis"] = kpis.values(state["accounting"])
+            analysed = time.perf_counter()
+            summary["analytics"] = day_analytics.finish(CDR_SCHEMA)
+            timings["analytics_s"] = time.perf_counter() - analysed
+            summary["kpis"] = kpis.values(state["accounting"]) | summary["analytics"].billing
 
         summary: dict[str, Any] = {}
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary") as summarizer:
@@ -299,6 +322,9 @@ def validate_day(
                     "cdr_rejects": builder.rejects_table(),
                     "call_outcome_daily": lambda: summary["outcome"],
                     "call_kpis_daily": lambda: kpi_table(summary["kpis"]),
+                    "call_destinations_daily": lambda: summary["analytics"].destinations,
+                    "call_load_hourly": lambda: summary["analytics"].hourly,
+                    "caller_risk_daily": lambda: summary["analytics"].risk,
                 },
                 state={"validation": state},
                 approve=lambda: shrink_guard(
@@ -307,8 +333,14 @@ def validate_day(
             )
     finally:
         builder.close()
-        if scratch is not None:
-            scratch.cleanup()
+        scratch.cleanup()
     finished = time.perf_counter()
-    timings = {"read_check_s": parsed - started, "dedup_sort_write_s": finished - parsed}
-    return ValidatedDay(state["accounting"], summary["outcome"], summary["kpis"], paths, timings)
+    timings |= {"read_check_s": parsed - started, "dedup_sort_write_s": finished - parsed}
+    return ValidatedDay(
+        state["accounting"],
+        summary["outcome"],
+        summary["kpis"],
+        paths,
+        timings,
+        summary["analytics"],
+    )

@@ -14,6 +14,27 @@ _TIME = (
     "(CDR_TIMEZONE) of start_src_call_time"
 )
 
+_NUMBERS = (
+    "Parsed with Google's libphonenumber metadata after removing spaces, -, ( and ) and "
+    "reading a leading 00 as +; a number without + is read in CDR_DEFAULT_REGION (CN). A "
+    "number that does not parse gives nulls, never a reject"
+)
+_RECONCILED = "Over connected calls with dst_accept_time and end_call_time"
+NUMBER_TYPES = (
+    "fixed_line",
+    "mobile",
+    "fixed_line_or_mobile",
+    "toll_free",
+    "premium_rate",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "unknown",
+)
+
 CALL_END_STATUS = {
     0: "unknown",
     1: "connected: a normal call, both legs answered",
@@ -53,6 +74,17 @@ COLUMNS: dict[str, dict[str, str]] = {
         "order_id": "order id (in bills only); null when empty",
         "extra": "fields the provider sent that the contract does not know, as a JSON object "
         "(schema drift, kept rather than lost); null when none",
+        "start_local": "start_src_call_time as a local wall-clock time in CDR_TIMEZONE (no zone "
+        "attached: what a clock on the wall showed), for grouping by local hour or day",
+        "src_e164": f"the caller's number in E.164 form (+ country code, national number) when "
+        f"libphonenumber says it is a possible number; else null. {_NUMBERS}",
+        "src_country": "the caller's country, ISO 3166-1 alpha-2: the region of the number when "
+        "it is valid, else the region of its country code; null when unknown",
+        "dst_e164": "the callee's number in E.164 form, as src_e164",
+        "dst_country": "the callee's country, as src_country",
+        "dst_type": "the callee's number type by libphonenumber when the number is valid: "
+        + ", ".join(NUMBER_TYPES[:-1])
+        + "; else unknown",
     },
     "cdr_rejects": {
         "reason": "why the record was rejected: the first failing rule, in this order: "
@@ -100,6 +132,62 @@ COLUMNS: dict[str, dict[str, str]] = {
         "on ties",
         "rejected_records": "records of the day rejected (cdr_rejects rows)",
         "duplicates_dropped": "copies the provider served twice, dropped",
+        "billing_increment_s": f"{_RECONCILED}: the largest of 60, 30, 6 seconds that at least "
+        "99% of those billed (duration_s > 0) are multiples of; else 1",
+        "billing_match_rate": f"{_RECONCILED}: the share billed exactly the talk "
+        "(end_call_time - dst_accept_time) rounded up to billing_increment_s; null when none",
+        "billed_without_answer": "calls with duration_s > 0 and no dst_accept_time",
+        "answered_without_billing": "calls with dst_accept_time and a later end_call_time, "
+        "and duration_s = 0",
+    },
+    "call_destinations_daily": {
+        "dst_country": "the callee's country as in cdr; null when unknown",
+        "dst_type": "the callee's number type as in cdr",
+        "calls": "calls of the day to this country and type",
+        "connected_calls": "those with call_end_status 1",
+        "billed_seconds": "sum of their duration_s",
+        "connect_rate": "connected_calls / calls",
+        "acd_s": "billed seconds of connected calls / connected_calls; null when none",
+        "share_of_calls": "calls / all calls of the day",
+        "low_sample": "calls < CDR_LOW_SAMPLE_CALLS (30): its rates say little",
+    },
+    "call_load_hourly": {
+        "hour_start": "the clock hour's start, UTC (a local day has 23 or 25 of them when "
+        "clocks change)",
+        "local_hour": "the hour on the local clock, 0..23 (repeated on the day clocks go back)",
+        "attempts": "calls whose start_src_call_time is in the hour",
+        "connected_calls": "those with call_end_status 1",
+        "talk_seconds": "seconds of talk (dst_accept_time to end_call_time) of the day's calls "
+        "inside the hour: a call's talk is split exactly across the hours it spans; talk after "
+        "the day's end is not counted",
+        "erlangs": "talk_seconds / 3600: the average number of calls in progress (ITU-T E.500)",
+        "peak_concurrent_calls": "the most calls talking at one instant of the hour (an exact "
+        "sweep; a call ending at t and one starting at t do not overlap)",
+        "busy_hour": "the hour with the most talk_seconds (the earliest on ties); all false on a "
+        "day without talk",
+    },
+    "caller_risk_daily": {
+        "src": "the caller, as in cdr (callers with at least one flag only)",
+        "src_country": "as in cdr",
+        "calls": "calls of the day by this caller",
+        "distinct_destinations": "distinct dst called",
+        "unanswered_share": "calls without dst_accept_time / calls",
+        "short_call_share": "connected calls with duration_s < 10 / calls",
+        "international_share": "calls whose dst_country and src_country are both known and "
+        "differ / calls",
+        "premium_rate_calls": "calls to premium_rate numbers",
+        "night_calls": "calls starting at local hours 0..5",
+        "max_calls_10min": "the most calls starting in any 10 minutes [t, t + 600 s)",
+        "max_calls_one_number": "the most calls to any one dst",
+        "short_ring_unanswered_calls": "calls whose callee rang (start_dst_ring_time), did not "
+        "answer, and the call ended at most CDR_RISK_SHORT_RING_S (5) seconds after the ring "
+        "began",
+        "flags": "why the caller is listed, sorted: burst (max_calls_10min >= "
+        "CDR_RISK_BURST_CALLS, 20), fan_out (distinct_destinations >= CDR_RISK_FAN_OUT, 50), "
+        "premium_night (calls to premium_rate numbers at local hours 0..5 >= "
+        "CDR_RISK_PREMIUM_NIGHT, 1), repeat_target (max_calls_one_number >= "
+        "CDR_RISK_REPEAT_TARGET, 20), short_ring_unanswered (short_ring_unanswered_calls >= "
+        "CDR_RISK_SHORT_RING, 10)",
     },
 }
 NOTE_RATIOS = "A ratio whose denominator is zero is null, never NaN."
@@ -130,6 +218,7 @@ def markdown(schemas: dict[str, pa.Schema]) -> str:
 
 
 def _schemas() -> dict[str, pa.Schema]:
+    from cdr_pipeline.transform.analytics import DESTINATIONS_SCHEMA, HOURLY_SCHEMA, RISK_SCHEMA
     from cdr_pipeline.transform.summarize import KPI_SCHEMA, OUTCOME_SCHEMA
     from cdr_pipeline.transform.validate import CDR_SCHEMA, REJECTS_SCHEMA
 
@@ -138,6 +227,9 @@ def _schemas() -> dict[str, pa.Schema]:
         "cdr_rejects": REJECTS_SCHEMA,
         "call_outcome_daily": OUTCOME_SCHEMA,
         "call_kpis_daily": KPI_SCHEMA,
+        "call_destinations_daily": DESTINATIONS_SCHEMA,
+        "call_load_hourly": HOURLY_SCHEMA,
+        "caller_risk_daily": RISK_SCHEMA,
     }
 
 

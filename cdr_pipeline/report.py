@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 import pyarrow as pa
+import pyarrow.compute as pc
 from tabulate import tabulate
 
 from cdr_pipeline import storage
@@ -112,6 +113,43 @@ def png_markdown(png: bytes, alt: str) -> str:
 UI_INLINE_MARKDOWN = 1000
 
 
+def _svg_line(values: Sequence[float], colour: str, width: int, height: int) -> str:
+    """An SVG polyline of ``values`` scaled into the box, URL-encoded for a data: URI."""
+    low, high = min(values), max(values)
+    step = width / max(len(values) - 1, 1)
+    points = ",".join(
+        f"{i * step:.0f},{height - 2 - (v - low) / ((high - low) or 1) * (height - 4):.0f}"
+        for i, v in enumerate(values)
+    )
+    return f"%3Cpolyline%20fill='none'%20stroke='%23{colour}'%20points='{points}'/%3E"
+
+
+def _svg(width: int, height: int, *lines: str) -> str:
+    return (
+        f"data:image/svg+xml,%3Csvg%20xmlns='http://www.w3.org/2000/svg'%20width='{width}'"
+        f"%20height='{height}'%3E{''.join(lines)}%3C/svg%3E"
+    )
+
+
+def load_markdown(hours: Sequence[dict[str, Any]]) -> str:
+    """A day's load small enough for the UI to show in place: Erlangs hour by hour, and the
+    busy hour in words."""
+    if not hours:
+        return "no hours"
+    erlangs = [h["erlangs"] for h in hours]
+    busy = next((h for h in hours if h["busy_hour"]), None)
+    words = (
+        f"Erlangs by hour, {hours[0]['local_hour']:02d}:00 to {hours[-1]['local_hour']:02d}:00; "
+        + (
+            f"busy hour {busy['local_hour']:02d}:00 ({busy['erlangs']:.2f} E, peak "
+            f"{busy['peak_concurrent_calls']} calls at once)"
+            if busy
+            else "no talk"
+        )
+    )
+    return f"![load]({_svg(240, 40, _svg_line(erlangs, '2563eb', 240, 40))})  \n{words}"
+
+
 def sparkline_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The KPI trend small enough for the UI to show in place: an SVG line of the connect rate
     (green) and of the day's calls (grey) over ``rows``, and their ranges in words."""
@@ -119,26 +157,12 @@ def sparkline_markdown(rows: Sequence[dict[str, Any]]) -> str:
     calls = [r["total_calls"] for r in rows if r.get("total_calls") is not None]
     if not rates or not calls:
         return "no KPI rows to chart yet"
-    width, height = 240, 40
-
-    def line(values: Sequence[float], colour: str) -> str:
-        low, high = min(values), max(values)
-        step = width / max(len(values) - 1, 1)
-        points = ",".join(
-            f"{i * step:.0f},{height - 2 - (v - low) / ((high - low) or 1) * (height - 4):.0f}"
-            for i, v in enumerate(values)
-        )
-        return f"%3Cpolyline%20fill='none'%20stroke='%23{colour}'%20points='{points}'/%3E"
-
-    svg = (
-        f"%3Csvg%20xmlns='http://www.w3.org/2000/svg'%20width='{width}'%20height='{height}'%3E"
-        f"{line(calls, '9ca3af')}{line(rates, '16a34a')}%3C/svg%3E"
-    )
+    svg = _svg(240, 40, _svg_line(calls, "9ca3af", 240, 40), _svg_line(rates, "16a34a", 240, 40))
     words = (
         f"connect rate {min(rates):.0%}-{max(rates):.0%} (green), calls {min(calls):,}-"
         f"{max(calls):,} (grey), {rows[0]['date']} to {rows[-1]['date']}"
     )
-    return f"![KPI trend](data:image/svg+xml,{svg})  \n{words}"
+    return f"![KPI trend]({svg})  \n{words}"
 
 
 _HTML_TABLE = jinja2.Environment(autoescape=True).from_string(
@@ -150,10 +174,19 @@ _HTML_TABLE = jinja2.Environment(autoescape=True).from_string(
 # counts and minutes with thousands separators, never in scientific notation.
 _FORMATS = {
     **dict.fromkeys(
-        ("connect_rate", "caller_answer_rate", "callee_answer_rate", "share"), "{:.1%}"
+        (
+            "connect_rate",
+            "caller_answer_rate",
+            "callee_answer_rate",
+            "share",
+            "billing_match_rate",
+            "connect rate",
+        ),
+        "{:.1%}",
     ),
-    **dict.fromkeys(("acd_s", "median_caller_pdd_s"), "{:.1f}"),
+    **dict.fromkeys(("acd_s", "median_caller_pdd_s", "ACD (s)", "Erlangs"), "{:.1f}"),
     **dict.fromkeys(("billed_minutes", "billed minutes"), "{:,.0f}"),
+    "busiest day": "{:.1f}",
     **dict.fromkeys(("total_calls", "calls", "rejected_records", "duplicates_dropped"), "{:,}"),
 }
 
@@ -193,12 +226,7 @@ def format_cell(value: Any) -> str:
 
 def outcome_breakdown(store: Store, days: Sequence[str]) -> list[dict[str, Any]]:
     """Calls and billed seconds by call type and end status, over all the days."""
-    parts = []
-    for day in days:
-        try:
-            parts.append(storage.read_day_table(store, "call_outcome_daily", day))
-        except storage.StorageError:
-            continue
+    parts = _read_days(store, "call_outcome_daily", days)
     if not parts:
         return []
     keys = ["call_type", "call_end_status", "call_end_status_label"]
@@ -221,6 +249,120 @@ def outcome_breakdown(store: Store, days: Sequence[str]) -> list[dict[str, Any]]
     ]
 
 
+def _read_days(store: Store, dataset: str, days: Sequence[str]) -> list[pa.Table]:
+    """The days' tables of a dataset, skipping days not materialized."""
+    parts = []
+    for day in days:
+        try:
+            table = storage.read_day_table(store, dataset, day)
+        except storage.StorageError:
+            continue
+        parts.append(table.append_column("date", pa.array([day] * len(table), pa.string())))
+    return parts
+
+
+def destinations_breakdown(store: Store, days: Sequence[str]) -> list[dict[str, Any]]:
+    """Calls, connect rate, ACD and share by destination country and number type, over the
+    days."""
+    parts = _read_days(store, "call_destinations_daily", days)
+    if not parts:
+        return []
+    table = pa.concat_tables(parts)
+    billed_connected = pc.multiply(
+        pc.fill_null(table.column("acd_s"), 0.0), table.column("connected_calls")
+    )
+    grouped = (
+        table.append_column("billed_connected", billed_connected)
+        .group_by(["dst_country", "dst_type"])
+        .aggregate([("calls", "sum"), ("connected_calls", "sum"), ("billed_connected", "sum")])
+        .to_pylist()
+    )
+    grouped.sort(key=lambda r: (-r["calls_sum"], r["dst_country"] or "~", r["dst_type"]))
+    total = sum(r["calls_sum"] for r in grouped) or 1
+    return [
+        {
+            "country": r["dst_country"] or "unknown",
+            "number type": r["dst_type"].replace("_", " "),
+            "calls": r["calls_sum"],
+            "share": r["calls_sum"] / total,
+            "connect rate": r["connected_calls_sum"] / r["calls_sum"],
+            "ACD (s)": r["billed_connected_sum"] / r["connected_calls_sum"]
+            if r["connected_calls_sum"]
+            else None,
+        }
+        for r in grouped
+    ]
+
+
+def hourly_profile(store: Store, days: Sequence[str]) -> list[dict[str, Any]]:
+    """Per local hour of the day, over the days: the mean Erlangs, the busiest day's Erlangs,
+    the most calls at once, and how many days had their busy hour then."""
+    parts = _read_days(store, "call_load_hourly", days)
+    if not parts:
+        return []
+    by_hour: dict[int, list[dict[str, Any]]] = {}
+    for row in pa.concat_tables(parts).to_pylist():
+        by_hour.setdefault(row["local_hour"], []).append(row)
+    return [
+        {
+            "hour": f"{hour:02d}:00",
+            "Erlangs": sum(r["erlangs"] for r in rows) / len(rows),
+            "busiest day": max(r["erlangs"] for r in rows),
+            "most at once": max(r["peak_concurrent_calls"] for r in rows),
+            "busy hour on": sum(r["busy_hour"] for r in rows),
+        }
+        for hour, rows in sorted(by_hour.items())
+    ]
+
+
+def flagged_callers(store: Store, days: Sequence[str]) -> list[dict[str, Any]]:
+    """Every caller flagged on one of the days, with its flags."""
+    return [
+        {
+            "date": r["date"],
+            "caller": r["src"],
+            "flags": ", ".join(r["flags"]),
+            "calls": r["calls"],
+            "numbers called": r["distinct_destinations"],
+            "most in 10 min": r["max_calls_10min"],
+        }
+        for part in _read_days(store, "caller_risk_daily", days)
+        for r in part.to_pylist()
+    ]
+
+
+def load_png(hours: Sequence[dict[str, Any]], *, title: str = "") -> bytes:
+    """Erlangs by local hour (mean and busiest day), as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(8, 3), dpi=80)
+    try:
+        labels = [h["hour"][:2] for h in hours]
+        axis.bar(labels, [h["Erlangs"] for h in hours], color="#c7d7ea", label="mean Erlangs")
+        axis.plot(
+            labels,
+            [h["busiest day"] for h in hours],
+            color="#2563eb",
+            marker="o",
+            markersize=3,
+            label="busiest day",
+        )
+        axis.set_xlabel("local hour", fontsize=8)
+        axis.set_ylabel("Erlangs", fontsize=8)
+        axis.legend(loc="upper left", fontsize=8)
+        axis.grid(alpha=0.3)
+        axis.set_title(title or "load by hour", fontsize=10)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", metadata={"Software": None})
+        return buffer.getvalue()
+    finally:
+        plt.close(fig)
+
+
 KPI_REPORT_COLUMNS = (
     "date",
     "total_calls",
@@ -231,6 +373,8 @@ KPI_REPORT_COLUMNS = (
     "billed_minutes",
     "median_caller_pdd_s",
     "peak_hour",
+    "billing_match_rate",
+    "billed_without_answer",
     "rejected_records",
     "duplicates_dropped",
 )
@@ -258,6 +402,13 @@ def html_report(store: Store, start: str, end: str) -> str:
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     source = html.escape(store.url)
     outcome_columns = ("call type", "end status", "calls", "share", "billed minutes")
+    destinations = destinations_breakdown(store, days)
+    hours = hourly_profile(store, days)
+    load = ""
+    if hours:
+        load_chart = load_png(hours, title=f"Erlangs by local hour, {start} to {end}")
+        load = f'<img alt="Load by hour" src="data:image/png;base64,{base64.b64encode(load_chart).decode()}">'  # noqa: E501
+    flagged = flagged_callers(store, days)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -276,5 +427,18 @@ th {{ background: #f3f5f8; }}
 {_table(rows, KPI_REPORT_COLUMNS)}
 <h2>Outcomes over the period</h2>
 {_table(outcome_breakdown(store, days), outcome_columns)}
+<h2>Where calls go</h2>
+{_table(destinations, ("country", "number type", "calls", "share", "connect rate", "ACD (s)"))}
+<h2>Load by hour</h2>
+<p>Erlangs: the average number of calls talking at once (ITU-T E.500); plan capacity on the
+busy hour.</p>
+{load}
+{_table(hours, ("hour", "Erlangs", "busiest day", "most at once", "busy hour on"))}
+<h2>Flagged callers</h2>
+{
+        _table(flagged, ("date", "caller", "flags", "calls", "numbers called", "most in 10 min"))
+        if flagged
+        else "<p>No caller was flagged.</p>"
+    }
 </body></html>
 """

@@ -13,7 +13,13 @@ from pydantic import Field
 
 from cdr_pipeline import storage
 from cdr_pipeline.api.client import CdrApiClient
-from cdr_pipeline.settings import ClientSettings, Settings, SimulatorSettings, StorageSettings
+from cdr_pipeline.settings import (
+    AnalyticsSettings,
+    ClientSettings,
+    Settings,
+    SimulatorSettings,
+    StorageSettings,
+)
 from cdr_pipeline.simulator import DEMO_QUIRKS, PATH, CdrSimulator, SimConfig
 
 
@@ -86,6 +92,11 @@ class CdrStorageResource(dg.ConfigurableResource, StorageSettings):
         storage.release_lease(self.store, day, run_id)
 
 
+class CdrAnalyticsResource(dg.ConfigurableResource, AnalyticsSettings):
+    """How numbers are read and when a caller is flagged (its fields are the declarations of
+    :class:`AnalyticsSettings`; set per run in the launchpad to try other thresholds)."""
+
+
 def api_resource(settings: Settings, *, secrets_from_env: bool = True) -> CdrApiResource:
     """The live API when ``CDR_API_URL`` is set, else the simulator. Under Dagster the
     secrets stay ``dg.EnvVar`` references; the CLI, outside Dagster, passes their values."""
@@ -101,3 +112,7 @@ def api_resource(settings: Settings, *, secrets_from_env: bool = True) -> CdrApi
 
 def storage_resource(settings: Settings) -> CdrStorageResource:
     return CdrStorageResource(**settings.storage.model_dump())
+
+
+def analytics_resource(settings: Settings) -> CdrAnalyticsResource:
+    return CdrAnalyticsResource(**settings.analytics.model_dump())

@@ -297,6 +297,65 @@ class ProjectSettings(pydantic.BaseModel):
         return self.api_url is None
 
 
+class AnalyticsSettings(pydantic.BaseModel):
+    """How numbers are read, and the thresholds of the caller-risk flags (fields of the
+    analytics resource too, so a run can try other thresholds from the launchpad)."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    default_region: str = knob(
+        "CN",
+        "CDR_DEFAULT_REGION",
+        "the region (ISO 3166-1 alpha-2) of numbers written without a country code",
+        min_length=2,
+        max_length=2,
+    )
+    low_sample_calls: int = knob(
+        30, "CDR_LOW_SAMPLE_CALLS", "a destination with fewer calls is flagged low_sample", ge=1
+    )
+    burst_calls_10min: int = knob(
+        20, "CDR_RISK_BURST_CALLS", "burst: this many calls by one caller within 10 minutes", ge=2
+    )
+    fan_out_destinations: int = knob(
+        50, "CDR_RISK_FAN_OUT", "fan_out: this many distinct numbers called by one caller", ge=2
+    )
+    repeat_target_calls: int = knob(
+        20,
+        "CDR_RISK_REPEAT_TARGET",
+        "repeat_target: this many calls by one caller to one number",
+        ge=2,
+    )
+    short_ring_calls: int = knob(
+        10,
+        "CDR_RISK_SHORT_RING",
+        "short_ring_unanswered: this many calls hung up within CDR_RISK_SHORT_RING_S of the "
+        "callee's ring, unanswered",
+        ge=1,
+    )
+    short_ring_s: int = knob(
+        5, "CDR_RISK_SHORT_RING_S", "seconds of ringing that count as a short ring", ge=0
+    )
+    premium_night_calls: int = knob(
+        1,
+        "CDR_RISK_PREMIUM_NIGHT",
+        "premium_night: this many calls to premium-rate numbers at local hours 0-5",
+        ge=1,
+    )
+
+    @pydantic.field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        import phonenumbers
+
+        value = value.upper()
+        if value not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(
+                f"CDR_DEFAULT_REGION={value!r} is not a region libphonenumber knows (e.g. CN, "
+                "US, GB)"
+            )
+        return value
+
+
 class SimulatorSettings(pydantic.BaseModel):
     """What the built-in simulator serves when CDR_API_URL is not set."""
 
@@ -317,6 +376,7 @@ MODELS: tuple[type[pydantic.BaseModel], ...] = (
     StorageSettings,
     ProjectSettings,
     ClientSettings,
+    AnalyticsSettings,
     SimulatorSettings,
 )
 
@@ -371,11 +431,11 @@ class Settings:
     project: ProjectSettings
     client: ClientSettings
     simulator: SimulatorSettings
+    analytics: AnalyticsSettings
 
     def of(self, model: type[pydantic.BaseModel]) -> pydantic.BaseModel:
-        return next(
-            m for m in (self.storage, self.project, self.client, self.simulator) if type(m) is model
-        )
+        models = (self.storage, self.project, self.client, self.simulator, self.analytics)
+        return next(m for m in models if type(m) is model)
 
     # The storage's and the project's settings are what most callers want: reach them directly.
     def __getattr__(self, name: str) -> Any:
@@ -481,6 +541,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ProjectSettings.model_validate(given[ProjectSettings]),
         ClientSettings.model_validate(given[ClientSettings]),
         SimulatorSettings.model_validate(given[SimulatorSettings]),
+        AnalyticsSettings.model_validate(given[AnalyticsSettings]),
     )
 
 

@@ -90,6 +90,8 @@ class SimConfig:
     # billed seconds are the talk time rounded up to this (6-second billing is common): so
     # acd_s (billed) and aloc_s (talk) differ, as on a real bill
     billing_increment_s: int = 6
+    # a few callers whose traffic looks like abuse (see ABUSERS), added to the normal traffic
+    abuse: bool = False
     # a hostile or misconfigured provider
     content_encoding: str | None = None  # this Content-Encoding header on every answer
     echo_secrets: bool = False  # error answers repeat the appId, the id and the request line
@@ -108,6 +110,34 @@ class SimConfig:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
 
 
+# Destinations abroad ({} takes 8 digits): US, UK mobile, Tokyo, Singapore mobile, German mobile.
+INTERNATIONAL = (
+    "0012122{:.6}",
+    "00447400{:.6}",
+    "00813{}",
+    "00659{:.7}",
+    "0049151{}",
+)
+PREMIUM = "0044909{}"  # a UK premium-rate number (09xx)
+
+# Callers of the abuse patterns (SimConfig.abuse): each shows exactly one flag of the data
+# contract's caller-risk rules, at fixed local hours. Caller -> (local hours, calls per hour,
+# seconds between them, shape, the n-th call's destination).
+_SCRIPTS: dict[str, tuple[tuple[int, ...], int, int, str, Any]] = {
+    "008613900000001": ((10,), 25, 20, "answered", lambda n: f"00861590001{n:04d}"),
+    "008613900000002": (tuple(range(8, 20)), 5, 600, "answered", lambda n: f"00861590002{n:04d}"),
+    "008613900000003": (tuple(range(9, 14)), 5, 700, "answered", lambda n: "008615900030000"),
+    "008613900000004": ((14, 15), 6, 500, "short_ring", lambda n: f"00861590004{n:04d}"),
+    "008613900000005": ((2,), 1, 0, "answered", lambda n: "00449090000005"),
+}
+ABUSERS = {
+    "008613900000001": ["burst"],
+    "008613900000002": ["fan_out"],
+    "008613900000003": ["repeat_target"],
+    "008613900000004": ["short_ring_unanswered"],
+    "008613900000005": ["premium_night"],
+}
+
 # What the built-in simulator serves by default, so a first run shows rejects and duplicates.
 DEMO_QUIRKS = {
     "bad_record_rate": 0.003,
@@ -116,6 +146,7 @@ DEMO_QUIRKS = {
     "datetime_text_rate": 0.05,
     "epoch_ms_rate": 0.02,
     "anomaly_rate": 0.001,
+    "abuse": True,
 }
 
 
@@ -219,15 +250,93 @@ class CdrSimulator:
         pool = max(50, cfg.calls_per_day // 3)
         calls = []
         for idx, t0 in enumerate(starts):
-            sig = hashlib.blake2b(f"{cfg.seed}:{hour}:{idx}".encode(), digest_size=10).hexdigest()
-            call_id = f"{cfg.seed % 100:02d}-{hour:x}-{idx:06x}{sig}"
-            calls.append(self._make_call(rng, call_id, t0, pool))
+            calls.append(self._make_call(rng, self._call_id(hour, idx), t0, pool))
+        if cfg.abuse:
+            calls += self._abuse_calls(hour, len(calls))
         return tuple(calls)
+
+    def _call_id(self, hour: int, idx: int) -> str:
+        cfg = self.config
+        sig = hashlib.blake2b(f"{cfg.seed}:{hour}:{idx}".encode(), digest_size=10).hexdigest()
+        return f"{cfg.seed % 100:02d}-{hour:x}-{idx:06x}{sig}"
+
+    def _abuse_calls(self, hour: int, first: int) -> list[SimCall]:
+        """The scripted calls of :data:`ABUSERS` that start in this (UTC) hour: each pattern
+        at fixed local hours, so exactly its caller shows exactly its flag."""
+        local = self._local_hour(hour * 3600)
+        rng = random.Random(f"{self.config.seed}:{hour}:abuse")
+        out: list[SimCall] = []
+        for src, (hours, per_hour, spacing_s, shape, dst_of) in _SCRIPTS.items():
+            if local not in hours:
+                continue
+            for k in range(per_hour):
+                n = hours.index(local) * per_hour + k
+                t0 = hour * 3600 + 30 + k * spacing_s
+                call_id = self._call_id(hour, first + len(out))
+                out.append(self._scripted_call(rng, call_id, src, dst_of(n), t0, shape))
+        return out
+
+    def _scripted_call(
+        self, rng: random.Random, call_id: str, src: str, dst: str, t0: int, shape: str
+    ) -> SimCall:
+        """One clean call of a fixed shape: ``answered`` (a minute of talk) or ``short_ring``
+        (the callee rings three seconds, then the caller hangs up)."""
+        t: dict[str, int | None] = dict.fromkeys(TIME_FIELDS)
+        t["startSrcCallTime"] = t0
+        t["startSrcRingTime"] = t0 + 2
+        t["srcAcceptTime"] = t0 + 7
+        t["startDstCallTime"] = t0 + 8
+        dring = t["startDstRingTime"] = t0 + 11
+        if shape == "answered":
+            status, dacc = 1, t0 + 17
+            t["dstAcceptTime"] = dacc
+            t["endCallTime"] = dacc + 60
+            step = max(1, self.config.billing_increment_s)
+            duration = -(-60 // step) * step
+        else:
+            status, duration = 3, 0
+            t["endCallTime"] = dring + 3
+        wire: dict[str, Any] = {"callId": call_id, "src": src, "dst": dst}
+        for name in TIME_FIELDS:
+            wire[name] = self._render_time(t[name], rng)
+        wire |= {"callEndStatus": str(status), "duration": str(duration), "recordUrl": ""}
+        return SimCall(
+            call_id,
+            src,
+            dst,
+            t,
+            status,
+            duration,
+            None,
+            3,
+            None,
+            None,
+            None,
+            None,
+            wire,
+            False,
+            None,
+        )
+
+    def _destination(self, call_id: str, mobile: str, t0: int) -> str:
+        """Where a call goes: mostly a Chinese mobile in the provider's 00 form; some written
+        in national form, some abroad, a few to premium-rate numbers (by day only: a premium
+        call at night is one of the abuse patterns). Drawn from the call's id, not from the
+        call stream's generator, so the rest of every call stays as it was."""
+        u = _unit(call_id, "destination")
+        if u < 0.10:
+            return mobile[4:]  # national form: 15xxxxxxxxx
+        digits = f"{int(_unit(call_id, 'number') * 10**8):08d}"
+        if u < 0.13:
+            return INTERNATIONAL[int(u * 10**6) % len(INTERNATIONAL)].format(digits)
+        if u < 0.14 and self._local_hour(t0) >= 6:
+            return PREMIUM.format(digits[:7])
+        return mobile
 
     def _make_call(self, rng: random.Random, call_id: str, t0: int, pool: int) -> SimCall:
         cfg = self.config
         src = f"008613{rng.randrange(pool):09d}"
-        dst = f"008615{rng.randrange(pool * 3):09d}"
+        dst = self._destination(call_id, f"008615{rng.randrange(pool * 3):09d}", t0)
         t: dict[str, int | None] = dict.fromkeys(TIME_FIELDS)
         t["startSrcCallTime"] = t0
         duration = 0

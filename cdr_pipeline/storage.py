@@ -40,7 +40,15 @@ from cdr_pipeline.store import Store, StoreError, check_key, tmp_key
 
 # Published together, as one version of a day (data contract, "A day is one version").
 log = get_logger(__name__)
-DATASETS = ("cdr", "cdr_rejects", "call_outcome_daily", "call_kpis_daily")
+DATASETS = (
+    "cdr",
+    "cdr_rejects",
+    "call_outcome_daily",
+    "call_kpis_daily",
+    "call_destinations_daily",
+    "call_load_hourly",
+    "caller_risk_daily",
+)
 RAW_DIR = ("raw", "cdr")
 PART_NAME = "part-0.parquet"
 _DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -104,7 +112,18 @@ PARQUET_OPTIONS: dict[str, Any] = {
 }
 # Columns whose values are nearly all different: stored plain (then compressed).
 HIGH_CARDINALITY = frozenset(
-    {"call_id", "src", "dst", "record_url", "biz_id", "order_id", "raw", "detail"}
+    {
+        "call_id",
+        "src",
+        "dst",
+        "src_e164",
+        "dst_e164",
+        "record_url",
+        "biz_id",
+        "order_id",
+        "raw",
+        "detail",
+    }
 )
 ROW_GROUP_ROWS = 1 << 16
 
@@ -260,9 +279,11 @@ def _open_part(store: Store, dataset: str, day: str) -> Any:
         raise StorageError(f"{dataset} has no data for {day} (expected {store.uri(key)})") from None
 
 
-def read_day_table(store: Store, dataset: str, day: str) -> pa.Table:
+def read_day_table(
+    store: Store, dataset: str, day: str, columns: list[str] | None = None
+) -> pa.Table:
     with _open_part(store, dataset, day) as source:
-        return pq.read_table(source)
+        return pq.read_table(source, columns=columns)
 
 
 def day_rows(store: Store, dataset: str, day: str) -> int:

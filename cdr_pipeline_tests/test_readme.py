@@ -101,9 +101,13 @@ def _script(block: str) -> str:
 
 def _run(block: str, cwd: Path, env: dict[str, str]) -> str:
     done = subprocess.run(
-        ["bash", "-c", _script(block)], cwd=cwd, env=env, capture_output=True, text=True,
+        ["bash", "-c", _script(block)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, f"{block}\nexited {done.returncode}:\n{done.stdout}{done.stderr}"
     return done.stdout + done.stderr
 

@@ -23,7 +23,7 @@ def data_folder(tmp_path_factory, sim_server_module):
     with pytest.MonkeyPatch.context() as monkeypatch:
         import dagster as dg
 
-        env = Env(monkeypatch, folder, sim_server_module(calls_per_day=500))
+        env = Env(monkeypatch, folder, sim_server_module(calls_per_day=500, abuse=True))
         with dg.instance_for_test() as instance:
             assert env.run(instance, "2024-03-01", "2024-03-02").success
     return folder  # holds data/
@@ -51,7 +51,17 @@ def s3_lake(tmp_path_factory, sim_server_module, s3_server):
 
 
 def test_the_guide_has_the_recipes():
-    assert set(RECIPES) == {"duckdb", "pandas", "polars", "pandas_s3", "duckdb_s3"}
+    assert set(RECIPES) == {
+        "duckdb",
+        "pandas",
+        "polars",
+        "pandas_s3",
+        "duckdb_s3",
+        "destinations",
+        "busy_hour",
+        "flagged",
+        "premium",
+    }
 
 
 @pytest.mark.parametrize("name", ["pandas_s3", "duckdb_s3"])
@@ -71,7 +81,9 @@ def test_object_storage_recipe_runs_as_written(s3_lake, tmp_path, name):
     assert ("connect_rate" if name == "pandas_s3" else "connected") in proc.stdout
 
 
-@pytest.mark.parametrize("name", ["duckdb", "pandas", "polars"])
+@pytest.mark.parametrize(
+    "name", ["duckdb", "pandas", "polars", "destinations", "busy_hour", "flagged", "premium"]
+)
 def test_recipe_runs_as_written(data_folder, name):
     proc = subprocess.run(
         [sys.executable, "-c", RECIPES[name]],
@@ -86,5 +98,14 @@ def test_recipe_runs_as_written(data_folder, name):
         assert "datetime.date(2024, 3, 1)" in out and "datetime.date(2024, 3, 2)" in out
     elif name == "pandas":
         assert "connected" in out and "caller_no_answer" in out
+    elif name == "destinations":
+        assert "('CN', 'mobile'," in out and "'premium_rate'" in out
+    elif name == "busy_hour":
+        assert "2024-03-01" in out and "2024-03-02" in out and "erlangs" in out
+    elif name == "flagged":
+        for flag in ("burst", "fan_out", "premium_night", "repeat_target", "short_ring"):
+            assert flag in out
+    elif name == "premium":
+        assert "'008613900000005'" in out  # the premium_night caller
     else:
         assert "2024-03-01" in out and "total_calls" in out

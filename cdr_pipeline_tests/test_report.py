@@ -79,8 +79,9 @@ def test_html_report_is_self_contained_and_matches_the_data(
     )
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
-    (png,) = _inline_pngs(text)
-    assert _png_size(png)[0] == 640
+    trend, load = _inline_pngs(text)  # the KPI trend, the load by hour
+    assert _png_size(trend)[0] == 640 and _png_size(load)[0] == 640
+    assert "<h2>Where calls go</h2>" in text and "<h2>Load by hour</h2>" in text
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)  # nothing fetched from outside
     assert "No data for 2 day(s): 2024-03-04, 2024-03-05" in text
     calls = duckdb.sql(

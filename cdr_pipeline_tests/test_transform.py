@@ -27,6 +27,7 @@ from cdr_pipeline.transform.parse import MAX_EPOCH, MIN_EPOCH, BadValue, parse_t
 from cdr_pipeline.transform.summarize import KpiSummary, OutcomeSummary, kpi_table
 from cdr_pipeline.transform.validate import (
     CDR_SCHEMA,
+    RECORD_SCHEMA,
     REJECT_REASONS,
     Reject,
     unaccounted,
@@ -217,7 +218,7 @@ def build(pages, day=DAY, tz=SH, *, exact=False, batch=None, **kw) -> Built:
             part = decoded[k : k + step]
             builder.add_parsed(part, parse_pages(part, tz.key))
     parts = list(builder.iter_cdr())
-    cdr = pa.concat_tables(parts) if parts else CDR_SCHEMA.empty_table()
+    cdr = pa.concat_tables(parts) if parts else RECORD_SCHEMA.empty_table()
     return Built(cdr, builder.rejects_table(), builder.accounting())
 
 
@@ -246,7 +247,7 @@ def test_day_accounting_dedup_and_outside_day():
     assert rows["12-190123-2773afbbe3"]["record_url"] == "https://r.example/x.mp3"
     assert rows["c2"]["end_call_time"].timestamp() == T0 + 55
     assert acc["rejects_by_reason"] == {"not_an_object": 1, "bad_status": 1}
-    assert result.cdr.schema == CDR_SCHEMA
+    assert result.cdr.schema == RECORD_SCHEMA
 
 
 def test_copies_from_overlapping_windows_are_not_the_providers_duplicates():
@@ -380,7 +381,7 @@ def test_any_body_of_records_is_read_and_accounted_for(recs, encoding, unknown):
     pages = [(decoded, "p", list(DAY))]
     builder.add_parsed(pages, parse_pages(pages, SH.key))
     parts = list(builder.iter_cdr())
-    cdr = pa.concat_tables(parts) if parts else CDR_SCHEMA.empty_table()
+    cdr = pa.concat_tables(parts) if parts else RECORD_SCHEMA.empty_table()
     _assert_accounted(recs, Built(cdr, builder.rejects_table(), builder.accounting()))
 
 
@@ -723,10 +724,14 @@ def test_kpis_on_a_hand_made_day():
     assert (k["rejected_records"], k["duplicates_dropped"]) == (3, 2)
 
 
-def test_empty_day_has_null_ratios_not_nan():
+def test_empty_day_has_null_ratios_not_nan(tmp_path):
+    from cdr_pipeline.settings import AnalyticsSettings
+    from cdr_pipeline.transform.analytics import DayAnalytics
+
     table = one_page([]).cdr
     values = kpi_values(table, {"rejected": 0, "duplicates_dropped": 0}, SH)
-    kpis = kpi_table(values).to_pylist()[0]
+    billing = DayAnalytics(tmp_path, 0, 86400, SH, AnalyticsSettings()).finish(CDR_SCHEMA).billing
+    kpis = kpi_table(values | billing).to_pylist()[0]
     assert kpis["total_calls"] == 0 and kpis["connect_rate"] is None
     assert kpis["acd_s"] is None and kpis["peak_hour"] is None
     assert not any(isinstance(v, float) and math.isnan(v) for v in kpis.values())

@@ -17,9 +17,10 @@ import dagster as dg
 import httpx
 import pytest
 
+from cdr_pipeline import storage
 from cdr_pipeline_tests.servers import BIN, ROOT, stop, tail, webserver
 
-ASSETS = ["raw_cdr", "cdr", "cdr_rejects", "call_outcome_daily", "call_kpis_daily"]
+ASSETS = ["raw_cdr", *storage.DATASETS]
 DAYS = ["2024-03-01", "2024-03-02", "2024-03-03"]
 
 LIST_ASSETS = "query { assetNodes { assetKey { path } groupName isPartitioned } }"

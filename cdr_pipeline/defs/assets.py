@@ -6,6 +6,7 @@ run (one day, or a range in a single-run backfill) and records each day's figure
 that day's partition; totals of a run go to its log.
 """
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,16 +23,25 @@ from cdr_pipeline.report import (
     TREND_DAYS,
     days_back,
     kpi_history,
+    load_markdown,
     markdown_table,
     png_markdown,
     sparkline_markdown,
     trend_png,
 )
-from cdr_pipeline.resources import CdrApiResource, CdrStorageResource
+from cdr_pipeline.resources import CdrAnalyticsResource, CdrApiResource, CdrStorageResource
+from cdr_pipeline.transform.analytics import (
+    DESTINATIONS_SCHEMA,
+    FLAGS,
+    HOURLY_SCHEMA,
+    RISK_SCHEMA,
+    Analytics,
+)
 from cdr_pipeline.transform.summarize import KPI_SCHEMA, OUTCOME_SCHEMA
 from cdr_pipeline.transform.validate import ACCOUNTING_BUCKETS, CDR_SCHEMA, REJECTS_SCHEMA
 
 GROUP = "cdr"
+PREVIEW_ROWS = 10
 OWNERS = ["team:data-platform"]
 API_POOL = "cdr_api"
 BACKFILL = dg.BackfillPolicy.single_run()
@@ -204,16 +214,38 @@ def _spec(name: str, schema: pa.Schema, description: str) -> dg.AssetSpec:
         _spec(
             "call_kpis_daily",
             KPI_SCHEMA,
-            "One row of call KPIs per day (connect rate, ACD, ALOC, PDD, ...).",
+            "One row of call KPIs per day (connect rate, ACD, ALOC, PDD, billing "
+            "reconciliation, ...).",
+        ),
+        _spec(
+            "call_destinations_daily",
+            DESTINATIONS_SCHEMA,
+            "Where calls go: calls, connect rate, billed seconds and ACD by destination country "
+            "and number type.",
+        ),
+        _spec(
+            "call_load_hourly",
+            HOURLY_SCHEMA,
+            "The load of each clock hour of the local day: attempts, talk, Erlangs, peak "
+            "simultaneous calls, the busy hour.",
+        ),
+        _spec(
+            "caller_risk_daily",
+            RISK_SCHEMA,
+            "Callers whose traffic looks like abuse (burst, fan_out, repeat_target, "
+            "short_ring_unanswered, premium_night), with the signals behind the flags.",
         ),
     ],
     partitions_def=daily_partitions,
     backfill_policy=BACKFILL,
-    description="The raw layer of a day to its four datasets, published as one version: a "
-    "reader sees all four from this run or all from the previous one.",
+    description="The raw layer of a day to its datasets, published as one version: a reader "
+    "sees all of them from this run or all from the previous one.",
 )
 def cdr_day(
-    context: dg.AssetExecutionContext, config: DayConfig, cdr_storage: CdrStorageResource
+    context: dg.AssetExecutionContext,
+    config: DayConfig,
+    cdr_storage: CdrStorageResource,
+    cdr_analytics: CdrAnalyticsResource,
 ) -> Iterator[dg.MaterializeResult]:
     charted: dict[str, Any] = {}  # KPI rows read for the charts, each day's file once
     fetched = valid = 0
@@ -224,7 +256,13 @@ def cdr_day(
             day = held[0]
             try:
                 cdr_storage.take(day.key, context.run.run_id)  # held since raw_cdr, or taken now
-                result = validate_day(cdr_storage.store, day, cdr_storage.tz, max_shrink=max_shrink)
+                result = validate_day(
+                    cdr_storage.store,
+                    day,
+                    cdr_storage.tz,
+                    max_shrink=max_shrink,
+                    analytics=cdr_analytics,
+                )
             except (ShrinkRefused, storage.DayBusy) as exc:
                 raise dg.Failure(str(exc), allow_retries=False) from None
             cdr_storage.release(held.pop(0).key, context.run.run_id)
@@ -291,6 +329,43 @@ def _day_metadata(
             "path": path["call_kpis_daily"],
             "preview": dg.MetadataValue.md(
                 markdown_table([{"kpi": k, "value": v} for k, v in kpis.items()])
+            ),
+        },
+        **_analytics_metadata(result.analytics, path),
+    }
+
+
+def _analytics_metadata(found: Analytics, path: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    hourly = found.hourly.to_pylist()
+    busy = next((h for h in hourly if h["busy_hour"]), None)
+    risk = found.risk.to_pylist()
+    flags = Counter(f for row in risk for f in row["flags"])
+    return {
+        "call_destinations_daily": {
+            "dagster/row_count": found.destinations.num_rows,
+            "path": path["call_destinations_daily"],
+            "preview": dg.MetadataValue.md(
+                markdown_table(found.destinations.slice(0, PREVIEW_ROWS).to_pylist())
+            ),
+        },
+        "call_load_hourly": {
+            "dagster/row_count": found.hourly.num_rows,
+            # in place on the partition's page: the day's Erlangs, hour by hour
+            "load": dg.MetadataValue.md(load_markdown(hourly)),
+            "busy_hour": busy["local_hour"] if busy else -1,
+            "busy_hour_erlangs": round(busy["erlangs"], 3) if busy else 0.0,
+            "peak_concurrent_calls": max((h["peak_concurrent_calls"] for h in hourly), default=0),
+            "path": path["call_load_hourly"],
+            "preview": dg.MetadataValue.md(markdown_table(hourly)),
+        },
+        "caller_risk_daily": {
+            "dagster/row_count": len(risk),
+            **{f"flagged/{f}": flags.get(f, 0) for f in FLAGS},
+            "path": path["caller_risk_daily"],
+            "preview": dg.MetadataValue.md(
+                markdown_table([{**r, "flags": ", ".join(r["flags"])} for r in risk[:PREVIEW_ROWS]])
+                if risk
+                else "no caller flagged"
             ),
         },
     }

@@ -12,11 +12,10 @@ import pyarrow.compute as pc
 from cdr_pipeline import storage
 from cdr_pipeline.resources import CdrStorageResource
 from cdr_pipeline.store import Store
+from cdr_pipeline.transform.analytics import MATCH_WARN, WORST_CALLS, worst_billed
 from cdr_pipeline.transform.validate import ACCOUNTING_BUCKETS, unaccounted
 
 REJECT_RATE_WARN = 0.05
-BILLED_TOLERANCE_S = 60
-EXAMPLES = 5
 
 
 def _days(context: dg.AssetCheckExecutionContext) -> list[str]:
@@ -77,58 +76,73 @@ def accounting_balances(
     )
 
 
-def soft_anomalies(cdr) -> dict[str, tuple[int, list[str]]]:
-    """Counts and example call ids of what is suspicious but not a reject."""
-    status = cdr["call_end_status"]
-    duration = cdr["duration_s"]
-    no_answer = pc.is_null(cdr["dst_accept_time"])
-    billed_no_answer = pc.and_(pc.greater(duration, 0), no_answer)
-    connected_no_answer = pc.and_(pc.equal(status, 1), no_answer)
-    talk = pc.divide(
-        pc.cast(pc.subtract(cdr["end_call_time"], cdr["dst_accept_time"]), "int64"), 1000
+@dg.asset_check(
+    asset="call_kpis_daily",
+    name="billing_reconciliation",
+    description=f"Warns when under {MATCH_WARN:.0%} of connected calls are billed their talk "
+    "rounded up to the day's billing increment, or any call is billed without an answer; "
+    f"lists the {WORST_CALLS} calls billed furthest from their talk.",
+)
+def billing_reconciliation(
+    context: dg.AssetCheckExecutionContext, cdr_storage: CdrStorageResource
+) -> dg.AssetCheckResult:
+    store, meta, warned = cdr_storage.store, {}, False
+    for day in _days(context):
+        kpis = storage.read_day_table(store, "call_kpis_daily", day).to_pylist()[0]
+        rate, unanswered = kpis["billing_match_rate"], kpis["billed_without_answer"]
+        bad = (rate is not None and rate < MATCH_WARN) or unanswered > 0
+        warned |= bad
+        said = (
+            f"increment {kpis['billing_increment_s']} s, "
+            f"{'no reconciled calls' if rate is None else f'{rate:.2%} billed as talk'}, "
+            f"{unanswered} billed without an answer"
+        )
+        if bad:
+            columns = ["call_id", "call_end_status", "duration_s", "dst_accept_time"]
+            cdr = storage.read_day_table(store, "cdr", day, columns=[*columns, "end_call_time"])
+            worst = worst_billed(cdr, kpis["billing_increment_s"])
+            unanswered_ids = pc.filter(
+                cdr["call_id"],
+                pc.and_(pc.greater(cdr["duration_s"], 0), pc.is_null(cdr["dst_accept_time"])),
+            )
+            said += (
+                "; worst: "
+                + (
+                    ", ".join(
+                        f"{w['call_id']} (billed {w['billed']} s, talk {w['expected']} s)"
+                        for w in worst
+                    )
+                    or "none"
+                )
+                + "; billed without an answer: "
+                + (", ".join(unanswered_ids.slice(0, WORST_CALLS).to_pylist()) or "none")
+            )
+        meta[day] = said
+    return dg.AssetCheckResult(
+        passed=not warned, severity=dg.AssetCheckSeverity.WARN, metadata=meta
     )
-    far = pc.fill_null(
-        pc.greater(pc.abs(pc.subtract(pc.cast(duration, "int64"), talk)), BILLED_TOLERANCE_S), False
-    )
-    out = {}
-    for name, mask in (
-        ("billed_without_answer", billed_no_answer),
-        ("connected_without_callee_answer", connected_no_answer),
-        ("billed_far_from_timestamps", far),
-    ):
-        mask = pc.fill_null(mask, False)
-        ids = cdr["call_id"].filter(mask)
-        out[name] = (len(ids), ids.slice(0, EXAMPLES).to_pylist())
-    return out
 
 
 @dg.asset_check(
-    asset="cdr",
-    name="billing_consistency",
-    description="Billed seconds without an answer, status 1 without a callee answer, billed "
-    f"seconds more than {BILLED_TOLERANCE_S} s from the timestamps (warnings, not rejects).",
+    asset="caller_risk_daily",
+    name="flagged_callers",
+    description="Warns when a caller's traffic looks like abuse (burst, fan_out, "
+    "premium_night, repeat_target, short_ring_unanswered), naming the callers and flags.",
 )
-def billing_consistency(
+def flagged_callers(
     context: dg.AssetCheckExecutionContext, cdr_storage: CdrStorageResource
 ) -> dg.AssetCheckResult:
-    totals: dict[str, int] = {}
-    examples: dict[str, list[str]] = {}
+    meta: dict[str, Any] = {}
     for day in _days(context):
-        cdr = storage.read_day_table(cdr_storage.store, "cdr", day)
-        for name, (count, ids) in soft_anomalies(cdr).items():
-            totals[name] = totals.get(name, 0) + count
-            if ids:
-                examples.setdefault(name, []).extend(f"{day}: {i}" for i in ids)
+        risk = storage.read_day_table(cdr_storage.store, "caller_risk_daily", day).to_pylist()
+        if risk:
+            meta[day] = "; ".join(f"{r['src']}: {', '.join(r['flags'])}" for r in risk[:20]) + (
+                f"; and {len(risk) - 20} more" if len(risk) > 20 else ""
+            )
     return dg.AssetCheckResult(
-        passed=not any(totals.values()),
+        passed=not meta,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            **totals,
-            "examples": dg.MetadataValue.md(
-                "\n".join(f"- **{k}**: " + ", ".join(v[:EXAMPLES]) for k, v in examples.items())
-                or "none"
-            ),
-        },
+        metadata={"flagged_days": len(meta), **meta},
     )
 
 

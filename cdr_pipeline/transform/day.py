@@ -46,7 +46,7 @@ from cdr_pipeline.transform.hashing import fingerprint
 from cdr_pipeline.transform.keylog import KeyLog
 from cdr_pipeline.transform.parse import TIME_FIELDS, is_valid_unicode, to_json
 from cdr_pipeline.transform.validate import (
-    CDR_SCHEMA,
+    RECORD_SCHEMA,
     REJECT_REASONS,
     REJECTS_SCHEMA,
     Reject,
@@ -56,7 +56,7 @@ from cdr_pipeline.transform.validate import (
 TIME_COLUMNS = tuple(col for _, col in TIME_FIELDS)
 # Valid rows while the day is being built: times as epoch seconds, plus the query they came in.
 WORK_SCHEMA = pa.schema(
-    [pa.field(f.name, pa.int64()) if f.name in TIME_COLUMNS else f for f in CDR_SCHEMA]
+    [pa.field(f.name, pa.int64()) if f.name in TIME_COLUMNS else f for f in RECORD_SCHEMA]
     + [pa.field("_q", pa.int32())]
 )
 SPILL_ABOVE_ROWS = 200_000  # a day expected to hold more than this spills to disk
@@ -412,12 +412,12 @@ class DayBuilder:
         most = per_call.column("_q_count_max").to_numpy()
         self._dup["provider"] += int((most - 1).sum())
         self._dup["copies"] += int((per_call.column("_q_count_sum").to_numpy() - 1).sum())
-        content = [pc.cast(table.column(f.name), pa.string()) for f in CDR_SCHEMA]
+        content = [pc.cast(table.column(f.name), pa.string()) for f in RECORD_SCHEMA]
         key = pc.binary_join_element_wise(
             *content, "\x1f", null_handling="replace", null_replacement="\x00"
         )
         filled = pc.cast(table.column("call_id").is_valid(), pa.int8())
-        for f in CDR_SCHEMA:
+        for f in RECORD_SCHEMA:
             filled = pc.add(filled, pc.cast(table.column(f.name).is_valid(), pa.int8()))
         work = table.append_column("_key", key).append_column("_filled", filled)
         work = work.append_column("_end", pc.fill_null(table.column("end_call_time"), -1))
@@ -560,9 +560,9 @@ def _sorted_part(parts: list[pa.Table], order: list[tuple[str, str]]) -> Iterato
 
 def _to_cdr(part: pa.Table) -> pa.Table:
     columns = []
-    for f in CDR_SCHEMA:
+    for f in RECORD_SCHEMA:
         col = part.column(f.name)
         if f.name in TIME_COLUMNS:
             col = pc.cast(pc.multiply(col, 1000), pa.timestamp("ms")).cast(_TS)
         columns.append(col)
-    return pa.Table.from_arrays(columns, schema=CDR_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=RECORD_SCHEMA)

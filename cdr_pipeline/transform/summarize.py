@@ -63,6 +63,13 @@ KPI_SCHEMA = described(
         + [pa.field(n, pa.int64()) for n in KPI_COUNTS[2:4]]
         + [pa.field("peak_hour", pa.int8())]
         + [pa.field(n, pa.int64()) for n in KPI_COUNTS[4:]]
+        # billing reconciliation (transform/analytics.py)
+        + [
+            pa.field("billing_increment_s", pa.int32()),
+            pa.field("billing_match_rate", pa.float64()),
+            pa.field("billed_without_answer", pa.int64()),
+            pa.field("answered_without_billing", pa.int64()),
+        ]
     ),
     "call_kpis_daily",
 )

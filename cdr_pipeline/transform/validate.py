@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 
 from cdr_pipeline.dictionary import described
+from cdr_pipeline.transform.enrich import ENRICHED_FIELDS
 from cdr_pipeline.transform.parse import (
     CALL_TYPE_ABSENT,
     CALL_TYPE_RANGE,
@@ -44,7 +45,8 @@ REJECT_REASONS = (
 )
 
 _TS = pa.timestamp("ms", tz="UTC")
-CDR_SCHEMA = described(
+# What a record gives: the rows of a day as validated and de-duplicated.
+RECORD_SCHEMA = described(
     pa.schema(
         [
             pa.field("call_id", pa.string(), nullable=False),
@@ -63,6 +65,8 @@ CDR_SCHEMA = described(
     ),
     "cdr",
 )
+# ``cdr`` as published: the record's columns and those derived from them (transform/enrich.py).
+CDR_SCHEMA = described(pa.schema([*RECORD_SCHEMA, *ENRICHED_FIELDS]), "cdr")
 
 REJECTS_SCHEMA = described(
     pa.schema(

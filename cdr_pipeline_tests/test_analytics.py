@@ -1,0 +1,451 @@
+"""The telecom analytics (data contract, "Analytics datasets"), recomputed independently.
+
+Days are materialized through Dagster against the simulator on loopback, with its abuse
+patterns and destinations abroad; then every analytics dataset is recomputed here with pandas
+and plain Python from the published ``cdr`` alone, clause by clause of the contract, and must
+agree. Number intelligence is held to libphonenumber called number by number.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pandas as pd
+import phonenumbers as pn
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdr_pipeline import storage
+from cdr_pipeline.settings import AnalyticsSettings
+from cdr_pipeline.simulator import ABUSERS
+from cdr_pipeline.transform.analytics import DayAnalytics
+from cdr_pipeline.transform.enrich import Enricher
+from cdr_pipeline.transform.phones import NumberBook, free_tail
+from cdr_pipeline.transform.validate import CDR_SCHEMA
+from cdr_pipeline_tests.conftest import Env
+
+DAYS = ["2024-03-01", "2024-03-02"]
+TYPES = {getattr(pn.PhoneNumberType, n): n.lower() for n in dir(pn.PhoneNumberType) if n.isupper()}
+
+
+def reference(number: str | None, region: str = "CN") -> tuple[str | None, str | None, str]:
+    """The contract's number intelligence, one number at a time, straight from libphonenumber."""
+    if number is None:
+        return None, None, "unknown"
+    for ch in " -()":
+        number = number.replace(ch, "")
+    if number.startswith("00"):
+        number = "+" + number[2:]
+    try:
+        p = pn.parse(number, None if number.startswith("+") else region)
+    except pn.NumberParseException:
+        return None, None, "unknown"
+    e164 = pn.format_number(p, pn.PhoneNumberFormat.E164) if pn.is_possible_number(p) else None
+    valid = pn.is_valid_number(p)
+    country = (
+        pn.region_code_for_number(p) if valid else pn.region_code_for_country_code(p.country_code)
+    )
+    kind = TYPES.get(pn.number_type(p), "unknown") if valid else "unknown"
+    return e164, None if country in (None, "ZZ") else country, kind
+
+
+def _samples(seed: int) -> list[str]:
+    """Every region's example numbers with random tails, in +, 00 and national form."""
+    rng = random.Random(seed)
+    out = []
+    for region in sorted(pn.SUPPORTED_REGIONS):
+        md = pn.PhoneMetadata.metadata_for_region(region)
+        for desc in (
+            md.fixed_line,
+            md.mobile,
+            md.toll_free,
+            md.premium_rate,
+            md.shared_cost,
+            md.voip,
+            md.personal_number,
+            md.pager,
+            md.uan,
+            md.voicemail,
+        ):
+            if desc is None or not desc.example_number:
+                continue
+            example = desc.example_number
+            for _ in range(6):
+                cut = min(4, len(example))
+                tail = "".join(rng.choice("0123456789") for _ in range(cut))
+                national = example[:-cut] + tail
+                out += [f"+{md.country_code}{national}", f"00{md.country_code}{national}"]
+                if region == "CN":
+                    out += [national, "0" + national]
+    return out
+
+
+def test_grouped_numbers_agree_with_libphonenumber_number_by_number():
+    numbers = _samples(7)
+    e164, country, kind = NumberBook("CN").resolve(pa.array(numbers))
+    got = list(zip(e164.to_pylist(), country.to_pylist(), kind.to_pylist(), strict=True))
+    wrong = [(n, g, reference(n)) for n, g in zip(numbers, got, strict=True) if g != reference(n)]
+    assert not wrong, wrong[:10]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.from_regex(r"\A(\+|00)?[0-9]{4,16}\Z"),
+            st.from_regex(r"\A[0-9 ()\-+]{0,18}\Z"),
+            st.text(max_size=12),
+            st.none(),
+        ),
+        max_size=40,
+    )
+)
+def test_any_column_of_numbers_resolves_as_libphonenumber_does(numbers):
+    e164, country, kind = NumberBook("CN").resolve(pa.array(numbers, pa.string()))
+    got = list(zip(e164.to_pylist(), country.to_pylist(), kind.to_pylist(), strict=True))
+    assert got == [reference(n) for n in numbers]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "length", "free"),
+    [
+        (r"\d{6}(?:\d(?:\d{2})?)?", 9, 9),
+        (r"808[1-9]\d\d", 6, 2),
+        (r"1(?:[38]\d|4[57])\d{8}", 11, 8),
+        (r"(?:10|2[0-57-9])(?:1(?:00|23)\d\d|95\d{3,4})", 7, 2),
+        (r"(?:10|2[0-57-9])(?:1(?:00|23)\d\d|95\d{3,4})", 8, 4),
+        (r"246521[0369]\d{3}", 10, 3),
+        (r"[2-9]\d{9}", 9, 17),  # no number of that length matches: nothing to tell apart
+    ],
+)
+def test_free_tail_is_what_the_pattern_leaves_free(pattern, length, free):
+    assert free_tail(pattern, length) == free
+
+
+@pytest.fixture(scope="module")
+def abusive_days(tmp_path_factory, sim_server_module):
+    folder = tmp_path_factory.mktemp("analytics")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        env = Env(monkeypatch, folder, sim_server_module(calls_per_day=1500, abuse=True))
+        with dg.instance_for_test() as instance:
+            assert env.run(instance, DAYS[0], DAYS[-1]).success
+    return env
+
+
+def _cdr(env: Env, day: str) -> pd.DataFrame:
+    return storage.read_day_table(env.store, "cdr", day).to_pandas()
+
+
+def _published(env: Env, dataset: str, day: str) -> pd.DataFrame:
+    return storage.read_day_table(env.store, dataset, day).to_pandas()
+
+
+@pytest.mark.parametrize("day", DAYS)
+def test_cdr_carries_number_intelligence_and_the_local_start(abusive_days, day):
+    cdr = _cdr(abusive_days, day)
+    for side in ("src", "dst"):
+        expected = cdr[side].map(reference)
+        assert cdr[f"{side}_e164"].tolist() == [e for e, _, _ in expected]
+        assert cdr[f"{side}_country"].tolist() == [c for _, c, _ in expected]
+    assert cdr["dst_type"].tolist() == [k for _, _, k in cdr["dst"].map(reference)]
+    # the simulator's traffic goes abroad, to premium-rate numbers and comes in national form
+    assert {"CN", "GB", "US", "JP", "SG", "DE"} <= set(cdr["dst_country"].dropna())
+    assert "premium_rate" in set(cdr["dst_type"])
+    assert (~cdr["dst"].str.startswith("00")).any()
+    zone = ZoneInfo("Asia/Shanghai")
+    local = cdr["start_src_call_time"].map(
+        lambda t: t.to_pydatetime().astimezone(zone).replace(tzinfo=None)
+    )
+    assert (cdr["start_local"].dt.to_pydatetime() == local.to_numpy()).all()
+    assert (cdr["start_local"].dt.strftime("%Y-%m-%d") == day).all()
+
+
+@pytest.mark.parametrize("day", DAYS)
+def test_destinations_are_the_contracts(abusive_days, day):
+    cdr = _cdr(abusive_days, day)
+    rows = []
+    for (country, kind), g in cdr.groupby(["dst_country", "dst_type"], dropna=False):
+        connected = g[g["call_end_status"] == 1]
+        rows.append(
+            {
+                "dst_country": None if pd.isna(country) else country,
+                "dst_type": kind,
+                "calls": len(g),
+                "connected_calls": len(connected),
+                "billed_seconds": int(g["duration_s"].sum()),
+                "connect_rate": len(connected) / len(g),
+                "acd_s": connected["duration_s"].sum() / len(connected) if len(connected) else None,
+                "share_of_calls": len(g) / len(cdr),
+                "low_sample": len(g) < 30,
+            }
+        )
+    rows.sort(
+        key=lambda r: (-r["calls"], r["dst_country"] is None, r["dst_country"] or "", r["dst_type"])
+    )
+    got = _published(abusive_days, "call_destinations_daily", day)
+    got = got.astype(object).where(got.notna(), None).to_dict("records")
+    assert len(got) == len(rows)
+    for g, r in zip(got, rows, strict=True):
+        assert g.keys() == r.keys()
+        for k in r:
+            assert g[k] == pytest.approx(r[k]) if isinstance(r[k], float) else g[k] == r[k], k
+
+
+@pytest.mark.parametrize("day", DAYS)
+def test_hourly_load_is_an_exact_sweep(abusive_days, day):
+    env = abusive_days
+    cdr = _cdr(env, day)
+    span = env.day(day)
+    starts = list(range(span.start, span.end, 3600))
+    s = cdr["start_src_call_time"].map(lambda t: t.value // 10**9)
+    talk = [
+        (a.value // 10**9, min(e.value // 10**9, span.end))
+        for a, e in zip(cdr["dst_accept_time"], cdr["end_call_time"], strict=True)
+        if not pd.isna(a) and not pd.isna(e) and min(e.value // 10**9, span.end) > a.value // 10**9
+    ]
+    got = _published(env, "call_load_hourly", day)
+    assert len(got) == len(starts) == 24
+    expected_talk = []
+    for i, hs in enumerate(starts):
+        he = hs + 3600
+        row = got.iloc[i]
+        assert row["hour_start"].value // 10**9 == hs
+        assert row["local_hour"] == datetime.fromtimestamp(hs, env.tz).hour
+        in_hour = (s >= hs) & (s < he)
+        assert row["attempts"] == in_hour.sum()
+        assert row["connected_calls"] == (in_hour & (cdr["call_end_status"] == 1)).sum()
+        seconds = sum(max(0, min(e, he) - max(a, hs)) for a, e in talk)
+        expected_talk.append(seconds)
+        assert row["talk_seconds"] == seconds
+        assert row["erlangs"] == pytest.approx(seconds / 3600)
+        # the most intervals open at any instant of [hs, he): at hs, or at an interval's start
+        instants = [hs] + [a for a, _ in talk if hs <= a < he]
+        peak = max(sum(1 for a, e in talk if a <= t < e) for t in instants)
+        assert row["peak_concurrent_calls"] == peak
+    busiest = expected_talk.index(max(expected_talk))
+    assert got["busy_hour"].tolist() == [i == busiest for i in range(len(starts))]
+
+
+@pytest.mark.parametrize("day", DAYS)
+def test_billing_reconciliation_is_the_contracts(abusive_days, day):
+    cdr = _cdr(abusive_days, day)
+    kpis = _published(abusive_days, "call_kpis_daily", day).iloc[0]
+    both = cdr[
+        (cdr["call_end_status"] == 1)
+        & cdr["dst_accept_time"].notna()
+        & cdr["end_call_time"].notna()
+    ]
+    billed = both[both["duration_s"] > 0]["duration_s"]
+    increment = next((i for i in (60, 30, 6) if (billed % i == 0).mean() >= 0.99), 1)
+    assert kpis["billing_increment_s"] == increment == 6  # the simulator bills 6-second steps
+    talk = (both["end_call_time"] - both["dst_accept_time"]).dt.total_seconds()
+    expected = talk.map(lambda t: math.ceil(t / increment) * increment)
+    assert kpis["billing_match_rate"] == pytest.approx((both["duration_s"] == expected).mean())
+    assert (
+        kpis["billed_without_answer"]
+        == ((cdr["duration_s"] > 0) & cdr["dst_accept_time"].isna()).sum()
+    )
+    assert (
+        kpis["answered_without_billing"]
+        == (
+            cdr["dst_accept_time"].notna()
+            & cdr["end_call_time"].notna()
+            & (cdr["end_call_time"] > cdr["dst_accept_time"])
+            & (cdr["duration_s"] == 0)
+        ).sum()
+    )
+
+
+@pytest.mark.parametrize("day", DAYS)
+def test_exactly_the_injected_callers_are_flagged(abusive_days, day):
+    env = abusive_days
+    cdr = _cdr(env, day)
+    got = _published(env, "caller_risk_daily", day)
+    assert dict(zip(got["src"], got["flags"].map(list), strict=True)) == ABUSERS
+    # the signals, recomputed
+    for _, row in got.iterrows():
+        mine = cdr[cdr["src"] == row["src"]]
+        starts = sorted(mine["start_src_call_time"].map(lambda t: t.value // 10**6))
+        night = mine["start_local"].dt.hour.between(0, 5)
+        assert row["calls"] == len(mine)
+        assert row["distinct_destinations"] == mine["dst"].nunique()
+        assert row["unanswered_share"] == pytest.approx(mine["dst_accept_time"].isna().mean())
+        assert row["premium_rate_calls"] == (mine["dst_type"] == "premium_rate").sum()
+        assert row["night_calls"] == night.sum()
+        assert row["max_calls_10min"] == max(
+            sum(1 for u in starts if t <= u < t + 600_000) for t in starts
+        )
+        assert row["max_calls_one_number"] == Counter(mine["dst"]).most_common(1)[0][1]
+    order = sorted(got.to_dict("records"), key=lambda r: (-len(r["flags"]), -r["calls"], r["src"]))
+    assert [r["src"] for r in order] == got["src"].tolist()
+
+
+def test_a_clean_day_flags_nobody(tmp_path, sim_server, monkeypatch):
+    env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=1500))
+    with dg.instance_for_test() as instance:
+        assert env.run(instance, DAYS[0]).success
+    assert storage.read_day_table(env.store, "caller_risk_daily", DAYS[0]).num_rows == 0
+
+
+def test_thresholds_are_settings(tmp_path, sim_server, monkeypatch):
+    """A lower fan-out threshold flags more; a higher burst threshold flags fewer."""
+    env = Env(
+        monkeypatch,
+        tmp_path,
+        sim_server(calls_per_day=1500, abuse=True),
+        CDR_RISK_FAN_OUT="25",
+        CDR_RISK_BURST_CALLS="26",
+    )
+    with dg.instance_for_test() as instance:
+        assert env.run(instance, DAYS[0]).success
+    got = storage.read_day_table(env.store, "caller_risk_daily", DAYS[0]).to_pylist()
+    flags = {r["src"]: r["flags"] for r in got}
+    assert flags["008613900000001"] == ["fan_out"]  # 25 destinations; 25 calls are no burst now
+    assert "burst" not in {f for fs in flags.values() for f in fs}
+
+
+@pytest.mark.parametrize(("day", "hours"), [("2024-03-31", 23), ("2024-10-27", 25)])
+def test_daylight_saving_days_have_23_or_25_hours(tmp_path, sim_server, monkeypatch, day, hours):
+    env = Env(
+        monkeypatch,
+        tmp_path,
+        sim_server(calls_per_day=600, timezone="Europe/Berlin"),
+        tz="Europe/Berlin",
+    )
+    with dg.instance_for_test() as instance:
+        assert env.run(instance, day).success
+    got = storage.read_day_table(env.store, "call_load_hourly", day).to_pandas()
+    assert len(got) == hours
+    local = got["local_hour"].tolist()
+    if hours == 25:
+        assert local.count(2) == 2  # 02:00 twice, as the clocks went back
+    else:
+        assert 2 not in local
+    cdr = storage.read_day_table(env.store, "cdr", day).to_pandas()
+    assert got["attempts"].sum() == len(cdr)
+    assert got["busy_hour"].sum() == 1
+
+
+def _odd_day(tz: ZoneInfo) -> tuple[pa.Table, int, int]:
+    """Hand-made rows the simulator never sends: numbers that do not parse, are empty, of no
+    known country; calls without an answer or an end."""
+    start = int(datetime(2024, 3, 1, tzinfo=tz).timestamp())
+    base = {name: None for name in CDR_SCHEMA.names}
+    rows = []
+    numbers = ["", "abc", "+999123456789", "00", "+", "1", "+86 (138) 1234-5678", None]
+    for i, dst in enumerate(numbers):
+        rows.append(
+            base
+            | {
+                "call_id": f"odd-{i}",
+                "src": numbers[-1 - i],
+                "dst": dst,
+                "start_src_call_time": (start + 3600 * i) * 1000,
+                "call_end_status": i % 6,
+                "duration_s": 6 * (i % 3),
+                "dst_accept_time": (start + 3600 * i + 30) * 1000 if i % 2 else None,
+                "end_call_time": (start + 3600 * i + 90) * 1000 if i % 4 else None,
+            }
+        )
+    from cdr_pipeline.transform.validate import RECORD_SCHEMA
+
+    table = pa.Table.from_pylist(
+        [{k: r[k] for k in RECORD_SCHEMA.names} for r in rows], schema=RECORD_SCHEMA
+    )
+    return table, start, start + 86400
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_bad_numbers_odd_calls_and_empty_days_raise_nothing_and_give_no_nan(tmp_path, empty):
+    tz = ZoneInfo("Asia/Shanghai")
+    table, start, end = _odd_day(tz)
+    if empty:
+        table = table.slice(0, 0)
+    enriched = Enricher(tz, "CN")(table)
+    assert enriched.schema.names == CDR_SCHEMA.names
+    analytics = DayAnalytics(tmp_path, start, end, tz, AnalyticsSettings())
+    if len(enriched):
+        analytics.add(enriched)
+    found = analytics.finish(CDR_SCHEMA)
+    assert found.hourly.num_rows == 24
+    assert found.risk.num_rows == 0
+    for name, table_ in (("destinations", found.destinations), ("hourly", found.hourly)):
+        for column in table_.columns:
+            if pa.types.is_floating(column.type):
+                values = [v for v in column.to_pylist() if v is not None]
+                assert not any(math.isnan(v) for v in values), name
+    assert all(
+        v is None or not (isinstance(v, float) and math.isnan(v)) for v in found.billing.values()
+    )
+    if empty:
+        assert found.destinations.num_rows == 0
+        assert found.billing["billing_increment_s"] == 1
+        assert found.billing["billing_match_rate"] is None
+    else:
+        assert set(enriched.column("dst_type").to_pylist()) <= {"unknown", "mobile"}
+        assert found.destinations.column("calls").to_pylist()
+        assert not list((tmp_path).glob("*.parquet"))  # the scratch rows are gone
+
+
+def test_analytics_are_byte_reproducible(tmp_path, sim_server, monkeypatch):
+    server = sim_server(calls_per_day=800, abuse=True)
+    files = []
+    for run in ("a", "b"):
+        env = Env(monkeypatch, tmp_path / run, server)
+        with dg.instance_for_test() as instance:
+            assert env.run(instance, DAYS[0]).success
+        files.append(
+            {
+                d: (env.root / d / f"date={DAYS[0]}" / "part-0.parquet").read_bytes()
+                for d in (
+                    "cdr",
+                    "call_destinations_daily",
+                    "call_load_hourly",
+                    "caller_risk_daily",
+                    "call_kpis_daily",
+                )
+            }
+        )
+    assert files[0] == files[1]
+    meta = pq.read_schema(
+        tmp_path / "a" / "data" / "caller_risk_daily" / f"date={DAYS[0]}" / "part-0.parquet"
+    )
+    assert b"description" in meta.field("flags").metadata
+
+
+def test_hourly_talk_is_split_across_hours():
+    """A call talking from 00:59:30 to 02:00:30 gives 30, 3600 and 30 seconds to three hours."""
+    import tempfile
+    from pathlib import Path
+
+    tz = ZoneInfo("UTC")
+    start = int(datetime(2024, 3, 1, tzinfo=tz).timestamp())
+    base = {name: None for name in CDR_SCHEMA.names}
+    from cdr_pipeline.transform.validate import RECORD_SCHEMA
+
+    row = base | {
+        "call_id": "long",
+        "src": "008613800000000",
+        "dst": "008615800000000",
+        "start_src_call_time": (start + 3540) * 1000,
+        "dst_accept_time": (start + 3570) * 1000,
+        "end_call_time": (start + 7230) * 1000,
+        "call_end_status": 1,
+        "duration_s": 3660,
+    }
+    table = pa.Table.from_pylist([{k: row[k] for k in RECORD_SCHEMA.names}], schema=RECORD_SCHEMA)
+    with tempfile.TemporaryDirectory() as scratch:
+        analytics = DayAnalytics(Path(scratch), start, start + 86400, tz, AnalyticsSettings())
+        analytics.add(Enricher(tz, "CN")(table))
+        hourly = analytics.finish(CDR_SCHEMA).hourly.to_pylist()
+    assert [h["talk_seconds"] for h in hourly[:4]] == [30, 3600, 30, 0]
+    assert [h["peak_concurrent_calls"] for h in hourly[:4]] == [1, 1, 1, 0]
+    assert [h["busy_hour"] for h in hourly[:3]] == [False, True, False]
