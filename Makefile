@@ -54,8 +54,10 @@ test: $(TEST_STAMP)
 
 ## Speed and memory against naive pandas and dlt; writes benchmarks/RESULTS.md (~10 min).
 BENCH_STAMP := $(VENV)/.bench-installed
+# A variable: a comma written in $(call ...) would split the argument.
+BENCH_EXTRAS := [test,bench]
 $(BENCH_STAMP): $(TEST_STAMP)
-	$(call install,[test,bench],the benchmark baselines)
+	$(call install,$(BENCH_EXTRAS),the benchmark baselines)
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
