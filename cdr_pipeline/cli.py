@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -132,6 +132,36 @@ def _day_range(args: argparse.Namespace, settings: Settings) -> list[str]:
     return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
 
+def _missing_days(settings: Settings) -> list[str]:
+    """What the catch-up sensor would run now, from the same instance."""
+    import dagster as dg
+
+    from cdr_pipeline.defs.sensors import partition_status
+    from cdr_pipeline.operations import catch_up_plan, complete_days
+
+    window = complete_days(
+        datetime.now(UTC), settings.tz, settings.operations.catchup_days, settings.start_date
+    )
+    with dg.DagsterInstance.get() as instance:
+        days = catch_up_plan(window, partition_status(instance, window))
+    print(f"{len(days)} of the last {len(window)} days are missing or failed")
+    return days
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from cdr_pipeline.operations import prune_raw
+
+    settings = load_settings()
+    _data_present(settings)
+    keep = settings.operations.raw_retention_days if args.keep_days is None else args.keep_days
+    if keep <= 0:
+        print("nothing to prune: raw bodies are kept forever (CDR_RAW_RETENTION_DAYS=0)")
+        return 0
+    done = prune_raw(settings.store, settings.tz, keep, now=datetime.now(UTC), dry_run=args.dry_run)
+    print(("would have " if args.dry_run else "") + done.said())
+    return 0
+
+
 LOCAL_INSTANCE = """\
 # The local Dagster instance of `make run`, `make ui` and `cdr-pipeline materialize`: runs,
 # event logs and schedule state in SQLite under this folder. Runs log to the console at INFO
@@ -165,8 +195,12 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from cdr_pipeline.defs.schedules import DAILY_JOB
 
     settings = load_settings()
-    days = _day_range(args, settings)
     local_home()
+    days = _missing_days(settings) if args.missing else _day_range(args, settings)
+    if not days:
+        back = settings.operations.catchup_days
+        print(f"nothing to do: the last {back} days are fine or running")
+        return 0
     job = defs().resolve_job_def(DAILY_JOB)
     # Dagster's console log repeats a failure with its stack trace: the summary below says it
     # once, in plain words (--verbose shows Dagster's own log too).
@@ -446,6 +480,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--markdown", action="store_true", help="print the operators' guide's table")
     s.set_defaults(func=cmd_config)
 
+    s = command("prune", "remove raw bodies older than CDR_RAW_RETENTION_DAYS (datasets stay)")
+    s.add_argument(
+        "--keep-days",
+        type=int,
+        default=None,
+        help="days of raw bodies to keep (default: the setting)",
+    )
+    s.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    s.set_defaults(func=cmd_prune)
+
     s = command("check", "send one request to the configured API and say what works or not")
     s.set_defaults(func=cmd_check)
 
@@ -488,6 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "--allow-shrink",
                 action="store_true",
                 help="publish a day even if it loses more valid calls than CDR_MAX_SHRINK allows",
+            )
+            s.add_argument(
+                "--missing",
+                action="store_true",
+                help="the days of the last CDR_CATCHUP_DAYS that are missing or failed in the "
+                "Dagster instance, as the catch-up sensor would (nothing else is re-run)",
             )
         s.set_defaults(func=func)
     return p

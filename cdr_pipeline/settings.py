@@ -16,9 +16,9 @@ import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -356,6 +356,73 @@ class AnalyticsSettings(pydantic.BaseModel):
         return value
 
 
+class OperationsSettings(pydantic.BaseModel):
+    """Running unattended: alerts, freshness, catch-up and the raw layer's retention."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    alert_webhook_url: str | None = knob(
+        None,
+        "CDR_ALERT_WEBHOOK_URL",
+        "where failed runs and checks are posted (a Slack incoming webhook, or any URL taking "
+        "JSON); unset: no alerts",
+        secret=True,
+    )
+    alert_format: Literal["slack", "json"] = knob(
+        "slack",
+        "CDR_ALERT_FORMAT",
+        "slack: {text: ...} for a Slack-compatible webhook; json: the alert's fields",
+    )
+    ui_url: str = knob(
+        "http://127.0.0.1:3000",
+        "CDR_UI_URL",
+        "the Dagster UI's address, for the links in alerts",
+    )
+    freshness_deadline: str = knob(
+        "02:00",
+        "CDR_FRESHNESS_DEADLINE",
+        "local time (HH:MM) of the next day by which a day's data is expected; later is late",
+    )
+    catchup_days: int = knob(
+        14,
+        "CDR_CATCHUP_DAYS",
+        "days back the catch-up sensor and materialize --missing look for missing or failed days",
+        ge=1,
+        le=366,
+    )
+    raw_retention_days: int = knob(
+        0,
+        "CDR_RAW_RETENTION_DAYS",
+        "days of raw bodies kept (older raw days are pruned; the datasets stay); 0: forever",
+        ge=0,
+    )
+
+    @pydantic.field_validator("freshness_deadline")
+    @classmethod
+    def _deadline(cls, value: str) -> str:
+        try:
+            return time.fromisoformat(value).strftime("%H:%M")
+        except ValueError:
+            raise ValueError(
+                f"CDR_FRESHNESS_DEADLINE={value!r} is not a time of day in HH:MM form"
+            ) from None
+
+    @pydantic.field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("CDR_ALERT_WEBHOOK_URL must be an https:// URL")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise ValueError(
+                "CDR_ALERT_WEBHOOK_URL uses plain http to a remote host: its token would cross "
+                "the network in clear text; use https"
+            )
+        return value
+
+
 class SimulatorSettings(pydantic.BaseModel):
     """What the built-in simulator serves when CDR_API_URL is not set."""
 
@@ -377,6 +444,7 @@ MODELS: tuple[type[pydantic.BaseModel], ...] = (
     ProjectSettings,
     ClientSettings,
     AnalyticsSettings,
+    OperationsSettings,
     SimulatorSettings,
 )
 
@@ -432,9 +500,17 @@ class Settings:
     client: ClientSettings
     simulator: SimulatorSettings
     analytics: AnalyticsSettings
+    operations: OperationsSettings
 
     def of(self, model: type[pydantic.BaseModel]) -> pydantic.BaseModel:
-        models = (self.storage, self.project, self.client, self.simulator, self.analytics)
+        models = (
+            self.storage,
+            self.project,
+            self.client,
+            self.simulator,
+            self.analytics,
+            self.operations,
+        )
         return next(m for m in models if type(m) is model)
 
     # The storage's and the project's settings are what most callers want: reach them directly.
@@ -460,6 +536,7 @@ _PLAIN = {
     "greater_than": "must be more than {gt}",
     "less_than_equal": "must be at most {le}",
     "less_than": "must be less than {lt}",
+    "literal_error": "must be one of {expected}",
     "string_too_short": "must be at least {min_length} characters (a shorter secret could not "
     "be told apart from ordinary text in logs)",
 }
@@ -542,6 +619,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ClientSettings.model_validate(given[ClientSettings]),
         SimulatorSettings.model_validate(given[SimulatorSettings]),
         AnalyticsSettings.model_validate(given[AnalyticsSettings]),
+        OperationsSettings.model_validate(given[OperationsSettings]),
     )
 
 

@@ -425,6 +425,33 @@ def write_raw_day(store: Store, day: str, bodies: list[tuple[bytes, str]], manif
     return store.uri(folder)
 
 
+def raw_days(store: Store) -> list[str]:
+    """The days the raw layer holds a folder for (with or without a manifest)."""
+    return [
+        name.removeprefix("date=")
+        for name in store.folders("/".join(RAW_DIR))
+        if name.startswith("date=") and _DAY_RE.fullmatch(name.removeprefix("date="))
+    ]
+
+
+def prune_raw_day(store: Store, day: str) -> int:
+    """Remove a day's raw bodies; return how many files went. The manifest goes first: it is
+    the commit record, so from then on the day has no raw layer (a re-validation says so
+    plainly), and a prune cut short leaves only bodies no manifest lists, which the next prune
+    (or the day's next fetch) removes. The validated datasets are not touched."""
+    folder = raw_day_key(day)
+    names = store.list(folder)
+    if "manifest.json" in names:
+        store.delete(f"{folder}/manifest.json")
+    removed = 0
+    for name in names:
+        if name != "manifest.json":
+            store.delete(f"{folder}/{name}")
+        removed += 1
+    store.remove_folder(folder)
+    return removed
+
+
 def read_raw_manifest(store: Store, day: str) -> dict:
     key = f"{raw_day_key(day)}/manifest.json"
     try:

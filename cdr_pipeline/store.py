@@ -120,6 +120,18 @@ class Store:
         except FileNotFoundError:
             return []
 
+    def folders(self, folder: str) -> list[str]:
+        """Names of the folders directly in ``folder`` ([] when there is none)."""
+        try:
+            return sorted(p.name for p in self.path(folder).iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def remove_folder(self, folder: str) -> None:
+        """Remove ``folder`` once empty (a no-op when it is not)."""
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.path(folder).rmdir()
+
     def write(self, key: str, fill: Callable[[Any], object]) -> None:
         """Create or overwrite ``key`` with what ``fill`` writes to the sink it is given (a
         path or an Arrow output stream, both accepted by pyarrow's writers), durably."""
@@ -234,12 +246,21 @@ class ObjectStore(Store):
         return self.fs.get_file_info(self._p(key)).type == pafs.FileType.File
 
     def list(self, folder: str) -> list[str]:
+        return self._entries(folder, pafs.FileType.File)
+
+    def folders(self, folder: str) -> list[str]:
+        return self._entries(folder, pafs.FileType.Directory)
+
+    def _entries(self, folder: str, kind: pafs.FileType) -> list[str]:
         selector = pafs.FileSelector(self._p(folder), allow_not_found=True)
         return sorted(
             posixpath.basename(info.path)
             for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File
+            if info.type == kind
         )
+
+    def remove_folder(self, folder: str) -> None:
+        """Object stores have no empty folders to remove (a prefix is gone with its keys)."""
 
     def write(self, key: str, fill: Callable[[Any], object]) -> None:
         # The object appears when the stream is closed after ``fill`` returned; if ``fill``

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -129,3 +130,90 @@ def test_queued_runs_on_postgres_respect_the_api_pool(tmp_path, postgres):
     finally:
         os.environ.pop("DAGSTER_PG_URL", None)
         stop(daemon, timeout=60)
+
+
+# The instance classes the deployment names. deploy/dagster.yaml names them itself (module and
+# class, or the `storage: postgres` shorthand); the Helm chart renders deploy/values.yaml into
+# an instance config that names these (chart "dagster", templates/helpers/instance/*.tpl).
+HELM_CLASSES = {
+    "runLauncher.type=K8sRunLauncher": ("dagster_k8s", "K8sRunLauncher"),
+    "dagsterDaemon.runCoordinator.type=QueuedRunCoordinator": (
+        "dagster.core.run_coordinator",
+        "QueuedRunCoordinator",
+    ),
+    "postgresql (run, event log, schedule storage)": ("dagster_postgres", "DagsterPostgresStorage"),
+    "scheduler": ("dagster.core.scheduler", "DagsterDaemonScheduler"),
+    "computeLogManager (default)": (
+        "dagster.core.storage.noop_compute_log_manager",
+        "NoOpComputeLogManager",
+    ),
+}
+SHORTHANDS = {"postgres": ("dagster_postgres", "DagsterPostgresStorage")}
+
+
+def _named_in_dagster_yaml() -> dict[str, tuple[str, str]]:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    found = {}
+    for section, body in config.items():
+        if isinstance(body, dict) and {"module", "class"} <= set(body):
+            found[section] = (body["module"], body["class"])
+        elif isinstance(body, dict):
+            found |= {f"{section}.{k}": SHORTHANDS[k] for k in body if k in SHORTHANDS}
+    return found
+
+
+def test_the_image_holds_every_class_its_instance_names(tmp_path):
+    """An environment built as deploy/Dockerfile builds it (the `deploy` extra alone, at the
+    tested versions) imports every class deploy/dagster.yaml and the Helm values name, and
+    loads the definitions: a K8sRunLauncher run can start in it."""
+    import yaml
+
+    values = yaml.safe_load((ROOT / "deploy" / "values.yaml").read_text())
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert values["postgresql"]["enabled"]
+    named = _named_in_dagster_yaml() | HELM_CLASSES
+    assert "run_coordinator" in named and "storage.postgres" in named
+
+    venv = tmp_path / "image"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run(
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-c",
+            str(ROOT / "constraints.txt"),
+            f"{ROOT}[deploy]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    probe = (
+        "import importlib, json, sys\n"
+        "missing = []\n"
+        "for where, (module, name) in json.loads(sys.argv[1]).items():\n"
+        "    try:\n"
+        "        getattr(importlib.import_module(module), name)\n"
+        "    except Exception as exc:\n"
+        "        missing.append(f'{where}: {module}.{name}: {exc!r}')\n"
+        "from cdr_pipeline.definitions import defs\n"
+        "defs()\n"
+        "print(json.dumps(missing))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CDR_", "DAGSTER_"))}
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe, json.dumps(named)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env=env | {"CDR_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path)},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

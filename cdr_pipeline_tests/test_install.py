@@ -4,6 +4,7 @@ way until `make clean`)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -57,3 +58,14 @@ def test_a_failed_install_leaves_no_venv(tmp_path):
     assert out.returncode != 0
     assert ".venv was removed" in out.stderr
     assert not (work / ".venv").exists()
+
+
+def test_every_install_target_asks_for_whole_extras():
+    """A comma in `$(call install,[test,bench],...)` once split the argument: a fresh clone's
+    `make bench` asked pip for `.[test`. Every install line names its extras whole."""
+    out = subprocess.run(
+        ["make", "-n", "-B", "install", "bench"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    asked = re.findall(r'-e "(\.[^"]*)"', out)
+    assert asked and set(asked) <= {".", ".[test]", ".[test,bench]"}, asked
+    assert ".[test,bench]" in asked

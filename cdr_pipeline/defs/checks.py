@@ -16,6 +16,7 @@ from cdr_pipeline.transform.analytics import MATCH_WARN, WORST_CALLS, worst_bill
 from cdr_pipeline.transform.validate import ACCOUNTING_BUCKETS, unaccounted
 
 REJECT_RATE_WARN = 0.05
+FAILED_DAYS = "failed_days"  # in every check's metadata: the days it failed (alerts name them)
 
 
 def _days(context: dg.AssetCheckExecutionContext) -> list[str]:
@@ -72,7 +73,12 @@ def accounting_balances(
     return dg.AssetCheckResult(
         passed=not failures,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"days": len(meta), **meta, "failures": "\n".join(failures) or "none"},
+        metadata={
+            "days": len(meta),
+            **meta,
+            "failures": "\n".join(failures) or "none",
+            FAILED_DAYS: ",".join(sorted({f.split(":")[0] for f in failures})),
+        },
     )
 
 
@@ -86,12 +92,13 @@ def accounting_balances(
 def billing_reconciliation(
     context: dg.AssetCheckExecutionContext, cdr_storage: CdrStorageResource
 ) -> dg.AssetCheckResult:
-    store, meta, warned = cdr_storage.store, {}, False
+    store, meta, warned = cdr_storage.store, {}, []
     for day in _days(context):
         kpis = storage.read_day_table(store, "call_kpis_daily", day).to_pylist()[0]
         rate, unanswered = kpis["billing_match_rate"], kpis["billed_without_answer"]
         bad = (rate is not None and rate < MATCH_WARN) or unanswered > 0
-        warned |= bad
+        if bad:
+            warned.append(day)
         said = (
             f"increment {kpis['billing_increment_s']} s, "
             f"{'no reconciled calls' if rate is None else f'{rate:.2%} billed as talk'}, "
@@ -119,7 +126,9 @@ def billing_reconciliation(
             )
         meta[day] = said
     return dg.AssetCheckResult(
-        passed=not warned, severity=dg.AssetCheckSeverity.WARN, metadata=meta
+        passed=not warned,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={**meta, FAILED_DAYS: ",".join(warned)},
     )
 
 
@@ -142,7 +151,7 @@ def flagged_callers(
     return dg.AssetCheckResult(
         passed=not meta,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"flagged_days": len(meta), **meta},
+        metadata={"flagged_days": len(meta), **meta, FAILED_DAYS: ",".join(meta)},
     )
 
 
@@ -155,15 +164,22 @@ def reject_rate(
     context: dg.AssetCheckExecutionContext, cdr_storage: CdrStorageResource
 ) -> dg.AssetCheckResult:
     meta: dict[str, Any] = {}
-    worst = 0.0
+    worst, high = 0.0, []
     for day in _days(context):
         acc = storage.read_state(cdr_storage.store, "validation", day)["accounting"]
         denom = acc["valid"] + acc["rejected"]
         rate = acc["rejected"] / denom if denom else 0.0
         worst = max(worst, rate)
+        if rate > REJECT_RATE_WARN:
+            high.append(day)
         meta[day] = f"{rate:.2%} ({acc['rejected']} of {denom})"
     return dg.AssetCheckResult(
         passed=worst <= REJECT_RATE_WARN,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"worst_rate": worst, "threshold": REJECT_RATE_WARN, **meta},
+        metadata={
+            "worst_rate": worst,
+            "threshold": REJECT_RATE_WARN,
+            **meta,
+            FAILED_DAYS: ",".join(high),
+        },
     )

@@ -163,11 +163,19 @@ left join peak_in using (i)
 order by h.i
 """
 
+# Per caller, in stages that spill (hash aggregates, no count distinct); the 10-minute window,
+# which needs a sort per caller, runs only over the calls of callers who may be flagged: a
+# window over every caller of a 1M-call day ran out of DuckDB's memory limit on 2 threads.
 _RISK = f"""
 with c as ({_CALLS} where src is not null),
+pairs as (select src, dst, count(*) as n from c group by src, dst),
+numbers as (
+    select src, count(*) filter (where dst is not null) as distinct_destinations,
+           coalesce(max(n) filter (where dst is not null), 0) as max_calls_one_number
+    from pairs group by src
+),
 per as (
     select src, min(src_country) as src_country, count(*) as calls,
-           count(distinct dst) as distinct_destinations,
            count(*) filter (where a is null) / count(*) as unanswered_share,
            count(*) filter (where call_end_status = 1 and duration_s < 10) / count(*)
                as short_call_share,
@@ -183,32 +191,31 @@ per as (
                             and e - r <= $short_ring_ms) as short_ring_unanswered_calls
     from c group by src
 ),
+candidates as (
+    select * from per join numbers using (src)
+    where calls >= $burst or distinct_destinations >= $fan_out
+       or max_calls_one_number >= $repeat or short_ring_unanswered_calls >= $short_ring
+       or premium_night_calls >= $premium_night
+),
 burst as (
     select src, max(n) as max_calls_10min from (
         select src, count(*) over (
             partition by src order by s range between current row and 599999 following
-        ) as n from c
+        ) as n from c semi join candidates using (src)
     ) group by src
 ),
-repeat as (
-    select src, max(n) as max_calls_one_number
-    from (select src, dst, count(*) as n from c where dst is not null group by src, dst)
-    group by src
-),
 flagged as (
-    select per.*, burst.max_calls_10min, coalesce(repeat.max_calls_one_number, 0)
-               as max_calls_one_number,
+    select candidates.*, burst.max_calls_10min,
            list_concat(  -- in the order of their names: the list comes out sorted
                case when burst.max_calls_10min >= $burst then ['burst'] else [] end,
-               case when per.distinct_destinations >= $fan_out then ['fan_out'] else [] end,
-               case when per.premium_night_calls >= $premium_night
+               case when distinct_destinations >= $fan_out then ['fan_out'] else [] end,
+               case when premium_night_calls >= $premium_night
                     then ['premium_night'] else [] end,
-               case when coalesce(repeat.max_calls_one_number, 0) >= $repeat
-                    then ['repeat_target'] else [] end,
-               case when per.short_ring_unanswered_calls >= $short_ring
+               case when max_calls_one_number >= $repeat then ['repeat_target'] else [] end,
+               case when short_ring_unanswered_calls >= $short_ring
                     then ['short_ring_unanswered'] else [] end
            )::varchar[] as flags
-    from per join burst using (src) left join repeat using (src)
+    from candidates join burst using (src)
 )
 select src, src_country, calls, distinct_destinations, unanswered_share, short_call_share,
        international_share, premium_rate_calls, night_calls, max_calls_10min,
@@ -226,16 +233,14 @@ _RECONCILE = """
     where call_end_status = 1 and dst_accept_time is not null and end_call_time is not null
 """
 
-_BILLING = f"""
-with b as ({_RECONCILE.format(source="read_parquet($path)")}),
-multiples as (
-    select count(*) filter (where billed > 0) as billed,
-           count(*) filter (where billed > 0 and billed % 60 = 0) as m60,
-           count(*) filter (where billed > 0 and billed % 30 = 0) as m30,
-           count(*) filter (where billed > 0 and billed % 6 = 0) as m6
-    from b
-)
-select * from multiples
+# The billed seconds of the calls reconciled, counted by the increments they are multiples of.
+_MULTIPLES = """
+select count(*) filter (where duration_s > 0) as billed,
+       count(*) filter (where duration_s > 0 and duration_s % 60 = 0) as m60,
+       count(*) filter (where duration_s > 0 and duration_s % 30 = 0) as m30,
+       count(*) filter (where duration_s > 0 and duration_s % 6 = 0) as m6
+from read_parquet($path)
+where call_end_status = 1 and dst_accept_time is not null and end_call_time is not null
 """
 
 _BILLING_COUNTS = """
@@ -354,7 +359,7 @@ class DayAnalytics:
         return got.cast(RISK_SCHEMA)
 
     def _billing(self, con) -> dict[str, Any]:
-        m = self._query(con, _BILLING, inc=1).to_pylist()[0]
+        m = self._query(con, _MULTIPLES).to_pylist()[0]
         inc = next(
             (
                 i

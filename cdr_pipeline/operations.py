@@ -1,0 +1,99 @@
+"""Running unattended, without Dagster: which days to catch up, which raw days to prune, when
+a day is late. The plans are pure functions of what is known (dates, statuses, settings); the
+sensors, schedules and the CLI gather the facts and carry the plans out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from cdr_pipeline import storage
+from cdr_pipeline.store import Store
+
+# What Dagster says of a partition, as plain words (None: never materialized).
+FINE, FAILED, RUNNING = "materialized", "failed", "in_progress"
+
+
+def complete_days(now: datetime, tz: ZoneInfo, back: int, first: str) -> list[str]:
+    """The ``back`` most recent complete local days (yesterday first is not implied: oldest
+    first), none before ``first``."""
+    today = now.astimezone(tz).date()
+    days = [today - timedelta(days=n) for n in range(back, 0, -1)]
+    return [d.isoformat() for d in days if d.isoformat() >= first]
+
+
+def catch_up_plan(window: Sequence[str], status: Mapping[str, str | None]) -> list[str]:
+    """The days of ``window`` that are missing or whose last attempt failed, oldest first;
+    a day that is fine or being materialized is left alone."""
+    return [day for day in window if status.get(day) not in (FINE, RUNNING)]
+
+
+def prune_plan(raw_days: Iterable[str], today: date, keep_days: int) -> list[str]:
+    """Raw days older than the ``keep_days`` complete days before ``today`` (0 keeps all)."""
+    if keep_days <= 0:
+        return []
+    cutoff = (today - timedelta(days=keep_days)).isoformat()
+    return sorted(d for d in raw_days if d < cutoff)
+
+
+@dataclass
+class Pruned:
+    """What a prune did: the days removed (with their file counts) and the days skipped
+    because a run held them."""
+
+    removed: dict[str, int] = field(default_factory=dict)
+    busy: list[str] = field(default_factory=list)
+
+    def said(self) -> str:
+        if not self.removed and not self.busy:
+            return "nothing to prune"
+        parts = []
+        if self.removed:
+            files = sum(self.removed.values())
+            days = sorted(self.removed)
+            parts.append(
+                f"removed the raw bodies of {len(days)} day(s) ({days[0]} to {days[-1]}, "
+                f"{files} files); the datasets of those days stay"
+            )
+        if self.busy:
+            parts.append(f"skipped {', '.join(self.busy)}: being materialized")
+        return "; ".join(parts)
+
+
+def prune_raw(
+    store: Store, tz: ZoneInfo, keep_days: int, *, now: datetime, dry_run: bool = False
+) -> Pruned:
+    """Remove raw days older than ``keep_days``, each under its lease (a day being fetched or
+    validated is skipped, never pulled from under a run)."""
+    done = Pruned()
+    owner = f"prune-{now.timestamp():.0f}"
+    for day in prune_plan(storage.raw_days(store), now.astimezone(tz).date(), keep_days):
+        if dry_run:
+            done.removed[day] = len(store.list(storage.raw_day_key(day)))
+            continue
+        try:
+            storage.take_lease(store, day, owner, ttl_s=600, wait_s=0)
+        except storage.DayBusy:
+            done.busy.append(day)
+            continue
+        try:
+            done.removed[day] = storage.prune_raw_day(store, day)
+        finally:
+            storage.release_lease(store, day, owner)
+    return done
+
+
+def deadline(day: str, at: str, tz: ZoneInfo) -> datetime:
+    """When ``day``'s data is due: ``at`` (HH:MM) local time on the next day."""
+    d = date.fromisoformat(day) + timedelta(days=1)
+    return datetime.combine(d, time.fromisoformat(at), tzinfo=tz)
+
+
+def late_days(
+    window: Sequence[str], status: Mapping[str, str | None], now: datetime, at: str, tz: ZoneInfo
+) -> dict[str, bool]:
+    """For each day of ``window`` whose deadline has passed: True when it is late (not
+    materialized), False when it is on hand. Days not yet due are left out."""
+    return {day: status.get(day) != FINE for day in window if now >= deadline(day, at, tz)}
