@@ -195,8 +195,10 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from cdr_pipeline.defs.schedules import DAILY_JOB
 
     settings = load_settings()
+    days = [] if args.missing else _day_range(args, settings)  # a bad date: said before all
     local_home()
-    days = _missing_days(settings) if args.missing else _day_range(args, settings)
+    if args.missing:
+        days = _missing_days(settings)
     if not days:
         back = settings.operations.catchup_days
         print(f"nothing to do: the last {back} days are fine or running")

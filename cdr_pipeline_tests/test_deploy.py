@@ -196,9 +196,12 @@ def test_the_image_holds_every_class_its_instance_names(tmp_path):
     assert install.returncode == 0, install.stderr[-3000:]
     probe = (
         "import importlib, json, sys\n"
+        "from dagster._serdes.config_class import ConfigurableClassData\n"
         "missing = []\n"
         "for where, (module, name) in json.loads(sys.argv[1]).items():\n"
         "    try:\n"
+        "        # as the instance loads it (dagster.core is read as dagster._core)\n"
+        "        module = ConfigurableClassData(module, name, '').module_name\n"
         "        getattr(importlib.import_module(module), name)\n"
         "    except Exception as exc:\n"
         "        missing.append(f'{where}: {module}.{name}: {exc!r}')\n"
