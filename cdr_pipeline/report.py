@@ -94,13 +94,17 @@ def trend_png(rows: Sequence[dict[str, Any]], *, title: str = "") -> bytes:
         bottom.grid(alpha=0.3)
         bottom.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
         fig.autofmt_xdate()
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        # no timestamps in the file: the same figures give the same bytes
-        fig.savefig(buffer, format="png", metadata={"Software": None})
-        return buffer.getvalue()
+        return _png(fig)
     finally:
         plt.close(fig)
+
+
+def _png(fig: Any) -> bytes:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    # no timestamps in the file: the same figures give the same bytes
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
 
 
 def png_markdown(png: bytes, alt: str) -> str:
@@ -355,10 +359,7 @@ def load_png(hours: Sequence[dict[str, Any]], *, title: str = "") -> bytes:
         axis.legend(loc="upper left", fontsize=8)
         axis.grid(alpha=0.3)
         axis.set_title(title or "load by hour", fontsize=10)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", metadata={"Software": None})
-        return buffer.getvalue()
+        return _png(fig)
     finally:
         plt.close(fig)
 

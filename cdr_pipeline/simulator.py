@@ -296,10 +296,7 @@ class CdrSimulator:
         else:
             status, duration = 3, 0
             t["endCallTime"] = dring + 3
-        wire: dict[str, Any] = {"callId": call_id, "src": src, "dst": dst}
-        for name in TIME_FIELDS:
-            wire[name] = self._render_time(t[name], rng)
-        wire |= {"callEndStatus": str(status), "duration": str(duration), "recordUrl": ""}
+        wire = self._wire(rng, call_id, src, dst, t, status, duration, None)
         return SimCall(
             call_id,
             src,
@@ -317,6 +314,26 @@ class CdrSimulator:
             False,
             None,
         )
+
+    def _wire(
+        self,
+        rng: random.Random,
+        call_id: str,
+        src: str,
+        dst: str,
+        t: dict[str, int | None],
+        status: int,
+        duration: int,
+        record_url: str | None,
+    ) -> dict[str, Any]:
+        """A record as the provider serves it (times in the configured mix of forms)."""
+        wire: dict[str, Any] = {"callId": call_id, "src": src, "dst": dst}
+        for name in TIME_FIELDS:
+            wire[name] = self._render_time(t[name], rng)
+        wire["callEndStatus"] = str(status)
+        wire["duration"] = str(duration)
+        wire["recordUrl"] = record_url or ""
+        return wire
 
     def _destination(self, call_id: str, mobile: str, t0: int) -> str:
         """Where a call goes: mostly a Chinese mobile in the provider's 00 form; some written
@@ -391,12 +408,7 @@ class CdrSimulator:
             else None
         )
 
-        wire: dict[str, Any] = {"callId": call_id, "src": src, "dst": dst}
-        for name in TIME_FIELDS:
-            wire[name] = self._render_time(t[name], rng)
-        wire["callEndStatus"] = str(status)
-        wire["duration"] = str(duration)
-        wire["recordUrl"] = record_url or ""
+        wire = self._wire(rng, call_id, src, dst, t, status, duration, record_url)
         if call_type_wire is not None:
             wire["callType"] = str(call_type_wire)
         if biz_id is not None or rng.random() < 0.5:

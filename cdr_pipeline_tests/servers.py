@@ -133,3 +133,17 @@ def webserver(env: Mapping[str, str], log: Path) -> Iterator[str]:
         cwd=ROOT,
     ) as port:
         yield f"http://127.0.0.1:{port}"
+
+
+def daemon_process(env: Mapping[str, str], log: Path) -> subprocess.Popen:
+    """``dagster-daemon`` for the project's workspace, its output in ``log``; the caller stops
+    it with :func:`stop`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

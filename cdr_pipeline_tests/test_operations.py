@@ -23,7 +23,7 @@ from cdr_pipeline import alerts, operations, storage
 from cdr_pipeline.operations import FAILED, FINE, RUNNING
 from cdr_pipeline.store import open_store
 from cdr_pipeline_tests.conftest import API_ID, APP_ID, load_defs
-from cdr_pipeline_tests.servers import BIN, ROOT, stop, tail
+from cdr_pipeline_tests.servers import BIN, ROOT, daemon_process, stop, tail
 
 CLI = str(BIN / "cdr-pipeline")
 SH = ZoneInfo("Asia/Shanghai")
@@ -305,15 +305,7 @@ def test_the_daemon_alerts_once_per_failed_partition_and_catches_up(tmp_path, si
     )
     assert started.returncode == 0, started.stdout + started.stderr
     log = tmp_path / "daemon.log"
-    with log.open("wb") as out:
-        daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    daemon = daemon_process(env, log)
     try:
         runs = _wait(lambda: _receiver_has(receiver, {"2024-03-01", "2024-03-02"}))
         assert runs, f"no alerts arrived; the daemon's log ends:\n{tail(log)}"

@@ -8,7 +8,6 @@ the partition statuses back; then checks the files on disk.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from cdr_pipeline import storage
-from cdr_pipeline_tests.servers import BIN, ROOT, stop, tail, webserver
+from cdr_pipeline_tests.servers import daemon_process, stop, tail, webserver
 
 ASSETS = ["raw_cdr", *storage.DATASETS]
 DAYS = ["2024-03-01", "2024-03-02", "2024-03-03"]
@@ -71,14 +70,7 @@ def dagster_services(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     with dg.DagsterInstance.from_config(str(home)):
         pass
     daemon_log = tmp_path / "daemon.log"
-    with daemon_log.open("wb") as out:
-        daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = daemon_process(env, daemon_log)
     try:
         with webserver(env, tmp_path / "webserver.log") as url:
             assert daemon.poll() is None, f"dagster-daemon exited:\n{tail(daemon_log)}"
