@@ -252,7 +252,7 @@ class _Receiver:
         self.server.shutdown()
 
 
-def _wait(what, timeout: float = 150.0):
+def _wait(what, timeout: float = 240.0):
     """Poll the daemon's effects (its sensors tick every 30 s)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
