@@ -96,6 +96,31 @@ def test_grouped_numbers_agree_with_libphonenumber_number_by_number():
     assert not wrong, wrong[:10]
 
 
+def test_large_groups_analysed_by_their_prefix_agree_with_libphonenumber():
+    """Many numbers sharing all but their last six digits, in every region: the first grouping
+    leaves many of them, and the prefix-aware analysis (key_safe) groups them. Each must get
+    exactly what libphonenumber says of it alone."""
+    from cdr_pipeline.transform.phones import key_safe
+
+    key_safe.cache_clear()
+    rng = random.Random(11)
+    numbers = []
+    for region in sorted(pn.SUPPORTED_REGIONS):
+        md = pn.PhoneMetadata.metadata_for_region(region)
+        for desc in (md.fixed_line, md.mobile, md.premium_rate):
+            if desc is None or not desc.example_number or len(desc.example_number) < 8:
+                continue
+            head = desc.example_number[:-6]
+            for _ in range(40):
+                tail = "".join(rng.choice("0123456789") for _ in range(6))
+                numbers.append(f"+{md.country_code}{head}{tail}")
+    e164, country, kind = NumberBook("CN").resolve(pa.array(numbers))
+    got = list(zip(e164.to_pylist(), country.to_pylist(), kind.to_pylist(), strict=True))
+    wrong = [(n, g, reference(n)) for n, g in zip(numbers, got, strict=True) if g != reference(n)]
+    assert not wrong, wrong[:10]
+    assert key_safe.cache_info().currsize > 0  # the analysis was asked
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(

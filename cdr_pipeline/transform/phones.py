@@ -22,6 +22,7 @@ import re._parser as sre_parse
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 
+import numpy as np
 import phonenumbers as pn
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,6 +32,9 @@ from phonenumbers.phonenumberutil import _number_type_helper
 from cdr_pipeline.dictionary import NUMBER_TYPES
 
 TAILS = (4, 3, 2)  # digits a group's members may differ in, tried longest first
+# for the few numbers the first grouping leaves, asked of the patterns their prefix can match
+REST_TAILS = (8, 6, 4, 3, 2)
+MIN_ANALYSED = 32  # numbers a group needs before its patterns are analysed for it
 MIN_GROUPED = 8  # digits (with the country code) a number needs to be grouped
 CACHE = 1 << 16  # numbers and prefixes remembered (bounded: memory stays flat)
 
@@ -233,6 +237,150 @@ def safe_prefix(
     )
 
 
+@lru_cache(maxsize=4096)
+def key_safe(
+    country_code: int, prefix: str, national_length: int, national_form: bool, tail: int
+) -> bool:
+    """Whether every ``national_length``-digit national number of this country that starts with
+    ``prefix`` (and has ``tail`` digits after it) gets the same answer from libphonenumber:
+    :func:`safe_prefix` asked of the patterns that can match this prefix only. Slower, so it is
+    asked of the few numbers the first grouping leaves (a Tokyo number is not held back by a
+    Japanese short-number pattern)."""
+    regions = pn.COUNTRY_CODE_TO_REGION_CODE.get(country_code)
+    if not regions or len(prefix) + tail != national_length:
+        return False
+    metas = [pn.PhoneMetadata.metadata_for_region_or_calling_code(country_code, r) for r in regions]
+    if any(md is None for md in metas):
+        return False
+    # the patterns libphonenumber matches at the start (prefixes it strips, leading digits
+    # that pick a region) must be decided by the prefix alone
+    starts = [
+        pattern
+        for md in metas
+        for pattern in (
+            md.national_prefix_for_parsing,
+            md.national_prefix,
+            md.leading_digits,
+            md.international_prefix if national_form else None,
+        )
+        if pattern
+    ]
+    if not all(_decided_within(pattern, prefix, national_length) for pattern in starts):
+        return False
+    stripped = {0}
+    for md in metas:
+        if md.national_prefix_for_parsing:
+            stripped |= set(_lengths(_tree(md.national_prefix_for_parsing)))
+        if md.national_prefix:
+            stripped.add(len(md.national_prefix))
+    for md in metas:
+        for desc in _descs(md):
+            pattern = desc.national_number_pattern if desc is not None else None
+            if pattern is None:
+                continue
+            for w in stripped:
+                if w <= len(prefix) and not _prefix_free(pattern, prefix[w:], national_length - w):
+                    return False
+    return True
+
+
+def _prefix_free(pattern: str, prefix: str, length: int) -> bool:
+    """No match of ``pattern`` of ``length`` characters that starts with ``prefix`` has a
+    constrained atom after the prefix: then membership does not depend on the rest."""
+    ends = _walk(_tree(pattern), {(0, False)}, prefix, length)
+    return not any(bad for pos, bad in ends if pos == length)
+
+
+def _decided_within(pattern: str, prefix: str, length: int) -> bool:
+    """Whether every way ``pattern`` can match at the start of a ``length``-digit number that
+    begins with ``prefix`` ends within the prefix (so the match is the same whatever follows; a
+    way that reads on and then fails for every number of that length does not count)."""
+    ends = _walk(_tree(pattern), {(0, False)}, prefix, length)
+    return all(pos <= len(prefix) for pos, _ in ends)
+
+
+@cache
+def _tree(pattern: str):
+    return sre_parse.parse(pattern)
+
+
+def _walk(tree, states: set, prefix: str, length: int) -> set:
+    """Run ``tree`` over strings of ``length`` that start with ``prefix``: states are
+    (position, whether a constrained atom was met after the prefix)."""
+    for item in tree:
+        if not states:
+            break
+        states = _step(item, states, prefix, length)
+    return states
+
+
+def _step(item: tuple, states: set, prefix: str, length: int) -> set:
+    op, av = item
+    if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
+        low, high, sub = av
+        out = set(states) if low == 0 else set()
+        current = states
+        for count in range(1, min(high, length) + 1):
+            current = _walk(sub, current, prefix, length)
+            if not current:
+                break
+            if count >= low:
+                out |= current
+        return out
+    if op is sre.SUBPATTERN:
+        return _walk(av[-1], states, prefix, length)
+    if op is sre.BRANCH:
+        return set().union(*(_walk(b, states, prefix, length) for b in av[1]))
+    if op is sre.AT:
+        if av in (sre.AT_END, sre.AT_END_STRING):
+            return {(pos, bad) for pos, bad in states if pos == length}
+        if av in (sre.AT_BEGINNING, sre.AT_BEGINNING_STRING):
+            return {(pos, bad) for pos, bad in states if pos == 0}
+        return states
+    accepted = _digits(item)
+    if accepted is None:  # an atom this reader does not know: it may match, and constrains
+        accepted, unknown = list("0123456789"), True
+    else:
+        unknown = False
+    out = set()
+    for pos, bad in states:
+        if pos >= length:
+            continue
+        if pos < len(prefix):
+            if prefix[pos] in accepted:
+                out.add((pos + 1, bad))
+        elif accepted:
+            out.add((pos + 1, bad or unknown or len(accepted) < 10))
+    return out
+
+
+def _digits(item: tuple) -> list[str] | None:
+    """The digits one atom of a pattern matches (None: an atom this reader does not know)."""
+    op, av = item
+    if op is sre.LITERAL:
+        return [d for d in "0123456789" if ord(d) == av]
+    if op is sre.NOT_LITERAL:
+        return [d for d in "0123456789" if ord(d) != av]
+    if op is sre.ANY:
+        return list("0123456789")
+    if op is not sre.IN:
+        return None
+    hit: set[str] = set()
+    negate = False
+    for kind, value in av:
+        if kind is sre.NEGATE:
+            negate = True
+        elif kind is sre.LITERAL:
+            hit |= {d for d in "0123456789" if ord(d) == value}
+        elif kind is sre.RANGE:
+            hit |= {d for d in "0123456789" if value[0] <= ord(d) <= value[1]}
+        elif kind is sre.CATEGORY and value is sre.CATEGORY_DIGIT:
+            hit |= set("0123456789")
+        else:
+            return None
+    return sorted(set("0123456789") - hit if negate else hit)
+
+
 def _country_code(digits: str) -> int | None:
     """The calling code an international number starts with (as libphonenumber reads it)."""
     for size in (1, 2, 3):
@@ -251,7 +399,7 @@ class NumberBook:
     """Resolves columns of numbers for one default region; remembers groups across slices."""
 
     region: str = "CN"
-    _groups: dict[tuple[str, int], _Answer] = field(default_factory=dict)
+    _groups: dict[tuple[str, int, bool], _Answer] = field(default_factory=dict)
 
     def resolve(self, numbers: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array, pa.Array]:
         """(E.164, country, type) of every number; nulls and numbers that do not parse give
@@ -273,14 +421,25 @@ class NumberBook:
         return e164, country, pc.fill_null(kind, UNKNOWN)
 
     def _grouped(
-        self, values: pa.Array, tail: int, plain: pa.Array
+        self, values: pa.Array, tail: int, plain: pa.Array, aware: bool = False
     ) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
         """Each value's answer by its group of ``tail`` digits, and which are exact."""
         keys = pc.dictionary_encode(
             pc.if_else(plain, pc.utf8_slice_codeunits(values, 0, -tail), None)
         )
-        answers = [self._group(key, tail) for key in keys.dictionary.to_pylist()]
         at = keys.indices
+        if aware:
+            # the pattern analysis costs as much as parsing a few dozen numbers: asked only
+            # of groups large enough to repay it (the rest go on to shorter tails, then alone)
+            sizes = np.bincount(
+                at.drop_null().to_numpy(zero_copy_only=False), minlength=len(keys.dictionary)
+            )
+            answers = [
+                self._group(key, tail, aware) if size >= MIN_ANALYSED else _UNSAFE
+                for key, size in zip(keys.dictionary.to_pylist(), sizes, strict=True)
+            ]
+        else:
+            answers = [self._group(key, tail) for key in keys.dictionary.to_pylist()]
         head = pc.take(pa.array([a[0] for a in answers], pa.string()), at)
         exact = pc.and_(plain, pc.fill_null(pc.not_equal(head, ""), True))
         e164 = pc.binary_join_element_wise(
@@ -295,8 +454,10 @@ class NumberBook:
         one; answers in the order of ``values``."""
         out = [pa.nulls(len(values), pa.string()) for _ in range(3)]
         todo = pc.is_valid(values)
-        for tail in TAILS[1:]:
-            e164, country, kind, exact = self._grouped(values, tail, pc.and_(plain, todo))
+        for tail in REST_TAILS:
+            e164, country, kind, exact = self._grouped(
+                values, tail, pc.and_(plain, todo), aware=True
+            )
             found = (e164, country, kind)
             out = [pc.if_else(exact, new, old) for new, old in zip(found, out, strict=True)]
             todo = pc.and_(todo, pc.invert(exact))
@@ -309,15 +470,15 @@ class NumberBook:
             out = [pa.array(column, pa.string()) for column in lists]
         return out
 
-    def _group(self, key: str, tail: int) -> _Answer:
-        got = self._groups.get((key, tail))
+    def _group(self, key: str, tail: int, aware: bool = False) -> _Answer:
+        got = self._groups.get((key, tail, aware))
         if got is None:
-            got = self._groups[key, tail] = self._parse_group(key, tail)
+            got = self._groups[key, tail, aware] = self._parse_group(key, tail, aware)
             if len(self._groups) > CACHE:
                 self._groups.pop(next(iter(self._groups)))
         return got
 
-    def _parse_group(self, key: str, tail: int) -> _Answer:
+    def _parse_group(self, key: str, tail: int, aware: bool = False) -> _Answer:
         """The answer for every number ``key`` followed by ``tail`` digits, or ``_UNSAFE``."""
         key = normalise(key)
         if key.startswith("+"):
@@ -336,9 +497,14 @@ class NumberBook:
             ):
                 return _UNSAFE
         form = not key.startswith("+")
-        need = safe_prefix(code, before_tail + tail, form, tail) if code else None
-        if need is None or before_tail < need:
-            return _UNSAFE
+        if aware:
+            national = key[len(key) - before_tail :]
+            if not code or not key_safe(code, national, before_tail + tail, form, tail):
+                return _UNSAFE
+        else:
+            need = safe_prefix(code, before_tail + tail, form, tail) if code else None
+            if need is None or before_tail < need:
+                return _UNSAFE
         parsed = parse_number(key + "0" * tail, self.region)
         if parsed.e164 is None:
             return (None, parsed.country, parsed.number_type)
