@@ -175,7 +175,7 @@ def test_the_prune_job_runs_on_the_retention_setting(tmp_path, monkeypatch):
     for k, v in _env(tmp_path, CDR_RAW_RETENTION_DAYS="1").items():
         monkeypatch.setenv(k, v)
     defs = load_defs()
-    schedule = defs.get_schedule_def("cdr_prune_raw_schedule")
+    schedule = defs.resolve_schedule_def("cdr_prune_raw_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def("cdr_prune_raw_job").execute_in_process(instance=instance)
