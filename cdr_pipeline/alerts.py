@@ -22,7 +22,7 @@ MAX_TEXT = 1500  # characters of an error or a check's finding put in one alert
 @dataclass(frozen=True)
 class Alert:
     severity: str  # ERROR or WARN
-    kind: str  # run_failure, check_failure, late
+    kind: str  # run_failure or check_failure
     partition: str
     subject: str  # the job, or asset:check
     text: str  # what happened, in plain words
@@ -84,22 +84,11 @@ def run_alerts(run: FinishedRun, ui_url: str) -> list[Alert]:
     return alerts
 
 
-def late_alert(day: str, due: str, ui_url: str) -> Alert:
-    return Alert(
-        "WARN",
-        "late",
-        day,
-        "cdr:on_time",
-        f"{day} was due by {due} and is not materialized",
-        f"{ui_url.rstrip('/')}/assets/cdr?view=partitions&partition={day}",
-    )
-
-
 def payload(alert: Alert, form: str) -> dict[str, Any]:
     """The body posted for ``alert``: Slack's ``{"text": ...}`` or the alert's own fields."""
     if form == "json":
         return asdict(alert)
-    what = {"run_failure": "run failed", "check_failure": "check failed", "late": "late"}
+    what = {"run_failure": "run failed", "check_failure": "check failed"}
     text = (
         f"{ICONS.get(alert.severity, '')} *{alert.severity}* cdr-pipeline {what[alert.kind]}: "
         f"`{alert.subject}`, partition {alert.partition}\n{alert.text}"

@@ -1,12 +1,13 @@
-"""Running unattended, without Dagster: which days to catch up, which raw days to prune, when
-a day is late. The plans are pure functions of what is known (dates, statuses, settings); the
-sensors, schedules and the CLI gather the facts and carry the plans out."""
+"""Running unattended, without Dagster: which days to catch up and which raw days to prune
+(lateness is Dagster's own freshness check, in defs/sensors.py). The plans are pure functions
+of what is known (dates, statuses, settings); the sensors, schedules and the CLI gather the
+facts and carry the plans out."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from cdr_pipeline import storage
@@ -83,17 +84,3 @@ def prune_raw(
         finally:
             storage.release_lease(store, day, owner)
     return done
-
-
-def deadline(day: str, at: str, tz: ZoneInfo) -> datetime:
-    """When ``day``'s data is due: ``at`` (HH:MM) local time on the next day."""
-    d = date.fromisoformat(day) + timedelta(days=1)
-    return datetime.combine(d, time.fromisoformat(at), tzinfo=tz)
-
-
-def late_days(
-    window: Sequence[str], status: Mapping[str, str | None], now: datetime, at: str, tz: ZoneInfo
-) -> dict[str, bool]:
-    """For each day of ``window`` whose deadline has passed: True when it is late (not
-    materialized), False when it is on hand. Days not yet due are left out."""
-    return {day: status.get(day) != FINE for day in window if now >= deadline(day, at, tz)}

@@ -55,18 +55,6 @@ def test_prune_plan_keeps_the_last_days_and_zero_keeps_all():
     assert operations.prune_plan(days, date(2024, 3, 10), 0) == []
 
 
-def test_a_day_is_late_after_its_deadline_the_next_day():
-    window = ["2024-03-08", "2024-03-09"]
-    status = {"2024-03-08": FINE}
-    before = datetime(2024, 3, 10, 1, 59, tzinfo=SH)
-    after = datetime(2024, 3, 10, 2, 0, tzinfo=SH)
-    assert operations.late_days(window, status, before, "02:00", SH) == {"2024-03-08": False}
-    assert operations.late_days(window, status, after, "02:00", SH) == {
-        "2024-03-08": False,
-        "2024-03-09": True,
-    }
-
-
 def _run(**kw) -> alerts.FinishedRun:
     base = dict(
         run_id="abcd1234-run",

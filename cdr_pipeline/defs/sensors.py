@@ -135,7 +135,12 @@ def _finished(instance: dg.DagsterInstance, run: dg.DagsterRun) -> alerts.Finish
     failed = run.status == dg.DagsterRunStatus.FAILURE
     error = ""
     checks = []
-    for entry in instance.all_logs(run.run_id):
+    wanted = {
+        dg.DagsterEventType.STEP_FAILURE,
+        dg.DagsterEventType.RUN_FAILURE,
+        dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+    }
+    for entry in instance.all_logs(run.run_id, of_type=wanted):
         event = entry.dagster_event
         if event is None:
             continue

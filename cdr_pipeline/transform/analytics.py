@@ -12,6 +12,7 @@ many callers and numbers a day holds. The SQL below is the contract's wording, c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -404,6 +405,4 @@ def worst_billed(cdr: pa.Table, increment: int, limit: int = WORST_CALLS) -> lis
 
 
 def _local_hour(epoch_s: int, tz: ZoneInfo) -> int:
-    from datetime import datetime
-
     return datetime.fromtimestamp(epoch_s, tz).hour

@@ -3,15 +3,21 @@ libphonenumber metadata (the ``phonenumbers`` package), as the data contract def
 
 Parsing one number costs about 20 µs in Python, and a busy day holds a million distinct numbers.
 So numbers are resolved by *prefix*: an all-digit number is grouped with the numbers that differ
-from it only in their last ``TAIL`` digits, one of them is parsed, and the group's answer is
-spread with Arrow (its E.164 form gets each member's own tail). That is exact only where
-libphonenumber cannot tell the members apart, which :func:`free_tail` proves from the metadata's
-own patterns: every pattern of the country (each number type's, the general one) must end in at
-least ``TAIL`` free digits (``\\d``) on every path, and the prefixes it strips (international,
-national, carrier) and the leading digits that pick a region must end before the tail. Numbers
-of a country where that does not hold (short numbers, some small countries) and anything
-that is not all digits are parsed one by one, through a bounded cache. A property test over
-every region's example numbers holds the grouped answers to the per-number ones.
+from it only in their last few digits, one of them is parsed, and the group's answer is spread
+with Arrow (its E.164 form gets each member's own tail). That is exact only where libphonenumber
+cannot tell the members apart, which is proven from the metadata's own patterns, in two steps:
+
+- the whole column is grouped by its last 4 digits where every pattern of the country leaves
+  them free at that length (:func:`free_tail`, :func:`safe_prefix`), and the prefixes
+  libphonenumber strips or matches (international, national, carrier, the leading digits that
+  pick a region) end before the tail;
+- the numbers that leaves are grouped by 8, 6, 4, 3 or 2 digits where only the patterns that
+  can match the group's own prefix are asked (:func:`key_safe`), for groups large enough to
+  repay the analysis.
+
+Everything else (other spellings, short numbers, sparse groups) is parsed one by one, through a
+bounded cache. Property tests over every region's numbers hold the grouped answers to the
+per-number ones.
 """
 
 from __future__ import annotations
@@ -105,6 +111,12 @@ def parse_number(normalised: str, region: str) -> Parsed:
 _ANY_DIGIT = ([(sre.CATEGORY, sre.CATEGORY_DIGIT)], [(sre.RANGE, (48, 57))])
 
 
+@cache
+def _tree(pattern: str):
+    """A pattern's parsed regex tree (the metadata holds a few thousand patterns)."""
+    return sre_parse.parse(pattern)
+
+
 MAX_LENGTH = 17  # the longest national number libphonenumber parses
 
 # For a regex tree: string length -> (free, all_free) over every match of that length: free is
@@ -117,7 +129,7 @@ _Lengths = dict[int, tuple[int, bool]]
 def free_tail(pattern: str, length: int) -> int:
     """How many trailing digits of a ``length``-digit number never decide whether it matches
     ``pattern`` (a sound lower bound; ``MAX_LENGTH`` when no number of that length matches)."""
-    return _lengths(sre_parse.parse(pattern)).get(length, (MAX_LENGTH, True))[0]
+    return _lengths(_tree(pattern)).get(length, (MAX_LENGTH, True))[0]
 
 
 def _lengths(tree) -> _Lengths:
@@ -180,7 +192,7 @@ def _width(pattern: str | None) -> int:
     """The most characters a prefix pattern can take from the front of a number."""
     if not pattern:
         return 0
-    return min(sre_parse.parse(pattern).getwidth()[1], 1 << 16)
+    return min(_tree(pattern).getwidth()[1], 1 << 16)
 
 
 def _descs(md: pn.PhoneMetadata) -> list:
@@ -200,6 +212,31 @@ def _descs(md: pn.PhoneMetadata) -> list:
 
 
 @cache
+def _metas(country_code: int) -> tuple[pn.PhoneMetadata, ...] | None:
+    """The metadata of every region of a calling code (None: a code libphonenumber lacks)."""
+    regions = pn.COUNTRY_CODE_TO_REGION_CODE.get(country_code)
+    if not regions:
+        return None
+    metas = tuple(
+        pn.PhoneMetadata.metadata_for_region_or_calling_code(country_code, r) for r in regions
+    )
+    return None if any(md is None for md in metas) else metas
+
+
+@cache
+def _stripped(country_code: int) -> frozenset[int]:
+    """How many leading digits libphonenumber may strip from a national number of this code
+    (a national or carrier prefix), 0 included."""
+    widths = {0}
+    for md in _metas(country_code) or ():
+        if md.national_prefix_for_parsing:
+            widths |= set(_lengths(_tree(md.national_prefix_for_parsing)))
+        if md.national_prefix:
+            widths.add(len(md.national_prefix))
+    return frozenset(widths)
+
+
+@cache
 def safe_prefix(
     country_code: int, national_length: int, national_form: bool, tail: int
 ) -> int | None:
@@ -208,18 +245,10 @@ def safe_prefix(
     digits that pick a region): grouping by all but the last ``tail`` digits is exact when the
     key holds at least that many and every pattern leaves ``tail`` free digits at every length
     the stripping may leave. None when that never holds."""
-    regions = pn.COUNTRY_CODE_TO_REGION_CODE.get(country_code)
-    if not regions:
+    metas = _metas(country_code)
+    if metas is None:
         return None
-    metas = [pn.PhoneMetadata.metadata_for_region_or_calling_code(country_code, r) for r in regions]
-    if any(md is None for md in metas):
-        return None
-    stripped = {0}
-    for md in metas:
-        if md.national_prefix_for_parsing:
-            stripped |= set(_lengths(sre_parse.parse(md.national_prefix_for_parsing)))
-        if md.national_prefix:
-            stripped.add(len(md.national_prefix))
+    stripped = _stripped(country_code)
     lengths = {national_length - w for w in stripped if national_length - w > 0}
     for md in metas:
         for desc in _descs(md):
@@ -246,11 +275,8 @@ def key_safe(
     :func:`safe_prefix` asked of the patterns that can match this prefix only. Slower, so it is
     asked of the few numbers the first grouping leaves (a Tokyo number is not held back by a
     Japanese short-number pattern)."""
-    regions = pn.COUNTRY_CODE_TO_REGION_CODE.get(country_code)
-    if not regions or len(prefix) + tail != national_length:
-        return False
-    metas = [pn.PhoneMetadata.metadata_for_region_or_calling_code(country_code, r) for r in regions]
-    if any(md is None for md in metas):
+    metas = _metas(country_code)
+    if metas is None or len(prefix) + tail != national_length:
         return False
     # the patterns libphonenumber matches at the start (prefixes it strips, leading digits
     # that pick a region) must be decided by the prefix alone
@@ -267,18 +293,12 @@ def key_safe(
     ]
     if not all(_decided_within(pattern, prefix, national_length) for pattern in starts):
         return False
-    stripped = {0}
-    for md in metas:
-        if md.national_prefix_for_parsing:
-            stripped |= set(_lengths(_tree(md.national_prefix_for_parsing)))
-        if md.national_prefix:
-            stripped.add(len(md.national_prefix))
     for md in metas:
         for desc in _descs(md):
             pattern = desc.national_number_pattern if desc is not None else None
             if pattern is None:
                 continue
-            for w in stripped:
+            for w in _stripped(country_code):
                 if w <= len(prefix) and not _prefix_free(pattern, prefix[w:], national_length - w):
                     return False
     return True
@@ -297,11 +317,6 @@ def _decided_within(pattern: str, prefix: str, length: int) -> bool:
     way that reads on and then fails for every number of that length does not count)."""
     ends = _walk(_tree(pattern), {(0, False)}, prefix, length)
     return all(pos <= len(prefix) for pos, _ in ends)
-
-
-@cache
-def _tree(pattern: str):
-    return sre_parse.parse(pattern)
 
 
 def _walk(tree, states: set, prefix: str, length: int) -> set:
