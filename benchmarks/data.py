@@ -43,11 +43,15 @@ DIRTY = {
     "bad_record_rate": 0.01,
     "datetime_text_rate": 0.01,
 }
+# The same calls as the clean day, every time written as the provider's page documents it:
+# local ``yyyy-MM-dd HH:mm:ss`` text (its example shows epoch seconds).
+TEXT_TIMES = {"datetime_text_rate": 1.0}
+VARIANTS = {"clean": {}, "dirty": DIRTY, "text": TEXT_TIMES}
 
 
-def _hour_pages(args: tuple[int, int, bool]) -> list[tuple[bytes, list[int], int]]:
-    calls_per_day, hour, dirty = args
-    quirks = DIRTY if dirty else {}
+def _hour_pages(args: tuple[int, int, str]) -> list[tuple[bytes, list[int], int]]:
+    calls_per_day, hour, variant = args
+    quirks = VARIANTS[variant]
     sim = CdrSimulator(SimConfig(seed=7, calls_per_day=calls_per_day, timezone=TZ, **quirks))
     start, end = hour * 3600, hour * 3600 + 3599
     records = sim.listing(start, end)
@@ -61,17 +65,17 @@ def _hour_pages(args: tuple[int, int, bool]) -> list[tuple[bytes, list[int], int
     return pages
 
 
-def ensure_day(calls_per_day: int, *, dirty: bool = False) -> Path:
-    """The data directory holding the day's raw layer for this size (generated if missing);
-    ``dirty``: with the quirks of :data:`DIRTY`."""
-    root = DATA / f"day-{calls_per_day}{'-dirty' if dirty else ''}"
+def ensure_day(calls_per_day: int, variant: str = "clean") -> Path:
+    """The data directory holding the day's raw layer for this size and variant (one of
+    :data:`VARIANTS`), generated if missing."""
+    root = DATA / f"day-{calls_per_day}{'' if variant == 'clean' else '-' + variant}"
     if (root / storage.raw_day_key(DAY) / "manifest.json").exists():
         return root
     d = day()
     hours = range(d.start // 3600, d.end // 3600)
     bodies, requests = [], []
     with ProcessPoolExecutor(max_workers=2) as pool:
-        for pages in pool.map(_hour_pages, [(calls_per_day, h, dirty) for h in hours]):
+        for pages in pool.map(_hour_pages, [(calls_per_day, h, variant) for h in hours]):
             for body, window, count in pages:
                 name, digest = storage.body_name(body, "zlib")
                 bodies.append((body, "zlib"))

@@ -515,6 +515,53 @@ def test_the_plain_digit_shortcuts_decide_as_the_exact_path_does(recs):
     _assert_paths_agree(recs)
 
 
+# Local text times read off Arrow's buffers: real ones near the ends of the accepted years
+# and around daylight-saving changes, and text that only looks like a date and time.
+text_times = st.one_of(
+    st.datetimes(
+        min_value=__import__("datetime").datetime(1999, 12, 30),
+        max_value=__import__("datetime").datetime(2100, 1, 2),
+    ).map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S")),
+    st.sampled_from(
+        [
+            "2024-03-10 02:30:00",  # New York's gap
+            "2024-11-03 01:30:00",  # ... and its repeated hour
+            "2024-03-31 02:30:00",  # Berlin's gap
+            "2024-10-27 02:30:00",  # ... and its repeated hour
+            "2024-02-29 12:00:00",
+        ]
+    ),
+    st.tuples(*(st.integers(0, 99),) * 6).map(
+        lambda v: f"{v[0] * 100 + v[1]:04d}-{v[2]:02d}-{v[3]:02d} {v[4]:02d}:{v[5]:02d}:00"
+    ),
+    st.sampled_from(["0", "", "1548235059", "1548235059123", "2024-05-07T10:00:00"]),
+)
+
+
+@PROPERTY
+@given(
+    st.lists(
+        st.builds(
+            lambda a, b, c: record(startSrcCallTime=a, endCallTime=b, dstAcceptTime=c),
+            text_times,
+            text_times,
+            text_times,
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.sampled_from(["Asia/Shanghai", "America/New_York", "Europe/Berlin", "UTC"]),
+)
+def test_text_times_read_off_the_buffers_decide_as_python_does(recs, zone):
+    tz = ZoneInfo(zone)
+    window = (MIN_EPOCH, MAX_EPOCH)
+    exact = one_page(recs, window, day=window, tz=tz, exact=True)
+    fast = one_page(recs, window, day=window, tz=tz)
+    assert fast.accounting == exact.accounting
+    assert fast.cdr.equals(exact.cdr)
+    assert fast.rejects.equals(exact.rejects)
+
+
 def test_a_spilled_day_equals_the_same_day_in_memory(tmp_path):
     """Force the disk path (buckets by id, then by time) on a small day with duplicates,
     conflicting copies and overlapping windows: the result must not change."""

@@ -147,6 +147,95 @@ def _digit_time_column(raw: pa.Array) -> tuple[pa.Array, pa.Array] | None:
     return pa.array(seconds, pa.int64(), mask=empty), pa.array(ok)
 
 
+_TEXT_LENGTH = 19  # yyyy-MM-dd HH:mm:ss
+_SEPARATORS = {4: ord("-"), 7: ord("-"), 10: ord(" "), 13: ord(":"), 16: ord(":")}
+_SEPARATOR_AT = np.array(list(_SEPARATORS))
+_SEPARATOR = np.array(list(_SEPARATORS.values()), dtype=np.uint8)
+_DIGITS = np.array([i for i in range(_TEXT_LENGTH) if i not in _SEPARATORS])
+_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+# Arrow's zone rules stop where the tz database's listed changes do (2037); Python's go on
+# by the zone's rule. Local text times from then on are left to the exact rules.
+_ZONE_RULES_END = 2_114_380_800  # 2037-01-01
+
+
+def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Days since 1970-01-01 of proleptic Gregorian dates (H. Hinnant's algorithm)."""
+    y = year - (month <= 2)
+    era = np.floor_divide(y, 400)
+    yoe = y - era * 400
+    doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _local_text_seconds(
+    data: np.ndarray, starts: np.ndarray, tz: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch seconds, exact) of values that are each 19 bytes at ``starts``, read as
+    ``yyyy-MM-dd HH:mm:ss`` in ``tz``: *exact* where the text is a real date and time that
+    Python's ``strptime`` reads to the same instant (no 30 February, no second 60, not in a
+    daylight-saving gap); the rest go to the exact rules."""
+    # each value's 19 bytes copied as a row (a gather of rows, not of bytes)
+    chars = np.lib.stride_tricks.sliding_window_view(data, _TEXT_LENGTH)[starts]
+    d = chars.astype(np.int32) - ord("0")
+    exact = ((d[:, _DIGITS] >= 0) & (d[:, _DIGITS] <= 9)).all(axis=1)
+    exact &= (chars[:, _SEPARATOR_AT] == _SEPARATOR).all(axis=1)
+    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
+    month, day, hour, minute, second = (d[:, i] * 10 + d[:, i + 1] for i in (5, 8, 11, 14, 17))
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_ok = (month >= 1) & (month <= 12)
+    last_day = _DAYS_IN_MONTH[np.where(month_ok, month, 0)] + ((month == 2) & leap)
+    exact &= month_ok & (day >= 1) & (day <= last_day) & (year >= 1)
+    exact &= (hour <= 23) & (minute <= 59) & (second <= 59)
+    local = (
+        _days_from_civil(year, np.where(exact, month, 1), np.where(exact, day, 1)).astype(np.int64)
+        * 86400
+        + hour * 3600
+        + minute * 60
+        + second
+    )
+    exact &= local < _ZONE_RULES_END
+    # Arrow's zone rules agree with Python's where a local time exists once, or twice (the
+    # earlier instant, as Python's fold=0); a time in a gap sends the values to the exact rules.
+    stamps = pa.array(np.where(exact, local, 0), pa.timestamp("s"))
+    try:
+        utc = pc.assume_timezone(stamps, timezone=tz, ambiguous="earliest", nonexistent="raise")
+    except pa.ArrowInvalid:
+        return local, np.zeros(len(local), dtype=bool)
+    return pc.cast(utc, pa.int64()).to_numpy(), exact
+
+
+def _plain_time_column(raw: pa.Array, tz: str) -> tuple[pa.Array, pa.Array] | None:
+    """:func:`_time_column` for a column whose every value is absent, empty, digits or
+    19 bytes long (the provider's text form), read off Arrow's buffers; None otherwise."""
+    if not len(raw):
+        return None
+    _, offsets, data = string_layout(raw)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    present = lengths > 0
+    if raw.null_count:
+        present &= raw.is_valid().to_numpy(zero_copy_only=False)
+    text = present & (lengths == _TEXT_LENGTH)
+    number = present & ~text
+    if not ((lengths[number] <= 11) | (lengths[number] == 13)).all():
+        return None
+    seconds = np.zeros(len(raw), dtype=np.int64)
+    if number.any():
+        numbers = pc.filter(raw, pa.array(number))
+        if not pc.all(pc.ascii_is_decimal(numbers)).as_py():
+            return None  # a sign, a space, a letter: the general path
+        values = pc.cast(numbers, pa.int64()).to_numpy()
+        seconds[number] = np.where(lengths[number] == 13, values // 1000, values)
+    ok = ~present
+    if text.any():
+        seconds[text], exact = _local_text_seconds(data, starts[text], tz)
+        ok[text] = exact
+    empty = ~present | (number & (lengths == 1) & (seconds == 0))
+    in_range = (seconds >= MIN_EPOCH) & (seconds < MAX_EPOCH)
+    ok = empty | (in_range & (ok | number))
+    return pa.array(seconds, pa.int64(), mask=empty), pa.array(ok)
+
+
 def _python_strip_agrees(trimmed: pa.Array) -> pa.Array:
     """True where Python's strip() would give the same text as our ASCII trim: nothing
     left at either end that Unicode calls white space (U+3000, U+00A0 ...)."""
@@ -158,9 +247,9 @@ def _python_strip_agrees(trimmed: pa.Array) -> pa.Array:
 
 def _time_column(raw: pa.Array, tz: str) -> tuple[pa.Array, pa.Array]:
     """(epoch seconds or null, ok) for one wire time field."""
-    digits_only = _digit_time_column(raw)
-    if digits_only is not None:
-        return digits_only
+    plain = _digit_time_column(raw) or _plain_time_column(raw, tz)
+    if plain is not None:
+        return plain
     s = _trim(raw)
     empty = pc.fill_null(pc.or_(pc.equal(s, ""), pc.equal(s, "0")), True)
     length = pc.binary_length(s)
@@ -185,10 +274,30 @@ def _time_column(raw: pa.Array, tz: str) -> tuple[pa.Array, pa.Array]:
             roundtrip = pa.array([False] * len(s))
             utc = local
         text_seconds = pc.cast(pc.cast(utc, pa.timestamp("s")), pa.int64())
+        roundtrip = pc.and_(roundtrip, pc.fill_null(pc.less(text_seconds, _ZONE_RULES_END), False))
         seconds = pc.if_else(pc.and_(text, roundtrip), text_seconds, seconds)
     in_range = pc.and_(pc.greater_equal(seconds, MIN_EPOCH), pc.less(seconds, MAX_EPOCH))
     ok = pc.or_(empty, pc.fill_null(in_range, False))
     return pc.if_else(empty, pa.scalar(None, pa.int64()), seconds), ok
+
+
+def _time_columns(raws: list[pa.Array], tz: str) -> list[tuple[pa.Array, pa.Array]]:
+    """:func:`_time_column` of each wire time field. Columns of anything but epoch digits
+    are decided together, once per distinct value: a batch's times fall within an hour or
+    two, so its seven columns hold a few thousand distinct values among tens of thousands."""
+    out = [_digit_time_column(raw) for raw in raws]
+    todo = [i for i, got in enumerate(out) if got is None]
+    if todo:
+        encoded = pc.dictionary_encode(pa.concat_arrays([raws[i] for i in todo]))
+        seconds, ok = _time_column(encoded.dictionary, tz)
+        seconds, ok = pc.take(seconds, encoded.indices), pc.take(ok, encoded.indices)
+        ok = pc.fill_null(ok, True)  # an absent time is allowed (whether it may be is checked
+        # apart, for the start)
+        at = 0
+        for i in todo:
+            out[i] = (seconds.slice(at, len(raws[i])), ok.slice(at, len(raws[i])))
+            at += len(raws[i])
+    return [got for got in out if got is not None]
 
 
 def _small_number(text: pa.Array, max_digits: int) -> pa.Array:
@@ -224,8 +333,9 @@ def check_records(records: pa.StructArray, tz: str) -> CheckedRecords:
         if pc.any(empty).as_py():
             text = pc.if_else(empty, pa.scalar(None, pa.string()), text)
         columns[col] = text
-    for wire, col in TIME_FIELDS:
-        seconds, good = _time_column(field[wire], tz)
+    for (_, col), (seconds, good) in zip(
+        TIME_FIELDS, _time_columns([field[wire] for wire, _ in TIME_FIELDS], tz), strict=True
+    ):
         columns[col] = seconds
         ok = pc.and_(ok, good)
     start, end = columns["start_src_call_time"], columns["end_call_time"]
