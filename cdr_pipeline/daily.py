@@ -264,13 +264,17 @@ def validate_day(
     try:
         # Arrow parses and checks the next batches on other threads while this one is added
         # (Arrow releases the GIL); results are taken in order, PARSE_AHEAD at most waiting.
+        # A batch Arrow could not read whole tells the next ones to cut their pages first.
+        cut = False
         with ThreadPoolExecutor(max_workers=PARSE_AHEAD, thread_name_prefix="parse") as parser:
             ahead: deque[tuple[list, Future[ParsedPages]]] = deque()
             for batch in decoded_batches(store, day.key, manifest, max_bytes):
-                ahead.append((batch, parser.submit(parse_pages, batch, tz_name)))
+                ahead.append((batch, parser.submit(parse_pages, batch, tz_name, cut=cut)))
                 if len(ahead) > PARSE_AHEAD:
                     pages, parsing = ahead.popleft()
-                    builder.add_parsed(pages, parsing.result())
+                    done = parsing.result()
+                    cut = done.cut
+                    builder.add_parsed(pages, done)
             while ahead:
                 pages, parsing = ahead.popleft()
                 builder.add_parsed(pages, parsing.result())

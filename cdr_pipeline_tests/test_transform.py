@@ -24,6 +24,7 @@ from cdr_pipeline.transform.columnar import CheckedRecords, check_records
 from cdr_pipeline.transform.day import DayBuilder, parse_pages
 from cdr_pipeline.transform.hashing import fingerprint
 from cdr_pipeline.transform.parse import MAX_EPOCH, MIN_EPOCH, BadValue, parse_time
+from cdr_pipeline.transform.spans import cdr_spans
 from cdr_pipeline.transform.summarize import KpiSummary, OutcomeSummary, kpi_table
 from cdr_pipeline.transform.validate import (
     CDR_SCHEMA,
@@ -200,11 +201,12 @@ def _all_unsure(records, tz):
     return CheckedRecords(checked.columns, pa.array([False] * len(records), pa.bool_()))
 
 
-def build(pages, day=DAY, tz=SH, *, exact=False, batch=None, **kw) -> Built:
+def build(pages, day=DAY, tz=SH, *, exact=False, batch=None, cut=False, **kw) -> Built:
     """A day through the path ``validate_day`` takes: pages ``(records, window)`` as JSON
     bodies, read and checked by :func:`parse_pages` in batches, added, then the rows
     streamed out. ``exact``: every record decided by the exact rules (the path a page takes
-    when the fast checks are unsure of all of it)."""
+    when the fast checks are unsure of all of it); ``cut``: pages cut at their elements
+    before Arrow reads them."""
     decoded = [
         (recs if isinstance(recs, bytes) else document(recs), f"p{i}", list(window))
         for i, (recs, window) in enumerate(pages)
@@ -216,7 +218,7 @@ def build(pages, day=DAY, tz=SH, *, exact=False, batch=None, **kw) -> Built:
         step = batch or len(decoded) or 1
         for k in range(0, len(decoded), step):
             part = decoded[k : k + step]
-            builder.add_parsed(part, parse_pages(part, tz.key))
+            builder.add_parsed(part, parse_pages(part, tz.key, cut=cut))
     parts = list(builder.iter_cdr())
     cdr = pa.concat_tables(parts) if parts else RECORD_SCHEMA.empty_table()
     return Built(cdr, builder.rejects_table(), builder.accounting())
@@ -446,9 +448,10 @@ clean_ish = st.builds(
 
 def _assert_paths_agree(recs) -> None:
     exact, fast = _both_paths(recs)
-    assert fast.accounting == exact.accounting
-    assert fast.cdr.equals(exact.cdr)
-    assert fast.rejects.equals(exact.rejects)
+    for other in (fast, one_page(recs, cut=True)):
+        assert other.accounting == exact.accounting
+        assert other.cdr.equals(exact.cdr)
+        assert other.rejects.equals(exact.rejects)
 
 
 @PROPERTY
@@ -482,6 +485,72 @@ with_extra = st.builds(
 @given(st.lists(st.one_of(clean_ish, with_extra), max_size=20), st.lists(odd_one, max_size=3))
 def test_a_page_arrow_cannot_type_still_takes_the_fast_path_where_it_can(recs, odd):
     _assert_paths_agree(recs + odd)
+
+
+# Text full of what the cut must not be fooled by: brackets, commas, quotes and backslashes
+# inside strings, escapes, non-ASCII.
+tricky_text = st.text(alphabet='ab{}[],:"\\ \u00e9\n', max_size=8)
+tricky_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**30), 10**30) | tricky_text,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(tricky_text, children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@PROPERTY
+@given(
+    st.lists(tricky_values, max_size=8),
+    st.dictionaries(st.sampled_from(["errorCode", "offset", "result", "x"]), tricky_text),
+    st.booleans(),
+    st.sampled_from([None, 0, 2]),
+    st.booleans(),
+)
+def test_a_page_is_cut_into_exactly_its_elements(elements, top, cdr_first, indent, ascii_only):
+    doc = {"cdr": elements, **top} if cdr_first else {**top, "cdr": elements}
+    page = json.dumps(doc, indent=indent, ensure_ascii=ascii_only).encode()
+    cut = cdr_spans(page)
+    assert cut is not None
+    assert [cut.element(page, i) for i in range(len(cut))] == elements
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        b'{"cdr":[1],"other":[2]}',  # two arrays at the top
+        b'{"cdr":[1,"unclosed]}',
+        b'[{"cdr":[1]}]',
+        b'{"cdr":{"x":[1]}}',
+    ],
+)
+def test_a_page_the_cut_cannot_vouch_for_is_left_whole(page):
+    assert cdr_spans(page) is None
+
+
+def test_a_page_with_an_odd_element_is_read_element_by_element(monkeypatch):
+    """Arrow reads the page's objects as lines; Python reads only the odd elements, and the
+    exact rules get the records they must decide without the page being parsed whole."""
+    recs = [record(callId=f"c{i}", recordUrl='https://r.example/{a,b}[1]\\"x"') for i in range(5)]
+    page = [recs[0], "corrupt record", recs[1], None, recs[2], [1, {"x": []}], recs[3]]
+    page += [record(callId="bad", callEndStatus="9"), recs[4]]
+    body = json.dumps({"errorCode": "0", "cdr": page}, indent=1).encode()
+    whole = []
+    real = day_module.parse_document
+    monkeypatch.setattr(
+        day_module, "parse_document", lambda b: whole.append(len(b) == len(body)) or real(b)
+    )
+    fast = build([(body, DAY)])
+    assert whole == [False]  # the page without its records, for its errorCode
+    monkeypatch.undo()
+    exact = build([(body, DAY)], exact=True)
+    assert fast.cdr.equals(exact.cdr) and fast.rejects.equals(exact.rejects)
+    assert fast.accounting == exact.accounting
+    # ... and cut before Arrow tries the batch whole, beside clean pages
+    clean = document([record(callId=f"d{i}") for i in range(3)])
+    both = build([(body, DAY), (clean, DAY)], cut=True)
+    assert both.accounting["valid"] == 8 and both.accounting["rejected"] == 4
+    assert fast.accounting["valid"] == 5 and fast.accounting["rejected"] == 4
 
 
 # Every value plain digits: the columns take the shortcuts read off Arrow's buffers.

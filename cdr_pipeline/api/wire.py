@@ -113,6 +113,12 @@ def _parse_int(text: str) -> int | str:
     return int(text) if len(text) <= _MAX_INT_DIGITS else text
 
 
+def parse_value(json_bytes: bytes) -> Any:
+    """Any JSON value, read as :func:`parse_document` reads the values in a body (a part of a
+    body it has vouched for: errors are the caller's)."""
+    return json.loads(json_bytes, parse_int=_parse_int)
+
+
 def parse_document(json_bytes: bytes) -> Document:
     """Parse a decoded body; structural problems are :class:`MalformedResponseError`."""
     try:

@@ -32,19 +32,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from cdr_pipeline.api.errors import error_for_code
+from cdr_pipeline.api.errors import MalformedResponseError, error_for_code
 from cdr_pipeline.api.wire import parse_document
 from cdr_pipeline.transform.columnar import (
+    LINE_SCHEMA,
     PAGE_SCHEMA,
     WIRE_FIELDS,
     CheckedRecords,
     NotFastPath,
     check_records,
+    one_line,
     read_pages,
 )
 from cdr_pipeline.transform.hashing import fingerprint
 from cdr_pipeline.transform.keylog import KeyLog
 from cdr_pipeline.transform.parse import TIME_FIELDS, is_valid_unicode, to_json
+from cdr_pipeline.transform.spans import Spans, cdr_spans
 from cdr_pipeline.transform.validate import (
     RECORD_SCHEMA,
     REJECT_REASONS,
@@ -157,6 +160,7 @@ class ParsedPages:
     # (page, place) of every record for the exact rules, in the order of the pages
     exact: list[tuple[int, int]]
     documents: dict[int, dict[int, Any]]
+    cut: bool = False  # Arrow could not read the batch whole
 
 
 _WIRE_KEYS = frozenset(WIRE_FIELDS)
@@ -181,19 +185,105 @@ def _typed_records(records: list[Any]) -> tuple[list[int], pa.StructArray]:
         return places, pa.array([records[i] for i in places], _RECORD_TYPE)
 
 
-def _read_one(decoded: bytes, source: str) -> tuple[pa.StructArray | None, list[Any] | None]:
-    """One page: (its records as Arrow read them, None) or, where Arrow cannot type the whole
-    page, (None, its records as Python values)."""
+def _read_whole(decoded: bytes, source: str) -> pa.StructArray | None:
+    """One page's records as Arrow reads them whole, or None where it cannot type them."""
     try:
         table = read_pages([decoded])
     except NotFastPath:
-        table = None
-    if table is not None and table.schema == PAGE_SCHEMA:
-        _check_codes(table, [source])
-        return table.column("cdr").combine_chunks().flatten(), None
-    doc = parse_document(decoded)
-    _check_code(doc.error_code, source)
-    return None, doc.records
+        return None
+    if table.schema != PAGE_SCHEMA:
+        return None
+    _check_codes(table, [source])
+    return table.column("cdr").combine_chunks().flatten()
+
+
+@dataclass
+class _Cut:
+    """A page cut at its elements (:mod:`spans`): its objects as lines for Arrow, and the
+    other elements (not objects) as Python reads them, each standing in as ``{}``."""
+
+    lines: bytes
+    odd: dict[int, Any]  # by place
+    count: int  # elements in all
+
+
+_SPACE = b" \t"
+
+
+def _cut_page(decoded: bytes, source: str) -> _Cut | None:
+    """None where the cut cannot vouch for the page's shape: then Python reads it whole."""
+    spans = cdr_spans(decoded)
+    if spans is None:
+        return None
+    try:
+        top = parse_document(decoded[: spans.opens + 1] + decoded[spans.closes :])
+    except MalformedResponseError:
+        return None
+    if top.raw.get("cdr") != []:
+        return None
+    _check_code(top.error_code, source)
+    if not len(spans):
+        return _Cut(b"", {}, 0)
+    # the array's bytes, one element a line (JSON has no newline inside a string)
+    body = np.frombuffer(one_line(decoded), dtype=np.uint8)[spans.opens + 1 : spans.closes]
+    body = body.copy()
+    starts, ends = spans.starts - spans.opens - 1, spans.ends - spans.opens - 1
+    body[starts[1:] - 1] = ord("\n")
+    lines = body.tobytes()
+    odd: dict[int, Any] = {}
+    maybe = np.flatnonzero(body[np.minimum(starts, len(body) - 1)] != ord("{")).tolist()
+    keep, at = [], 0
+    try:
+        for i in maybe:
+            if lines[starts[i] : ends[i]].lstrip(_SPACE)[:1] == b"{":
+                continue
+            odd[i] = spans.element(decoded, i)
+            keep += [lines[at : starts[i]], b"{}"]
+            at = int(ends[i])
+    except (ValueError, RecursionError):
+        return None
+    if odd:
+        lines = b"".join([*keep, lines[at:]])
+    return _Cut(lines, odd, len(spans))
+
+
+def _read_cuts(cuts: list[_Cut]) -> pa.StructArray | None:
+    """Every line of the cut pages, read at once; None where Arrow cannot vouch for all."""
+    try:
+        table = read_pages([c.lines for c in cuts if c.count], LINE_SCHEMA)
+    except NotFastPath:
+        return None
+    if table.schema != LINE_SCHEMA or len(table) != sum(c.count for c in cuts):
+        return None
+    return table.to_struct_array().combine_chunks()
+
+
+def _read_batch_cut(
+    pages: Sequence[tuple[bytes, str, Sequence[int]]],
+) -> tuple[pa.StructArray, np.ndarray, np.ndarray, dict[int, dict[int, Any]]] | None:
+    """Every page cut, all their objects read by Arrow at once: (the objects, the page and
+    place of each, the odd elements by page and place); None where any page resists."""
+    cuts = []
+    for decoded, source, _w in pages:
+        one = _cut_page(decoded, source)
+        if one is None:
+            return None
+        cuts.append(one)
+    lines = _read_cuts(cuts)
+    if lines is None:
+        return None
+    counts = np.array([c.count for c in cuts], dtype=np.int64)
+    parents = np.repeat(np.arange(len(cuts)), counts)
+    positions = np.arange(len(parents)) - np.repeat(np.cumsum(counts) - counts, counts)
+    odd = {page: c.odd for page, c in enumerate(cuts) if c.odd}
+    if odd:
+        typed = np.ones(len(parents), dtype=bool)
+        first = np.cumsum(counts) - counts
+        for page, places in odd.items():
+            typed[first[page] + np.array(list(places), dtype=np.int64)] = False
+        lines = lines.filter(pa.array(typed))
+        parents, positions = parents[typed], positions[typed]
+    return lines, parents, positions, odd
 
 
 def _check_codes(table: pa.Table, sources: list[str]) -> None:
@@ -208,20 +298,27 @@ def _check_code(code: object, source: str) -> None:
         raise error_for_code(str(code), f"stored page {source} is an error answer")
 
 
-def parse_pages(pages: Sequence[tuple[bytes, str, Sequence[int]]], tz: str) -> ParsedPages:
+def parse_pages(
+    pages: Sequence[tuple[bytes, str, Sequence[int]]], tz: str, *, cut: bool = False
+) -> ParsedPages:
     """Read and check decoded pages (no state: safe on another thread).
 
     The whole batch goes through Arrow's JSON reader at once. If Arrow cannot type it (a
-    record that is not an object, a number where a string belongs, an unknown field), each
-    page is tried on its own, and a page Arrow cannot type either is read by Python: its
-    records that are all strings are still checked column-wise, and only the others are
-    left to the exact rules. One odd record no longer sends its whole batch the slow way."""
+    record that is not an object, a number where a string belongs, an unknown field), its
+    pages are cut at their elements and Arrow reads all their objects at once; failing that,
+    each page is tried on its own, whole, then cut, then read by Python, whose records that
+    are all strings are still checked column-wise. Only the rest is left to the exact rules:
+    one odd record no longer sends its page the slow way. ``cut``: start with the cut (the
+    previous batch needed it; a failed read of a whole batch costs as much as a good one)."""
     sources = [p[1] for p in pages]
-    try:
-        table = read_pages([p[0] for p in pages])
-    except NotFastPath:
-        table = None
-    documents: dict[int, list[Any]] = {}
+    table = None
+    if not cut:
+        try:
+            table = read_pages([p[0] for p in pages])
+        except NotFastPath:
+            table = None
+    documents: dict[int, list[Any]] = {}  # pages Python read whole
+    odd: dict[int, dict[int, Any]] = {}  # elements Python read alone, by page and place
     untyped: list[tuple[int, int]] = []
     if table is not None and table.schema == PAGE_SCHEMA:
         _check_codes(table, sources)
@@ -230,18 +327,35 @@ def parse_pages(pages: Sequence[tuple[bytes, str, Sequence[int]]], tz: str) -> P
         parents = pc.list_parent_indices(lists).to_numpy()
         positions = np.arange(len(records)) - lists.offsets.to_numpy()[parents]
         total = len(records)
+        needed_cut = False
+    elif (batch := _read_batch_cut(pages)) is not None:
+        records, parents, positions, odd = batch
+        untyped = [(page, place) for page, places in odd.items() for place in places]
+        total = len(records) + len(untyped)
+        needed_cut = bool(odd)  # else the batch could have been read whole
     else:
+        needed_cut = True
         parts, parent_list, position_list, total = [], [], [], 0
         for page, (decoded, source, _w) in enumerate(pages):
-            arrow, python = _read_one(decoded, source)
-            if python is not None:
-                documents[page] = python
+            arrow = _read_whole(decoded, source)
+            if arrow is not None:
+                places, count = list(range(len(arrow))), len(arrow)
+            elif (one := _cut_page(decoded, source)) is not None and (
+                lines := _read_cuts([one])
+            ) is not None:
+                places = [i for i in range(one.count) if i not in one.odd]
+                arrow = lines.take(pa.array(places, pa.int64())) if one.odd else lines
+                count, odd[page] = one.count, one.odd
+                untyped += [(page, i) for i in one.odd]
+            else:
+                doc = parse_document(decoded)
+                _check_code(doc.error_code, source)
+                python = documents[page] = doc.records
                 places, arrow = _typed_records(python)
                 typed = set(places)
                 untyped += [(page, i) for i in range(len(python)) if i not in typed]
-            else:
-                places = list(range(len(arrow)))
-            total += len(python) if python is not None else len(arrow)
+                count = len(python)
+            total += count
             parts.append(arrow)
             parent_list.append(np.full(len(places), page, dtype=np.int64))
             position_list.append(np.array(places, dtype=np.int64))
@@ -255,13 +369,27 @@ def parse_pages(pages: Sequence[tuple[bytes, str, Sequence[int]]], tz: str) -> P
     exact = sorted(
         [*untyped, *zip(parents[unsure].tolist(), positions[unsure].tolist(), strict=True)]
     )
-    # The records for the exact rules, read by Python here, on this thread.
+    # The records for the exact rules, read by Python here, on this thread: each alone where
+    # the page's elements can be cut apart, else with the whole page.
     needed: dict[int, dict[int, Any]] = {}
+    spans: dict[int, Spans | None] = {}
     for page, place in exact:
-        if page not in documents:
-            documents[page] = parse_document(pages[page][0]).records
-        needed.setdefault(page, {})[place] = documents[page][place]
-    return ParsedPages(total, checked, parents, positions, exact, needed)
+        if page in odd and place in odd[page]:
+            value = odd[page][place]
+        elif page in documents:
+            value = documents[page][place]
+        else:
+            decoded = pages[page][0]
+            if page not in spans:
+                spans[page] = cdr_spans(decoded)
+            cut = spans[page]
+            if cut is not None and place < len(cut):
+                value = cut.element(decoded, place)
+            else:
+                documents[page] = parse_document(decoded).records
+                value = documents[page][place]
+        needed.setdefault(page, {})[place] = value
+    return ParsedPages(total, checked, parents, positions, exact, needed, needed_cut)
 
 
 class DayBuilder:

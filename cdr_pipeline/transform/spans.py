@@ -1,0 +1,115 @@
+"""Where each record of a page lies in its bytes, found without parsing the page.
+
+One odd record (a string where an object belongs, a number where a string does) stops
+Arrow's JSON reader for its whole page, and about one page in ten of a dirty day holds one.
+Reading such a page with Python costs ten times what Arrow does. Instead the page is cut at
+its ``cdr`` array's element boundaries: Arrow reads the objects as lines and Python only the
+few odd elements, each on its own. The same cut gives the exact rules the few records they
+must decide without parsing the rest of the page.
+
+The cut is found with numpy over the bytes (quotes, escapes, brackets and commas outside
+strings); whatever it cannot vouch for (a second array at the top level, an unbalanced
+quote, a count that does not match) answers None, and the caller reads the page the slow,
+certain way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cdr_pipeline.api.wire import parse_value
+
+_QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
+_OBJECT, _ARRAY, _ARRAY_END = ord("{"), ord("["), ord("]")
+# { and [ are 0x7B and 0x5B, } and ] 0x7D and 0x5D: one bit apart
+_OPENER, _CLOSER, _CASE = 0x7B, 0x7D, 0x20
+
+
+@dataclass(frozen=True)
+class Spans:
+    """The ``cdr`` array of a page: where it opens and closes, and each element's bytes."""
+
+    opens: int  # the position of its [
+    closes: int  # ... and of its ]
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def element(self, page: bytes, i: int) -> Any:
+        """Element ``i`` as Python reads it (as :func:`wire.parse_document` would)."""
+        return parse_value(page[self.starts[i] : self.ends[i]])
+
+
+def _real_quotes(b: np.ndarray) -> np.ndarray:
+    """Positions of the quotes that open or close strings (not escaped ones)."""
+    quotes = np.flatnonzero(b == _QUOTE)
+    after_backslash = quotes[(quotes > 0) & (b[quotes - 1] == _BACKSLASH)]
+    if not after_backslash.size:
+        return quotes
+    # escaped when an odd run of backslashes ends just before it: few, counted one by one
+    escaped = []
+    for at in after_backslash.tolist():
+        run = 0
+        while at - run - 1 >= 0 and b[at - run - 1] == _BACKSLASH:
+            run += 1
+        if run % 2:
+            escaped.append(at)
+    return np.setdiff1d(quotes, np.array(escaped, dtype=quotes.dtype), assume_unique=True)
+
+
+def _outside(quotes: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Which positions lie outside strings (an even number of real quotes before them)."""
+    return np.searchsorted(quotes, at) % 2 == 0
+
+
+def cdr_spans(page: bytes) -> Spans | None:
+    """The elements of the page's one top-level array, or None where the bytes do not
+    show exactly one (the caller then parses the page whole).
+
+    Brackets outside strings give the depth; the elements that are objects or arrays are
+    the brackets opened and closed at the array's depth; what lies between them is a comma
+    (read as such when it is a single byte) or, rarely, other elements, split at the commas
+    outside strings."""
+    b = np.frombuffer(page, dtype=np.uint8)
+    quotes = _real_quotes(b)
+    if len(quotes) % 2:
+        return None
+    folded = b | _CASE
+    marks = np.flatnonzero((folded == _OPENER) | (folded == _CLOSER))
+    marks = marks[_outside(quotes, marks)]
+    chars = b[marks]
+    step = np.where((chars | _CASE) == _OPENER, 1, -1)
+    after = np.cumsum(step)
+    before = after - step
+    if (after < 0).any():
+        return None
+    opens = marks[(chars == _ARRAY) & (before == 1)]
+    closes = marks[(chars == _ARRAY_END) & (after == 1)]
+    if len(opens) != 1 or len(closes) != 1 or closes[0] < opens[0]:
+        return None
+    at, end = int(opens[0]), int(closes[0])
+    inside = (marks > at) & (marks < end)
+    first, last = marks[inside & (before == 2)], marks[inside & (after == 2)]
+    # the stretches between bracketed elements (and before the first, after the last)
+    gap_starts = np.concatenate([[at + 1], last + 1])
+    gap_ends = np.concatenate([first, [end]])
+    single = (gap_ends - gap_starts == 1) & (b[np.minimum(gap_starts, len(b) - 1)] == _COMMA)
+    single[[0, -1]] = False
+    commas = [gap_starts[single]]
+    for i in np.flatnonzero(~single).tolist():
+        gap = page[gap_starts[i] : gap_ends[i]]
+        if not gap.strip(b" \t\r\n"):
+            continue
+        found = np.flatnonzero(b[gap_starts[i] : gap_ends[i]] == _COMMA) + gap_starts[i]
+        commas.append(found[_outside(quotes, found)])
+    cuts = np.sort(np.concatenate(commas))
+    starts = np.concatenate([[at + 1], cuts + 1])
+    ends = np.concatenate([cuts, [end]])
+    if len(starts) == 1 and not page[at + 1 : end].strip(b" \t\r\n"):
+        return Spans(at, end, starts[:0], ends[:0])  # an empty array
+    return Spans(at, end, starts, ends)
