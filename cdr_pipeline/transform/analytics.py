@@ -3,10 +3,12 @@ them: where calls go (``call_destinations_daily``), the load of each clock hour
 (``call_load_hourly``), billing reconciliation (columns of ``call_kpis_daily``) and the callers
 whose traffic looks like abuse (``caller_risk_daily``).
 
-The day's rows pass by slice by slice (:meth:`DayAnalytics.add`) and are kept in a narrow local
-Parquet file; :meth:`DayAnalytics.finish` then asks DuckDB, under a memory limit and with a
-spill folder, so the per-caller and per-event work runs out of core: memory stays flat however
-many callers and numbers a day holds. The SQL below is the contract's wording, clause by clause.
+The day's rows pass by slice by slice (:meth:`DayAnalytics.add`). The hourly load is gathered
+as they pass, in a per-second difference array of the day (:class:`_Load`: flat memory, no
+sort). The rest are kept in a narrow local Parquet file; :meth:`DayAnalytics.finish` then asks
+DuckDB, under a memory limit and with a spill folder, so the per-caller work runs out of core:
+memory stays flat however many callers and numbers a day holds. The SQL below is the
+contract's wording, clause by clause.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cdr_pipeline.dictionary import described
@@ -124,57 +128,14 @@ group by dst_country, dst_type
 order by calls desc, dst_country nulls last, dst_type
 """
 
-# Talk intervals [accept, end) of the day's calls, cut at the day's end (talk after it is not
-# counted); an interval that is empty after the cut is no interval.
-_INTERVALS = f"""
-    select a, least(e, $day_end) as e from ({_CALLS})
-    where a is not null and e is not null and least(e, $day_end) > a
-"""
-
-_HOURLY = f"""
-with c as ({_CALLS}),
-iv as ({_INTERVALS}),
-h as (select * from hours),
-starts as (
-    select h.i, count(c.s) as attempts, count(c.s) filter (where c.call_end_status = 1) as connected
-    from h left join c on c.s >= h.hs and c.s < h.he group by h.i
-),
-talk as (
-    -- (least and greatest skip nulls: an hour without talk must not count as all talk)
-    select h.i, coalesce(sum(case when iv.a is not null
-                                  then least(iv.e, h.he) - greatest(iv.a, h.hs) end), 0) as talk_ms
-    from h left join iv on iv.a < h.he and iv.e > h.hs group by h.i
-),
-events as (
-    select t, d, sum(d) over (order by t, d rows unbounded preceding) as level
-    from (select a as t, 1 as d from iv union all select e as t, -1 as d from iv)
-),
-peak_in as (
-    select h.i, max(events.level) as peak
-    from h join events on events.d = 1 and events.t >= h.hs and events.t < h.he group by h.i
-),
-open_at_start as (
-    select h.i, (select count(*) from iv where iv.a <= h.hs and iv.e > h.hs) as n from h
-)
-select h.hs as hour_start, h.local_hour, starts.attempts, starts.connected as connected_calls,
-       (talk.talk_ms // 1000)::bigint as talk_seconds,
-       greatest(coalesce(peak_in.peak, 0), open_at_start.n) as peak_concurrent_calls
-from h join starts using (i) join talk using (i) join open_at_start using (i)
-left join peak_in using (i)
-order by h.i
-"""
-
-# Per caller, in stages that spill (hash aggregates, no count distinct); the 10-minute window,
-# which needs a sort per caller, runs only over the calls of callers who may be flagged: a
-# window over every caller of a 1M-call day ran out of DuckDB's memory limit on 2 threads.
+# Per caller, in stages that spill (hash aggregates, no count distinct). Only callers whose
+# own counts could reach a flag go on to the costly stages: the (caller, number) pairs, a
+# hash aggregate as large as the day, and the 10-minute window, a sort per caller (over every
+# caller of a 1M-call day it ran out of DuckDB's memory limit on 2 threads). A caller with
+# fewer calls than every call-count threshold can be flagged neither for burst, fan_out nor
+# repeat_target (each counts some of its calls), so the rest are its own counts.
 _RISK = f"""
-with c as ({_CALLS} where src is not null),
-pairs as (select src, dst, count(*) as n from c group by src, dst),
-numbers as (
-    select src, count(*) filter (where dst is not null) as distinct_destinations,
-           coalesce(max(n) filter (where dst is not null), 0) as max_calls_one_number
-    from pairs group by src
-),
+with c as not materialized ({_CALLS} where src is not null),
 per as (
     select src, min(src_country) as src_country, count(*) as calls,
            count(*) filter (where a is null) / count(*) as unanswered_share,
@@ -192,8 +153,20 @@ per as (
                             and e - r <= $short_ring_ms) as short_ring_unanswered_calls
     from c group by src
 ),
+maybe as (
+    select * from per
+    where calls >= least($burst, $fan_out, $repeat) or short_ring_unanswered_calls >= $short_ring
+       or premium_night_calls >= $premium_night
+),
+mc as (select * from c semi join maybe using (src)),
+pairs as (select src, dst, count(*) as n from mc group by src, dst),
+numbers as (
+    select src, count(*) filter (where dst is not null) as distinct_destinations,
+           coalesce(max(n) filter (where dst is not null), 0) as max_calls_one_number
+    from pairs group by src
+),
 candidates as (
-    select * from per join numbers using (src)
+    select * from maybe join numbers using (src)
     where calls >= $burst or distinct_destinations >= $fan_out
        or max_calls_one_number >= $repeat or short_ring_unanswered_calls >= $short_ring
        or premium_night_calls >= $premium_night
@@ -202,7 +175,7 @@ burst as (
     select src, max(n) as max_calls_10min from (
         select src, count(*) over (
             partition by src order by s range between current row and 599999 following
-        ) as n from c semi join candidates using (src)
+        ) as n from mc semi join candidates using (src)
     ) group by src
 ),
 flagged as (
@@ -254,6 +227,53 @@ from read_parquet($path)
 """
 
 
+class _Load:
+    """``call_load_hourly``'s figures, gathered slice by slice in flat memory: attempts and
+    connected calls by the hour they start in, and the talk intervals ``[accept, end)`` (cut
+    at the day's end) as a difference array over the day's seconds. Its running sum is the
+    number of calls talking in each second (times are whole seconds), so an hour's talk is
+    its sum and the hour's peak its maximum: the exact sweep, without sorting the day."""
+
+    def __init__(self, day_start: int, day_end: int) -> None:
+        self.start, self.seconds = day_start, max(0, day_end - day_start)
+        hours = -(-self.seconds // 3600)
+        self.attempts = np.zeros(hours, dtype=np.int64)
+        self.connected = np.zeros(hours, dtype=np.int64)
+        self.diff = np.zeros(self.seconds + 1, dtype=np.int64)
+
+    def add(self, part: pa.Table) -> None:
+        start, _ = _seconds(part.column("start_src_call_time"))
+        in_day = (start >= self.start) & (start < self.start + self.seconds)
+        hour = (start[in_day] - self.start) // 3600
+        size = len(self.attempts)
+        self.attempts += np.bincount(hour, minlength=size)
+        status = part.column("call_end_status").to_numpy(zero_copy_only=False)[in_day]
+        self.connected += np.bincount(hour[status == 1], minlength=size)
+        accept, answered = _seconds(part.column("dst_accept_time"))
+        end, ended = _seconds(part.column("end_call_time"))
+        # an interval counts for the seconds it covers inside the day
+        a = np.maximum(accept, self.start) - self.start
+        e = np.minimum(end, self.start + self.seconds) - self.start
+        talking = answered & ended & (e > a)
+        self.diff += np.bincount(a[talking], minlength=self.seconds + 1)
+        self.diff -= np.bincount(e[talking], minlength=self.seconds + 1)
+
+    def hourly(self) -> tuple[np.ndarray, np.ndarray]:
+        """(talk seconds, peak concurrent calls) of each hour."""
+        if not self.seconds:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        level = np.cumsum(self.diff[:-1])
+        edges = np.arange(0, self.seconds, 3600)
+        return np.add.reduceat(level, edges), np.maximum.reduceat(level, edges)
+
+
+def _seconds(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch seconds, present) of a timestamp column (0 where absent)."""
+    stamps = column.cast(pa.int64())
+    valid = stamps.is_valid().to_numpy(zero_copy_only=False)
+    return pc.fill_null(stamps, 0).to_numpy(zero_copy_only=False) // 1000, valid
+
+
 @dataclass
 class Analytics:
     """A day's analytics datasets and its billing figures."""
@@ -285,8 +305,10 @@ class DayAnalytics:
         self.tz, self.settings = tz, settings
         self.path = scratch / "analytics-rows.parquet"
         self._writer: pq.ParquetWriter | None = None
+        self._load = _Load(day_start, day_end)
 
     def add(self, part: pa.Table) -> None:
+        self._load.add(part)
         rows = part.select(COLUMNS)
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.path, rows.schema, compression="lz4")
@@ -301,7 +323,7 @@ class DayAnalytics:
         con = _connect(self.scratch)
         try:
             return Analytics(
-                self._destinations(con), self._hourly(con), self._risk(con), self._billing(con)
+                self._destinations(con), self._hourly(), self._risk(con), self._billing(con)
             )
         finally:
             con.close()
@@ -314,34 +336,21 @@ class DayAnalytics:
         got = self._query(con, _DESTINATIONS, low=self.settings.low_sample_calls)
         return got.cast(DESTINATIONS_SCHEMA)
 
-    def _hourly(self, con) -> pa.Table:
+    def _hourly(self) -> pa.Table:
         starts = list(range(self.day_start, self.day_end, 3600))
-        con.register(
-            "hours",
-            pa.table(
-                {
-                    "i": list(range(len(starts))),
-                    "hs": [s * 1000 for s in starts],
-                    "he": [min(s + 3600, self.day_end) * 1000 for s in starts],
-                    "local_hour": [_local_hour(s, self.tz) for s in starts],
-                }
-            ),
-        )
-        got = self._query(con, _HOURLY, day_end=self.day_end * 1000)
-        con.unregister("hours")
-        talk = got.column("talk_seconds").to_pylist()
+        talk, peak = self._load.hourly()
         # the hour with the most talk, the earliest on ties; none on a day without talk
-        busiest = talk.index(max(talk)) if any(talk) else None
+        busiest = int(np.argmax(talk)) if talk.any() else None
         return pa.table(
             {
                 "hour_start": pa.array([v * 1000 for v in starts], pa.timestamp("ms", tz="UTC")),
-                "local_hour": got.column("local_hour"),
-                "attempts": got.column("attempts"),
-                "connected_calls": got.column("connected_calls"),
-                "talk_seconds": got.column("talk_seconds"),
-                "erlangs": [t / 3600 for t in talk],
-                "peak_concurrent_calls": got.column("peak_concurrent_calls"),
-                "busy_hour": [i == busiest for i in range(len(talk))],
+                "local_hour": [_local_hour(s, self.tz) for s in starts],
+                "attempts": self._load.attempts,
+                "connected_calls": self._load.connected,
+                "talk_seconds": talk,
+                "erlangs": talk / 3600,
+                "peak_concurrent_calls": peak,
+                "busy_hour": [i == busiest for i in range(len(starts))],
             }
         ).cast(HOURLY_SCHEMA)
 
