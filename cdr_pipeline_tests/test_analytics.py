@@ -474,3 +474,22 @@ def test_hourly_talk_is_split_across_hours():
     assert [h["talk_seconds"] for h in hourly[:4]] == [30, 3600, 30, 0]
     assert [h["peak_concurrent_calls"] for h in hourly[:4]] == [1, 1, 1, 0]
     assert [h["busy_hour"] for h in hourly[:3]] == [False, True, False]
+
+
+def test_a_query_that_cannot_fit_duckdbs_limit_is_asked_again_under_the_larger(
+    abusive_days, tmp_path, monkeypatch
+):
+    from cdr_pipeline.transform import analytics as analytics_module
+
+    env, day = abusive_days, DAYS[0]
+    rows, span = storage.read_day_table(env.store, "cdr", day), env.day(day)
+    results = []
+    for limits in (analytics_module.DUCKDB_MEMORY, ("1MB", "512MB")):
+        monkeypatch.setattr(analytics_module, "DUCKDB_MEMORY", limits)
+        analytics = DayAnalytics(tmp_path, span.start, span.end, env.tz, AnalyticsSettings())
+        analytics.add(rows)
+        results.append((analytics.finish(CDR_SCHEMA), analytics.memory_retries))
+    (normal, none), (squeezed, retried) = results
+    assert none == 0 and retried > 0
+    assert squeezed.risk.equals(normal.risk) and squeezed.billing == normal.billing
+    assert len(normal.risk) > 0

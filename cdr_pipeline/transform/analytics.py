@@ -27,7 +27,10 @@ import pyarrow.parquet as pq
 from cdr_pipeline.dictionary import described
 from cdr_pipeline.settings import AnalyticsSettings
 
-DUCKDB_MEMORY = "100MB"  # DuckDB's own limit; it spills to the day's scratch folder past it
+# DuckDB's own limit; it spills to the day's scratch folder past it. A query that cannot fit
+# (an operator that does not spill, on an odd day) is asked again once under the second.
+DUCKDB_MEMORY = ("64MB", "512MB")
+DUCKDB_THREADS = 2
 INCREMENTS = (60, 30, 6)  # billing increments tried, largest first; 1 when none fits
 INCREMENT_SHARE = 0.99  # of billed calls that must be multiples of an increment
 MATCH_WARN = 0.99  # billing_match_rate below this warns
@@ -288,8 +291,8 @@ def _connect(scratch: Path):
     import duckdb
 
     con = duckdb.connect()
-    con.execute(f"set memory_limit = '{DUCKDB_MEMORY}'")
-    con.execute("set threads = 2")
+    con.execute(f"set memory_limit = '{DUCKDB_MEMORY[0]}'")
+    con.execute(f"set threads = {DUCKDB_THREADS}")
     con.execute("set preserve_insertion_order = false")
     con.execute(f"set temp_directory = '{scratch}'")
     return con
@@ -306,6 +309,7 @@ class DayAnalytics:
         self.path = scratch / "analytics-rows.parquet"
         self._writer: pq.ParquetWriter | None = None
         self._load = _Load(day_start, day_end)
+        self.memory_retries = 0  # queries asked again under the larger limit
 
     def add(self, part: pa.Table) -> None:
         self._load.add(part)
@@ -330,7 +334,15 @@ class DayAnalytics:
             self.path.unlink(missing_ok=True)
 
     def _query(self, con, sql: str, **params: Any) -> pa.Table:
-        return con.sql(sql, params={"path": str(self.path), **params}).to_arrow_table()
+        import duckdb
+
+        params = {"path": str(self.path), **params}
+        try:
+            return con.sql(sql, params=params).to_arrow_table()
+        except duckdb.OutOfMemoryException:
+            self.memory_retries += 1
+            con.execute(f"set memory_limit = '{DUCKDB_MEMORY[1]}'")
+            return con.sql(sql, params=params).to_arrow_table()
 
     def _destinations(self, con) -> pa.Table:
         got = self._query(con, _DESTINATIONS, low=self.settings.low_sample_calls)
@@ -378,15 +390,16 @@ class DayAnalytics:
             ),
             1,
         )
-        rows = con.sql(
+        rows = self._query(
+            con,
             f"select count(*) as n, count(*) filter (where billed = expected) as matched "
             f"from ({_RECONCILE.format(source='read_parquet($path)')})",
-            params={"path": str(self.path), "inc": inc},
-        ).fetchall()[0]
+            inc=inc,
+        ).to_pylist()[0]
         counts = self._query(con, _BILLING_COUNTS).to_pylist()[0]
         return {
             "billing_increment_s": inc,
-            "billing_match_rate": rows[1] / rows[0] if rows[0] else None,
+            "billing_match_rate": rows["matched"] / rows["n"] if rows["n"] else None,
             **counts,
         }
 
