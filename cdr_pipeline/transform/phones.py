@@ -5,15 +5,12 @@ Parsing one number costs about 20 µs in Python, and a busy day holds a million 
 So numbers are resolved by *prefix*: an all-digit number is grouped with the numbers that differ
 from it only in their last few digits, one of them is parsed, and the group's answer is spread
 with Arrow (its E.164 form gets each member's own tail). That is exact only where libphonenumber
-cannot tell the members apart, which is proven from the metadata's own patterns, in two steps:
-
-- the whole column is grouped by its last 4 digits where every pattern of the country leaves
-  them free at that length (:func:`free_tail`, :func:`safe_prefix`), and the prefixes
-  libphonenumber strips or matches (international, national, carrier, the leading digits that
-  pick a region) end before the tail;
-- the numbers that leaves are grouped by 8, 6, 4, 3 or 2 digits where only the patterns that
-  can match the group's own prefix are asked (:func:`key_safe`), for groups large enough to
-  repay the analysis.
+cannot tell the members apart, which is proven from the metadata's own patterns
+(:func:`key_safe`): the prefixes libphonenumber strips or matches (international, national,
+carrier, the leading digits that pick a region) end within the group's key, and no pattern that
+can match the key leaves a constrained digit in the tail. Numbers are grouped by their last 8
+digits first, then by 7, 6 ... 2 where the longer tail was not proven, and the analysis (which
+costs as much as a few dozen parses) is asked only of groups that have met enough numbers.
 
 Everything else (other spellings, short numbers, sparse groups) is parsed one by one, through a
 bounded cache. Property tests over every region's numbers hold the grouped answers to the
@@ -37,10 +34,8 @@ from phonenumbers.phonenumberutil import _number_type_helper
 
 from cdr_pipeline.dictionary import NUMBER_TYPES
 
-TAILS = (4, 3, 2)  # digits a group's members may differ in, tried longest first
-# for the few numbers the first grouping leaves, asked of the patterns their prefix can match
-REST_TAILS = (8, 6, 4, 3, 2)
-MIN_ANALYSED = 32  # numbers a group needs before its patterns are analysed for it
+TAILS = (8, 7, 6, 5, 4, 3, 2)  # digits a group's members may differ in, tried longest first
+MIN_ANALYSED = 32  # numbers a group needs (in the day so far) before its patterns are analysed
 MIN_GROUPED = 8  # digits (with the country code) a number needs to be grouped
 CACHE = 1 << 16  # numbers and prefixes remembered (bounded: memory stays flat)
 
@@ -125,13 +120,6 @@ MAX_LENGTH = 17  # the longest national number libphonenumber parses
 _Lengths = dict[int, tuple[int, bool]]
 
 
-@lru_cache(maxsize=4096)
-def free_tail(pattern: str, length: int) -> int:
-    """How many trailing digits of a ``length``-digit number never decide whether it matches
-    ``pattern`` (a sound lower bound; ``MAX_LENGTH`` when no number of that length matches)."""
-    return _lengths(_tree(pattern)).get(length, (MAX_LENGTH, True))[0]
-
-
 def _lengths(tree) -> _Lengths:
     out: _Lengths = {0: (0, True)}
     for item in tree:
@@ -188,13 +176,6 @@ def _worse(a: tuple[int, bool] | None, b: tuple[int, bool]) -> tuple[int, bool]:
     return b if a is None else (min(a[0], b[0]), a[1] and b[1])
 
 
-def _width(pattern: str | None) -> int:
-    """The most characters a prefix pattern can take from the front of a number."""
-    if not pattern:
-        return 0
-    return min(_tree(pattern).getwidth()[1], 1 << 16)
-
-
 def _descs(md: pn.PhoneMetadata) -> list:
     return [
         md.general_desc,
@@ -236,45 +217,15 @@ def _stripped(country_code: int) -> frozenset[int]:
     return frozenset(widths)
 
 
-@cache
-def safe_prefix(
-    country_code: int, national_length: int, national_form: bool, tail: int
-) -> int | None:
-    """How many leading national digits decide everything libphonenumber does to a number of
-    this country and length before its patterns see it (the prefixes it strips, the leading
-    digits that pick a region): grouping by all but the last ``tail`` digits is exact when the
-    key holds at least that many and every pattern leaves ``tail`` free digits at every length
-    the stripping may leave. None when that never holds."""
-    metas = _metas(country_code)
-    if metas is None:
-        return None
-    stripped = _stripped(country_code)
-    lengths = {national_length - w for w in stripped if national_length - w > 0}
-    for md in metas:
-        for desc in _descs(md):
-            pattern = desc.national_number_pattern if desc is not None else None
-            if pattern is not None and any(free_tail(pattern, n) < tail for n in lengths):
-                return None
-    return max(
-        max(
-            _width(md.national_prefix_for_parsing),
-            _width(md.national_prefix),
-            _width(md.leading_digits),
-            _width(md.international_prefix) if national_form else 0,
-        )
-        for md in metas
-    )
-
-
 @lru_cache(maxsize=4096)
 def key_safe(
     country_code: int, prefix: str, national_length: int, national_form: bool, tail: int
 ) -> bool:
     """Whether every ``national_length``-digit national number of this country that starts with
-    ``prefix`` (and has ``tail`` digits after it) gets the same answer from libphonenumber:
-    :func:`safe_prefix` asked of the patterns that can match this prefix only. Slower, so it is
-    asked of the few numbers the first grouping leaves (a Tokyo number is not held back by a
-    Japanese short-number pattern)."""
+    ``prefix`` (and has ``tail`` digits after it) gets the same answer from libphonenumber: the
+    patterns matched at the start are decided within the prefix, and the patterns that can
+    match the prefix leave the tail free (a Tokyo number is not held back by a Japanese
+    short-number pattern)."""
     metas = _metas(country_code)
     if metas is None or len(prefix) + tail != national_length:
         return False
@@ -414,7 +365,8 @@ class NumberBook:
     """Resolves columns of numbers for one default region; remembers groups across slices."""
 
     region: str = "CN"
-    _groups: dict[tuple[str, int, bool], _Answer] = field(default_factory=dict)
+    _groups: dict[tuple[str, int], _Answer] = field(default_factory=dict)
+    _sizes: dict[tuple[str, int], int] = field(default_factory=dict)  # numbers seen per group
 
     def resolve(self, numbers: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array, pa.Array]:
         """(E.164, country, type) of every number; nulls and numbers that do not parse give
@@ -427,7 +379,7 @@ class NumberBook:
         e164, country, kind, exact = self._grouped(numbers, TAILS[0], plain)
         rest = pc.and_(pc.invert(exact), pc.is_valid(numbers))
         rows = pc.indices_nonzero(rest)
-        if len(rows):  # a few a day: other spellings, short numbers, groups 4 digits split
+        if len(rows):  # other spellings, short numbers, sparse or unproven groups
             found = self._rest(pc.take(numbers, rows), pc.take(plain, rows))
             e164, country, kind = (
                 pc.replace_with_mask(column, rest, patch)
@@ -436,25 +388,20 @@ class NumberBook:
         return e164, country, pc.fill_null(kind, UNKNOWN)
 
     def _grouped(
-        self, values: pa.Array, tail: int, plain: pa.Array, aware: bool = False
+        self, values: pa.Array, tail: int, plain: pa.Array
     ) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
         """Each value's answer by its group of ``tail`` digits, and which are exact."""
         keys = pc.dictionary_encode(
             pc.if_else(plain, pc.utf8_slice_codeunits(values, 0, -tail), None)
         )
         at = keys.indices
-        if aware:
-            # the pattern analysis costs as much as parsing a few dozen numbers: asked only
-            # of groups large enough to repay it (the rest go on to shorter tails, then alone)
-            sizes = np.bincount(
-                at.drop_null().to_numpy(zero_copy_only=False), minlength=len(keys.dictionary)
-            )
-            answers = [
-                self._group(key, tail, aware) if size >= MIN_ANALYSED else _UNSAFE
-                for key, size in zip(keys.dictionary.to_pylist(), sizes, strict=True)
-            ]
-        else:
-            answers = [self._group(key, tail) for key in keys.dictionary.to_pylist()]
+        sizes = np.bincount(
+            at.drop_null().to_numpy(zero_copy_only=False), minlength=len(keys.dictionary)
+        )
+        answers = [
+            self._group(key, tail, size)
+            for key, size in zip(keys.dictionary.to_pylist(), sizes.tolist(), strict=True)
+        ]
         head = pc.take(pa.array([a[0] for a in answers], pa.string()), at)
         exact = pc.and_(plain, pc.fill_null(pc.not_equal(head, ""), True))
         e164 = pc.binary_join_element_wise(
@@ -465,14 +412,12 @@ class NumberBook:
         return e164, country, kind, pc.fill_null(exact, False)
 
     def _rest(self, values: pa.Array, plain: pa.Array) -> list[pa.Array]:
-        """The values the first grouping left: shorter tails where they are exact, then one by
+        """The values the longest tail left: shorter tails where they are exact, then one by
         one; answers in the order of ``values``."""
         out = [pa.nulls(len(values), pa.string()) for _ in range(3)]
         todo = pc.is_valid(values)
-        for tail in REST_TAILS:
-            e164, country, kind, exact = self._grouped(
-                values, tail, pc.and_(plain, todo), aware=True
-            )
+        for tail in TAILS[1:]:
+            e164, country, kind, exact = self._grouped(values, tail, pc.and_(plain, todo))
             found = (e164, country, kind)
             out = [pc.if_else(exact, new, old) for new, old in zip(found, out, strict=True)]
             todo = pc.and_(todo, pc.invert(exact))
@@ -485,15 +430,25 @@ class NumberBook:
             out = [pa.array(column, pa.string()) for column in lists]
         return out
 
-    def _group(self, key: str, tail: int, aware: bool = False) -> _Answer:
-        got = self._groups.get((key, tail, aware))
-        if got is None:
-            got = self._groups[key, tail, aware] = self._parse_group(key, tail, aware)
-            if len(self._groups) > CACHE:
-                self._groups.pop(next(iter(self._groups)))
+    def _group(self, key: str, tail: int, size: int) -> _Answer:
+        """The group's answer, once it has met :data:`MIN_ANALYSED` numbers in the day so far
+        (the pattern analysis costs as much as parsing a few dozen numbers; a group too small
+        to repay it goes on to shorter tails, then alone)."""
+        got = self._groups.get((key, tail))
+        if got is not None:
+            return got
+        seen = self._sizes[key, tail] = self._sizes.get((key, tail), 0) + size
+        if seen < MIN_ANALYSED:
+            if len(self._sizes) > CACHE:
+                self._sizes.pop(next(iter(self._sizes)))
+            return _UNSAFE
+        del self._sizes[key, tail]
+        got = self._groups[key, tail] = self._parse_group(key, tail)
+        if len(self._groups) > CACHE:
+            self._groups.pop(next(iter(self._groups)))
         return got
 
-    def _parse_group(self, key: str, tail: int, aware: bool = False) -> _Answer:
+    def _parse_group(self, key: str, tail: int) -> _Answer:
         """The answer for every number ``key`` followed by ``tail`` digits, or ``_UNSAFE``."""
         key = normalise(key)
         if key.startswith("+"):
@@ -512,14 +467,9 @@ class NumberBook:
             ):
                 return _UNSAFE
         form = not key.startswith("+")
-        if aware:
-            national = key[len(key) - before_tail :]
-            if not code or not key_safe(code, national, before_tail + tail, form, tail):
-                return _UNSAFE
-        else:
-            need = safe_prefix(code, before_tail + tail, form, tail) if code else None
-            if need is None or before_tail < need:
-                return _UNSAFE
+        national = key[len(key) - before_tail :]
+        if not code or not key_safe(code, national, before_tail + tail, form, tail):
+            return _UNSAFE
         parsed = parse_number(key + "0" * tail, self.region)
         if parsed.e164 is None:
             return (None, parsed.country, parsed.number_type)
