@@ -88,6 +88,22 @@ def _samples(seed: int) -> list[str]:
     return out
 
 
+@given(st.lists(st.none() | st.text(alphabet="0123456789+ -é\u0660", max_size=14), max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_plain_numbers_are_read_off_the_buffers_as_the_string_kernels_read_them(values):
+    from cdr_pipeline.transform.phones import MIN_GROUPED, _plain
+
+    def expected(v):
+        if v is None or len(v) < MIN_GROUPED or not v.isascii():
+            return False
+        return v.isdigit() or (v[:1] == "+" and v[1:].isdigit())
+
+    column = pa.array(values, pa.string())
+    assert _plain(column).to_pylist() == [expected(v) for v in values]
+    if len(values) > 2:  # an array that starts inside its buffers
+        assert _plain(column.slice(1)).to_pylist() == [expected(v) for v in values[1:]]
+
+
 def test_grouped_numbers_agree_with_libphonenumber_number_by_number():
     numbers = _samples(7)
     e164, country, kind = NumberBook("CN").resolve(pa.array(numbers))
