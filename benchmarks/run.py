@@ -91,6 +91,11 @@ def _median_key(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def _stage(runs: list[dict[str, Any]], stage: str) -> str:
+    seconds = _median_key(runs, f"{stage}_s")
+    return f"{seconds:.2f} ({_median_key(runs, f'{stage}_cpu_s') / seconds:.2f})"
+
+
 def round_ratios(ours: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> list[float]:
     return [o["rate"] / b["rate"] for o, b in zip(ours, baseline, strict=True)]
 
@@ -306,16 +311,18 @@ def main(argv: list[str] | None = None) -> int:
         + " |",
     ]
     stages = [
-        "| day | read and check s | dedup, sort, enrich, write s | of which analytics s |",
-        "|---|---|---|---|",
+        "| day | read and check: s (cores busy) | dedup, sort, enrich, write: s (cores busy) "
+        "| of which analytics: s (cores busy) | CPU s in all |",
+        "|---|---|---|---|---|",
         *(
-            f"| {label} | {_median_key(runs[name], 'read_check_s'):.2f} | "
-            f"{_median_key(runs[name], 'dedup_sort_write_s'):.2f} | "
-            f"{_median_key(runs[name], 'analytics_s'):.2f} |"
+            f"| {label} | {_stage(runs[name], 'read_check')} | "
+            f"{_stage(runs[name], 'dedup_sort_write')} | {_stage(runs[name], 'analytics')} | "
+            f"{_median_key(runs[name], 'cpu_s'):.2f} |"
             for name, label in (("ours", "clean"), ("text", "text times"), ("dirty", "dirty"))
         ),
-        f"| clean, {ours_big['records']:,} calls | {ours_big_run['read_check_s']:.2f} | "
-        f"{ours_big_run['dedup_sort_write_s']:.2f} | {ours_big_run['analytics_s']:.2f} |",
+        f"| clean, {ours_big['records']:,} calls | {_stage([ours_big_run], 'read_check')} | "
+        f"{_stage([ours_big_run], 'dedup_sort_write')} | {_stage([ours_big_run], 'analytics')} | "
+        f"{ours_big_run['cpu_s']:.2f} |",
     ]
     fetch_table = [
         "| calls/day | windows | split chains | latency ms | concurrency | rate/s | requests | "
