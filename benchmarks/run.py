@@ -122,7 +122,7 @@ def profile(root: Path) -> str:
 
 
 def _spread(ratios: list[float]) -> str:
-    return ", ".join(f"{r:.1f}x" for r in ratios) + " (median of the rounds' ratios)"
+    return ", ".join(f"{r:.2f}x" for r in ratios)
 
 
 def machine() -> str:
