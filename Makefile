@@ -52,7 +52,8 @@ test: $(TEST_STAMP)
 	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests benchmarks docs
 	$(BIN)/pytest -n 2 -q -p no:cacheprovider
 
-## Speed and memory against naive pandas and dlt; writes benchmarks/RESULTS.md (~10 min).
+## Speed and memory against naive pandas, dlt and a plain pyarrow pipeline; writes
+## benchmarks/RESULTS.md (about 12 minutes from a fresh clone).
 BENCH_STAMP := $(VENV)/.bench-installed
 # A variable: a comma written in $(call ...) would split the argument.
 BENCH_EXTRAS := [test,bench]

@@ -25,9 +25,13 @@ from benchmarks.data import DIRTY, ensure_day
 HERE = Path(__file__).resolve().parent
 
 
-# The project has Arrow allocate with jemalloc (daily.prefer_jemalloc); Arrow's own default,
-# mimalloc, keeps freed memory for reuse. Measured both ways: the allocator is the difference.
-MIMALLOC = {"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}
+# The project has Arrow allocate with the C library's malloc, its arenas capped
+# (daily.prefer_allocator); Arrow's own default, mimalloc, and jemalloc keep freed memory for
+# reuse. Measured each way: the allocator is the difference.
+ALLOCATORS = ("mimalloc", "jemalloc")
+# The baselines run on pyarrow's own default allocator, as their users run them (the worker
+# imports cdr_pipeline, which would otherwise choose malloc for them too).
+AS_USERS_RUN = {"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}
 
 
 def worker(
@@ -51,13 +55,15 @@ def worker(
 def summarize(
     name: str, runs: list[dict[str, Any]], env: dict[str, str] | None = None
 ) -> dict[str, Any]:
+    pool = (env or {}).get("ARROW_DEFAULT_MEMORY_POOL")
     return {
-        "task": name + ("_mimalloc" if env else ""),
+        "task": name + (f"_{pool}" if pool else ""),
         "records": runs[0]["records"],
         "runs": len(runs),
         "rate": statistics.median(r["rate"] for r in runs),
         "seconds": statistics.median(r["seconds"] for r in runs),
         "rss_mb": max(r["rss_mb"] for r in runs),
+        "anon_mb": max(r["anon_mb"] for r in runs),
         "cores": statistics.median(r["cpu_s"] / r["seconds"] for r in runs),
     }
 
@@ -73,7 +79,7 @@ def repeat(
 
 
 def interleaved(
-    plan: dict[str, tuple[str, Path, int | None]], rounds: int
+    plan: dict[str, tuple[str, Path, int | None, dict[str, str] | None]], rounds: int
 ) -> dict[str, list[dict[str, Any]]]:
     """Every measurement (a worker task on a day) once per round, the order turned each
     round: a neighbour's load on the shared machine then falls on the project and the
@@ -153,6 +159,7 @@ NAMES = {
     "ours": "cdr-pipeline (validate + dedup + number intelligence + Parquet + summaries "
     "+ analytics)",
     "ours_mimalloc": "cdr-pipeline on Arrow's default allocator (mimalloc)",
+    "ours_jemalloc": "cdr-pipeline on jemalloc",
     "text": "cdr-pipeline, the same day with every time as local `yyyy-MM-dd HH:mm:ss` text",
     "dirty": "cdr-pipeline on a dirty day: "
     + ", ".join(f"{v:.1%} {k.removesuffix('_rate')}" for k, v in DIRTY.items()),
@@ -207,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     # costs the project more: all run in turn, and each ratio is the median of the rounds'
     # own ratios.
     plan = {
-        "ours": ("ours", small, None),
-        "text": ("ours", text, None),
-        "dirty": ("ours", dirty, None),
-        "pandas": ("pandas", small, None),
-        "dlt_arrow": ("dlt_arrow", small, None),
-        "arrow": ("arrow", small, None),
-        "dlt": ("dlt", small, args.dlt_records),
+        "ours": ("ours", small, None, None),
+        "text": ("ours", text, None, None),
+        "dirty": ("ours", dirty, None, None),
+        "pandas": ("pandas", small, None, AS_USERS_RUN),
+        "dlt_arrow": ("dlt_arrow", small, None, AS_USERS_RUN),
+        "arrow": ("arrow", small, None, AS_USERS_RUN),
+        "dlt": ("dlt", small, args.dlt_records, AS_USERS_RUN),
     }
     runs = interleaved(plan, args.rounds)
     ratios = {name: round_ratios(runs["ours"], runs[name]) for name in BASELINES}
@@ -222,11 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     ratio = {name: statistics.median(r) for name, r in ratios.items()}
     summaries = {name: summarize(name, runs[name]) for name in plan}
     ours = summaries["ours"]
-    print("transform: the project on the 5M day, and on mimalloc")
+    print("transform: the project on the 5M day, and on mimalloc and jemalloc")
     ours_big_run = worker("ours", big)
     ours_big = summarize("ours", [ours_big_run])
-    ours_mi = repeat("ours", small, 1, env=MIMALLOC)
-    ours_mi_big = repeat("ours", big, 1, env=MIMALLOC)
+    pools = {
+        (pool, root): repeat("ours", root, 1, env={"ARROW_DEFAULT_MEMORY_POOL": pool})
+        for pool in ALLOCATORS
+        for root in (small, big)
+    }
     print("number intelligence alone, on the 1M day's published rows")
     enrich = repeat("enrich", small, args.rounds)
     print("floors: inflate, JSON to Arrow, Parquet write")
@@ -234,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ours,
         ours_big,
-        ours_mi,
-        ours_mi_big,
+        *pools.values(),
         *(summaries[name] for name in ("text", "dirty", *BASELINES)),
     ]
     print("fetch: simulator in its own process, injected latency")
@@ -277,13 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     small_day = fetches[2]
     shape = {(f["concurrency"], f["split"]): f["wall_s"] for f in fetches[4:]}
     table = [
-        "| measurement | records | median s | records/s | cores busy | peak extra RSS MB |",
-        "|---|---|---|---|---|---|",
+        "| measurement | records | median s | records/s | cores busy | peak extra RSS MB "
+        "| of it anonymous MB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         table.append(
             f"| {NAMES[r['task']]} | {r['records']:,} | {r['seconds']:.2f} | {r['rate']:,.0f} | "
-            f"{r['cores']:.2f} | {r['rss_mb']:.0f} |"
+            f"{r['cores']:.2f} | {r['rss_mb']:.0f} | {r['anon_mb']:.0f} |"
         )
     floor_names = {
         "floor_inflate": "floor: inflate alone (ISA-L, 1 thread)",
@@ -293,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in floors:
         table.append(
             f"| {floor_names[f['task']]} | {f['records']:,} | {f['seconds']:.2f} | "
-            f"{f['records'] / f['seconds']:,.0f} | - | {f['rss_mb']:.0f} |"
+            f"{f['records'] / f['seconds']:,.0f} | - | {f['rss_mb']:.0f} | {f['anon_mb']:.0f} |"
         )
     rounds_table = [
         "| round | "
@@ -364,8 +374,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{_spread(ratios['dirty'])}",
         f"- peak extra RSS: **{ours['rss_mb']:.0f} MB** at {ours['records']:,} records/day, "
         f"**{ours_big['rss_mb']:.0f} MB** at {ours_big['records']:,} (goal <= "
-        f"{GOALS['rss_mb']:.0f} MB: {_met(peak, GOALS['rss_mb'], at_most=True)}); on Arrow's "
-        f"default allocator (mimalloc) {ours_mi['rss_mb']:.0f} and {ours_mi_big['rss_mb']:.0f} MB",
+        f"{GOALS['rss_mb']:.0f} MB: {_met(peak, GOALS['rss_mb'], at_most=True)}); of it "
+        f"anonymous (without the file-backed pages: libraries' code, memory-mapped files) "
+        f"{ours['anon_mb']:.0f} and {ours_big['anon_mb']:.0f} MB; on Arrow's default "
+        f"allocator (mimalloc) {pools['mimalloc', small]['rss_mb']:.0f} and "
+        f"{pools['mimalloc', big]['rss_mb']:.0f} MB, on jemalloc "
+        f"{pools['jemalloc', small]['rss_mb']:.0f} and {pools['jemalloc', big]['rss_mb']:.0f} MB",
         f"- fetch at concurrency 8: **{fetch_ratio:.2f}x** of ideal (goal {GOALS['fetch']}x: "
         f"{_met(fetch_ratio, GOALS['fetch'], at_most=True)}), latency-bound on a day of "
         f"{fetches[0]['requests']} requests and rate-limited; {small_day['ratio']:.2f}x on a "

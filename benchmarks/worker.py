@@ -20,9 +20,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from benchmarks.data import DAY, TZ, day, ensure_day
 from cdr_pipeline import storage
 from cdr_pipeline.simulator import TIME_FIELDS
@@ -36,18 +33,32 @@ def _rss() -> int:
         return int(fh.read().split()[1]) * PAGE_SIZE
 
 
+def _anonymous() -> int:
+    """The process's anonymous resident bytes: its own memory, without the file-backed pages
+    (libraries' code as it is first run, files read through a memory map) that RSS counts."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 class PeakRss:
-    """Samples RSS every few milliseconds while the work runs."""
+    """Samples RSS (and its anonymous part) every few milliseconds while the work runs."""
 
     def __init__(self) -> None:
-        self.base = _rss()
-        self.peak = self.base
+        self.base, self.base_anon = _rss(), _anonymous()
+        self.peak, self.peak_anon = self.base, self.base_anon
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        self.peak = max(self.peak, _rss())
+        self.peak_anon = max(self.peak_anon, _anonymous())
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss())
+            self._sample()
             self._stop.wait(0.005)
 
     def __enter__(self) -> PeakRss:
@@ -57,11 +68,15 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss())
+        self._sample()
 
     @property
     def extra_mb(self) -> float:
         return (self.peak - self.base) / 1e6
+
+    @property
+    def extra_anon_mb(self) -> float:
+        return (self.peak_anon - self.base_anon) / 1e6
 
 
 def bodies(root: Store, limit: int | None = None) -> Iterator[bytes]:
@@ -80,7 +95,7 @@ def bodies(root: Store, limit: int | None = None) -> Iterator[bytes]:
 def ours(root: Store, _limit: int | None) -> int:
     from cdr_pipeline.daily import validate_day
 
-    # the day's datasets, published as one version (validate_day picks jemalloc)
+    # the day's datasets, published as one version (validate_day picks the allocator)
     result = validate_day(root, day(), ZoneInfo(TZ))
     _timed_part.update(result.timings)
     return int(result.accounting["fetched"])
@@ -164,17 +179,26 @@ def dlt_filesystem(root: Store, limit: int | None) -> int:
     return count
 
 
-def _arrow_page_table(decoded: bytes) -> pa.Table:
+# pyarrow is imported where it is used: cdr_pipeline (imported above) chooses Arrow's allocator
+# before pyarrow loads, as it does in the pipeline's own processes.
+
+
+def _arrow_page_table(decoded: bytes) -> Any:
     """One page's records as a table, read by ``pyarrow.json`` (every value a string)."""
+    import pyarrow as pa
+
     from cdr_pipeline.transform.columnar import read_pages
 
     page = read_pages([decoded])
     return pa.Table.from_struct_array(page.column("cdr").combine_chunks().flatten())
 
 
-def _typed(records: pa.Table) -> pa.Table:
+def _typed(records: Any) -> Any:
     """The casts a competent user writes: times to timestamps ("0" is null), numbers to
     integers; what does not cast fails the run (these baselines assume clean data)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     columns = {}
     for name in records.column_names:
         col = records.column(name)
@@ -196,7 +220,7 @@ def dlt_arrow(root: Store, limit: int | None) -> int:
     out = Path(tempfile.mkdtemp(prefix="bench-dlt-arrow-"))
     count = 0
 
-    def tables() -> Iterator[pa.Table]:
+    def tables() -> Iterator[Any]:
         nonlocal count
         from isal import isal_zlib
 
@@ -228,6 +252,8 @@ def arrow_pipeline(root: Store, limit: int | None) -> int:
     thread. No rejects dataset, no exact rules, memory grows with the day."""
     import queue
 
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from isal import isal_zlib
 
@@ -235,7 +261,7 @@ def arrow_pipeline(root: Store, limit: int | None) -> int:
     from cdr_pipeline.transform.columnar import read_pages
 
     out = Path(tempfile.mkdtemp(prefix="bench-arrow-"))
-    todo: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
+    todo: queue.Queue[Any] = queue.Queue(maxsize=2)
     count = 0
 
     def write() -> None:
@@ -367,6 +393,7 @@ def main(argv: list[str]) -> int:
         "seconds": seconds,
         "cpu_s": cpu,  # every thread's, so cpu_s / seconds is the cores kept busy
         "rss_mb": rss.extra_mb,
+        "anon_mb": rss.extra_anon_mb,
     }
     result |= _timed_part
     print(json.dumps(result))

@@ -6,7 +6,6 @@ The Dagster assets are thin wrappers around these two functions.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import itertools
 import os
@@ -154,21 +153,16 @@ class ValidatedDay:
     analytics: Analytics  # call_destinations_daily, call_load_hourly, caller_risk_daily
 
 
-# How long jemalloc keeps freed pages before handing them back: Arrow's 1 s holds a phase's
-# garbage into the next; 250 ms peaks about 25 MB lower at the same speed, 0 costs 20% of the
-# speed (benchmarks/RESULTS.md).
-JEMALLOC_DECAY_MS = 250
-
-
-def prefer_jemalloc() -> str:
-    """Have Arrow allocate with jemalloc unless ``ARROW_DEFAULT_MEMORY_POOL`` names another
-    allocator; return the one in use. Arrow's default (mimalloc) keeps freed memory for
-    reuse, jemalloc hands it back sooner: a day's transform peaks about 100 MB lower and is no
-    slower (benchmarks/RESULTS.md)."""
-    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        with contextlib.suppress(NotImplementedError):  # a pyarrow built without jemalloc
-            pa.set_memory_pool(pa.jemalloc_memory_pool())
-            pa.jemalloc_set_decay_ms(JEMALLOC_DECAY_MS)
+def prefer_allocator() -> str:
+    """Have Arrow allocate with the C library's malloc unless ``ARROW_DEFAULT_MEMORY_POOL``
+    names another allocator (the package sets it for Arrow's C++ before pyarrow loads; this
+    also switches pyarrow's own default in a process that loaded pyarrow first); return the
+    one in use. Arrow's default, mimalloc, and jemalloc keep freed pages for reuse (per thread,
+    per arena): on the 1M-call bench day the transform peaked at 127-148 MB on malloc with two
+    arenas (:func:`cap_malloc_arenas`), 176-231 MB on jemalloc and about 230 MB on mimalloc,
+    at the same speed; on the dirty day 197 MB against jemalloc's 287."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system":
+        pa.set_memory_pool(pa.system_memory_pool())
     return pa.default_memory_pool().backend_name
 
 
@@ -270,7 +264,7 @@ def validate_day(
     ``call_kpis_daily`` and the analytics datasets with its accounting record, published as one
     version (unless :func:`shrink_guard` refuses it)."""
     analytics = analytics or AnalyticsSettings()
-    prefer_jemalloc()
+    prefer_allocator()
     cap_malloc_arenas()
     manifest = storage.read_raw_manifest(store, day.key)
     max_bytes = manifest.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
