@@ -101,6 +101,29 @@ def ours(root: Store, _limit: int | None) -> int:
     return int(result.accounting["fetched"])
 
 
+def ours_unenriched(root: Store, limit: int | None) -> int:
+    """The project with its enrichment (number intelligence, local start) replaced by empty
+    columns: the difference to ``ours`` is what the enrichment costs inside the transform."""
+    import pyarrow as pa
+
+    from cdr_pipeline import daily
+    from cdr_pipeline.transform.enrich import ENRICHED_FIELDS
+
+    class Unenriched:
+        def __init__(self, *_args: object) -> None:
+            pass
+
+        def __call__(self, part: pa.Table) -> pa.Table:
+            n = len(part)
+            for f in ENRICHED_FIELDS:
+                empty = pa.nulls(n, f.type) if f.nullable else pa.repeat(pa.scalar("unknown"), n)
+                part = part.append_column(f, empty)
+            return part
+
+    daily.Enricher = Unenriched  # type: ignore[misc,assignment]
+    return ours(root, limit)
+
+
 def enrich(root: Store, _limit: int | None) -> int:
     """The number intelligence and local start time alone, over the published day's rows in
     the transform's slices: its share of the transform's time."""
@@ -152,9 +175,6 @@ def naive_pandas(root: Store, limit: int | None) -> int:
 
 
 def dlt_filesystem(root: Store, limit: int | None) -> int:
-    import dlt
-
-    out = Path(tempfile.mkdtemp(prefix="bench-dlt-"))
     count = 0
 
     def cdrs() -> Iterator[dict[str, Any]]:
@@ -164,19 +184,27 @@ def dlt_filesystem(root: Store, limit: int | None) -> int:
                 count += 1
                 yield record
 
+    _run_dlt("bench_cdr", cdrs())
+    return count
+
+
+def _run_dlt(name: str, items: Iterator[Any]) -> None:
+    """A dlt pipeline into a Parquet filesystem destination, in a folder of its own."""
+    import dlt
+
+    out = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     try:
         os.environ["DLT_DATA_DIR"] = str(out / "dlt")
         os.environ["RUNTIME__LOG_LEVEL"] = "WARNING"
         pipeline = dlt.pipeline(
-            pipeline_name="bench_cdr",
+            pipeline_name=name,
             destination=dlt.destinations.filesystem(bucket_url=str(out / "lake")),
             dataset_name="cdr",
             pipelines_dir=str(out / "pipelines"),
         )
-        pipeline.run(cdrs(), table_name="cdr", loader_file_format="parquet")
+        pipeline.run(items, table_name="cdr", loader_file_format="parquet")
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return count
 
 
 # pyarrow is imported where it is used: cdr_pipeline (imported above) chooses Arrow's allocator
@@ -215,9 +243,6 @@ def _typed(records: Any) -> Any:
 
 def dlt_arrow(root: Store, limit: int | None) -> int:
     """dlt fed Arrow tables, as its docs recommend for speed: one typed table per page."""
-    import dlt
-
-    out = Path(tempfile.mkdtemp(prefix="bench-dlt-arrow-"))
     count = 0
 
     def tables() -> Iterator[Any]:
@@ -229,18 +254,7 @@ def dlt_arrow(root: Store, limit: int | None) -> int:
             count += len(table)
             yield table
 
-    try:
-        os.environ["DLT_DATA_DIR"] = str(out / "dlt")
-        os.environ["RUNTIME__LOG_LEVEL"] = "WARNING"
-        pipeline = dlt.pipeline(
-            pipeline_name="bench_cdr_arrow",
-            destination=dlt.destinations.filesystem(bucket_url=str(out / "lake")),
-            dataset_name="cdr",
-            pipelines_dir=str(out / "pipelines"),
-        )
-        pipeline.run(tables(), table_name="cdr", loader_file_format="parquet")
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    _run_dlt("bench_cdr_arrow", tables())
     return count
 
 
@@ -366,6 +380,7 @@ def _warm(task: Callable[[Store, int | None], int]) -> Callable[[], None]:
 TASKS: dict[str, tuple[Callable[[Store, int | None], int], Callable[[], None] | None]] = {
     "ours": (ours, ours_warmup),
     "enrich": (enrich, None),
+    "ours_unenriched": (ours_unenriched, ours_warmup),
     "pandas": (naive_pandas, _warm(naive_pandas)),
     "dlt": (dlt_filesystem, _warm(dlt_filesystem)),
     "dlt_arrow": (dlt_arrow, _warm(dlt_arrow)),
