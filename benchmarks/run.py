@@ -312,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds_table = [
         "| round | "
         + " | ".join(f"vs {label}" for label in BASELINES.values())
-        + " | text-time day | dirty day |",
-        "|---" * (len(BASELINES) + 3) + "|",
+        + " | text-time day | dirty day | enrichment's cost |",
+        "|---" * (len(BASELINES) + 4) + "|",
         *(
             f"| {i + 1} | "
             + " | ".join(f"{ratios[name][i]:.2f}x" for name in (*BASELINES, "text", "dirty"))

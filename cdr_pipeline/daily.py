@@ -157,10 +157,10 @@ def prefer_allocator() -> str:
     """Have Arrow allocate with the C library's malloc unless ``ARROW_DEFAULT_MEMORY_POOL``
     names another allocator (the package sets it for Arrow's C++ before pyarrow loads; this
     also switches pyarrow's own default in a process that loaded pyarrow first); return the
-    one in use. Arrow's default, mimalloc, and jemalloc keep freed pages for reuse (per thread,
-    per arena): on the 1M-call bench day the transform peaked at 127-148 MB on malloc with two
-    arenas (:func:`cap_malloc_arenas`), 176-231 MB on jemalloc and about 230 MB on mimalloc,
-    at the same speed; on the dirty day 197 MB against jemalloc's 287."""
+    one in use. mimalloc, pyarrow's default, keeps freed pages for reuse: on the 1M-call bench
+    day the transform peaked at 149 MB on malloc with two arenas (:func:`cap_malloc_arenas`),
+    150 MB on jemalloc and 235 MB on mimalloc, at the same speed (benchmarks/RESULTS.md);
+    malloc needs no allocator built into pyarrow."""
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system":
         pa.set_memory_pool(pa.system_memory_pool())
     return pa.default_memory_pool().backend_name
