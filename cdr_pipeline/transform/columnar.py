@@ -287,19 +287,23 @@ def _time_columns(raws: list[pa.Array], tz: str) -> list[tuple[pa.Array, pa.Arra
     """:func:`_time_column` of each wire time field. Columns of anything but epoch digits
     are decided together, once per distinct value: a batch's times fall within an hour or
     two, so its seven columns hold a few thousand distinct values among tens of thousands."""
-    out = [_digit_time_column(raw) for raw in raws]
-    todo = [i for i, got in enumerate(out) if got is None]
-    if todo:
-        encoded = pc.dictionary_encode(pa.concat_arrays([raws[i] for i in todo]))
-        seconds, ok = _time_column(encoded.dictionary, tz)
-        seconds, ok = pc.take(seconds, encoded.indices), pc.take(ok, encoded.indices)
-        ok = pc.fill_null(ok, True)  # an absent time is allowed (whether it may be is checked
-        # apart, for the start)
-        at = 0
-        for i in todo:
-            out[i] = (seconds.slice(at, len(raws[i])), ok.slice(at, len(raws[i])))
-            at += len(raws[i])
-    return [got for got in out if got is not None]
+    digits = [_digit_time_column(raw) for raw in raws]
+    others = [raw for raw, got in zip(raws, digits, strict=True) if got is None]
+    decided = iter(_decided_together(others, tz) if others else [])
+    return [got if got is not None else next(decided) for got in digits]
+
+
+def _decided_together(raws: list[pa.Array], tz: str) -> list[tuple[pa.Array, pa.Array]]:
+    encoded = pc.dictionary_encode(pa.concat_arrays(raws))
+    seconds, ok = _time_column(encoded.dictionary, tz)
+    seconds, ok = pc.take(seconds, encoded.indices), pc.take(ok, encoded.indices)
+    # an absent time is allowed here (whether the start may be absent is checked apart)
+    ok = pc.fill_null(ok, True)
+    out, at = [], 0
+    for raw in raws:
+        out.append((seconds.slice(at, len(raw)), ok.slice(at, len(raw))))
+        at += len(raw)
+    return out
 
 
 def _small_number(text: pa.Array, max_digits: int) -> pa.Array:

@@ -204,7 +204,12 @@ class _Cut:
 
     lines: bytes
     odd: dict[int, Any]  # by place
-    count: int  # elements in all
+    spans: Spans  # where each element lies (the exact rules read their records through it)
+
+    @property
+    def count(self) -> int:
+        """Elements in all."""
+        return len(self.spans)
 
 
 _SPACE = b" \t"
@@ -223,7 +228,7 @@ def _cut_page(decoded: bytes, source: str) -> _Cut | None:
         return None
     _check_code(top.error_code, source)
     if not len(spans):
-        return _Cut(b"", {}, 0)
+        return _Cut(b"", {}, spans)
     # the array's bytes, one element a line (JSON has no newline inside a string)
     body = np.frombuffer(one_line(decoded), dtype=np.uint8)[spans.opens + 1 : spans.closes]
     body = body.copy()
@@ -244,7 +249,7 @@ def _cut_page(decoded: bytes, source: str) -> _Cut | None:
         return None
     if odd:
         lines = b"".join([*keep, lines[at:]])
-    return _Cut(lines, odd, len(spans))
+    return _Cut(lines, odd, spans)
 
 
 def _read_cuts(cuts: list[_Cut]) -> pa.StructArray | None:
@@ -260,9 +265,9 @@ def _read_cuts(cuts: list[_Cut]) -> pa.StructArray | None:
 
 def _read_batch_cut(
     pages: Sequence[tuple[bytes, str, Sequence[int]]],
-) -> tuple[pa.StructArray, np.ndarray, np.ndarray, dict[int, dict[int, Any]]] | None:
+) -> tuple[pa.StructArray, np.ndarray, np.ndarray, list[_Cut]] | None:
     """Every page cut, all their objects read by Arrow at once: (the objects, the page and
-    place of each, the odd elements by page and place); None where any page resists."""
+    place of each, the cuts); None where any page resists."""
     cuts = []
     for decoded, source, _w in pages:
         one = _cut_page(decoded, source)
@@ -273,17 +278,16 @@ def _read_batch_cut(
     if lines is None:
         return None
     counts = np.array([c.count for c in cuts], dtype=np.int64)
+    first = np.cumsum(counts) - counts
     parents = np.repeat(np.arange(len(cuts)), counts)
-    positions = np.arange(len(parents)) - np.repeat(np.cumsum(counts) - counts, counts)
-    odd = {page: c.odd for page, c in enumerate(cuts) if c.odd}
-    if odd:
+    positions = np.arange(len(parents)) - first[parents]
+    if any(c.odd for c in cuts):
         typed = np.ones(len(parents), dtype=bool)
-        first = np.cumsum(counts) - counts
-        for page, places in odd.items():
-            typed[first[page] + np.array(list(places), dtype=np.int64)] = False
+        for page, c in enumerate(cuts):
+            typed[first[page] + np.array(list(c.odd), dtype=np.int64)] = False
         lines = lines.filter(pa.array(typed))
         parents, positions = parents[typed], positions[typed]
-    return lines, parents, positions, odd
+    return lines, parents, positions, cuts
 
 
 def _check_codes(table: pa.Table, sources: list[str]) -> None:
@@ -319,6 +323,7 @@ def parse_pages(
             table = None
     documents: dict[int, list[Any]] = {}  # pages Python read whole
     odd: dict[int, dict[int, Any]] = {}  # elements Python read alone, by page and place
+    spans: dict[int, Spans | None] = {}  # where the elements of a page lie, once found
     untyped: list[tuple[int, int]] = []
     if table is not None and table.schema == PAGE_SCHEMA:
         _check_codes(table, sources)
@@ -329,7 +334,11 @@ def parse_pages(
         total = len(records)
         needed_cut = False
     elif (batch := _read_batch_cut(pages)) is not None:
-        records, parents, positions, odd = batch
+        records, parents, positions, cuts = batch
+        for page, one in enumerate(cuts):
+            spans[page] = one.spans
+            if one.odd:
+                odd[page] = one.odd
         untyped = [(page, place) for page, places in odd.items() for place in places]
         total = len(records) + len(untyped)
         needed_cut = bool(odd)  # else the batch could have been read whole
@@ -340,12 +349,10 @@ def parse_pages(
             arrow = _read_whole(decoded, source)
             if arrow is not None:
                 places, count = list(range(len(arrow))), len(arrow)
-            elif (one := _cut_page(decoded, source)) is not None and (
-                lines := _read_cuts([one])
-            ) is not None:
-                places = [i for i in range(one.count) if i not in one.odd]
-                arrow = lines.take(pa.array(places, pa.int64())) if one.odd else lines
-                count, odd[page] = one.count, one.odd
+            elif (alone := _read_batch_cut([pages[page]])) is not None:
+                arrow, _, at, (one,) = alone
+                places, count, spans[page] = at.tolist(), one.count, one.spans
+                odd[page] = one.odd
                 untyped += [(page, i) for i in one.odd]
             else:
                 doc = parse_document(decoded)
@@ -372,7 +379,6 @@ def parse_pages(
     # The records for the exact rules, read by Python here, on this thread: each alone where
     # the page's elements can be cut apart, else with the whole page.
     needed: dict[int, dict[int, Any]] = {}
-    spans: dict[int, Spans | None] = {}
     for page, place in exact:
         if page in odd and place in odd[page]:
             value = odd[page][place]
