@@ -149,6 +149,23 @@ def test_large_groups_analysed_by_their_prefix_agree_with_libphonenumber():
     assert key_safe.cache_info().currsize > 0  # the analysis was asked
 
 
+def test_numbers_written_with_separators_are_grouped_not_parsed_one_by_one():
+    """A provider that writes "+86 136-3123-4568" must not cost a parse per number."""
+    from cdr_pipeline.transform.phones import parse_number
+
+    rng = random.Random(5)
+    numbers = [
+        pattern.format(*(rng.randrange(10**4) for _ in range(2)))
+        for pattern in ("+86 136-{:04d}-{:04d}", "0086 (136) {:04d} {:04d}", "136-{:04d}-{:04d}")
+        for _ in range(200)
+    ]
+    parse_number.cache_clear()
+    e164, country, kind = NumberBook("CN").resolve(pa.array(numbers))
+    got = list(zip(e164.to_pylist(), country.to_pylist(), kind.to_pylist(), strict=True))
+    assert got == [reference(n) for n in numbers]
+    assert parse_number.cache_info().misses < 10
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(

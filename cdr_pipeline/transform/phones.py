@@ -369,7 +369,7 @@ _UNSAFE = ("", None, UNKNOWN)  # a group whose members libphonenumber might tell
 _Answer = tuple[str | None, str | None, str]  # E.164 head ("" when not exact), country, type
 
 
-@dataclass(frozen=True)
+@dataclass
 class Digits:
     """A column's *plain* numbers, read off Arrow's buffers: digits with at most a leading
     ``+``, :data:`MIN_GROUPED` characters or more and :data:`MAX_DIGITS` digits or fewer, each
@@ -379,6 +379,17 @@ class Digits:
     plus: np.ndarray  # bool, where plain
     count: np.ndarray  # digits, where plain
     value: np.ndarray  # uint64, where plain
+
+    def patch(self, rows: np.ndarray, other: Digits) -> None:
+        """Take ``other``'s plain numbers for ``rows`` (``other`` holds those rows, in order)."""
+        got = rows[other.plain]
+        for mine, theirs in (
+            (self.plain, other.plain),
+            (self.plus, other.plus),
+            (self.count, other.count),
+            (self.value, other.value),
+        ):
+            mine[got] = theirs[other.plain]
 
 
 def read_digits(numbers: pa.Array) -> Digits:
@@ -406,6 +417,26 @@ def read_digits(numbers: pa.Array) -> Digits:
     parsed = pc.cast(pa.StringArray.from_buffers(n, *layout, bits), pa.uint64())
     value = np.frombuffer(parsed.buffers()[1], np.uint64)[parsed.offset : parsed.offset + n]
     return Digits(plain, plus, digits, np.where(plain, value, np.uint64(0)))
+
+
+_SEPARATORS = np.zeros(256, dtype=bool)
+_SEPARATORS[[ord(ch) for ch in " \t-()"]] = True  # what :func:`normalise` removes
+
+
+def without_separators(numbers: pa.Array) -> pa.Array:
+    """``numbers`` with the separators :func:`normalise` removes removed, off the buffers."""
+    arr, offsets, data = string_layout(numbers)
+    first = int(offsets[0])
+    body = data[first : offsets[-1]]
+    keep = ~_SEPARATORS[body]
+    kept = np.zeros(body.size + 1, dtype=np.int64)
+    np.cumsum(keep, out=kept[1:])
+    return pa.StringArray.from_buffers(
+        len(arr),
+        pa.py_buffer(kept[offsets - first].astype(np.int32)),
+        pa.py_buffer(body[keep]),
+        pa.py_buffer(np.packbits(arr.is_valid().to_numpy(zero_copy_only=False), bitorder="little")),
+    )
 
 
 @dataclass
@@ -448,6 +479,12 @@ class NumberBook:
         # Plain numbers (digits, maybe a leading +: as providers send them) are grouped as
         # integers, by the longest tail proven exact; no strings are made until the answers.
         digits = read_digits(numbers)
+        spelled = ~digits.plain
+        if numbers.null_count:
+            spelled &= numbers.is_valid().to_numpy(zero_copy_only=False)
+        if spelled.any():  # "+86 136-3123-4568": the contract's separators go, in bulk
+            rows = np.flatnonzero(spelled)
+            digits.patch(rows, read_digits(without_separators(numbers.take(rows))))
         todo = digits.plain.copy()
         for tail in TAILS:
             if not todo.any():
