@@ -149,6 +149,21 @@ def test_large_groups_analysed_by_their_prefix_agree_with_libphonenumber():
     assert key_safe.cache_info().currsize > 0  # the analysis was asked
 
 
+def test_every_e164_form_libphonenumber_can_give_fits_the_integers_numbers_are_held_in():
+    """E.164 forms are held as integers until they are made text: a metadata update that
+    allowed longer numbers must be caught here, not overflow in a run."""
+    from cdr_pipeline.transform.phones import MAX_DIGITS
+
+    regions = [pn.PhoneMetadata.metadata_for_region(r) for r in pn.SUPPORTED_REGIONS]
+    others = [
+        pn.PhoneMetadata.metadata_for_nongeo_region(c) for c in pn.COUNTRY_CODES_FOR_NON_GEO_REGIONS
+    ]
+    longest = max(
+        max(md.general_desc.possible_length) + len(str(md.country_code)) for md in regions + others
+    )
+    assert longest <= MAX_DIGITS
+
+
 def test_numbers_written_with_separators_are_grouped_not_parsed_one_by_one():
     """A provider that writes "+86 136-3123-4568" must not cost a parse per number."""
     from cdr_pipeline.transform.phones import parse_number

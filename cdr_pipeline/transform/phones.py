@@ -479,9 +479,8 @@ class NumberBook:
         # Plain numbers (digits, maybe a leading +: as providers send them) are grouped as
         # integers, by the longest tail proven exact; no strings are made until the answers.
         digits = read_digits(numbers)
-        spelled = ~digits.plain
-        if numbers.null_count:
-            spelled &= numbers.is_valid().to_numpy(zero_copy_only=False)
+        valid = numbers.is_valid().to_numpy(zero_copy_only=False) if numbers.null_count else True
+        spelled = ~digits.plain & valid
         if spelled.any():  # "+86 136-3123-4568": the contract's separators go, in bulk
             rows = np.flatnonzero(spelled)
             digits.patch(rows, read_digits(without_separators(numbers.take(rows))))
@@ -491,12 +490,10 @@ class NumberBook:
                 break
             self._by_groups(digits, np.flatnonzero(todo & (digits.count > tail)), tail, found, todo)
         # other spellings, short numbers, sparse or unproven groups: one by one (cached)
-        alone = todo | ~digits.plain
-        if numbers.null_count:
-            alone &= numbers.is_valid().to_numpy(zero_copy_only=False)
-        rows = np.flatnonzero(alone)
+        rows = np.flatnonzero((todo | ~digits.plain) & valid)
         for i, text in zip(rows.tolist(), numbers.take(rows).to_pylist(), strict=True):
             got = parse_number(normalise(text), self.region)
+            # (an E.164 form has at most MAX_DIGITS digits: a test holds the metadata to it)
             found.e164[i] = int(got.e164[1:]) if got.e164 else 0
             found.country[i] = found.index(got.country)
             found.kind[i] = found.index(got.number_type)
