@@ -55,6 +55,10 @@ COLUMNS = [
     "start_local",
 ]
 
+# The scratch rows' columns whose values repeat: only they get dictionaries (hashing the ids
+# and numbers into a dictionary per row group cost 0.09 CPU-s per 1M rows, for nothing).
+_REPEATING = ["src_country", "dst_country", "dst_type", "call_end_status"]
+
 DESTINATIONS_SCHEMA = described(
     pa.schema(
         [
@@ -315,7 +319,9 @@ class DayAnalytics:
         self._load.add(part)
         rows = part.select(COLUMNS)
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, rows.schema, compression="lz4")
+            self._writer = pq.ParquetWriter(
+                self.path, rows.schema, compression="lz4", use_dictionary=_REPEATING
+            )
         self._writer.write_table(rows)
 
     def finish(self, schema: pa.Schema) -> Analytics:
