@@ -164,6 +164,34 @@ def test_every_e164_form_libphonenumber_can_give_fits_the_integers_numbers_are_h
     assert longest <= MAX_DIGITS
 
 
+@pytest.mark.parametrize("region", ["US", "GB", "DE", "IN", "JP", "FR", "BR", "AU", "RU", "IT"])
+def test_every_spelling_resolves_exactly_in_other_default_regions(region):
+    """CDR_DEFAULT_REGION other than CN: national numbers (with and without the trunk prefix,
+    with the region's own separators), + and 00 forms, in groups large enough to be analysed."""
+    rng = random.Random(region)
+    md = pn.PhoneMetadata.metadata_for_region(region)
+    numbers = []
+    for desc in (md.fixed_line, md.mobile, md.toll_free, md.premium_rate):
+        if desc is None or not desc.example_number:
+            continue
+        for _ in range(60):
+            cut = min(5, len(desc.example_number) - 1)
+            tail = "".join(rng.choice("0123456789") for _ in range(cut))
+            national = desc.example_number[:-cut] + tail
+            parsed = pn.parse(national, region)
+            numbers += [
+                national,
+                pn.format_number(parsed, pn.PhoneNumberFormat.NATIONAL),
+                f"+{md.country_code}{national}",
+                f"00{md.country_code}{national}",
+                pn.format_number(parsed, pn.PhoneNumberFormat.INTERNATIONAL),
+            ]
+    e164, country, kind = NumberBook(region).resolve(pa.array(numbers))
+    got = list(zip(e164.to_pylist(), country.to_pylist(), kind.to_pylist(), strict=True))
+    want = [reference(n, region) for n in numbers]
+    assert [(n, g, w) for n, g, w in zip(numbers, got, want, strict=True) if g != w] == []
+
+
 def test_numbers_written_with_separators_are_grouped_not_parsed_one_by_one():
     """A provider that writes "+86 136-3123-4568" must not cost a parse per number."""
     from cdr_pipeline.transform.phones import parse_number
