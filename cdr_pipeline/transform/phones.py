@@ -16,7 +16,8 @@ The grouping is integer arithmetic: each plain number is read once off Arrow's b
 integer (:func:`read_digits`), a group is the integer before the tail with the digit count and
 the leading ``+``, and a member's E.164 form is its group's head times 10^tail plus its own tail,
 made text by one Arrow cast. Against grouping with Arrow's string kernels (a slice, a
-dictionary, a join and takes per tail) this halved the enrichment's time on the bench day.
+dictionary, a join and takes per tail) this took the enrichment of the bench day from 0.28 to
+0.17 s per million rows.
 
 Everything else (other spellings, short numbers, sparse groups) is parsed one by one, through a
 bounded cache. Property tests over every region's numbers hold the grouped answers to the
