@@ -388,9 +388,9 @@ def parse_pages(
             decoded = pages[page][0]
             if page not in spans:
                 spans[page] = cdr_spans(decoded)
-            cut = spans[page]
-            if cut is not None and place < len(cut):
-                value = cut.element(decoded, place)
+            where = spans[page]
+            if where is not None and place < len(where):
+                value = where.element(decoded, place)
             else:
                 documents[page] = parse_document(decoded).records
                 value = documents[page][place]
