@@ -6,7 +6,7 @@ RUN_STAMP  := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install run test bench screenshot ui lint format clean
+.PHONY: install run test test-fast bench screenshot ui lint format clean
 
 # $(call install,EXTRAS,WHAT): install the project (with EXTRAS) into .venv, with uv when it is
 # on the PATH, else pip; refuse a Python older than 3.11 before anything is installed; and
@@ -52,6 +52,11 @@ test: $(TEST_STAMP)
 	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests benchmarks docs
 	$(BIN)/pytest -n 2 -q -p no:cacheprovider
 
+## The tests that start no process (the CLI, servers, Dagster's webserver and daemon are
+## left out), in about two minutes: for the edit-test loop. `make test` runs everything.
+test-fast: $(TEST_STAMP)
+	$(BIN)/pytest -n 2 -q -p no:cacheprovider -m "not slow"
+
 ## Speed and memory against naive pandas, dlt and a plain pyarrow pipeline; writes
 ## benchmarks/RESULTS.md (about 12 minutes from a fresh clone).
 BENCH_STAMP := $(VENV)/.bench-installed
@@ -86,6 +91,9 @@ format: $(TEST_STAMP)
 	$(BIN)/ruff check --fix cdr_pipeline cdr_pipeline_tests benchmarks docs
 	$(BIN)/ruff format cdr_pipeline cdr_pipeline_tests benchmarks docs
 
+# The datasets' folders are the registry's (python -m cdr_pipeline.datasets), asked before
+# the virtualenv goes; only what the pipeline writes under data/ is removed.
 clean:
-	rm -rf $(VENV) .dagster_home data/raw data/cdr data/cdr_rejects data/call_outcome_daily \
-	  data/call_kpis_daily data/_state
+	@if test -x $(BIN)/python; then \
+	  for d in $$($(BIN)/python -m cdr_pipeline.datasets); do rm -rf "data/$$d"; done; fi
+	rm -rf $(VENV) .dagster_home data/raw data/_state

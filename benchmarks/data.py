@@ -19,8 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from cdr_pipeline import storage
-from cdr_pipeline.daily import Day
+from cdr_pipeline import layout, raw
+from cdr_pipeline.layout import Day
 from cdr_pipeline.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.store import open_store
 
@@ -46,7 +46,19 @@ DIRTY = {
 # The same calls as the clean day, every time written as the provider's page documents it:
 # local ``yyyy-MM-dd HH:mm:ss`` text (its example shows epoch seconds).
 TEXT_TIMES = {"datetime_text_rate": 1.0}
-VARIANTS = {"clean": {}, "dirty": DIRTY, "text": TEXT_TIMES}
+# Every defect the simulator makes, far denser than a real day: the day a change that must not
+# change behaviour is checked on (``benchmarks/identical.py``).
+CHAOS = {
+    "duplicate_rate": 0.05,
+    "conflict_rate": 0.02,
+    "bad_record_rate": 0.03,
+    "datetime_text_rate": 0.1,
+    "epoch_ms_rate": 0.05,
+    "schema_drift_rate": 0.02,
+    "anomaly_rate": 0.02,
+    "abuse": True,
+}
+VARIANTS = {"clean": {}, "dirty": DIRTY, "text": TEXT_TIMES, "chaos": CHAOS}
 
 
 def _hour_pages(args: tuple[int, int, str]) -> list[tuple[bytes, list[int], int]]:
@@ -69,7 +81,7 @@ def ensure_day(calls_per_day: int, variant: str = "clean") -> Path:
     """The data directory holding the day's raw layer for this size and variant (one of
     :data:`VARIANTS`), generated if missing."""
     root = DATA / f"day-{calls_per_day}{'' if variant == 'clean' else '-' + variant}"
-    if (root / storage.raw_day_key(DAY) / "manifest.json").exists():
+    if (root / layout.raw_day_key(DAY) / "manifest.json").exists():
         return root
     d = day()
     hours = range(d.start // 3600, d.end // 3600)
@@ -77,7 +89,7 @@ def ensure_day(calls_per_day: int, variant: str = "clean") -> Path:
     with ProcessPoolExecutor(max_workers=2) as pool:
         for pages in pool.map(_hour_pages, [(calls_per_day, h, variant) for h in hours]):
             for body, window, count in pages:
-                name, digest = storage.body_name(body, "zlib")
+                name, digest = raw.body_name(body, "zlib")
                 bodies.append((body, "zlib"))
                 requests.append(
                     {"file": name, "sha256": digest, "window": window, "records": count}
@@ -94,7 +106,7 @@ def ensure_day(calls_per_day: int, variant: str = "clean") -> Path:
         },
         "generated_at": datetime.now().isoformat(timespec="seconds"),
     }
-    storage.write_raw_day(open_store(root), DAY, bodies, manifest)
+    raw.write_raw_day(open_store(root), DAY, bodies, manifest)
     return root
 
 

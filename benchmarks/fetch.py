@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 
 from benchmarks.data import simulator_process
 from cdr_pipeline.api.client import CdrApiClient
-from cdr_pipeline.daily import Day, fetch_windows
+from cdr_pipeline.layout import Day
+from cdr_pipeline.raw import fetch_windows
 from cdr_pipeline.settings import ClientSettings
 
 

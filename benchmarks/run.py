@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 
 
 # The project has Arrow allocate with the C library's malloc, its arenas capped
-# (daily.prefer_allocator); Arrow's own default, mimalloc, and jemalloc keep freed memory for
+# (memory.prefer_allocator); Arrow's own default, mimalloc, and jemalloc keep freed memory for
 # reuse. Measured each way: the allocator is the difference.
 ALLOCATORS = ("mimalloc", "jemalloc")
 # The baselines run on pyarrow's own default allocator, as their users run them (the worker
@@ -112,11 +112,11 @@ def profile(root: Path) -> str:
         "from zoneinfo import ZoneInfo\n"
         "from pyinstrument import Profiler\n"
         "from benchmarks.data import day\n"
-        "from cdr_pipeline.daily import validate_day\n"
+        "from cdr_pipeline.day import build_day\n"
         "from cdr_pipeline.store import open_store\n"
         "p = Profiler(interval=0.005)\n"
         "p.start()\n"
-        f"validate_day(open_store({str(root)!r}), day(), ZoneInfo('Asia/Shanghai'))\n"
+        f"build_day(open_store({str(root)!r}), day(), ZoneInfo('Asia/Shanghai'))\n"
         "p.stop()\n"
         "print(p.output_text(unicode=False, color=False))\n"
     )

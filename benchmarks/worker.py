@@ -21,7 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from benchmarks.data import DAY, TZ, day, ensure_day
-from cdr_pipeline import storage
+from cdr_pipeline import publish, raw
 from cdr_pipeline.simulator import TIME_FIELDS
 from cdr_pipeline.store import Store, open_store
 
@@ -80,10 +80,10 @@ class PeakRss:
 
 
 def bodies(root: Store, limit: int | None = None) -> Iterator[bytes]:
-    manifest = storage.read_raw_manifest(root, DAY)
+    manifest = raw.read_raw_manifest(root, DAY)
     seen = 0
     for entry in manifest["requests"]:
-        yield storage.read_raw_body(root, DAY, entry)
+        yield raw.read_raw_body(root, DAY, entry)
         seen += entry["records"]
         if limit is not None and seen >= limit:
             return
@@ -93,10 +93,10 @@ def bodies(root: Store, limit: int | None = None) -> Iterator[bytes]:
 
 
 def ours(root: Store, _limit: int | None) -> int:
-    from cdr_pipeline.daily import validate_day
+    from cdr_pipeline.day import build_day
 
-    # the day's datasets, published as one version (validate_day picks the allocator)
-    result = validate_day(root, day(), ZoneInfo(TZ))
+    # the day's datasets, published as one version (build_day sets up the allocator)
+    result = build_day(root, day(), ZoneInfo(TZ))
     _timed_part.update(result.timings)
     return int(result.accounting["fetched"])
 
@@ -106,7 +106,7 @@ def ours_unenriched(root: Store, limit: int | None) -> int:
     columns: the difference to ``ours`` is what the enrichment costs inside the transform."""
     import pyarrow as pa
 
-    from cdr_pipeline import daily
+    from cdr_pipeline import day as daily
     from cdr_pipeline.transform.enrich import ENRICHED_FIELDS
 
     class Unenriched:
@@ -130,7 +130,7 @@ def enrich(root: Store, _limit: int | None) -> int:
     from cdr_pipeline.transform.enrich import Enricher
     from cdr_pipeline.transform.validate import RECORD_SCHEMA
 
-    table = storage.read_day_table(root, "cdr", DAY, columns=RECORD_SCHEMA.names)
+    table = publish.read_day_table(root, "cdr", DAY, columns=RECORD_SCHEMA.names)
     enricher = Enricher(ZoneInfo(TZ), "CN")
     start = time.perf_counter()
     for offset in range(0, len(table), 1 << 16):
@@ -271,7 +271,7 @@ def arrow_pipeline(root: Store, limit: int | None) -> int:
     import pyarrow.parquet as pq
     from isal import isal_zlib
 
-    from cdr_pipeline.storage import PARQUET_OPTIONS
+    from cdr_pipeline.publish import PARQUET_OPTIONS
     from cdr_pipeline.transform.columnar import read_pages
 
     out = Path(tempfile.mkdtemp(prefix="bench-arrow-"))
@@ -343,7 +343,7 @@ def floor_json_to_arrow(root: Store, limit: int | None) -> int:
     """Arrow's JSON reader alone, on two threads as the transform runs it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from cdr_pipeline.daily import PARSE_AHEAD
+    from cdr_pipeline.day import PARSE_AHEAD
     from cdr_pipeline.transform.columnar import read_pages
 
     pages = [zlib.decompress(b) for b in bodies(root, limit)]
@@ -359,10 +359,10 @@ def floor_json_to_arrow(root: Store, limit: int | None) -> int:
 
 
 def floor_parquet_write(root: Store, limit: int | None) -> int:
-    table = storage.read_day_table(root, "cdr", DAY)
+    table = publish.read_day_table(root, "cdr", DAY)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        storage.write_parquet(Path(tmp) / "x.parquet", table)
+        publish.write_parquet(Path(tmp) / "x.parquet", table)
     _timed_part["seconds"] = time.perf_counter() - start
     return table.num_rows
 

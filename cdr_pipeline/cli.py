@@ -290,7 +290,7 @@ KPI_COLUMNS = (
 def print_kpis(settings: Settings, days: Sequence[str], failed: set[str] | None = None) -> None:
     """One row per day asked for: its KPIs, or why there are none (a day that failed in this
     command is never shown with the figures of an earlier run)."""
-    from cdr_pipeline import storage
+    from cdr_pipeline import datasets
     from cdr_pipeline.report import kpi_history
 
     failed = failed or set()
@@ -314,7 +314,7 @@ def print_kpis(settings: Settings, days: Sequence[str], failed: set[str] | None 
             f"cdr-pipeline materialize --start {missing[0]} --end {missing[-1]}"
         )
     store = settings.store
-    print(f"\ndatasets under {store.url}/ ({', '.join(storage.DATASETS)}, raw/cdr); e.g.")
+    print(f"\ndatasets under {store.url}/ ({', '.join(datasets.NAMES)}, raw/cdr); e.g.")
     where = f"{store.url}/call_kpis_daily"
     print(f"  .venv/bin/python -c \"import pandas; print(pandas.read_parquet('{where}'))\"")
 

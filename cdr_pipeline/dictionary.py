@@ -203,6 +203,8 @@ def described(schema: pa.Schema, dataset: str) -> pa.Schema:
 
 
 def markdown(schemas: dict[str, pa.Schema]) -> str:
+    """The dictionary page: each dataset's columns, types and meanings (from the schemas'
+    field metadata, as readers of the files see them)."""
     lines = [
         "# Data dictionary",
         "",
@@ -212,26 +214,19 @@ def markdown(schemas: dict[str, pa.Schema]) -> str:
     ]
     for dataset, schema in schemas.items():
         lines += ["", f"## `{dataset}`", "", "| column | type | meaning |", "|---|---|---|"]
-        lines += [f"| `{f.name}` | {f.type} | {COLUMNS[dataset][f.name]} |" for f in schema]
+        lines += [
+            f"| `{f.name}` | {f.type} | {f.metadata[b'description'].decode()} |" for f in schema
+        ]
     lines += ["", NOTE_RATIOS, ""]
     return "\n".join(lines)
 
 
-def _schemas() -> dict[str, pa.Schema]:
-    from cdr_pipeline.transform.analytics import DESTINATIONS_SCHEMA, HOURLY_SCHEMA, RISK_SCHEMA
-    from cdr_pipeline.transform.summarize import KPI_SCHEMA, OUTCOME_SCHEMA
-    from cdr_pipeline.transform.validate import CDR_SCHEMA, REJECTS_SCHEMA
+def registry_markdown() -> str:
+    """The page for the datasets of the registry (``python -m cdr_pipeline.dictionary``)."""
+    from cdr_pipeline.datasets import DATASETS
 
-    return {
-        "cdr": CDR_SCHEMA,
-        "cdr_rejects": REJECTS_SCHEMA,
-        "call_outcome_daily": OUTCOME_SCHEMA,
-        "call_kpis_daily": KPI_SCHEMA,
-        "call_destinations_daily": DESTINATIONS_SCHEMA,
-        "call_load_hourly": HOURLY_SCHEMA,
-        "caller_risk_daily": RISK_SCHEMA,
-    }
+    return markdown({d.name: d.schema for d in DATASETS})
 
 
 if __name__ == "__main__":
-    print(markdown(_schemas()), end="")
+    print(registry_markdown(), end="")

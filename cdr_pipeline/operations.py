@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from cdr_pipeline import storage
+from cdr_pipeline import layout, lease, raw
 from cdr_pipeline.store import Store
 
 # What Dagster says of a partition, as plain words (None: never materialized).
@@ -70,17 +70,14 @@ def prune_raw(
     validated is skipped, never pulled from under a run)."""
     done = Pruned()
     owner = f"prune-{now.timestamp():.0f}"
-    for day in prune_plan(storage.raw_days(store), now.astimezone(tz).date(), keep_days):
+    for day in prune_plan(raw.raw_days(store), now.astimezone(tz).date(), keep_days):
         if dry_run:
-            done.removed[day] = len(store.list(storage.raw_day_key(day)))
+            done.removed[day] = len(store.list(layout.raw_day_key(day)))
             continue
         try:
-            storage.take_lease(store, day, owner, ttl_s=600, wait_s=0)
-        except storage.DayBusy:
+            with lease.run_leases(store, [day], owner, ttl_s=600, wait_s=0) as held:
+                held.take(day)
+                done.removed[day] = raw.prune_raw_day(store, day)
+        except lease.DayBusy:
             done.busy.append(day)
-            continue
-        try:
-            done.removed[day] = storage.prune_raw_day(store, day)
-        finally:
-            storage.release_lease(store, day, owner)
     return done

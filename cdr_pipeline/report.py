@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tabulate import tabulate
 
-from cdr_pipeline import storage
+from cdr_pipeline import layout, publish
 from cdr_pipeline.store import Store
 
 TREND_DAYS = 30
@@ -47,9 +47,9 @@ def kpi_history(
     for day in days:
         if day not in cache:
             try:
-                table = storage.read_day_table(store, "call_kpis_daily", day)
+                table = publish.read_day_table(store, "call_kpis_daily", day)
                 cache[day] = {"date": day, **table.to_pylist()[0]} if table.num_rows else None
-            except storage.StorageError:
+            except layout.StorageError:
                 cache[day] = None
         if cache[day] is not None:
             rows.append(cache[day])
@@ -258,8 +258,8 @@ def _read_days(store: Store, dataset: str, days: Sequence[str]) -> list[pa.Table
     parts = []
     for day in days:
         try:
-            table = storage.read_day_table(store, dataset, day)
-        except storage.StorageError:
+            table = publish.read_day_table(store, dataset, day)
+        except layout.StorageError:
             continue
         parts.append(table.append_column("date", pa.array([day] * len(table), pa.string())))
     return parts

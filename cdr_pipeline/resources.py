@@ -11,16 +11,14 @@ from urllib.parse import urlsplit
 import dagster as dg
 from pydantic import Field
 
-from cdr_pipeline import storage
 from cdr_pipeline.api.client import CdrApiClient
+from cdr_pipeline.lease import RunLeases, run_leases
 from cdr_pipeline.settings import (
     AnalyticsSettings,
     ClientSettings,
     Settings,
-    SimulatorSettings,
     StorageSettings,
 )
-from cdr_pipeline.simulator import DEMO_QUIRKS, PATH, CdrSimulator, SimConfig
 
 
 class CdrApiResource(dg.ConfigurableResource, ClientSettings):
@@ -55,41 +53,22 @@ class LiveCdrApi(CdrApiResource):
         return f"{parts.scheme}://{parts.hostname}{parts.path}"
 
 
-class SimulatedCdrApi(CdrApiResource, SimulatorSettings):
-    """The built-in simulator, answered in process: synthetic calls, no credentials."""
-
-    uses_simulator: ClassVar[bool] = True
-
-    @contextmanager
-    def open_client(self, timezone: str) -> Iterator[CdrApiClient]:
-        sim = CdrSimulator(
-            SimConfig(
-                seed=self.simulator_seed,
-                calls_per_day=self.simulator_calls_per_day,
-                timezone=timezone,
-                **(DEMO_QUIRKS if self.simulator_quirks else {}),
-            )
-        )
-        url = f"http://127.0.0.1{PATH}"
-        # dummy credentials, distinctive enough that redacting them spares ordinary words
-        creds = ("simulated-id-0000", "simulated-app-0000")
-        with CdrApiClient(url, *creds, self, transport=sim.transport()) as c:
-            yield c
-
-    def endpoint_label(self) -> str:
-        return "built-in simulator"
-
-
 class CdrStorageResource(dg.ConfigurableResource, StorageSettings):
     """Where the datasets live, which zone draws the day boundary, and one run at a time per
     day (its fields are the declarations of :class:`StorageSettings`)."""
 
-    def take(self, day: str, run_id: str) -> None:
-        """Hold ``day`` for this run (see :func:`storage.take_lease`)."""
-        storage.take_lease(self.store, day, run_id, ttl_s=self.lease_ttl_s, wait_s=self.lock_wait_s)
-
-    def release(self, day: str, run_id: str) -> None:
-        storage.release_lease(self.store, day, run_id)
+    def leases(
+        self, days: list[str], run_id: str, *, keep: bool = False
+    ) -> AbstractContextManager[RunLeases]:
+        """The days a run's step holds (see :func:`lease.run_leases`)."""
+        return run_leases(
+            self.store,
+            days,
+            run_id,
+            ttl_s=self.lease_ttl_s,
+            wait_s=self.lock_wait_s,
+            keep=keep,
+        )
 
 
 class CdrAnalyticsResource(dg.ConfigurableResource, AnalyticsSettings):
@@ -101,7 +80,9 @@ def api_resource(settings: Settings, *, secrets_from_env: bool = True) -> CdrApi
     """The live API when ``CDR_API_URL`` is set, else the simulator. Under Dagster the
     secrets stay ``dg.EnvVar`` references; the CLI, outside Dagster, passes their values."""
     tuning = settings.client.model_dump()
-    if settings.uses_simulator:
+    if settings.uses_simulator:  # the demo's choice, and the only place it is made
+        from cdr_pipeline.simulator.resource import SimulatedCdrApi
+
         return SimulatedCdrApi(**tuning, **settings.simulator.model_dump())
     if secrets_from_env:
         secrets = {"api_id": dg.EnvVar("CDR_API_ID"), "app_id": dg.EnvVar("CDR_APP_ID")}

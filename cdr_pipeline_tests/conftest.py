@@ -16,7 +16,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from cdr_pipeline.api.client import CdrApiClient
-from cdr_pipeline.daily import Day
+from cdr_pipeline.layout import Day
+from cdr_pipeline.publish import Content, DayTransaction
 from cdr_pipeline.settings import ClientSettings
 from cdr_pipeline.simulator import SimConfig, SimulatorServer, serve
 from cdr_pipeline.store import Store, open_store
@@ -36,6 +37,33 @@ FAST = ClientSettings(
     backoff_max_s=0.01,
     concurrency=4,
 )
+
+
+# Fixtures that start a server process of their own, possibly for a whole session (before a
+# test's guard below is in place): a test that uses one, however indirectly, is slow.
+PROCESS_FIXTURES = frozenset({"s3_server", "postgres"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _processes_only_when_slow(request: pytest.FixtureRequest, monkeypatch) -> None:
+    """A test that starts a process (the CLI, a webserver, a daemon, a server) is marked
+    ``slow``: ``make test-fast`` leaves those out, so one left unmarked fails here."""
+    if request.node.get_closest_marker("slow"):
+        return
+
+    def refuse(self, args, *_a, **_kw) -> None:
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process ({str(args)[:80]}): mark it "
+            "@pytest.mark.slow (or its module: pytestmark = pytest.mark.slow)"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 def _simulators() -> Iterator[Callable[..., SimulatorServer]]:
@@ -239,3 +267,16 @@ def digests(root: Path, pattern: str = "*.parquet") -> dict[str, str]:
         for p in sorted(root.rglob(pattern))
         if p.is_file()
     }
+
+
+def publish_tables(
+    store: Store, day: str, tables: dict[str, Content], state: dict | None = None
+) -> dict[str, str]:
+    """Publish ``tables`` (and JSON ``state`` records) as one version of ``day``, as a day's
+    build does: staged, then moved at once."""
+    with DayTransaction(store, day) as txn:
+        for name, content in tables.items():
+            txn.stage(name, content)
+        for kind, record in (state or {}).items():
+            txn.stage_record(kind, record)
+        return txn.commit()

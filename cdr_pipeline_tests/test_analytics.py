@@ -23,7 +23,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdr_pipeline import storage
+from cdr_pipeline import publish
+from cdr_pipeline.datasets import DATASETS, queries
 from cdr_pipeline.settings import AnalyticsSettings
 from cdr_pipeline.simulator import ABUSERS
 from cdr_pipeline.transform.analytics import DayAnalytics
@@ -31,6 +32,8 @@ from cdr_pipeline.transform.enrich import Enricher
 from cdr_pipeline.transform.phones import NumberBook
 from cdr_pipeline.transform.validate import CDR_SCHEMA
 from cdr_pipeline_tests.conftest import Env
+
+QUERIES = queries(DATASETS, AnalyticsSettings())
 
 DAYS = ["2024-03-01", "2024-03-02"]
 TYPES = {getattr(pn.PhoneNumberType, n): n.lower() for n in dir(pn.PhoneNumberType) if n.isupper()}
@@ -238,11 +241,11 @@ def abusive_days(tmp_path_factory, sim_server_module):
 
 
 def _cdr(env: Env, day: str) -> pd.DataFrame:
-    return storage.read_day_table(env.store, "cdr", day).to_pandas()
+    return publish.read_day_table(env.store, "cdr", day).to_pandas()
 
 
 def _published(env: Env, dataset: str, day: str) -> pd.DataFrame:
-    return storage.read_day_table(env.store, dataset, day).to_pandas()
+    return publish.read_day_table(env.store, dataset, day).to_pandas()
 
 
 @pytest.mark.parametrize("day", DAYS)
@@ -389,7 +392,7 @@ def test_a_clean_day_flags_nobody(tmp_path, sim_server, monkeypatch):
     env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=1500))
     with dg.instance_for_test() as instance:
         assert env.run(instance, DAYS[0]).success
-    assert storage.read_day_table(env.store, "caller_risk_daily", DAYS[0]).num_rows == 0
+    assert publish.read_day_table(env.store, "caller_risk_daily", DAYS[0]).num_rows == 0
 
 
 def test_thresholds_are_settings(tmp_path, sim_server, monkeypatch):
@@ -403,7 +406,7 @@ def test_thresholds_are_settings(tmp_path, sim_server, monkeypatch):
     )
     with dg.instance_for_test() as instance:
         assert env.run(instance, DAYS[0]).success
-    got = storage.read_day_table(env.store, "caller_risk_daily", DAYS[0]).to_pylist()
+    got = publish.read_day_table(env.store, "caller_risk_daily", DAYS[0]).to_pylist()
     flags = {r["src"]: r["flags"] for r in got}
     assert flags["008613900000001"] == ["fan_out"]  # 25 destinations; 25 calls are no burst now
     assert "burst" not in {f for fs in flags.values() for f in fs}
@@ -419,14 +422,14 @@ def test_daylight_saving_days_have_23_or_25_hours(tmp_path, sim_server, monkeypa
     )
     with dg.instance_for_test() as instance:
         assert env.run(instance, day).success
-    got = storage.read_day_table(env.store, "call_load_hourly", day).to_pandas()
+    got = publish.read_day_table(env.store, "call_load_hourly", day).to_pandas()
     assert len(got) == hours
     local = got["local_hour"].tolist()
     if hours == 25:
         assert local.count(2) == 2  # 02:00 twice, as the clocks went back
     else:
         assert 2 not in local
-    cdr = storage.read_day_table(env.store, "cdr", day).to_pandas()
+    cdr = publish.read_day_table(env.store, "cdr", day).to_pandas()
     assert got["attempts"].sum() == len(cdr)
     assert got["busy_hour"].sum() == 1
 
@@ -471,10 +474,13 @@ def test_bad_numbers_odd_calls_and_empty_days_raise_nothing_and_give_no_nan(tmp_
     analytics = DayAnalytics(tmp_path, start, end, tz, AnalyticsSettings())
     if len(enriched):
         analytics.add(enriched)
-    found = analytics.finish(CDR_SCHEMA)
+    found = analytics.finish(CDR_SCHEMA, QUERIES)
     assert found.hourly.num_rows == 24
-    assert found.risk.num_rows == 0
-    for name, table_ in (("destinations", found.destinations), ("hourly", found.hourly)):
+    assert found.queried["caller_risk_daily"].num_rows == 0
+    for name, table_ in (
+        ("destinations", found.queried["call_destinations_daily"]),
+        ("hourly", found.hourly),
+    ):
         for column in table_.columns:
             if pa.types.is_floating(column.type):
                 values = [v for v in column.to_pylist() if v is not None]
@@ -483,12 +489,12 @@ def test_bad_numbers_odd_calls_and_empty_days_raise_nothing_and_give_no_nan(tmp_
         v is None or not (isinstance(v, float) and math.isnan(v)) for v in found.billing.values()
     )
     if empty:
-        assert found.destinations.num_rows == 0
+        assert found.queried["call_destinations_daily"].num_rows == 0
         assert found.billing["billing_increment_s"] == 1
         assert found.billing["billing_match_rate"] is None
     else:
         assert set(enriched.column("dst_type").to_pylist()) <= {"unknown", "mobile"}
-        assert found.destinations.column("calls").to_pylist()
+        assert found.queried["call_destinations_daily"].column("calls").to_pylist()
         assert not list((tmp_path).glob("*.parquet"))  # the scratch rows are gone
 
 
@@ -542,7 +548,7 @@ def test_hourly_talk_is_split_across_hours():
     with tempfile.TemporaryDirectory() as scratch:
         analytics = DayAnalytics(Path(scratch), start, start + 86400, tz, AnalyticsSettings())
         analytics.add(Enricher(tz, "CN")(table))
-        hourly = analytics.finish(CDR_SCHEMA).hourly.to_pylist()
+        hourly = analytics.finish(CDR_SCHEMA, QUERIES).hourly.to_pylist()
     assert [h["talk_seconds"] for h in hourly[:4]] == [30, 3600, 30, 0]
     assert [h["peak_concurrent_calls"] for h in hourly[:4]] == [1, 1, 1, 0]
     assert [h["busy_hour"] for h in hourly[:3]] == [False, True, False]
@@ -554,14 +560,14 @@ def test_a_query_that_cannot_fit_duckdbs_limit_is_asked_again_under_the_larger(
     from cdr_pipeline.transform import analytics as analytics_module
 
     env, day = abusive_days, DAYS[0]
-    rows, span = storage.read_day_table(env.store, "cdr", day), env.day(day)
+    rows, span = publish.read_day_table(env.store, "cdr", day), env.day(day)
     results = []
     for limits in (analytics_module.DUCKDB_MEMORY, ("1MB", "512MB")):
         monkeypatch.setattr(analytics_module, "DUCKDB_MEMORY", limits)
         analytics = DayAnalytics(tmp_path, span.start, span.end, env.tz, AnalyticsSettings())
         analytics.add(rows)
-        results.append((analytics.finish(CDR_SCHEMA), analytics.memory_retries))
+        results.append((analytics.finish(CDR_SCHEMA, QUERIES), analytics.memory_retries))
     (normal, none), (squeezed, retried) = results
     assert none == 0 and retried > 0
-    assert squeezed.risk.equals(normal.risk) and squeezed.billing == normal.billing
-    assert len(normal.risk) > 0
+    assert squeezed.queried == normal.queried and squeezed.billing == normal.billing
+    assert len(normal.queried["caller_risk_daily"]) > 0

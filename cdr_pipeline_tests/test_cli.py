@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pytest
 
-from cdr_pipeline import storage
+from cdr_pipeline import layout, publish, raw
 from cdr_pipeline.settings import ConfigError, load_settings
 from cdr_pipeline.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.store import open_store
@@ -56,6 +56,7 @@ def _env(tmp_path: Path, **extra) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_lookup_and_fetch_against_the_server_process(api_process, tmp_path):
     env = _env(tmp_path, CDR_API_URL=api_process, CDR_API_ID=API_ID, CDR_APP_ID=APP_ID)
     sim = CdrSimulator(SimConfig(seed=7, page_size=100))
@@ -91,6 +92,7 @@ def test_lookup_and_fetch_against_the_server_process(api_process, tmp_path):
     assert wrong.returncode == 3 and "-401" in wrong.stderr and "CDR_APP_ID" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_materialize_a_range_then_print_kpis(tmp_path):
     env = _env(tmp_path, CDR_SIM_CALLS_PER_DAY="300")
     out = subprocess.run(
@@ -110,6 +112,7 @@ def test_materialize_a_range_then_print_kpis(tmp_path):
     assert (tmp_path / "home" / "history").exists()  # the runs are in the persistent instance
 
 
+@pytest.mark.slow
 def test_configuration_errors_name_the_setting(tmp_path):
     tomorrow = (datetime.now(ZoneInfo("Asia/Shanghai")) + timedelta(days=2)).date().isoformat()
     cases = [
@@ -181,6 +184,7 @@ def test_configuration_errors_name_the_setting(tmp_path):
     assert out.returncode == 2 and "CDR_TIMEZONE" in out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [
@@ -211,12 +215,12 @@ def test_dagster_clis_backfill_a_range_in_one_run(tmp_path, command):
     ["../2024-01-01", "2024-01-01/../../x", "2024-13-01", "2024-1-1", "/etc", "", "2024-01-01\n"],
 )
 def test_partition_keys_cannot_escape_the_data_directory(key):
-    with pytest.raises(storage.StorageError, match="partition key"):
-        storage.day_key("cdr", key)
-    with pytest.raises(storage.StorageError):
-        storage.raw_day_key(key)
-    with pytest.raises(storage.StorageError):
-        storage.journal_key(key)
+    with pytest.raises(layout.StorageError, match="partition key"):
+        layout.day_key("cdr", key)
+    with pytest.raises(layout.StorageError):
+        layout.raw_day_key(key)
+    with pytest.raises(layout.StorageError):
+        layout.state_key("journal", key)
 
 
 def test_stored_paths_cannot_escape_the_data_directory(tmp_path):
@@ -226,18 +230,19 @@ def test_stored_paths_cannot_escape_the_data_directory(tmp_path):
     outside.write_text("keep me")
     day = "2024-05-06"
     manifest = {"requests": [{"file": "../../../victim.txt", "sha256": "0" * 64}]}
-    with pytest.raises(storage.StorageError, match="unexpected file"):
-        storage.read_raw_body(store, day, manifest["requests"][0])
-    with pytest.raises(storage.StorageError, match="unknown dataset"):
-        storage.day_key("../cdr", day)
-    journal = root / storage.journal_key(day)
+    with pytest.raises(layout.StorageError, match="unexpected file"):
+        raw.read_raw_body(store, day, manifest["requests"][0])
+    with pytest.raises(layout.StorageError, match="unknown dataset"):
+        layout.day_key("../cdr", day)
+    journal = root / layout.state_key("journal", day)
     journal.parent.mkdir(parents=True)
     journal.write_text(json.dumps({"moves": [["cdr/x.tmp", "../victim.txt"]]}))
-    with pytest.raises(storage.StorageError, match="outside the data directory"):
-        storage.recover_day(store, day)
+    with pytest.raises(layout.StorageError, match="outside the data directory"):
+        publish.recover_day(store, day)
     assert outside.read_text() == "keep me"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("variable", "expected"), [(None, "system"), ("jemalloc", "jemalloc")])
 def test_a_pipeline_process_allocates_with_malloc_unless_told(tmp_path, variable, expected):
     """The C library's malloc, its arenas capped, keeps less memory than Arrow's default
@@ -252,7 +257,7 @@ def test_a_pipeline_process_allocates_with_malloc_unless_told(tmp_path, variable
         "import pyarrow as pa; print(pa.default_memory_pool().backend_name); "
         "from cdr_pipeline.definitions import defs; defs(); "
         "print(pa.default_memory_pool().backend_name); "
-        "from cdr_pipeline.daily import prefer_allocator; print(prefer_allocator())"
+        "from cdr_pipeline.memory import prefer_allocator; print(prefer_allocator())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
@@ -263,6 +268,7 @@ def test_a_pipeline_process_allocates_with_malloc_unless_told(tmp_path, variable
     assert switched == expected
 
 
+@pytest.mark.slow
 def test_make_ui_refuses_a_taken_port_in_plain_words(tmp_path):
     import socket
 
@@ -282,6 +288,7 @@ def test_make_ui_refuses_a_taken_port_in_plain_words(tmp_path):
     assert f"port {port} is taken" in out.stderr and "UI_PORT=" in out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "said"),
     [
@@ -297,6 +304,7 @@ def test_bad_dates_are_one_plain_line(tmp_path, args, said):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_dotenv_file_means_the_same_to_the_cli_as_to_dagster(tmp_path):
     """Dagster's commands load ``.env`` from the working directory over the environment;
     so does ``cdr-pipeline``, and ``config`` says where each value came from."""
@@ -323,6 +331,7 @@ def test_a_dotenv_file_means_the_same_to_the_cli_as_to_dagster(tmp_path):
     assert not (tmp_path / "from-environment").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_day_is_said_once_and_never_shown_with_old_figures(tmp_path):
     env = _env(tmp_path)  # the built-in simulator publishes the day first
     day = ["--start", "2024-03-01", "--end", "2024-03-01"]
@@ -345,6 +354,7 @@ def test_a_failed_day_is_said_once_and_never_shown_with_old_figures(tmp_path):
     assert row.split() == ["2024-03-01", "FAILED"]  # not the published day's figures
 
 
+@pytest.mark.slow
 def test_kpis_say_which_days_are_not_materialized(tmp_path):
     env = _env(tmp_path)
     subprocess.run(
@@ -366,6 +376,7 @@ def test_kpis_say_which_days_are_not_materialized(tmp_path):
     assert "2 of 3 days are not materialized" in out.stdout
 
 
+@pytest.mark.slow
 def test_cli_rough_edges(tmp_path):
     """A version, a plain word for an empty callId, a folder without data, machine-readable
     KPIs, the report beside the data, and an unreachable bucket in one line."""
@@ -408,6 +419,7 @@ def test_cli_rough_edges(tmp_path):
     assert down.stderr.startswith("storage error: ") and len(down.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("force_error", "code", "said"),
     [

@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import zlib
+from datetime import UTC, datetime
 
 import pydantic
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from cdr_pipeline.api import errors, wire
 from cdr_pipeline.api.client import TokenBucket
+from cdr_pipeline.api.retry import retry_after_seconds
 from cdr_pipeline.api.wire import decode_body, parse_document, sniff_encoding
 from cdr_pipeline.settings import ClientSettings, InvalidEndpointError, check_endpoint
 from cdr_pipeline.simulator import CdrSimulator, SimConfig
@@ -124,6 +126,37 @@ def test_retry_after_is_honoured(sim_server, make_client):
     settings = FAST.model_copy(update={"backoff_max_s": 60})
     make_client(server, settings, sleep=slept.append).query_window(*DAY)
     assert slept == [7.0, 7.0]
+
+
+def test_retry_after_as_an_http_date_is_honoured(sim_server, make_client):
+    def throttling():
+        return sim_server(
+            fault_rate=1.0,
+            fault_kinds=("http429",),
+            retry_after_s=30,
+            retry_after_date=True,
+            page_size=100_000,
+        )
+
+    slept: list[float] = []
+    settings = FAST.model_copy(update={"backoff_max_s": 60})
+    make_client(throttling(), settings, sleep=slept.append).query_window(*DAY)
+    # the date has whole seconds: what is left of 30 s when the answer is read
+    assert len(slept) == 2 and all(25 <= s <= 30 for s in slept), slept
+    capped: list[float] = []
+    make_client(throttling(), FAST, sleep=capped.append).query_window(*DAY)
+    assert capped == [FAST.backoff_max_s] * 2  # never longer than the cap
+
+
+def test_retry_after_reads_seconds_and_dates():
+    now = datetime(2026, 12, 6, 8, 0, 0, tzinfo=UTC).timestamp
+    assert retry_after_seconds("12", now) == 12.0
+    assert retry_after_seconds("Sun, 06 Dec 2026 08:00:45 GMT", now) == 45.0
+    assert retry_after_seconds("Sunday, 06-Dec-26 08:00:45 GMT", now) == 45.0  # RFC 850
+    assert retry_after_seconds("Sun, 06 Dec 2026 07:59:00 GMT", now) == 0.0  # past: at once
+    assert retry_after_seconds("-3", now) == 0.0
+    for unreadable in (None, "", "soon", "Sun, 99 Foo 2026"):
+        assert retry_after_seconds(unreadable, now) is None
 
 
 def test_backoff_grows_exponentially_with_jitter(sim_server, make_client):

@@ -17,12 +17,17 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from cdr_pipeline import storage
-from cdr_pipeline.daily import Day
+from cdr_pipeline import datasets, layout, publish
+from cdr_pipeline.layout import Day
 from cdr_pipeline.simulator import DEMO_QUIRKS, CdrSimulator, SimConfig
 from cdr_pipeline.store import open_store
 from cdr_pipeline.transform.validate import unaccounted
-from cdr_pipeline_tests.conftest import cli_materialize, digests, kill_when_ready
+from cdr_pipeline_tests.conftest import (
+    cli_materialize,
+    digests,
+    kill_when_ready,
+    publish_tables,
+)
 
 DAY = "2024-04-10"
 CRASHING_RUN = r"""
@@ -35,10 +40,10 @@ def stop_here():
     ready.write_text("writing")
     time.sleep(600)  # the test kills us long before this ends
 
-from cdr_pipeline import storage
+from cdr_pipeline import datasets, layout, publish
 
 if point == "parquet-staging":
-    real_write = storage.write_parquet
+    real_write = publish.write_parquet
     def write_parquet(where, content):
         rows = real_write(where, content)
         if "/cdr/" in str(where):
@@ -46,7 +51,7 @@ if point == "parquet-staging":
                 fh.truncate(os.path.getsize(where) // 2)
             stop_here()
         return rows
-    storage.write_parquet = write_parquet
+    publish.write_parquet = write_parquet
 elif point == "between-moves":
     real_replace = os.replace
     def replace(src, dst):
@@ -108,16 +113,17 @@ def _scratch_or_temporary(root: Path, path: Path) -> bool:
 
 def _readers_see_whole_files(root: Path) -> dict[str, int]:
     counts = {}
-    for dataset in storage.DATASETS:
+    for dataset in datasets.NAMES:
         glob = root / dataset / "*" / "*.parquet"
         n = duckdb.sql(f"select count(*) from read_parquet('{glob}', hive_partitioning=true)")
         counts[dataset] = n.fetchall()[0][0]
         table = ds.dataset(root / dataset, format="parquet", partitioning="hive").to_table()
         assert table.num_rows == counts[dataset]
-        assert pq.read_table(root / storage.part_key(dataset, DAY))
+        assert pq.read_table(root / layout.part_key(dataset, DAY))
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["parquet-staging", "between-moves", "raw-bodies"])
 def test_sigkill_while_writing_a_day(tmp_path, point):
     root = tmp_path / "data"
@@ -144,7 +150,7 @@ def test_sigkill_while_writing_a_day(tmp_path, point):
             "cdr/date=2024-04-10/part-0.parquet"
         )
         assert after == before
-        assert (root / storage.journal_key(DAY)).exists()
+        assert (root / layout.state_key("journal", DAY)).exists()
         assert counts["cdr_rejects"] == counts_before["cdr_rejects"]
     else:
         assert after == before  # the previous version, byte for byte
@@ -158,14 +164,14 @@ def test_sigkill_while_writing_a_day(tmp_path, point):
     cli_materialize(_env(tmp_path, calls=400), DAY, DAY)
     leftovers = [p for p in root.rglob("*") if p.name.startswith(".")]
     assert leftovers == []
-    assert not (root / storage.journal_key(DAY)).exists()
+    assert not (root / layout.state_key("journal", DAY)).exists()
     tz = ZoneInfo("Asia/Shanghai")
     day = Day.from_key(DAY, tz)
     sim = CdrSimulator(SimConfig(calls_per_day=400, **DEMO_QUIRKS))
     truth = sim.truth(day.start, day.end)
-    cdr = storage.read_day_table(open_store(root), "cdr", DAY)
+    cdr = publish.read_day_table(open_store(root), "cdr", DAY)
     assert set(cdr.column("call_id").to_pylist()) == set(truth.valid)
-    acc = storage.read_state(open_store(root), "validation", DAY)["accounting"]
+    acc = publish.read_state(open_store(root), "validation", DAY)["accounting"]
     assert unaccounted(acc) == 0 and acc["valid"] == len(truth.valid)
     assert acc["rejected"] == sum(truth.rejects.values())
     _one_version(root)
@@ -174,12 +180,12 @@ def test_sigkill_while_writing_a_day(tmp_path, point):
 def _one_version(root: Path) -> None:
     """The day's cdr, cdr_rejects, summaries and accounting describe the same rows."""
     store = open_store(root)
-    acc = storage.read_state(store, "validation", DAY)["accounting"]
-    valid = storage.day_rows(store, "cdr", DAY)
-    kpis = storage.read_day_table(store, "call_kpis_daily", DAY).to_pylist()[0]
-    outcome = storage.read_day_table(store, "call_outcome_daily", DAY)
+    acc = publish.read_state(store, "validation", DAY)["accounting"]
+    valid = publish.day_rows(store, "cdr", DAY)
+    kpis = publish.read_day_table(store, "call_kpis_daily", DAY).to_pylist()[0]
+    outcome = publish.read_day_table(store, "call_outcome_daily", DAY)
     assert valid == acc["valid"] == kpis["total_calls"] == sum(outcome["calls"].to_pylist())
-    assert storage.day_rows(store, "cdr_rejects", DAY) == acc["rejected"]
+    assert publish.day_rows(store, "cdr_rejects", DAY) == acc["rejected"]
     assert kpis["rejected_records"] == acc["rejected"]
 
 
@@ -190,7 +196,7 @@ def test_an_interrupted_publish_is_rolled_forward_by_the_next_reader(tmp_path):
     root = tmp_path / "data"
     store = open_store(root)
     old = {"cdr": pa.table({"x": [1]}), "cdr_rejects": pa.table({"y": [1]})}
-    storage.publish_day(store, DAY, old, state={"validation": {"v": 1}})
+    publish_tables(store, DAY, old, state={"validation": {"v": 1}})
     new = {"cdr": pa.table({"x": [2, 2]}), "cdr_rejects": pa.table({"y": [2, 2]})}
     real = os.replace
     moved = []
@@ -204,11 +210,11 @@ def test_an_interrupted_publish_is_rolled_forward_by_the_next_reader(tmp_path):
     os.replace = crash_after_first
     try:
         with pytest.raises(KeyboardInterrupt):
-            storage.publish_day(store, DAY, new, state={"validation": {"v": 2}})
+            publish_tables(store, DAY, new, state={"validation": {"v": 2}})
     finally:
         os.replace = real
-    assert (root / storage.journal_key(DAY)).exists()
-    assert storage.read_state(store, "validation", DAY) == {"v": 2}  # rolled forward
-    assert storage.read_day_table(store, "cdr_rejects", DAY).num_rows == 2
-    assert not (root / storage.journal_key(DAY)).exists()
+    assert (root / layout.state_key("journal", DAY)).exists()
+    assert publish.read_state(store, "validation", DAY) == {"v": 2}  # rolled forward
+    assert publish.read_day_table(store, "cdr_rejects", DAY).num_rows == 2
+    assert not (root / layout.state_key("journal", DAY)).exists()
     assert [p for p in root.rglob("*") if p.name.startswith(".")] == []

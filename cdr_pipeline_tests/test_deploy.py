@@ -62,6 +62,7 @@ def _most_at_once(spans: list[tuple[float, float]]) -> int:
     return most
 
 
+@pytest.mark.slow
 def test_queued_runs_on_postgres_respect_the_api_pool(tmp_path, postgres):
     import dagster as dg
 
@@ -164,6 +165,7 @@ def _named_in_dagster_yaml() -> dict[str, tuple[str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_the_image_holds_every_class_its_instance_names(tmp_path):
     """An environment built as deploy/Dockerfile builds it (the `deploy` extra alone, at the
     tested versions) imports every class deploy/dagster.yaml and the Helm values name, and

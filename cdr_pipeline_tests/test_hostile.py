@@ -18,7 +18,7 @@ import pytest
 from cdr_pipeline.api import errors
 from cdr_pipeline.api.client import CdrApiClient
 from cdr_pipeline.api.transport import proxy_for
-from cdr_pipeline_tests.conftest import API_ID, APP_ID, FAST
+from cdr_pipeline_tests.conftest import API_ID, APP_ID, FAST, publish_tables
 
 DAY = (1_709_222_400, 1_709_308_800)
 HOUR = (DAY[0] + 9 * 3600, DAY[0] + 10 * 3600)
@@ -281,13 +281,13 @@ def test_an_answer_without_calls_never_empties_a_published_day(
 def test_a_re_run_that_would_shrink_the_day_is_refused_unless_allowed(
     monkeypatch, tmp_path, sim_server, instance
 ):
-    from cdr_pipeline import storage
+    from cdr_pipeline import publish
     from cdr_pipeline_tests.conftest import Env
 
     key = "2024-03-05"
     env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=150))
     assert env.run(instance, key).success
-    published = storage.read_state(env.store, "validation", key)["accounting"]["valid"]
+    published = publish.read_state(env.store, "validation", key)["accounting"]["valid"]
     before = _published(env)
     # The provider now answers, correctly formed, that the day had no calls.
     env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=150, empty_from_request=1))
@@ -304,21 +304,20 @@ def test_a_re_run_that_would_shrink_the_day_is_refused_unless_allowed(
     # The operator allows it for one run.
     allow = {"ops": {"cdr_day": {"config": {"allow_shrink": True}}}}
     assert env.run(instance, key, run_config=allow).success
-    assert storage.read_state(env.store, "validation", key)["accounting"]["valid"] == 0
-    assert storage.day_rows(env.store, "cdr", key) == 0
+    assert publish.read_state(env.store, "validation", key)["accounting"]["valid"] == 0
+    assert publish.day_rows(env.store, "cdr", key) == 0
 
 
 def test_the_shrink_guard_allows_a_small_drop_and_refuses_a_large_one(tmp_path):
     import pyarrow as pa
 
-    from cdr_pipeline import storage
-    from cdr_pipeline.daily import ShrinkRefused, shrink_guard
+    from cdr_pipeline.publish import ShrinkRefused, shrink_guard
     from cdr_pipeline.store import open_store
 
     store = open_store(tmp_path)
     day = "2024-03-05"
     shrink_guard(store, day, 0, 0.05)  # nothing published yet: anything goes
-    storage.publish_day(
+    publish_tables(
         store,
         day,
         {"cdr": pa.table({"x": [1]})},
@@ -338,6 +337,7 @@ def test_the_shrink_guard_allows_a_small_drop_and_refuses_a_large_one(tmp_path):
 MATERIALIZE = ["dagster", "asset", "materialize", "-m", "cdr_pipeline.definitions"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "sig", "code"),
     [
@@ -430,8 +430,9 @@ def test_a_local_write_failure_is_fatal_names_the_path_and_is_not_retried(
 def test_a_disk_that_fills_up_mid_day_leaves_no_orphan_bodies(tmp_path, sim_server, make_client):
     import errno
 
-    from cdr_pipeline import storage
-    from cdr_pipeline.daily import Day, fetch_raw_day
+    from cdr_pipeline import layout
+    from cdr_pipeline.layout import Day
+    from cdr_pipeline.raw import fetch_raw_day
     from cdr_pipeline.store import Store, open_store
 
     store = open_store(tmp_path)
@@ -448,8 +449,8 @@ def test_a_disk_that_fills_up_mid_day_leaves_no_orphan_bodies(tmp_path, sim_serv
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Store, "put", filling_up)
         with pytest.raises(OSError, match="No space left"):
-            fetch_raw_day(client, store, day)
-    folder = tmp_path / storage.raw_day_key(day.key)
+            fetch_raw_day(client, store, day, endpoint="test")
+    folder = tmp_path / layout.raw_day_key(day.key)
     assert len(puts) == 5 and list(folder.iterdir()) == []
 
 
@@ -480,6 +481,7 @@ print(json.dumps({"before": before, "after": rss_peak_mb(), "kind": kind}))
 """
 
 
+@pytest.mark.slow
 def test_bombs_to_every_worker_cost_one_cap_not_one_per_worker(sim_server):
     """Four workers each receive a body that inflates to 256 MiB; the cap is 48 MiB. Were
     they inflated side by side, the peak would grow by about four caps."""

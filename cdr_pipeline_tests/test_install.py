@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A Python that says it is 3.10: enough for the Makefile's check, which is all it meets.
@@ -29,6 +31,7 @@ def _project(tmp_path: Path) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_an_old_python_is_refused_before_anything_is_installed(tmp_path):
     work = _project(tmp_path)
     old = tmp_path / "python3.10"
@@ -42,6 +45,7 @@ def test_an_old_python_is_refused_before_anything_is_installed(tmp_path):
     assert not (work / ".venv").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_install_leaves_no_venv(tmp_path):
     import os
 
@@ -60,6 +64,7 @@ def test_a_failed_install_leaves_no_venv(tmp_path):
     assert not (work / ".venv").exists()
 
 
+@pytest.mark.slow
 def test_every_install_target_asks_for_whole_extras():
     """A comma in `$(call install,[test,bench],...)` once split the argument: a fresh clone's
     `make bench` asked pip for `.[test`. Every install line names its extras whole."""

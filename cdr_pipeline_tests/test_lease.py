@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cdr_pipeline import storage
+from cdr_pipeline import lease, raw
 from cdr_pipeline.store import open_store
 from cdr_pipeline_tests.conftest import API_ID, APP_ID
 from cdr_pipeline_tests.test_crash import _one_version
@@ -34,28 +34,28 @@ class Clock:
 def test_a_lease_is_held_renewed_waited_for_and_taken_over(tmp_path):
     store, clock = open_store(tmp_path), Clock()
     kw = {"ttl_s": 600, "clock": clock, "sleep": clock.sleep}
-    storage.take_lease(store, DAY, "run-a", wait_s=0, **kw)
-    storage.take_lease(store, DAY, "run-a", wait_s=0, **kw)  # the same run again: renewed
-    with pytest.raises(storage.DayBusy, match=r"2024-04-10 is being materialized by.*run-a"):
-        storage.take_lease(store, DAY, "run-b", wait_s=0, **kw)
+    lease.take_lease(store, DAY, "run-a", wait_s=0, **kw)
+    lease.take_lease(store, DAY, "run-a", wait_s=0, **kw)  # the same run again: renewed
+    with pytest.raises(lease.DayBusy, match=r"2024-04-10 is being materialized by.*run-a"):
+        lease.take_lease(store, DAY, "run-b", wait_s=0, **kw)
     # waiting: run-a releases while run-b waits
     released = []
 
     def sleep_then_release(seconds: float) -> None:
         clock.sleep(seconds)
         if not released:
-            storage.release_lease(store, DAY, "run-a")
+            lease.release_lease(store, DAY, "run-a")
             released.append(clock.now)
 
-    storage.take_lease(
+    lease.take_lease(
         store, DAY, "run-b", ttl_s=600, wait_s=30, clock=clock, sleep=sleep_then_release
     )
-    storage.release_lease(store, DAY, "run-a")  # not its lease any more: nothing happens
-    with pytest.raises(storage.DayBusy):
-        storage.take_lease(store, DAY, "run-c", wait_s=5, **kw)
+    lease.release_lease(store, DAY, "run-a")  # not its lease any more: nothing happens
+    with pytest.raises(lease.DayBusy):
+        lease.take_lease(store, DAY, "run-c", wait_s=5, **kw)
     clock.now += 601  # run-b died without releasing
-    storage.take_lease(store, DAY, "run-c", wait_s=0, **kw)
-    storage.release_lease(store, DAY, "run-c")
+    lease.take_lease(store, DAY, "run-c", wait_s=0, **kw)
+    lease.release_lease(store, DAY, "run-c")
     assert list((tmp_path / "_state" / "lease").iterdir()) == []
 
 
@@ -119,15 +119,16 @@ def _start(env: dict[str, str]) -> subprocess.Popen:
 
 
 def _wait_for_lease(tmp_path: Path, first: subprocess.Popen) -> None:
-    lease = tmp_path / "data" / storage.lease_key(DAY)
+    held = tmp_path / "data" / lease.lease_key(DAY)
     for _ in range(2400):
-        if lease.exists():
+        if held.exists():
             return
         assert first.poll() is None, first.communicate()
         threading.Event().wait(0.05)
     raise AssertionError("the first run never took the day")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attempt", [1, 2, 3])
 def test_a_second_run_of_the_same_day_fails_fast_and_clearly(tmp_path, sim_server, attempt):
     server = sim_server(calls_per_day=400, page_size=100)
@@ -148,11 +149,12 @@ def test_a_second_run_of_the_same_day_fails_fast_and_clearly(tmp_path, sim_serve
     assert f"{DAY} is being materialized by another run" in second.stderr
     assert "CDR_LOCK_WAIT_S" in second.stderr
     _one_version(tmp_path / "data")
-    assert not (tmp_path / "data" / storage.lease_key(DAY)).exists()  # released
+    assert not (tmp_path / "data" / lease.lease_key(DAY)).exists()  # released
     leftovers = [p for p in (tmp_path / "data").rglob(".*") if p.is_file()]
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_a_second_run_told_to_wait_publishes_after_the_first(tmp_path, sim_server):
     server = sim_server(calls_per_day=400, page_size=100)
     gate = _gated(server)
@@ -170,11 +172,12 @@ def test_a_second_run_told_to_wait_publishes_after_the_first(tmp_path, sim_serve
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
     _one_version(tmp_path / "data")
-    runs = storage.read_raw_manifest(open_store(tmp_path / "data"), DAY)
+    runs = raw.read_raw_manifest(open_store(tmp_path / "data"), DAY)
     assert runs["totals"]["records"] > 0
-    assert not (tmp_path / "data" / storage.lease_key(DAY)).exists()
+    assert not (tmp_path / "data" / lease.lease_key(DAY)).exists()
 
 
+@pytest.mark.slow
 def test_a_lease_whose_process_died_on_this_machine_is_taken_over_at_once(tmp_path):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -183,14 +186,14 @@ def test_a_lease_whose_process_died_on_this_machine_is_taken_over_at_once(tmp_pa
         check=True,
     )
     store = open_store(tmp_path)
-    storage.take_lease(store, DAY, "run-killed", ttl_s=3600, wait_s=0)
-    key = storage.lease_key(DAY)
+    lease.take_lease(store, DAY, "run-killed", ttl_s=3600, wait_s=0)
+    key = lease.lease_key(DAY)
     holder = json.loads(store.read_bytes(key))
     holder["pid"] = int(dead.stdout)  # as if that process had taken it, then been killed
     store.put(key, json.dumps(holder).encode())
-    storage.take_lease(store, DAY, "run-next", ttl_s=3600, wait_s=0)
-    with pytest.raises(storage.DayBusy):  # a live holder (this process) is waited for
-        storage.take_lease(store, DAY, "run-third", ttl_s=3600, wait_s=0)
+    lease.take_lease(store, DAY, "run-next", ttl_s=3600, wait_s=0)
+    with pytest.raises(lease.DayBusy):  # a live holder (this process) is waited for
+        lease.take_lease(store, DAY, "run-third", ttl_s=3600, wait_s=0)
 
 
 def test_a_run_of_raw_cdr_alone_leaves_the_day_free(monkeypatch, tmp_path, sim_server, instance):
@@ -207,6 +210,6 @@ def test_a_run_of_raw_cdr_alone_leaves_the_day_free(monkeypatch, tmp_path, sim_s
         selection=["raw_cdr"],
     )
     assert result.success
-    assert not (env.root / storage.lease_key(DAY)).exists()
+    assert not (env.root / lease.lease_key(DAY)).exists()
     assert env.run(instance, DAY).success  # and a full run of the day goes ahead
-    assert not (env.root / storage.lease_key(DAY)).exists()
+    assert not (env.root / lease.lease_key(DAY)).exists()

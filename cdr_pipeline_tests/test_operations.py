@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 
-from cdr_pipeline import alerts, operations, storage
+from cdr_pipeline import alerts, layout, lease, operations, raw
 from cdr_pipeline.operations import FAILED, FINE, RUNNING
 from cdr_pipeline.store import open_store
 from cdr_pipeline_tests.conftest import API_ID, APP_ID, load_defs
@@ -117,46 +117,49 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_prune_removes_old_raw_days_only_and_says_so(tmp_path):
     env = _env(tmp_path)
     assert _cli(env, "materialize", "--start", "2024-03-01", "--end", "2024-03-03").returncode == 0
     store = open_store(tmp_path / "data")
     datasets = {p: p.read_bytes() for p in (tmp_path / "data").rglob("part-0.parquet")}
-    assert storage.raw_days(store) == ["2024-03-01", "2024-03-02", "2024-03-03"]
+    assert raw.raw_days(store) == ["2024-03-01", "2024-03-02", "2024-03-03"]
 
     dry = _cli(env, "prune", "--keep-days", "1", "--dry-run")
     assert dry.returncode == 0 and "would have removed the raw bodies of 3 day(s)" in dry.stdout
-    assert storage.raw_days(store) == ["2024-03-01", "2024-03-02", "2024-03-03"]
+    assert raw.raw_days(store) == ["2024-03-01", "2024-03-02", "2024-03-03"]
 
-    storage.take_lease(store, "2024-03-02", "someone-else", ttl_s=600, wait_s=0)
+    lease.take_lease(store, "2024-03-02", "someone-else", ttl_s=600, wait_s=0)
     done = _cli(env, "prune", "--keep-days", "1")
     assert done.returncode == 0, done.stderr
     assert "removed the raw bodies of 2 day(s) (2024-03-01 to 2024-03-03" in done.stdout
     assert "skipped 2024-03-02: being materialized" in done.stdout
-    assert storage.raw_days(store) == ["2024-03-02"]
+    assert raw.raw_days(store) == ["2024-03-02"]
     # the validated datasets are untouched, byte for byte
     assert {p: p.read_bytes() for p in (tmp_path / "data").rglob("part-0.parquet")} == datasets
     # a pruned day says plainly that its raw layer is gone
-    with pytest.raises(storage.StorageError, match="no raw CDRs for 2024-03-01"):
-        storage.read_raw_manifest(store, "2024-03-01")
+    with pytest.raises(layout.StorageError, match="no raw CDRs for 2024-03-01"):
+        raw.read_raw_manifest(store, "2024-03-01")
     assert "raw bodies are kept forever" in _cli(env, "prune").stdout
 
 
+@pytest.mark.slow
 def test_a_prune_cut_short_leaves_nothing_a_reader_trips_on(tmp_path):
     """The manifest goes first: bodies left behind are listed nowhere, and the next prune
     removes them."""
     env = _env(tmp_path)
     assert _cli(env, "materialize", "--start", "2024-03-01", "--end", "2024-03-01").returncode == 0
     store = open_store(tmp_path / "data")
-    folder = tmp_path / "data" / storage.raw_day_key("2024-03-01")
+    folder = tmp_path / "data" / layout.raw_day_key("2024-03-01")
     (folder / "manifest.json").unlink()  # as if killed right after the manifest went
     assert any(folder.iterdir())
-    with pytest.raises(storage.StorageError):
-        storage.read_raw_manifest(store, "2024-03-01")
+    with pytest.raises(layout.StorageError):
+        raw.read_raw_manifest(store, "2024-03-01")
     assert _cli(env, "prune", "--keep-days", "1").returncode == 0
-    assert not folder.exists() and storage.raw_days(store) == []
+    assert not folder.exists() and raw.raw_days(store) == []
 
 
+@pytest.mark.slow
 def test_the_prune_job_runs_on_the_retention_setting(tmp_path, monkeypatch):
     env = _env(tmp_path)
     assert _cli(env, "materialize", "--start", "2024-03-01", "--end", "2024-03-02").returncode == 0
@@ -168,9 +171,10 @@ def test_the_prune_job_runs_on_the_retention_setting(tmp_path, monkeypatch):
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def("cdr_prune_raw_job").execute_in_process(instance=instance)
     assert result.success
-    assert storage.raw_days(open_store(tmp_path / "data")) == []
+    assert raw.raw_days(open_store(tmp_path / "data")) == []
 
 
+@pytest.mark.slow
 def test_materialize_missing_runs_only_missing_and_failed_days(tmp_path, sim_server):
     start = (datetime.now(SH).date() - timedelta(days=3)).isoformat()
     env = _env(tmp_path, CDR_CATCHUP_DAYS="3", CDR_START_DATE=start)
@@ -251,6 +255,7 @@ def _wait(what, timeout: float = 240.0):
     return what()
 
 
+@pytest.mark.slow
 def test_the_daemon_alerts_once_per_failed_partition_and_catches_up(tmp_path, sim_server):
     receiver = _Receiver()
     start = (datetime.now(SH).date() - timedelta(days=2)).isoformat()

@@ -15,7 +15,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from cdr_pipeline import storage
+from cdr_pipeline import datasets, publish
 from cdr_pipeline_tests.conftest import API_ID, APP_ID, Env, digests
 
 QUIRKS = dict(
@@ -162,7 +162,7 @@ def test_rematerializing_gives_identical_bytes(monkeypatch, tmp_path, sim_server
     env = Env(monkeypatch, tmp_path, sim_server(**QUIRKS))
     assert env.run(instance, "2024-03-05").success
     first = digests(env.root)
-    assert len(first) == len(storage.DATASETS)
+    assert len(first) == len(datasets.NAMES)
     assert env.run(instance, "2024-03-05").success
     assert digests(env.root) == first
     leftovers = [p for p in env.root.rglob("*") if p.name.startswith(".")]
@@ -281,12 +281,13 @@ def test_one_code_location_name_for_every_tool():
     assert names == {"cdr_pipeline"}
 
 
+@pytest.mark.slow
 def test_definitions_load(monkeypatch, tmp_path, sim_server):
     env = Env(monkeypatch, tmp_path, sim_server())
     dg.Definitions.validate_loadable(env.defs)
     graph = env.defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"raw_cdr", *storage.DATASETS}
+    assert keys == {"raw_cdr", *datasets.NAMES}
     raw = graph.get(dg.AssetKey("raw_cdr"))
     assert raw.pools == {"cdr_api"}
     home = tmp_path / "home"
@@ -308,8 +309,7 @@ def test_summaries_are_the_same_however_the_day_is_held(
     memory and the same day spilled to disk (its call-id and distinct-count keys in many
     partitions) give the same bytes, and both equal the summaries recomputed from the
     published `cdr` file."""
-    from cdr_pipeline import storage
-    from cdr_pipeline.transform import day as day_module
+    from cdr_pipeline.transform import dedup as day_module
     from cdr_pipeline.transform import keylog
 
     server = sim_server(**(QUIRKS | {"calls_per_day": 2000, "duplicate_rate": 0.05}))
@@ -329,10 +329,10 @@ def test_summaries_are_the_same_however_the_day_is_held(
         f"select call_type, call_end_status, count(*), sum(duration_s) from {cdr} "
         "group by all order by all"
     ).fetchall()
-    published = storage.read_day_table(spilled.store, "call_outcome_daily", key)
+    published = publish.read_day_table(spilled.store, "call_outcome_daily", key)
     columns = ["call_type", "call_end_status", "calls", "billed_seconds"]
     assert [tuple(r.values()) for r in published.select(columns).to_pylist()] == outcome
-    kpis = storage.read_day_table(spilled.store, "call_kpis_daily", key).to_pylist()[0]
+    kpis = publish.read_day_table(spilled.store, "call_kpis_daily", key).to_pylist()[0]
     ((total, connected, minutes, callers, callees),) = duckdb.sql(
         f"select count(*), count(*) filter (call_end_status = 1), sum(duration_s) / 60, "
         f"count(distinct src), count(distinct dst) from {cdr}"
@@ -347,7 +347,6 @@ def test_billing_rounds_the_talk_up_so_acd_and_aloc_differ(
 ):
     """The simulator bills as providers do (6-second increments): acd_s is billed time,
     aloc_s measured talk, and the two KPIs show the difference the data dictionary explains."""
-    from cdr_pipeline import storage
 
     env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=300))
     assert env.run(instance, "2024-03-05").success
@@ -356,5 +355,5 @@ def test_billing_rounds_the_talk_up_so_acd_and_aloc_differ(
         f"from read_parquet('{env.glob('cdr')}') where call_end_status = 1"
     ).fetchall()
     assert rows and all(billed == -(-talk // 6) * 6 for billed, talk in rows)
-    kpis = storage.read_day_table(env.store, "call_kpis_daily", "2024-03-05").to_pylist()[0]
+    kpis = publish.read_day_table(env.store, "call_kpis_daily", "2024-03-05").to_pylist()[0]
     assert kpis["acd_s"] > kpis["aloc_s"]

@@ -133,6 +133,7 @@ def test_quickstart_materializes_seven_days_quietly(quickstart):
     assert out.count("fetching synthetic calls from the built-in simulator") == 1
 
 
+@pytest.mark.slow
 def test_make_ui_opens_on_what_make_run_made(quickstart, tmp_path):
     """The README's screenshot state: the last 30 days as partitions, the 7 of `make run` green."""
     project, _ = quickstart
@@ -157,6 +158,7 @@ def test_make_ui_opens_on_what_make_run_made(quickstart, tmp_path):
     assert "does not match" not in log  # dg's virtual-environment warning
 
 
+@pytest.mark.slow
 def test_reading_the_data_as_the_readme_says(quickstart):
     project, _ = quickstart
     out = _run(_block(".venv/bin/python -c"), project, _env())
@@ -164,6 +166,7 @@ def test_reading_the_data_as_the_readme_says(quickstart):
     assert (project / "data" / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_pointing_it_at_the_real_api(project, sim_server):
     """The real-API block against the simulator on loopback, with its default seed and size,
     so the README's callId is one it really serves."""

@@ -64,6 +64,7 @@ def test_the_guide_has_the_recipes():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pandas_s3", "duckdb_s3"])
 def test_object_storage_recipe_runs_as_written(s3_lake, tmp_path, name):
     """Run where no local data exists, with only the variables a user sets for S3."""
@@ -81,6 +82,7 @@ def test_object_storage_recipe_runs_as_written(s3_lake, tmp_path, name):
     assert ("connect_rate" if name == "pandas_s3" else "connected") in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["duckdb", "pandas", "polars", "destinations", "busy_hour", "flagged", "premium"]
 )

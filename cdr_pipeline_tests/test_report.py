@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pytest
 
 from cdr_pipeline.report import (
     UI_INLINE_MARKDOWN,
@@ -65,6 +66,7 @@ def test_kpi_materializations_carry_a_trend_chart(monkeypatch, tmp_path, sim_ser
     assert trend_png(rows) == trend_png(rows)
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained_and_matches_the_data(
     monkeypatch, tmp_path, sim_server, instance
 ):

@@ -17,7 +17,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from cdr_pipeline import storage
+from cdr_pipeline import datasets, layout, publish
 from cdr_pipeline.store import ObjectStore, open_store
 from cdr_pipeline.transform.validate import unaccounted
 from cdr_pipeline_tests.conftest import (
@@ -26,6 +26,7 @@ from cdr_pipeline_tests.conftest import (
     S3Server,
     cli_materialize,
     kill_when_ready,
+    publish_tables,
 )
 
 DAYS = ("2024-05-01", "2024-05-02")
@@ -75,14 +76,14 @@ def test_a_bucket_gets_the_same_layout_and_bytes_as_a_local_folder(lake):
         else:
             assert data == (local / key).read_bytes(), key
     for day in DAYS:
-        for dataset in storage.DATASETS:
-            assert f"{storage.part_key(dataset, day)}" in objects
+        for dataset in datasets.NAMES:
+            assert f"{layout.part_key(dataset, day)}" in objects
 
 
 def test_readers_see_the_bucket_as_a_hive_dataset(lake, s3_server):
     _, local, run, _ = lake
     fs = s3_server.fs()
-    for dataset in storage.DATASETS:
+    for dataset in datasets.NAMES:
         remote = ds.dataset(
             f"cdr-lake-test/prod/cdr-pipeline/{dataset}",
             filesystem=fs,
@@ -125,6 +126,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_rerun_replaces_a_day_cleanly_even_when_killed_half_way(s3_server, tmp_path):
     bucket = s3_server.bucket("cdr-lake-rerun")
     url, day = f"s3://{bucket}/cdr", DAYS[0]
@@ -138,11 +140,11 @@ def test_a_rerun_replaces_a_day_cleanly_even_when_killed_half_way(s3_server, tmp
     kill_when_ready(KILL_BETWEEN_MOVES, args, env, ready)
 
     mid = s3_server.objects(f"{bucket}/cdr")
-    journal = storage.journal_key(day)
+    journal = layout.state_key("journal", day)
     assert journal in mid  # the transaction is recorded, so it can be finished
-    rejects = storage.part_key("cdr_rejects", day)
+    rejects = layout.part_key("cdr_rejects", day)
     assert mid[rejects] == before[rejects]  # not yet replaced: the journal makes it so
-    assert mid[storage.part_key("cdr", day)] != before[storage.part_key("cdr", day)]
+    assert mid[layout.part_key("cdr", day)] != before[layout.part_key("cdr", day)]
     # Every object a reader lists is whole: the staged ones are hidden.
     visible = [k for k in mid if k.endswith(".parquet") and not _is_hidden(k)]
     for key in visible:
@@ -153,26 +155,26 @@ def test_a_rerun_replaces_a_day_cleanly_even_when_killed_half_way(s3_server, tmp
     with pytest.MonkeyPatch.context() as mp:
         for k, v in s3_server.env().items():
             mp.setenv(k, v)
-        acc = storage.read_state(store, "validation", day)["accounting"]
+        acc = publish.read_state(store, "validation", day)["accounting"]
         assert unaccounted(acc) == 0
         after_recovery = s3_server.objects(f"{bucket}/cdr")
         assert not [k for k in after_recovery if _is_hidden(k)]
-        assert storage.day_rows(store, "cdr_rejects", day) == acc["rejected"]
-        assert storage.day_rows(store, "cdr", day) == acc["valid"]
+        assert publish.day_rows(store, "cdr_rejects", day) == acc["rejected"]
+        assert publish.day_rows(store, "cdr", day) == acc["valid"]
 
     cli_materialize(_env(tmp_path, s3_server, url, calls=400), day, day)
     final = s3_server.objects(f"{bucket}/cdr")
     assert not [k for k in final if _is_hidden(k)]
-    for dataset in storage.DATASETS:  # exactly one file per day folder, the new one
-        folder = storage.day_key(dataset, day)
+    for dataset in datasets.NAMES:  # exactly one file per day folder, the new one
+        folder = layout.day_key(dataset, day)
         assert [k for k in final if k.startswith(folder)] == [f"{folder}/part-0.parquet"]
-    manifest = json.loads(final[f"{storage.raw_day_key(day)}/manifest.json"])
-    raw = {k for k in final if k.startswith(storage.raw_day_key(day))}
-    listed = {f"{storage.raw_day_key(day)}/{r['file']}" for r in manifest["requests"]}
-    assert raw == listed | {f"{storage.raw_day_key(day)}/manifest.json"}  # old bodies gone
+    manifest = json.loads(final[f"{layout.raw_day_key(day)}/manifest.json"])
+    raw = {k for k in final if k.startswith(layout.raw_day_key(day))}
+    listed = {f"{layout.raw_day_key(day)}/{r['file']}" for r in manifest["requests"]}
+    assert raw == listed | {f"{layout.raw_day_key(day)}/manifest.json"}  # old bodies gone
     assert (
         manifest["totals"]["records"]
-        > json.loads(before[f"{storage.raw_day_key(day)}/manifest.json"])["totals"]["records"]
+        > json.loads(before[f"{layout.raw_day_key(day)}/manifest.json"])["totals"]["records"]
     )
 
 
@@ -184,7 +186,7 @@ def test_a_failed_write_leaves_the_previous_day_and_no_debris(s3_server, monkeyp
     assert isinstance(store, ObjectStore)
     day = "2024-06-01"
     old = {"cdr": pa.table({"v": [1, 2]}), "cdr_rejects": pa.table({"v": [3]})}
-    storage.publish_day(store, day, old, state={"validation": {"v": 1}})
+    publish_tables(store, day, old, state={"validation": {"v": 1}})
     before = s3_server.objects(f"{bucket}/x")
 
     def slices():
@@ -193,14 +195,14 @@ def test_a_failed_write_leaves_the_previous_day_and_no_debris(s3_server, monkeyp
 
     schema = pa.schema([("v", pa.int64())])
     with pytest.raises(RuntimeError, match="half way"):
-        storage.publish_day(
+        publish_tables(
             store,
             day,
             {"cdr_rejects": pa.table({"v": [9]}), "cdr": (schema, slices())},
             state={"validation": {"v": 2}},
         )
     assert s3_server.objects(f"{bucket}/x") == before
-    assert storage.read_day_table(store, "cdr", day).column("v").to_pylist() == [1, 2]
+    assert publish.read_day_table(store, "cdr", day).column("v").to_pylist() == [1, 2]
 
 
 def test_any_fsspec_filesystem_serves_as_a_store(tmp_path):
@@ -209,12 +211,12 @@ def test_any_fsspec_filesystem_serves_as_a_store(tmp_path):
     assert not store.local and store.uri("cdr") == "memory://cdr-test/lake/cdr"
     day = "2024-06-02"
     for version in (1, 2):
-        storage.publish_day(
+        publish_tables(
             store,
             day,
             {"cdr": pa.table({"v": [version] * version}), "cdr_rejects": pa.table({"v": [0]})},
             state={"validation": {"v": version}},
         )
-    assert storage.read_day_table(store, "cdr", day).column("v").to_pylist() == [2, 2]
-    assert storage.read_state(store, "validation", day) == {"v": 2}
-    assert store.list(storage.day_key("cdr", day)) == ["part-0.parquet"]
+    assert publish.read_day_table(store, "cdr", day).column("v").to_pylist() == [2, 2]
+    assert publish.read_state(store, "validation", day) == {"v": 2}
+    assert store.list(layout.day_key("cdr", day)) == ["part-0.parquet"]

@@ -57,6 +57,7 @@ def test_the_canary_is_findable(tmp_path):
     assert _scan_tree(tmp_path)
 
 
+@pytest.mark.slow
 def test_no_secret_anywhere_after_real_runs(tmp_path, sim_server):
     home, data = tmp_path / "home", tmp_path / "data"
     home.mkdir()

@@ -15,6 +15,7 @@ def _http_server(port: int) -> list[str]:
     return [sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)]
 
 
+@pytest.mark.slow
 def test_a_port_taken_before_the_bind_is_retried_on_another(tmp_path, monkeypatch):
     probe = servers.free_port
     with socket.socket() as taken:
@@ -29,6 +30,7 @@ def test_a_port_taken_before_the_bind_is_retried_on_another(tmp_path, monkeypatc
             assert servers.answers(f"http://127.0.0.1:{port}/")
 
 
+@pytest.mark.slow
 def test_a_server_that_cannot_start_raises_with_its_output(tmp_path):
     def argv(port: int) -> list[str]:
         return [sys.executable, "-c", "import sys; sys.exit('no config file: settings.toml')"]

@@ -13,7 +13,6 @@ import pytest
 from cdr_pipeline.resources import (
     CdrStorageResource,
     LiveCdrApi,
-    SimulatedCdrApi,
     api_resource,
     storage_resource,
 )
@@ -27,11 +26,13 @@ from cdr_pipeline.settings import (
     load_settings,
     markdown_table,
 )
+from cdr_pipeline.simulator.resource import SimulatedCdrApi
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "cdr-pipeline")
 
 
+@pytest.mark.slow
 def test_env_example_and_the_operators_table_are_made_from_the_declarations():
     assert (ROOT / ".env.example").read_text() == env_example(), (
         "regenerate: cdr-pipeline config --env-example > .env.example"
@@ -129,6 +130,7 @@ def test_a_secret_is_never_echoed_in_an_error(tmp_path):
     assert "s3cr3t-id-value" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_config_prints_the_effective_settings_with_secrets_masked(tmp_path):
     env = {
         "PATH": "/usr/bin:/bin",

@@ -15,15 +15,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdr_pipeline import storage
+from cdr_pipeline import publish
 from cdr_pipeline.api import errors
 from cdr_pipeline.api.wire import decode_body, parse_document
+from cdr_pipeline.datasets import DATASETS, queries
 from cdr_pipeline.simulator import CdrSimulator, SimConfig
-from cdr_pipeline.transform import day as day_module
+from cdr_pipeline.transform import read as day_module
 from cdr_pipeline.transform.columnar import CheckedRecords, check_records
-from cdr_pipeline.transform.day import DayBuilder, parse_pages
+from cdr_pipeline.transform.dedup import DayBuilder
 from cdr_pipeline.transform.hashing import fingerprint
 from cdr_pipeline.transform.parse import MAX_EPOCH, MIN_EPOCH, BadValue, parse_time
+from cdr_pipeline.transform.read import parse_pages
 from cdr_pipeline.transform.spans import cdr_spans
 from cdr_pipeline.transform.summarize import KpiSummary, OutcomeSummary, kpi_table
 from cdr_pipeline.transform.validate import (
@@ -673,11 +675,11 @@ def test_a_spilled_day_equals_the_same_day_in_memory(tmp_path):
 def test_the_same_rows_in_any_slices_give_the_same_bytes(tmp_path):
     table = pa.table({"x": pa.array(range(300_000), pa.int64())})
     whole, sliced = tmp_path / "a.parquet", tmp_path / "b.parquet"
-    storage.write_parquet(whole, table)
+    publish.write_parquet(whole, table)
     parts = [table.slice(0, 5), table.slice(5, 150_000), table.slice(150_005)]
-    storage.write_parquet(sliced, (table.schema, iter(parts)))
+    publish.write_parquet(sliced, (table.schema, iter(parts)))
     assert whole.read_bytes() == sliced.read_bytes()
-    groups = -(-300_000 // storage.ROW_GROUP_ROWS)  # fixed row groups
+    groups = -(-300_000 // publish.ROW_GROUP_ROWS)  # fixed row groups
     assert groups > 1 and pq.ParquetFile(whole).num_row_groups == groups
 
 
@@ -846,7 +848,11 @@ def test_empty_day_has_null_ratios_not_nan(tmp_path):
 
     table = one_page([]).cdr
     values = kpi_values(table, {"rejected": 0, "duplicates_dropped": 0}, SH)
-    billing = DayAnalytics(tmp_path, 0, 86400, SH, AnalyticsSettings()).finish(CDR_SCHEMA).billing
+    billing = (
+        DayAnalytics(tmp_path, 0, 86400, SH, AnalyticsSettings())
+        .finish(CDR_SCHEMA, queries(DATASETS, AnalyticsSettings()))
+        .billing
+    )
     kpis = kpi_table(values | billing).to_pylist()[0]
     assert kpis["total_calls"] == 0 and kpis["connect_rate"] is None
     assert kpis["acd_s"] is None and kpis["peak_hour"] is None

@@ -16,10 +16,10 @@ import dagster as dg
 import httpx
 import pytest
 
-from cdr_pipeline import storage
+from cdr_pipeline import datasets
 from cdr_pipeline_tests.servers import daemon_process, stop, tail, webserver
 
-ASSETS = ["raw_cdr", *storage.DATASETS]
+ASSETS = ["raw_cdr", *datasets.NAMES]
 DAYS = ["2024-03-01", "2024-03-02", "2024-03-03"]
 
 LIST_ASSETS = "query { assetNodes { assetKey { path } groupName isPartitioned } }"
@@ -87,6 +87,7 @@ def _graphql(url: str, query: str, **variables: object) -> dict:
     return body["data"]
 
 
+@pytest.mark.slow
 def test_backfill_through_the_webservers_graphql(dagster_services):
     url, data, daemon_log = dagster_services
     nodes = _graphql(url, LIST_ASSETS)["assetNodes"]

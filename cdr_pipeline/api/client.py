@@ -6,7 +6,6 @@ body it kept, exactly as received, with what it took to get it.
 
 from __future__ import annotations
 
-import random
 import ssl
 import threading
 import time
@@ -16,11 +15,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import tenacity
 
 from cdr_pipeline.api.errors import (
     CdrApiError,
     FatalApiError,
-    MalformedResponseError,
     RetriesExhaustedError,
     TransientApiError,
     TransportError,
@@ -29,6 +28,7 @@ from cdr_pipeline.api.errors import (
 from cdr_pipeline.api.fetch import fetch_windows
 from cdr_pipeline.api.paging import Exchange, follow
 from cdr_pipeline.api.redact import get_logger, install_log_redaction, redact, register_secret
+from cdr_pipeline.api.retry import RetryPolicy, retry_after_seconds
 from cdr_pipeline.api.transport import DeadlinePassed, deadline
 from cdr_pipeline.api.transport import transport as http_transport
 from cdr_pipeline.api.wire import (
@@ -92,8 +92,12 @@ class CdrApiClient:
         install_log_redaction()
         self._api_id = api_id
         self._app_id = app_id
-        self._sleep = sleep
-        self._jitter = random.Random()
+        self._policy = RetryPolicy(
+            self.settings.max_attempts,
+            self.settings.backoff_base_s,
+            self.settings.backoff_max_s,
+            sleep=sleep,
+        )
         self._bucket = TokenBucket(self.settings.rate_limit_per_s)
         self._stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
@@ -194,60 +198,61 @@ class CdrApiClient:
         full = {"appId": self._app_id, **params}
         if s.compress:
             full["compress"] = "1"
-        last: CdrApiError | None = None
-        for attempt in range(1, s.max_attempts + 1):
-            self._bucket.acquire()
-            self.count("requests")
-            ctx = {"window": window, "call_id": call_id}
-            try:
-                status, headers, body = self._post_once(full)
-            except httpx.TransportError as exc:
-                last = _transport_error(exc, s, ctx)  # a TLS failure raises: it is fatal
-            else:
-                self.count("bytes_received", len(body))
-                if not 200 <= status < 300:
-                    last = _http_error(status, headers, ctx)  # a refusal raises: it is fatal
-                else:
-                    try:
-                        with self._decoding:
-                            decoded, encoding = decode_body(body, max_bytes=s.max_body_bytes)
-                            doc = parse_document(decoded)
-                    except MalformedResponseError as exc:
-                        exc.window, exc.call_id = window, call_id
-                        last = exc
-                    except FatalApiError as exc:  # a body past the cap
-                        exc.window, exc.call_id = window, call_id
-                        raise
-                    else:
-                        if doc.error_code == "0":
-                            return doc, body, encoding, len(decoded), attempt
-                        err = error_for_code(doc.error_code, doc.result, http_status=status, **ctx)
-                        if not err.retryable:
-                            raise err
-                        last = err
-            self.count("retries")
-            log.info("getCdr attempt %d of %d failed: %s", attempt, s.max_attempts, last)
-            if attempt < s.max_attempts:
-                self._sleep(self._backoff(attempt, getattr(last, "retry_after", None)))
-        assert last is not None
-        raise RetriesExhaustedError(
-            f"gave up after {s.max_attempts} attempts; the last one failed with: {last.message}",
-            code=last.code,
-            meaning=last.meaning,
-            http_status=last.http_status,
-            hint="the provider kept failing; the partition can be re-run later",
-            window=window,
-            call_id=call_id,
-            attempts=s.max_attempts,
-            last=last,
-        )
+        ctx = {"window": window, "call_id": call_id}
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        s = self.settings
-        if retry_after is not None:
-            return min(s.backoff_max_s, retry_after)
-        base = min(s.backoff_max_s, s.backoff_base_s * 2 ** (attempt - 1))
-        return base * (0.5 + self._jitter.random() / 2)
+        def failed(state: tenacity.RetryCallState) -> None:
+            self.count("retries")
+            log.info(
+                "getCdr attempt %d of %d failed: %s",
+                state.attempt_number,
+                s.max_attempts,
+                state.outcome.exception() if state.outcome else "",
+            )
+
+        try:
+            for attempt in self._policy.retrying(after=failed):
+                with attempt:
+                    doc, body, encoding, size = self._once(full, ctx)
+                    return doc, body, encoding, size, attempt.retry_state.attempt_number
+        except tenacity.RetryError as exc:
+            last = exc.last_attempt.exception()
+            assert isinstance(last, CdrApiError)
+            raise RetriesExhaustedError(
+                f"gave up after {s.max_attempts} attempts; the last one failed with: "
+                f"{last.message}",
+                code=last.code,
+                meaning=last.meaning,
+                http_status=last.http_status,
+                hint="the provider kept failing; the partition can be re-run later",
+                window=window,
+                call_id=call_id,
+                attempts=s.max_attempts,
+                last=last,
+            ) from None
+        raise AssertionError("unreachable: tenacity returns or raises")
+
+    def _once(self, full: dict[str, str], ctx: dict[str, Any]) -> tuple[Document, bytes, str, int]:
+        """One attempt: its document, or a transient error to retry (raised like a fatal
+        one; the policy tells them apart)."""
+        self._bucket.acquire()
+        self.count("requests")
+        try:
+            status, headers, body = self._post_once(full)
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, self.settings, ctx) from None
+        self.count("bytes_received", len(body))
+        if not 200 <= status < 300:
+            raise _http_error(status, headers, ctx)
+        try:
+            with self._decoding:
+                decoded, encoding = decode_body(body, max_bytes=self.settings.max_body_bytes)
+                doc = parse_document(decoded)
+        except CdrApiError as exc:  # malformed (transient) or past the cap (fatal)
+            exc.window, exc.call_id = ctx["window"], ctx["call_id"]
+            raise
+        if doc.error_code != "0":
+            raise error_for_code(doc.error_code, doc.result, http_status=status, **ctx)
+        return doc, body, encoding, len(decoded)
 
     # --- queries --------------------------------------------------------------------
 
@@ -308,7 +313,7 @@ def _http_error(status: int, headers: dict[str, str], ctx: dict[str, Any]) -> Cd
         return TransientApiError(
             "the server is overloaded or failing",
             http_status=status,
-            retry_after=_retry_after(headers.get("retry-after")),
+            retry_after=retry_after_seconds(headers.get("retry-after")),
             **ctx,
         )
     hint = (
@@ -328,15 +333,6 @@ def _certificate_failed(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
 
 
 __all__ = ["CdrApiClient", "ClientSettings", "Exchange", "TokenBucket"]

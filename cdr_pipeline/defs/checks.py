@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 import pyarrow.compute as pc
 
-from cdr_pipeline import storage
+from cdr_pipeline import layout, publish, raw
 from cdr_pipeline.resources import CdrStorageResource
 from cdr_pipeline.store import Store
 from cdr_pipeline.transform.analytics import MATCH_WARN, WORST_CALLS, worst_billed
@@ -24,11 +24,11 @@ def _days(context: dg.AssetCheckExecutionContext) -> list[str]:
 
 
 def _accounting_problems(store: Store, day: str) -> tuple[dict[str, Any], list[str]]:
-    state = storage.read_state(store, "validation", day)
+    state = publish.read_state(store, "validation", day)
     acc = state["accounting"]
-    manifest = storage.read_raw_manifest(store, day)
-    cdr_rows = storage.day_rows(store, "cdr", day)
-    rej_rows = storage.day_rows(store, "cdr_rejects", day)
+    manifest = raw.read_raw_manifest(store, day)
+    cdr_rows = publish.day_rows(store, "cdr", day)
+    rej_rows = publish.day_rows(store, "cdr_rejects", day)
     raw_records = manifest["totals"]["records"]
     problems = []
     missing = unaccounted(acc)
@@ -62,7 +62,7 @@ def accounting_balances(
     for day in _days(context):
         try:
             acc, problems = _accounting_problems(cdr_storage.store, day)
-        except (storage.StorageError, OSError) as exc:
+        except (layout.StorageError, OSError) as exc:
             problems, acc = [str(exc)], {}
         meta[day] = (
             " / ".join(problems)
@@ -94,7 +94,7 @@ def billing_reconciliation(
 ) -> dg.AssetCheckResult:
     store, meta, warned = cdr_storage.store, {}, []
     for day in _days(context):
-        kpis = storage.read_day_table(store, "call_kpis_daily", day).to_pylist()[0]
+        kpis = publish.read_day_table(store, "call_kpis_daily", day).to_pylist()[0]
         rate, unanswered = kpis["billing_match_rate"], kpis["billed_without_answer"]
         bad = (rate is not None and rate < MATCH_WARN) or unanswered > 0
         if bad:
@@ -106,7 +106,7 @@ def billing_reconciliation(
         )
         if bad:
             columns = ["call_id", "call_end_status", "duration_s", "dst_accept_time"]
-            cdr = storage.read_day_table(store, "cdr", day, columns=[*columns, "end_call_time"])
+            cdr = publish.read_day_table(store, "cdr", day, columns=[*columns, "end_call_time"])
             worst = worst_billed(cdr, kpis["billing_increment_s"])
             unanswered_ids = pc.filter(
                 cdr["call_id"],
@@ -143,7 +143,7 @@ def flagged_callers(
 ) -> dg.AssetCheckResult:
     meta: dict[str, Any] = {}
     for day in _days(context):
-        risk = storage.read_day_table(cdr_storage.store, "caller_risk_daily", day).to_pylist()
+        risk = publish.read_day_table(cdr_storage.store, "caller_risk_daily", day).to_pylist()
         if risk:
             meta[day] = "; ".join(f"{r['src']}: {', '.join(r['flags'])}" for r in risk[:20]) + (
                 f"; and {len(risk) - 20} more" if len(risk) > 20 else ""
@@ -166,7 +166,7 @@ def reject_rate(
     meta: dict[str, Any] = {}
     worst, high = 0.0, []
     for day in _days(context):
-        acc = storage.read_state(cdr_storage.store, "validation", day)["accounting"]
+        acc = publish.read_state(cdr_storage.store, "validation", day)["accounting"]
         denom = acc["valid"] + acc["rejected"]
         rate = acc["rejected"] / denom if denom else 0.0
         worst = max(worst, rate)

@@ -111,14 +111,18 @@ RISK_SCHEMA = described(
     "caller_risk_daily",
 )
 
-_CALLS = """
+# The day's calls as every query sees them: the columns of COLUMNS, and the times as epoch
+# milliseconds (s start, a answer, e end, r callee's ring) and the local start hour (lh).
+_CALLS_VIEW = """
+create view calls as
     select *, epoch_ms(start_src_call_time) as s, epoch_ms(dst_accept_time) as a,
            epoch_ms(end_call_time) as e, epoch_ms(start_dst_ring_time) as r,
            hour(start_local) as lh
-    from read_parquet($path)
+    from read_parquet('{path}')
 """
+_CALLS = "select * from calls"
 
-_DESTINATIONS = f"""
+DESTINATIONS_SQL = f"""
 with c as ({_CALLS}), total as (select count(*) as n from c)
 select dst_country, dst_type,
        count(*) as calls,
@@ -141,7 +145,7 @@ order by calls desc, dst_country nulls last, dst_type
 # caller of a 1M-call day it ran out of DuckDB's memory limit on 2 threads). A caller with
 # fewer calls than every call-count threshold can be flagged neither for burst, fan_out nor
 # repeat_target (each counts some of its calls), so the rest are its own counts.
-_RISK = f"""
+RISK_SQL = f"""
 with c as not materialized ({_CALLS} where src is not null),
 per as (
     select src, min(src_country) as src_country, count(*) as calls,
@@ -220,7 +224,7 @@ select count(*) filter (where duration_s > 0) as billed,
        count(*) filter (where duration_s > 0 and duration_s % 60 = 0) as m60,
        count(*) filter (where duration_s > 0 and duration_s % 30 = 0) as m30,
        count(*) filter (where duration_s > 0 and duration_s % 6 = 0) as m6
-from read_parquet($path)
+from calls
 where call_end_status = 1 and dst_accept_time is not null and end_call_time is not null
 """
 
@@ -230,7 +234,7 @@ select count(*) filter (where duration_s > 0 and dst_accept_time is null)
        count(*) filter (where dst_accept_time is not null and end_call_time is not null
                         and end_call_time > dst_accept_time and duration_s = 0)
            as answered_without_billing
-from read_parquet($path)
+from calls
 """
 
 
@@ -283,12 +287,27 @@ def _seconds(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray
 
 @dataclass
 class Analytics:
-    """A day's analytics datasets and its billing figures."""
+    """A day's analytics: the hourly load, the query datasets by name, the billing figures."""
 
-    destinations: pa.Table
     hourly: pa.Table
-    risk: pa.Table
+    queried: dict[str, pa.Table] = field(default_factory=dict)
     billing: dict[str, Any] = field(default_factory=dict)
+
+
+# A query dataset as the analytics ask it: its SQL over ``calls``, the parameters, its schema.
+Query = tuple[str, dict[str, Any], pa.Schema]
+
+
+def risk_params(s: AnalyticsSettings) -> dict[str, Any]:
+    """:data:`RISK_SQL`'s thresholds."""
+    return {
+        "short_ring_ms": s.short_ring_s * 1000,
+        "burst": s.burst_calls_10min,
+        "fan_out": s.fan_out_destinations,
+        "repeat": s.repeat_target_calls,
+        "short_ring": s.short_ring_calls,
+        "premium_night": s.premium_night_calls,
+    }
 
 
 def _connect(scratch: Path):
@@ -324,17 +343,21 @@ class DayAnalytics:
             )
         self._writer.write_table(rows)
 
-    def finish(self, schema: pa.Schema) -> Analytics:
-        """Every analytics dataset of the day (``schema``: ``cdr``'s, for a day with no rows)."""
+    def finish(self, schema: pa.Schema, queries: dict[str, Query]) -> Analytics:
+        """The hourly load, each query dataset and the billing figures of the day
+        (``schema``: ``cdr``'s, for a day with no rows)."""
         if self._writer is None:
             pq.write_table(schema.empty_table().select(COLUMNS), self.path)
         else:
             self._writer.close()
         con = _connect(self.scratch)
         try:
-            return Analytics(
-                self._destinations(con), self._hourly(), self._risk(con), self._billing(con)
-            )
+            con.execute(_CALLS_VIEW.format(path=str(self.path).replace("'", "''")))
+            queried = {
+                name: self._query(con, sql, **params).cast(result_schema)
+                for name, (sql, params, result_schema) in queries.items()
+            }
+            return Analytics(self._hourly(), queried, self._billing(con))
         finally:
             con.close()
             self.path.unlink(missing_ok=True)
@@ -342,17 +365,12 @@ class DayAnalytics:
     def _query(self, con, sql: str, **params: Any) -> pa.Table:
         import duckdb
 
-        params = {"path": str(self.path), **params}
         try:
             return con.sql(sql, params=params).to_arrow_table()
         except duckdb.OutOfMemoryException:
             self.memory_retries += 1
             con.execute(f"set memory_limit = '{DUCKDB_MEMORY[1]}'")
             return con.sql(sql, params=params).to_arrow_table()
-
-    def _destinations(self, con) -> pa.Table:
-        got = self._query(con, _DESTINATIONS, low=self.settings.low_sample_calls)
-        return got.cast(DESTINATIONS_SCHEMA)
 
     def _hourly(self) -> pa.Table:
         starts = list(range(self.day_start, self.day_end, 3600))
@@ -372,20 +390,6 @@ class DayAnalytics:
             }
         ).cast(HOURLY_SCHEMA)
 
-    def _risk(self, con) -> pa.Table:
-        s = self.settings
-        got = self._query(
-            con,
-            _RISK,
-            short_ring_ms=s.short_ring_s * 1000,
-            burst=s.burst_calls_10min,
-            fan_out=s.fan_out_destinations,
-            repeat=s.repeat_target_calls,
-            short_ring=s.short_ring_calls,
-            premium_night=s.premium_night_calls,
-        )
-        return got.cast(RISK_SCHEMA)
-
     def _billing(self, con) -> dict[str, Any]:
         m = self._query(con, _MULTIPLES).to_pylist()[0]
         inc = next(
@@ -399,7 +403,7 @@ class DayAnalytics:
         rows = self._query(
             con,
             f"select count(*) as n, count(*) filter (where billed = expected) as matched "
-            f"from ({_RECONCILE.format(source='read_parquet($path)')})",
+            f"from ({_RECONCILE.format(source='calls')})",
             inc=inc,
         ).to_pylist()[0]
         counts = self._query(con, _BILLING_COUNTS).to_pylist()[0]

@@ -1,0 +1,267 @@
+"""A day's new version as one transaction, and reading the published one back.
+
+Each dataset holds one Parquet file per day (``<dataset>/date=YYYY-MM-DD/part-0.parquet``).
+A :class:`DayTransaction` writes every file of the new version completely under a hidden
+temporary name beside its target (readers, DuckDB's ``*.parquet`` globs, pyarrow and Spark
+datasets, skip it); then, once the shrink guard has approved, it writes a journal listing the
+moves, makes them (a rename on a local disk; a server-side copy and a delete on an object
+store, whose copy appears whole) and removes the journal. A crash before the journal leaves
+the previous version untouched (plus hidden debris the next write sweeps); a crash after it is
+rolled forward by the next reader or writer of the day, so a day is never left mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cdr_pipeline.layout import StorageError, check_day, part_key, state_key
+from cdr_pipeline.store import Store, StoreError, check_key, tmp_key
+
+# Fixed writer settings and fixed row-group size: the same rows always give the same bytes,
+# whatever slices they arrive in. zstd level 1, and dictionaries only where values repeat (a
+# dictionary per row group of ids, numbers and URLs is mostly overhead: benchmarks/RESULTS.md).
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 1,
+    "write_statistics": True,
+}
+# Columns whose values are nearly all different: stored plain (then compressed).
+HIGH_CARDINALITY = frozenset(
+    {
+        "call_id",
+        "src",
+        "dst",
+        "src_e164",
+        "dst_e164",
+        "record_url",
+        "biz_id",
+        "order_id",
+        "raw",
+        "detail",
+    }
+)
+ROW_GROUP_ROWS = 1 << 16
+
+# What a day's dataset file is made from: a whole table, or a stream of slices of one.
+Content = pa.Table | tuple[pa.Schema, Iterable[pa.Table]]
+
+
+def write_parquet(sink: Any, content: Content) -> int:
+    """Write a table, or stream slices, into ``sink`` (a path or an output stream); return
+    the row count.
+
+    Row groups are encoded on a second thread while the next one is being produced (Arrow
+    releases the GIL while it compresses), at most one waiting, so memory stays flat."""
+    schema, parts = (content.schema, [content]) if isinstance(content, pa.Table) else content
+    dictionary = [
+        f.name
+        for f in schema
+        if f.name not in HIGH_CARDINALITY and not pa.types.is_timestamp(f.type)
+    ]
+    rows, pending, pending_rows = 0, [], 0
+    with (
+        pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS, use_dictionary=dictionary) as writer,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet") as encoder,
+    ):
+        last: Future[None] | None = None
+
+        def emit(table: pa.Table) -> None:
+            nonlocal last
+            if last is not None:
+                last.result()
+            last = encoder.submit(writer.write_table, table, row_group_size=ROW_GROUP_ROWS)
+
+        for part in parts:
+            pending.append(part)
+            pending_rows += len(part)
+            rows += len(part)
+            while pending_rows >= ROW_GROUP_ROWS:
+                merged = pa.concat_tables(pending)
+                emit(merged.slice(0, ROW_GROUP_ROWS))
+                rest = merged.slice(ROW_GROUP_ROWS)
+                pending, pending_rows = [rest], len(rest)
+        if pending_rows or rows == 0:
+            emit(pa.concat_tables(pending) if pending else schema.empty_table())
+        if last is not None:
+            last.result()
+    return rows
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _write_all(sink: Any, data: bytes) -> None:
+    if isinstance(sink, str):
+        with open(sink, "wb") as fh:
+            fh.write(data)
+    else:
+        sink.write(data)
+
+
+class DayTransaction:
+    """The next version of one day: files staged one by one, then published together by
+    :meth:`commit`; leaving the ``with`` block on an error removes what was staged."""
+
+    def __init__(self, store: Store, day: str) -> None:
+        self.store, self.day = store, check_day(day)
+        self.staged: list[tuple[str, str]] = []  # (temporary, target)
+        self.paths: dict[str, str] = {}  # dataset -> where its file will be
+        recover_day(store, day)
+
+    def __enter__(self) -> DayTransaction:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is not None:
+            self.abort()
+
+    def _stage(self, target: str, write: Callable[[Any], object]) -> None:
+        tmp = tmp_key(target)
+        try:
+            self.store.write(tmp, write)
+        except BaseException:
+            self.store.delete(tmp)
+            raise
+        self.staged.append((tmp, target))
+
+    def stage(self, dataset: str, content: Content) -> None:
+        """Write ``dataset``'s file of the day, complete and durable, under a hidden name."""
+        target = part_key(dataset, self.day)
+        self._stage(target, partial(write_parquet, content=content))
+        self.paths[dataset] = self.store.uri(target)
+
+    def stage_record(self, kind: str, record: Any) -> None:
+        """A JSON record of the day (the accounting) that is published with the files."""
+        self._stage(state_key(kind, self.day), partial(_write_all, data=_json_bytes(record)))
+
+    def abort(self) -> None:
+        for tmp, _ in self.staged:
+            self.store.delete(tmp)
+        self.staged = []
+
+    def commit(self) -> dict[str, str]:
+        """Replace the published version by the staged one; return where each file is."""
+        moves = [[tmp, target] for tmp, target in self.staged]
+        if len(moves) > 1:
+            journal = state_key("journal", self.day)
+            self.store.put(journal, _json_bytes({"date": self.day, "moves": moves}))
+            self.staged = []  # the journal's now: an interruption is rolled forward, not back
+            _apply_moves(self.store, moves)
+            self.store.delete(journal)
+        else:
+            self.staged = []
+            _apply_moves(self.store, moves)
+        return self.paths
+
+
+def recover_day(store: Store, day: str) -> bool:
+    """Finish a publish of ``day`` that a crash interrupted; True if there was one."""
+    journal = state_key("journal", day)
+    try:
+        moves = json.loads(store.read_bytes(journal))["moves"]
+    except FileNotFoundError:
+        return False
+    _apply_moves(store, moves)
+    store.delete(journal)
+    return True
+
+
+def _checked(rel: str) -> str:
+    """A key from a journal, refused unless it stays inside the data directory."""
+    try:
+        return check_key(rel)
+    except StoreError:
+        raise StorageError(f"journal names a path outside the data directory: {rel!r}") from None
+
+
+def _apply_moves(store: Store, moves: list[list[str]]) -> None:
+    checked = [(_checked(tmp), _checked(target)) for tmp, target in moves]
+    for tmp, target in checked:
+        if store.exists(tmp):  # absent: this move was made before the crash
+            store.move(tmp, target)
+    for _, target in checked:
+        _sweep_debris(store, target)
+
+
+def _sweep_debris(store: Store, target: str) -> None:
+    """Remove temporaries that interrupted writes of ``target`` left behind; in a dataset's
+    day folder also any Parquet file that is no longer the day's."""
+    folder, name = posixpath.split(target)
+    for entry in store.list(folder):
+        if entry == name:
+            continue
+        stale_tmp = entry.startswith(f".{name}.") and entry.endswith(".tmp")
+        if stale_tmp or (name.endswith(".parquet") and entry.endswith(".parquet")):
+            store.delete(f"{folder}/{entry}")
+
+
+# --- the published version ---------------------------------------------------------------
+
+
+def _open_part(store: Store, dataset: str, day: str) -> Any:
+    recover_day(store, day)
+    key = part_key(dataset, day)
+    try:
+        return store.open_input(key)
+    except FileNotFoundError:
+        raise StorageError(f"{dataset} has no data for {day} (expected {store.uri(key)})") from None
+
+
+def read_day_table(
+    store: Store, dataset: str, day: str, columns: list[str] | None = None
+) -> pa.Table:
+    with _open_part(store, dataset, day) as source:
+        return pq.read_table(source, columns=columns)
+
+
+def day_rows(store: Store, dataset: str, day: str) -> int:
+    """A day's row count, from the Parquet footer alone."""
+    with _open_part(store, dataset, day) as source:
+        return pq.read_metadata(source).num_rows
+
+
+def read_state(store: Store, kind: str, day: str) -> dict:
+    recover_day(store, day)
+    key = state_key(kind, day)
+    try:
+        return json.loads(store.read_bytes(key))
+    except FileNotFoundError:
+        raise StorageError(f"no {kind} record for {day}: materialize the cdr asset first") from None
+
+
+# --- the shrink guard ---------------------------------------------------------------------
+
+
+class ShrinkRefused(RuntimeError):
+    """A re-run would publish markedly fewer valid calls than the published day."""
+
+
+def shrink_guard(store: Store, day: str, valid: int, max_shrink: float | None) -> None:
+    """Refuse to replace a published day by one with no valid calls, or with more than
+    ``max_shrink`` (a share) fewer; ``None`` allows anything (the operator's choice for a run).
+    A provider that suddenly answers nothing must not empty a good day."""
+    if max_shrink is None:
+        return
+    try:
+        published = read_state(store, "validation", day)["accounting"]["valid"]
+    except StorageError:
+        return  # nothing published yet
+    if published == 0 or (valid >= published * (1 - max_shrink) and valid > 0):
+        return
+    drop = (published - valid) / published
+    raise ShrinkRefused(
+        f"{day}: this run would publish {valid} valid calls where the published version has "
+        f"{published} (a drop of {drop:.1%}; CDR_MAX_SHRINK allows {max_shrink:.1%}, and a "
+        "drop to zero only when allowed); nothing was replaced. If the provider really holds "
+        "fewer calls for the day, re-run it with run config allow_shrink: true "
+        "(cdr-pipeline materialize --allow-shrink)"
+    )

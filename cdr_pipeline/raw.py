@@ -1,0 +1,225 @@
+"""The raw layer: every response body of a day exactly as received, and its manifest.
+
+Bodies are stored under their sha256 (``raw/cdr/date=DAY/<sha256>.zlib``); a day is committed
+by replacing its ``manifest.json``, which lists the requests, sizes and digests (never a
+secret). The day's datasets are built from here alone, so a day can be re-validated without
+asking the provider again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from cdr_pipeline.api.client import CdrApiClient, Window
+from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, ENCODING_EXT, decode_body
+from cdr_pipeline.layout import (
+    MANIFEST,
+    RAW_ROOT,
+    Day,
+    StorageError,
+    is_day,
+    manifest_key,
+    raw_day_key,
+)
+from cdr_pipeline.store import Store
+
+MANIFEST_VERSION = 1
+_BODY_CHARS = frozenset("0123456789abcdef")
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fetch_windows(day: Day, window_hours: int, margin_s: int) -> list[Window]:
+    """Sub-windows covering the day widened by the margin; neighbours share one second.
+
+    Only the day's two outer edges are widened: inner boundaries need no margin because the
+    same partition fetches both sides of them."""
+    step = window_hours * 3600
+    edges = [*list(range(day.start, day.end, step)), day.end]
+    edges[0] -= margin_s
+    edges[-1] += margin_s
+    return list(itertools.pairwise(edges))
+
+
+def fetch_raw_day(
+    client: CdrApiClient, store: Store, day: Day, *, src: str | None = None, endpoint: str
+) -> dict[str, Any]:
+    """Fetch a day into ``raw/cdr/date=DAY/`` and return its manifest."""
+    settings = client.settings
+    windows = fetch_windows(day, settings.window_hours, settings.margin_s)
+    before = client.stats
+    requests, bodies = [], []
+    for _window, pages in client.fetch_windows(windows, src):
+        for page in pages:
+            name, digest = body_name(page.body, page.encoding)
+            bodies.append((page.body, page.encoding))
+            requests.append(
+                {
+                    "file": name,
+                    "sha256": digest,
+                    "window": list(page.window),
+                    "window_utc": [_iso(page.window[0]), _iso(page.window[1])],
+                    "cursor_sent": page.cursor_sent,
+                    "cursor_received": page.cursor_received,
+                    "attempts": page.attempts,
+                    "encoding": page.encoding,
+                    "bytes": len(page.body),
+                    "decoded_bytes": page.decoded_bytes,
+                    "records": page.record_count,
+                }
+            )
+    after = client.stats
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    counted = ("retries", "window_splits", "chain_splits", "pages_discarded")
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "date": day.key,
+        "day_window": [day.start, day.end],
+        "day_window_utc": [_iso(day.start), _iso(day.end)],
+        "fetch_windows": [list(w) for w in windows],
+        "margin_s": settings.margin_s,
+        "max_body_bytes": settings.max_body_bytes,
+        "src": src,
+        "endpoint": endpoint,
+        "fetched_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "requests": requests,
+        "totals": {
+            "pages": len(requests),
+            "records": sum(r["records"] for r in requests),
+            "bytes": sum(r["bytes"] for r in requests),
+            "decoded_bytes": sum(r["decoded_bytes"] for r in requests),
+            "http_requests": delta.get("requests", 0),
+            **{k: delta.get(k, 0) for k in counted},
+        },
+    }
+    write_raw_day(store, day.key, bodies, manifest)
+    return manifest
+
+
+def body_name(body: bytes, encoding: str) -> tuple[str, str]:
+    digest = hashlib.sha256(body).hexdigest()
+    return f"{digest}.{ENCODING_EXT[encoding]}", digest
+
+
+def _is_body_name(name: str) -> bool:
+    digest, _, ext = name.partition(".")
+    return len(digest) == 64 and set(digest) <= _BODY_CHARS and ext in ENCODING_EXT.values()
+
+
+def write_raw_day(store: Store, day: str, bodies: list[tuple[bytes, str]], manifest: dict) -> str:
+    """Store bodies under their hash, then commit the day by replacing ``manifest.json``."""
+    folder = raw_day_key(day)
+    present = set(store.list(folder))
+    keep = {MANIFEST}
+    added: list[str] = []
+    try:
+        for body, encoding in bodies:
+            name, _ = body_name(body, encoding)
+            keep.add(name)
+            if name not in present:
+                store.put(f"{folder}/{name}", body)
+                present.add(name)
+                added.append(name)
+        store.put(manifest_key(day), _json_bytes(manifest))
+    except BaseException:  # a full disk, a permission: no orphan bodies are left
+        for name in added:
+            store.delete(f"{folder}/{name}")
+        raise
+    for entry in present - keep:
+        store.delete(f"{folder}/{entry}")
+    return store.uri(folder)
+
+
+def raw_days(store: Store) -> list[str]:
+    """The days the raw layer holds a folder for (with or without a manifest)."""
+    return [name.removeprefix("date=") for name in store.folders(RAW_ROOT) if is_day(name)]
+
+
+def prune_raw_day(store: Store, day: str) -> int:
+    """Remove a day's raw bodies; return how many files went. The manifest goes first: it is
+    the commit record, so from then on the day has no raw layer (a re-validation says so
+    plainly), and a prune cut short leaves only bodies no manifest lists, which the next prune
+    (or the day's next fetch) removes. The validated datasets are not touched."""
+    folder = raw_day_key(day)
+    names = store.list(folder)
+    if MANIFEST in names:
+        store.delete(manifest_key(day))
+    removed = 0
+    for name in names:
+        if name != MANIFEST:
+            store.delete(f"{folder}/{name}")
+        removed += 1
+    store.remove_folder(folder)
+    return removed
+
+
+def read_raw_manifest(store: Store, day: str) -> dict:
+    key = manifest_key(day)
+    try:
+        return json.loads(store.read_bytes(key))
+    except FileNotFoundError:
+        raise StorageError(
+            f"no raw CDRs for {day}: materialize the raw asset first ({store.uri(key)})"
+        ) from None
+
+
+def read_raw_body(store: Store, day: str, entry: dict) -> bytes:
+    """One body the manifest lists, checked against its sha256 (thread-safe)."""
+    name = entry["file"]
+    if not _is_body_name(name):
+        raise StorageError(f"raw manifest of {day} names an unexpected file {name!r}")
+    body = store.read_bytes(f"{raw_day_key(day)}/{name}")
+    if hashlib.sha256(body).hexdigest() != entry["sha256"]:
+        raise StorageError(f"raw body {name} of {day} does not match its sha256")
+    return body
+
+
+# A decoded page as the transform takes it: its JSON, its file (named in rejects), its window.
+Page = tuple[bytes, str, list[int]]
+# Decoded pages handed to the transform at once: large enough that the per-batch work is
+# small beside the parse, small enough that memory does not grow with the day
+# (docs/performance.md).
+BATCH_BYTES = 4 * 1024 * 1024
+READ_AHEAD = 8  # bodies read and inflated ahead of the batch being filled
+
+
+def decoded_batches(store: Store, day: str, manifest: dict[str, Any]) -> Iterator[list[Page]]:
+    """The day's raw bodies, read, checked and decompressed a few ahead on other threads
+    (hashing and zlib release the GIL), in batches of about :data:`BATCH_BYTES`."""
+    max_bytes = manifest.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
+
+    def decode(entry: dict[str, Any]) -> Page:
+        decoded, _ = decode_body(read_raw_body(store, day, entry), max_bytes=max_bytes)
+        return decoded, entry["file"], entry["window"]
+
+    batch: list[Page] = []
+    size = 0
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="inflate") as pool:
+        pending: deque[Future[Page]] = deque()
+        for entry in manifest["requests"]:
+            pending.append(pool.submit(decode, entry))
+            if len(pending) < READ_AHEAD:
+                continue
+            page = pending.popleft().result()
+            batch.append(page)
+            size += len(page[0])
+            if size >= BATCH_BYTES:
+                yield batch
+                batch, size = [], 0
+        while pending:
+            batch.append(pending.popleft().result())
+    if batch:
+        yield batch
