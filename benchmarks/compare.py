@@ -16,6 +16,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,23 @@ def _run(tree: Path, args: list[str]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@contextmanager
+def other_tree(rev: str) -> Iterator[Path]:
+    """``rev`` checked out in a temporary git worktree (run with this virtualenv)."""
+    with tempfile.TemporaryDirectory(prefix="cdr-bench-") as tmp:
+        other = Path(tmp) / "tree"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", "-f", str(other), rev],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield other
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT)
+
+
 def measure(tree: Path, data: Path) -> dict[str, float]:
     transform = _run(tree, ["-m", "benchmarks.worker", "ours", str(data), "-"])
     fetched = _run(tree, ["-c", FETCH])
@@ -57,26 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=1_000_000)
     args = parser.parse_args(argv)
     data = ensure_day(args.records)
-    with tempfile.TemporaryDirectory(prefix="cdr-bench-") as tmp:
-        other = Path(tmp) / "tree"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", "-f", str(other), args.rev],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        try:
-            trees = {args.rev: other, "this tree": ROOT}
-            runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-            names = list(trees)
-            for r in range(args.rounds):
-                for name in names[r % 2 :] + names[: r % 2]:
-                    runs[name].append(measure(trees[name], data))
-                    print(f"round {r + 1} {name}: {runs[name][-1]}", file=sys.stderr)
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, check=False
-            )
+    with other_tree(args.rev) as other:
+        trees = {args.rev: other, "this tree": ROOT}
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+        names = list(trees)
+        for r in range(args.rounds):
+            for name in names[r % 2 :] + names[: r % 2]:
+                runs[name].append(measure(trees[name], data))
+                print(f"round {r + 1} {name}: {runs[name][-1]}", file=sys.stderr)
     medians = {
         name: {k: statistics.median(run[k] for run in results) for k in results[0]}
         for name, results in runs.items()

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.compare import other_tree
 from benchmarks.data import DAY, ensure_day
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,18 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.rev:
         print(json.dumps(ours, indent=1))
         return 0
-    with tempfile.TemporaryDirectory(prefix="cdr-identical-") as tmp:
-        other = Path(tmp) / "tree"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", "-f", str(other), args.rev],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        try:
-            theirs = {name: digests(other, raw) for name, raw in raws.items()}
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT)
+    with other_tree(args.rev) as other:
+        theirs = {name: digests(other, raw) for name, raw in raws.items()}
     same = True
     for name in DAYS:
         for rel in sorted(set(ours[name]) | set(theirs[name])):

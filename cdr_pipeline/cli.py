@@ -136,6 +136,7 @@ def _missing_days(settings: Settings) -> list[str]:
     """What the catch-up sensor would run now, from the same instance."""
     import dagster as dg
 
+    from cdr_pipeline.defs.partitions import partitions_for
     from cdr_pipeline.defs.sensors import partition_status
     from cdr_pipeline.operations import catch_up_plan, complete_days
 
@@ -143,7 +144,8 @@ def _missing_days(settings: Settings) -> list[str]:
         datetime.now(UTC), settings.tz, settings.operations.catchup_days, settings.start_date
     )
     with dg.DagsterInstance.get() as instance:
-        days = catch_up_plan(window, partition_status(instance, window))
+        status = partition_status(instance, window, partitions_for(settings))
+        days = catch_up_plan(window, status)
     print(f"{len(days)} of the last {len(window)} days are missing or failed")
     return days
 

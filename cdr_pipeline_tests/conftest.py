@@ -109,12 +109,8 @@ def make_client() -> Iterator[Callable[..., CdrApiClient]]:
 
 
 def load_defs() -> dg.Definitions:
-    """The definitions as a code server loads them from the environment of now: a fresh
-    process would import ``cdr_pipeline.defs`` anew, so its cached modules are dropped."""
-    for name in [
-        m for m in sys.modules if m == "cdr_pipeline.defs" or m.startswith("cdr_pipeline.defs.")
-    ]:
-        del sys.modules[name]
+    """The definitions as a code server loads them from the environment of now (no setting
+    is read at import: building them again reads the settings again)."""
     from cdr_pipeline.definitions import defs
 
     return defs()

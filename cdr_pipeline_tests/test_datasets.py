@@ -14,7 +14,8 @@ import pytest
 
 from cdr_pipeline import dictionary
 from cdr_pipeline.datasets import DATASETS, NAMES, Dataset, check
-from cdr_pipeline.defs.assets import day_asset, raw_cdr
+from cdr_pipeline.defs.assets import day_asset, raw_cdr_asset
+from cdr_pipeline.defs.partitions import partitions_for
 from cdr_pipeline.resources import analytics_resource, api_resource, storage_resource
 from cdr_pipeline.settings import load_settings
 from cdr_pipeline_tests.conftest import API_ID, APP_ID
@@ -52,8 +53,9 @@ def test_a_dataset_declared_once_is_published_defined_and_described(sim_server, 
             "CDR_APP_ID": APP_ID,
         }
     )
+    partitions = partitions_for(settings)
     result = dg.materialize(
-        [raw_cdr, day_asset(registry)],
+        [raw_cdr_asset(settings, partitions), day_asset(registry, partitions)],
         partition_key=DAY,
         resources={
             "cdr_api": api_resource(settings, secrets_from_env=False),
@@ -69,7 +71,7 @@ def test_a_dataset_declared_once_is_published_defined_and_described(sim_server, 
     toy = materialized[TOY.name].event_specific_data.materialization
     assert toy.partition == DAY and toy.metadata["statuses"].value >= 2
     assert toy.metadata["dagster/row_count"].value == toy.metadata["statuses"].value
-    spec = day_asset(registry).specs_by_key[dg.AssetKey(TOY.name)]
+    spec = day_asset(registry, partitions).specs_by_key[dg.AssetKey(TOY.name)]
     columns = spec.metadata["dagster/column_schema"].columns
     assert [c.description for c in columns] == [
         f.metadata[b"description"].decode() for f in TOY.schema

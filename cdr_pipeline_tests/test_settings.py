@@ -147,3 +147,28 @@ def test_config_prints_the_effective_settings_with_secrets_masked(tmp_path):
     assert rows["CDR_WINDOW_HOURS"] == ["6", "default"]
     assert rows["CDR_API_ID"] == ["***", "environment"]
     assert "s3cr3t" not in out.stdout
+
+
+def test_no_setting_is_read_at_import(monkeypatch):
+    """Importing the definitions reads nothing; building them reads the settings of now, so
+    a test (or a code server) changes a setting without dropping any module."""
+    import importlib
+    import traceback
+
+    from cdr_pipeline import definitions
+
+    for name in ("assets", "checks", "partitions", "resources", "schedules", "sensors"):
+        importlib.import_module(f"cdr_pipeline.defs.{name}")
+    monkeypatch.setenv("CDR_TIMEZONE", "Mars/Olympus_Mons")
+    with pytest.raises(Exception) as failed:
+        definitions.defs()
+    said = "".join(traceback.format_exception(failed.value))
+    assert "CDR_TIMEZONE" in said and "Mars/Olympus_Mons" in said
+    for zone, start in (("Europe/Berlin", "2024-02-01"), ("America/Sao_Paulo", "2024-03-01")):
+        monkeypatch.setenv("CDR_TIMEZONE", zone)
+        monkeypatch.setenv("CDR_START_DATE", start)
+        built = definitions.defs()
+        partitions = built.resolve_job_def("cdr_daily_job").partitions_def
+        assert (partitions.timezone, partitions.get_first_partition_key()) == (zone, start)
+        schedule = built.resolve_schedule_def("cdr_daily_schedule")
+        assert schedule.execution_timezone == zone

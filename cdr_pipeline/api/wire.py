@@ -13,7 +13,7 @@ from typing import Any
 
 from cdr_pipeline.api.errors import FatalApiError, MalformedResponseError
 
-try:  # ISA-L inflates the same streams to the same bytes in 60% of zlib's time
+try:  # ISA-L inflates the same streams to the same bytes, faster (docs/performance.md)
     from isal import isal_zlib as _inflate_lib
 except ImportError:  # pragma: no cover - a platform without an isal wheel
     _inflate_lib = zlib

@@ -18,13 +18,14 @@ from cdr_pipeline.api.client import CdrApiClient
 from cdr_pipeline.api.errors import CdrApiError, RetriesExhaustedError
 from cdr_pipeline.datasets import DATASETS, Dataset, DayFacts, Markdown, check
 from cdr_pipeline.day import build_day
-from cdr_pipeline.defs.partitions import SETTINGS, daily_partitions
+from cdr_pipeline.defs.partitions import partitions_for
 from cdr_pipeline.layout import Day, raw_day_key
 from cdr_pipeline.lease import DayBusy, RunLeases
 from cdr_pipeline.publish import ShrinkRefused
 from cdr_pipeline.raw import fetch_raw_day
 from cdr_pipeline.report import TREND_DAYS, days_back, kpi_history
 from cdr_pipeline.resources import CdrAnalyticsResource, CdrApiResource, CdrStorageResource
+from cdr_pipeline.settings import Settings, load_settings
 from cdr_pipeline.transform import TRANSFORM_VERSION
 
 GROUP = "cdr"
@@ -48,8 +49,10 @@ def column_schema(schema: pa.Schema) -> dg.TableSchema:
 
 
 def days_of(context: dg.AssetExecutionContext) -> Iterator[Day]:
+    partitions = context.assets_def.partitions_def
+    assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
     for key in context.partition_keys:
-        window = daily_partitions.time_window_for_partition_key(key)
+        window = partitions.time_window_for_partition_key(key)
         yield Day.from_datetimes(key, window.start, window.end)
 
 
@@ -69,62 +72,67 @@ def _api_failure(exc: CdrApiError, day: Day) -> dg.Failure:
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"python", "json"},
-    owners=OWNERS,
-    partitions_def=daily_partitions,
-    backfill_policy=BACKFILL,
-    retry_policy=dg.RetryPolicy(
-        max_retries=SETTINGS.fetch_retries,
-        delay=SETTINGS.fetch_retry_delay_s,
-        backoff=dg.Backoff.EXPONENTIAL,
-        jitter=dg.Jitter.PLUS_MINUS,
-    ),
-    pool=API_POOL,
-    description="Every getCdr response body of the day exactly as received, with a manifest.",
-)
-def raw_cdr(
-    context: dg.AssetExecutionContext, cdr_api: CdrApiResource, cdr_storage: CdrStorageResource
-) -> dg.MaterializeResult:
-    if cdr_api.uses_simulator:
-        context.log.warning(
-            "CDR_API_URL is not set: these CDRs come from the built-in simulator, not the API"
-        )
-    records = 0
-    days = list(days_of(context))
-    # held until this run's cdr_day publishes them, unless there is none or this step fails
-    selection = context.run.asset_selection
-    keep = selection is None or dg.AssetKey("cdr") in selection
-    with (
-        cdr_storage.leases([d.key for d in days], context.run.run_id, keep=keep) as held,
-        cdr_api.open_client(cdr_storage.timezone) as client,
-    ):
-        for day in days:
-            manifest = _fetch(held, client, cdr_api, cdr_storage, day)
-            t = manifest["totals"]
-            records += t["records"]
-            context.log.info(
-                "%s: %d records in %d pages (%d requests, %d retries, %d splits)",
-                day.key,
-                t["records"],
-                t["pages"],
-                t["http_requests"],
-                t["retries"],
-                t["window_splits"],
+def raw_cdr_asset(settings: Settings, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """``raw_cdr``: its partitions and Dagster's retry policy come from the settings."""
+
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"python", "json"},
+        owners=OWNERS,
+        partitions_def=partitions,
+        backfill_policy=BACKFILL,
+        retry_policy=dg.RetryPolicy(
+            max_retries=settings.fetch_retries,
+            delay=settings.fetch_retry_delay_s,
+            backoff=dg.Backoff.EXPONENTIAL,
+            jitter=dg.Jitter.PLUS_MINUS,
+        ),
+        pool=API_POOL,
+        description="Every getCdr response body of the day exactly as received, with a manifest.",
+    )
+    def raw_cdr(
+        context: dg.AssetExecutionContext, cdr_api: CdrApiResource, cdr_storage: CdrStorageResource
+    ) -> dg.MaterializeResult:
+        if cdr_api.uses_simulator:
+            context.log.warning(
+                "CDR_API_URL is not set: these CDRs come from the built-in simulator, not the API"
             )
-            context.add_asset_metadata(
-                {
-                    **{f"fetch/{k}": v for k, v in t.items()},
-                    "window_utc": " .. ".join(manifest["day_window_utc"]),
-                    "sub_windows": len(manifest["fetch_windows"]),
-                    "endpoint": manifest["endpoint"],
-                    "path": dg.MetadataValue.path(cdr_storage.store.uri(raw_day_key(day.key))),
-                },
-                partition_key=day.key,
-            )
-    context.log.info("run total: %d records fetched", records)
-    return dg.MaterializeResult()
+        records = 0
+        days = list(days_of(context))
+        # held until this run's cdr_day publishes them, unless there is none or this step fails
+        selection = context.run.asset_selection
+        keep = selection is None or dg.AssetKey("cdr") in selection
+        with (
+            cdr_storage.leases([d.key for d in days], context.run.run_id, keep=keep) as held,
+            cdr_api.open_client(cdr_storage.timezone) as client,
+        ):
+            for day in days:
+                manifest = _fetch(held, client, cdr_api, cdr_storage, day)
+                t = manifest["totals"]
+                records += t["records"]
+                context.log.info(
+                    "%s: %d records in %d pages (%d requests, %d retries, %d splits)",
+                    day.key,
+                    t["records"],
+                    t["pages"],
+                    t["http_requests"],
+                    t["retries"],
+                    t["window_splits"],
+                )
+                context.add_asset_metadata(
+                    {
+                        **{f"fetch/{k}": v for k, v in t.items()},
+                        "window_utc": " .. ".join(manifest["day_window_utc"]),
+                        "sub_windows": len(manifest["fetch_windows"]),
+                        "endpoint": manifest["endpoint"],
+                        "path": dg.MetadataValue.path(cdr_storage.store.uri(raw_day_key(day.key))),
+                    },
+                    partition_key=day.key,
+                )
+        context.log.info("run total: %d records fetched", records)
+        return dg.MaterializeResult()
+
+    return raw_cdr
 
 
 def _fetch(
@@ -174,7 +182,7 @@ class DayConfig(dg.Config):
 def _spec(dataset: Dataset) -> dg.AssetSpec:
     return dg.AssetSpec(
         dataset.name,
-        deps=[raw_cdr],
+        deps=["raw_cdr"],
         group_name=GROUP,
         kinds={"parquet", "pyarrow"},
         owners=OWNERS,
@@ -184,13 +192,15 @@ def _spec(dataset: Dataset) -> dg.AssetSpec:
     )
 
 
-def day_asset(registry: tuple[Dataset, ...]) -> dg.AssetsDefinition:
+def day_asset(
+    registry: tuple[Dataset, ...], partitions: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
     """The multi-asset that builds a day's datasets of ``registry`` as one version."""
 
     @dg.multi_asset(
         name="cdr_day",
         specs=[_spec(d) for d in check(registry)],
-        partitions_def=daily_partitions,
+        partitions_def=partitions,
         backfill_policy=BACKFILL,
         description="The raw layer of a day to its datasets, published as one version: a "
         "reader sees all of them from this run or all from the previous one.",
@@ -249,4 +259,10 @@ def _metadata(dataset: Dataset, facts: DayFacts, path: str) -> dict[str, Any]:
     return {k: dg.MetadataValue.md(v) if isinstance(v, Markdown) else v for k, v in found.items()}
 
 
-cdr_day = day_asset(DATASETS)
+@dg.definitions
+def assets() -> dg.Definitions:
+    settings = load_settings()
+    partitions = partitions_for(settings)
+    return dg.Definitions(
+        assets=[raw_cdr_asset(settings, partitions), day_asset(DATASETS, partitions)]
+    )

@@ -1,15 +1,18 @@
-"""The settings the definitions are built from, and the daily partitions they give.
+"""The daily partitions: one per local calendar day in ``CDR_TIMEZONE`` from
+``CDR_START_DATE``; today's is not offered until it is complete. Made from the settings the
+definitions are built with (never at import); the same settings give the same object."""
 
-Read from the environment when ``dg``/``dagster`` loads the code location; a bad setting
-fails the load with a message naming every bad variable."""
+from functools import cache
 
 import dagster as dg
 
-from cdr_pipeline.settings import load_settings
+from cdr_pipeline.settings import Settings
 
-SETTINGS = load_settings()
 
-# One partition per local calendar day; today's is not offered until it is complete.
-daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=SETTINGS.start_date, timezone=SETTINGS.timezone, end_offset=0
-)
+@cache
+def daily_partitions(start_date: str, timezone: str) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(start_date=start_date, timezone=timezone, end_offset=0)
+
+
+def partitions_for(settings: Settings) -> dg.DailyPartitionsDefinition:
+    return daily_partitions(settings.start_date, settings.timezone)

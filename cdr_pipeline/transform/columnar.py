@@ -72,8 +72,8 @@ def read_pages(decoded: list[bytes], schema: pa.Schema = PAGE_SCHEMA) -> pa.Tabl
     non-string value, an invalid escape, a repeated key ...)."""
     lines = b"\n".join(one_line(d) for d in decoded)
     # One block, one thread: the caller parses several batches at once, and Arrow's own
-    # threads cost half as much CPU again per record (measured: 2.1 vs 2.3-3.4 CPU-seconds
-    # per million records) for the same wall time. One block also gives one chunk.
+    # threads cost about half as much CPU again per record for the same wall time (measured:
+    # docs/performance.md). One block also gives one chunk.
     try:
         return pj.read_json(
             pa.BufferReader(lines),

@@ -1,7 +1,7 @@
 """Number intelligence: E.164 form, country and number type of ``src`` and ``dst``, from Google's
 libphonenumber metadata (the ``phonenumbers`` package), as the data contract defines them.
 
-Parsing one number costs about 20 µs in Python, and a busy day holds a million distinct numbers.
+Parsing one number costs tens of µs in Python, and a busy day holds a million distinct numbers.
 So numbers are resolved by *prefix*: an all-digit number is grouped with the numbers that differ
 from it only in their last few digits, one of them is parsed, and the group's answer is spread
 to its members. That is exact only where libphonenumber cannot tell the members apart, which is
@@ -15,9 +15,8 @@ that have met enough numbers.
 The grouping is integer arithmetic: each plain number is read once off Arrow's buffers as an
 integer (:func:`read_digits`), a group is the integer before the tail with the digit count and
 the leading ``+``, and a member's E.164 form is its group's head times 10^tail plus its own tail,
-made text by one Arrow cast. Against grouping with Arrow's string kernels (a slice, a
-dictionary, a join and takes per tail) this took the enrichment of the bench day from 0.28 to
-0.17 s per million rows.
+made text by one Arrow cast: faster than grouping with Arrow's string kernels (a slice, a
+dictionary, a join and takes per tail), by the figures in docs/performance.md.
 
 Everything else (other spellings, short numbers, sparse groups) is parsed one by one, through a
 bounded cache. Property tests over every region's numbers hold the grouped answers to the

@@ -234,31 +234,8 @@ def parse_pages(
         needed_cut = bool(odd)  # else the batch could have been read whole
     else:
         needed_cut = True
-        parts, parent_list, position_list, total = [], [], [], 0
-        for page, (decoded, source, _w) in enumerate(pages):
-            arrow = _read_whole(decoded, source)
-            if arrow is not None:
-                places, count = list(range(len(arrow))), len(arrow)
-            elif (alone := _read_batch_cut([pages[page]])) is not None:
-                arrow, _, at, (one,) = alone
-                places, count, spans[page] = at.tolist(), one.count, one.spans
-                odd[page] = one.odd
-                untyped += [(page, i) for i in one.odd]
-            else:
-                doc = parse_document(decoded)
-                _check_code(doc.error_code, source)
-                python = documents[page] = doc.records
-                places, arrow = _typed_records(python)
-                typed = set(places)
-                untyped += [(page, i) for i in range(len(python)) if i not in typed]
-                count = len(python)
-            total += count
-            parts.append(arrow)
-            parent_list.append(np.full(len(places), page, dtype=np.int64))
-            position_list.append(np.array(places, dtype=np.int64))
-        records = pa.concat_arrays(parts) if parts else pa.array([], _RECORD_TYPE)
-        parents = np.concatenate(parent_list) if parent_list else np.zeros(0, np.int64)
-        positions = np.concatenate(position_list) if position_list else np.zeros(0, np.int64)
+        records, parents, positions, total, slow = _read_page_by_page(pages, documents, odd, spans)
+        untyped += slow
     checked = (
         check_records(records, tz) if len(records) else CheckedRecords({}, pa.array([], pa.bool_()))
     )
@@ -266,8 +243,57 @@ def parse_pages(
     exact = sorted(
         [*untyped, *zip(parents[unsure].tolist(), positions[unsure].tolist(), strict=True)]
     )
-    # The records for the exact rules, read by Python here, on this thread: each alone where
-    # the page's elements can be cut apart, else with the whole page.
+    needed = _exact_records(pages, exact, documents, odd, spans)
+    return ParsedPages(total, checked, parents, positions, exact, needed, needed_cut)
+
+
+def _read_page_by_page(
+    pages: Sequence[tuple[bytes, str, Sequence[int]]],
+    documents: dict[int, list[Any]],
+    odd: dict[int, dict[int, Any]],
+    spans: dict[int, Spans | None],
+) -> tuple[pa.Array, np.ndarray, np.ndarray, int, list[tuple[int, int]]]:
+    """A batch Arrow could not read even cut: each page whole, else cut, else by Python
+    (filling ``documents``, ``odd`` and ``spans``). Its typed records with their pages and
+    places, the count of all records, and the (page, place) of the untyped ones."""
+    untyped: list[tuple[int, int]] = []
+    parts, parent_list, position_list, total = [], [], [], 0
+    for page, (decoded, source, _w) in enumerate(pages):
+        arrow = _read_whole(decoded, source)
+        if arrow is not None:
+            places, count = list(range(len(arrow))), len(arrow)
+        elif (alone := _read_batch_cut([pages[page]])) is not None:
+            arrow, _, at, (one,) = alone
+            places, count, spans[page] = at.tolist(), one.count, one.spans
+            odd[page] = one.odd
+            untyped += [(page, i) for i in one.odd]
+        else:
+            doc = parse_document(decoded)
+            _check_code(doc.error_code, source)
+            python = documents[page] = doc.records
+            places, arrow = _typed_records(python)
+            typed = set(places)
+            untyped += [(page, i) for i in range(len(python)) if i not in typed]
+            count = len(python)
+        total += count
+        parts.append(arrow)
+        parent_list.append(np.full(len(places), page, dtype=np.int64))
+        position_list.append(np.array(places, dtype=np.int64))
+    records = pa.concat_arrays(parts) if parts else pa.array([], _RECORD_TYPE)
+    parents = np.concatenate(parent_list) if parent_list else np.zeros(0, np.int64)
+    positions = np.concatenate(position_list) if position_list else np.zeros(0, np.int64)
+    return records, parents, positions, total, untyped
+
+
+def _exact_records(
+    pages: Sequence[tuple[bytes, str, Sequence[int]]],
+    exact: list[tuple[int, int]],
+    documents: dict[int, list[Any]],
+    odd: dict[int, dict[int, Any]],
+    spans: dict[int, Spans | None],
+) -> dict[int, dict[int, Any]]:
+    """The records for the exact rules, read by Python here, on this thread: each alone where
+    the page's elements can be cut apart, else with the whole page."""
     needed: dict[int, dict[int, Any]] = {}
     for page, place in exact:
         if page in odd and place in odd[page]:
@@ -285,4 +311,4 @@ def parse_pages(
                 documents[page] = parse_document(decoded).records
                 value = documents[page][place]
         needed.setdefault(page, {})[place] = value
-    return ParsedPages(total, checked, parents, positions, exact, needed, needed_cut)
+    return needed
