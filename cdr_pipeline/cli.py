@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -441,14 +441,10 @@ def _version() -> str:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cdr-pipeline", description=__doc__, formatter_class=_Help)
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+Command = Callable[[str, str], argparse.ArgumentParser]
 
-    def command(name: str, text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=text, description=text, formatter_class=_Help)
 
+def _simulator_command(command: Command) -> None:
     s = command("simulate-api", "serve the built-in getCdr simulator over HTTP")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
     s.add_argument("--port", type=int, default=8787, help="port to listen on")
@@ -479,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-id", default=None, help="require this id (none: accept any)")
     s.set_defaults(func=cmd_simulate)
 
+
+def _operator_commands(command: Command) -> None:
     s = command("config", "print the effective settings and where each came from")
     s.add_argument("--env-example", action="store_true", help="print .env.example instead")
     s.add_argument("--markdown", action="store_true", help="print the operators' guide's table")
@@ -509,41 +507,56 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--src", default=None, help="only this caller's CDRs")
     s.set_defaults(func=cmd_fetch)
 
+
+def _day_commands(command: Command) -> None:
+    """The commands over a range of days: materialize, kpis, report."""
+    made = {}
     for name, func, text in (
         ("materialize", cmd_materialize, "materialize a range of days through Dagster"),
         ("kpis", cmd_kpis, "print the KPI table of a range of days"),
         ("report", cmd_report, "write a self-contained HTML report of a range of days"),
     ):
-        s = command(name, text)
+        s = made[name] = command(name, text)
         s.add_argument("--start", help="first day, YYYY-MM-DD")
         s.add_argument("--end", help="last day, YYYY-MM-DD (inclusive)")
         s.add_argument("--last", type=int, help="the last N complete days instead")
-        if name == "report":
-            s.add_argument(
-                "--out",
-                default=None,
-                help="where to write the HTML (default: report.html in the data directory)",
-            )
-        if name == "kpis":
-            s.add_argument(
-                "--format", choices=("table", "csv", "json"), default="table", help="output format"
-            )
-        if name == "materialize":
-            s.add_argument(
-                "--verbose", action="store_true", help="show Dagster's log and stack traces"
-            )
-            s.add_argument(
-                "--allow-shrink",
-                action="store_true",
-                help="publish a day even if it loses more valid calls than CDR_MAX_SHRINK allows",
-            )
-            s.add_argument(
-                "--missing",
-                action="store_true",
-                help="the days of the last CDR_CATCHUP_DAYS that are missing or failed in the "
-                "Dagster instance, as the catch-up sensor would (nothing else is re-run)",
-            )
         s.set_defaults(func=func)
+    report, kpis, materialize = made["report"], made["kpis"], made["materialize"]
+    report.add_argument(
+        "--out",
+        default=None,
+        help="where to write the HTML (default: report.html in the data directory)",
+    )
+    kpis.add_argument(
+        "--format", choices=("table", "csv", "json"), default="table", help="output format"
+    )
+    materialize.add_argument(
+        "--verbose", action="store_true", help="show Dagster's log and stack traces"
+    )
+    materialize.add_argument(
+        "--allow-shrink",
+        action="store_true",
+        help="publish a day even if it loses more valid calls than CDR_MAX_SHRINK allows",
+    )
+    materialize.add_argument(
+        "--missing",
+        action="store_true",
+        help="the days of the last CDR_CATCHUP_DAYS that are missing or failed in the "
+        "Dagster instance, as the catch-up sensor would (nothing else is re-run)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cdr-pipeline", description=__doc__, formatter_class=_Help)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=_Help)
+
+    _simulator_command(command)
+    _operator_commands(command)
+    _day_commands(command)
     return p
 
 

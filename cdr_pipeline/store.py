@@ -2,7 +2,8 @@
 
 Everything above this module names files by *keys* relative to the data directory
 (``cdr/date=2024-01-01/part-0.parquet``) and asks a :class:`Store` to read, write, list, move
-and delete them. Two kinds of store differ in what "atomic" costs:
+and delete them. One store serves both, through a pyarrow filesystem; a local folder
+(:class:`LocalStore`) overrides only what "atomic" costs differently there:
 
 * a local folder has an atomic ``rename``: a file is written under a hidden temporary name,
   flushed to disk, and renamed over its target;
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 
 # Query parameters of a pyarrow filesystem URI that carry credentials: never in CDR_DATA_DIR,
@@ -80,122 +80,9 @@ def is_object_store_url(location: str) -> bool:
 
 
 class Store:
-    """The data directory: keys in, bytes and Arrow streams out."""
-
-    local: bool = True
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    @property
-    def url(self) -> str:
-        return str(self.root)
-
-    def __repr__(self) -> str:
-        return f"Store({self.url!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Store) and self.url == other.url
-
-    def __hash__(self) -> int:
-        return hash(self.url)
-
-    def uri(self, key: str = "") -> str:
-        """Where ``key`` is, as a user would type it (messages, metadata)."""
-        return str(self.root / check_key(key)) if key else str(self.root)
-
-    def path(self, key: str) -> Path:
-        return self.root / check_key(key)
-
-    def read_bytes(self, key: str) -> bytes:
-        return self.path(key).read_bytes()
-
-    def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
-
-    def list(self, folder: str) -> list[str]:
-        """Names of the files directly in ``folder`` ([] when there is none)."""
-        try:
-            return sorted(p.name for p in self.path(folder).iterdir() if p.is_file())
-        except FileNotFoundError:
-            return []
-
-    def folders(self, folder: str) -> list[str]:
-        """Names of the folders directly in ``folder`` ([] when there is none)."""
-        try:
-            return sorted(p.name for p in self.path(folder).iterdir() if p.is_dir())
-        except FileNotFoundError:
-            return []
-
-    def remove_folder(self, folder: str) -> None:
-        """Remove ``folder`` once empty (a no-op when it is not)."""
-        with contextlib.suppress(FileNotFoundError, OSError):
-            self.path(folder).rmdir()
-
-    def write(self, key: str, fill: Callable[[Any], object]) -> None:
-        """Create or overwrite ``key`` with what ``fill`` writes to the sink it is given (a
-        path or an Arrow output stream, both accepted by pyarrow's writers), durably."""
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fill(str(path))
-        with open(path, "rb+") as fh:
-            os.fsync(fh.fileno())
-
-    def put(self, key: str, data: bytes) -> None:
-        """Replace ``key`` with ``data`` so that a reader sees the old or the new content."""
-        tmp = tmp_key(key)
-        try:
-            self.write(tmp, lambda where: Path(where).write_bytes(data))
-            self.move(tmp, key)
-        except BaseException:
-            self.delete(tmp)
-            raise
-
-    def create(self, key: str, data: bytes) -> bool:
-        """Write ``key`` only if it does not exist, atomically (False: it did): the content is
-        staged, then hard-linked into place, which fails if the name is taken."""
-        tmp = tmp_key(key)
-        self.write(tmp, lambda where: Path(where).write_bytes(data))
-        try:
-            os.link(self.path(tmp), self.path(key))
-        except FileExistsError:
-            return False
-        finally:
-            self.delete(tmp)
-        self._fsync_dir(self.path(key).parent)
-        return True
-
-    def move(self, src: str, dst: str) -> None:
-        os.replace(self.path(src), self.path(dst))
-        self._fsync_dir(self.path(dst).parent)
-
-    def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path(key).unlink()
-
-    def open_input(self, key: str) -> Any:
-        """A random-access file for pyarrow.parquet (the caller closes it)."""
-        return pa.OSFile(str(self.path(key)), "rb")
-
-    def local_dir(self, key: str) -> Path | None:
-        """A local folder for scratch files of ``key`` (None: use the system's temp dir)."""
-        path = self.path(key)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-class ObjectStore(Store):
-    """A prefix in an object store, through a pyarrow filesystem made on first use (so that
-    loading the project's definitions never waits on the network)."""
+    """The data directory through a pyarrow filesystem, made on first use (so that loading
+    the project's definitions never waits on the network). As it is, an object-store prefix:
+    every PUT is atomic, a move is a server-side copy then a delete."""
 
     local = False
 
@@ -203,6 +90,15 @@ class ObjectStore(Store):
         self._location, self._url = location, url.rstrip("/")
         self._fs: tuple[pafs.FileSystem, str] | None = None
         self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Store) and self.url == other.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
 
     @property
     def fs(self) -> pafs.FileSystem:
@@ -215,22 +111,26 @@ class ObjectStore(Store):
     def _connect(self) -> tuple[pafs.FileSystem, str]:
         with self._lock:
             if self._fs is None:
-                scheme = urlsplit(self._location).scheme.lower()
-                if scheme in PYARROW_SCHEMES:
-                    fs, base = pafs.FileSystem.from_uri(self._location)
-                else:
-                    from fsspec.core import url_to_fs
-
-                    fsspec_fs, base = url_to_fs(self._location)
-                    fs = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs))
-                self._fs = (fs, base.rstrip("/"))
+                self._fs = self._filesystem()
             return self._fs
+
+    def _filesystem(self) -> tuple[pafs.FileSystem, str]:
+        scheme = urlsplit(self._location).scheme.lower()
+        if scheme in PYARROW_SCHEMES:
+            fs, base = pafs.FileSystem.from_uri(self._location)
+        else:
+            from fsspec.core import url_to_fs
+
+            fsspec_fs, base = url_to_fs(self._location)
+            fs = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs))
+        return fs, base.rstrip("/")
 
     @property
     def url(self) -> str:
         return self._url
 
     def uri(self, key: str = "") -> str:
+        """Where ``key`` is, as a user would type it (messages, metadata)."""
         return f"{self._url}/{check_key(key)}" if key else self._url
 
     def _p(self, key: str) -> str:
@@ -246,9 +146,11 @@ class ObjectStore(Store):
         return self.fs.get_file_info(self._p(key)).type == pafs.FileType.File
 
     def list(self, folder: str) -> list[str]:
+        """Names of the files directly in ``folder`` ([] when there is none)."""
         return self._entries(folder, pafs.FileType.File)
 
     def folders(self, folder: str) -> list[str]:
+        """Names of the folders directly in ``folder`` ([] when there is none)."""
         return self._entries(folder, pafs.FileType.Directory)
 
     def _entries(self, folder: str, kind: pafs.FileType) -> list[str]:
@@ -260,9 +162,11 @@ class ObjectStore(Store):
         )
 
     def remove_folder(self, folder: str) -> None:
-        """Object stores have no empty folders to remove (a prefix is gone with its keys)."""
+        """Remove ``folder`` once empty (object stores have no empty folders: a no-op)."""
 
     def write(self, key: str, fill: Callable[[Any], object]) -> None:
+        """Create or overwrite ``key`` with what ``fill`` writes to the sink it is given (a
+        path or an Arrow output stream, both accepted by pyarrow's writers), durably."""
         # The object appears when the stream is closed after ``fill`` returned; if ``fill``
         # fails, the upload is still closed (Arrow has no abort), so callers write under a
         # hidden temporary key and delete it on failure.
@@ -270,7 +174,8 @@ class ObjectStore(Store):
             fill(sink)
 
     def put(self, key: str, data: bytes) -> None:
-        # One PUT is atomic on an object store: no temporary needed.
+        """Replace ``key`` with ``data`` so that a reader sees the old or the new content
+        (one PUT is atomic on an object store: no temporary needed)."""
         with self.fs.open_output_stream(self._p(key)) as sink:
             sink.write(data)
 
@@ -281,6 +186,7 @@ class ObjectStore(Store):
     SETTLE_S = 1.0
 
     def create(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if it does not exist (False: it did)."""
         if self.exists(key):
             return False
         self.put(key, data)
@@ -299,10 +205,82 @@ class ObjectStore(Store):
             self.fs.delete_file(self._p(key))
 
     def open_input(self, key: str) -> Any:
+        """A random-access file for pyarrow.parquet (the caller closes it)."""
         return self.fs.open_input_file(self._p(key))
 
     def local_dir(self, key: str) -> Path | None:
+        """A local folder for scratch files of ``key`` (None: use the system's temp dir)."""
         return None
+
+
+class LocalStore(Store):
+    """A local folder: written under a hidden temporary name, flushed to disk and renamed
+    over its target; an exclusive create is a hard link, which fails if the name is taken."""
+
+    local = True
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(str(root), str(root))
+        self.root = root
+
+    def _filesystem(self) -> tuple[pafs.FileSystem, str]:
+        return pafs.LocalFileSystem(), str(self.root)
+
+    def uri(self, key: str = "") -> str:
+        return str(self.root / check_key(key)) if key else str(self.root)
+
+    def path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def remove_folder(self, folder: str) -> None:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.path(folder).rmdir()
+
+    def write(self, key: str, fill: Callable[[Any], object]) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fill(str(path))
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+
+    def put(self, key: str, data: bytes) -> None:
+        tmp = tmp_key(key)
+        try:
+            self.write(tmp, lambda where: Path(where).write_bytes(data))
+            self.move(tmp, key)
+        except BaseException:
+            self.delete(tmp)
+            raise
+
+    def create(self, key: str, data: bytes) -> bool:
+        tmp = tmp_key(key)
+        self.write(tmp, lambda where: Path(where).write_bytes(data))
+        try:
+            os.link(self.path(tmp), self.path(key))
+        except FileExistsError:
+            return False
+        finally:
+            self.delete(tmp)
+        self._fsync_dir(self.path(key).parent)
+        return True
+
+    def move(self, src: str, dst: str) -> None:
+        os.replace(self.path(src), self.path(dst))
+        self._fsync_dir(self.path(dst).parent)
+
+    def local_dir(self, key: str) -> Path | None:
+        path = self.path(key)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @staticmethod
+    def _fsync_dir(path: Path) -> None:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def open_store(location: str | Path) -> Store:
@@ -313,7 +291,7 @@ def open_store(location: str | Path) -> Store:
         text = str(location)
         if text.startswith(("file://", "local://")):
             text = urlsplit(text).path
-        return Store(Path(text).expanduser().resolve())
+        return LocalStore(Path(text).expanduser().resolve())
     parts = urlsplit(location)
     params = {k.lower() for k in parse_qs(parts.query)}
     if parts.username or parts.password or SECRET_PARAMS & params:
@@ -326,7 +304,7 @@ def open_store(location: str | Path) -> Store:
     scheme = parts.scheme.lower()
     if scheme not in PYARROW_SCHEMES:
         _check_fsspec(scheme)
-    return ObjectStore(location, f"{parts.scheme}://{parts.netloc}{parts.path}")
+    return Store(location, f"{parts.scheme}://{parts.netloc}{parts.path}")
 
 
 def _check_fsspec(scheme: str) -> None:

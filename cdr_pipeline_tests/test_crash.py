@@ -60,8 +60,8 @@ elif point == "between-moves":
             stop_here()
     os.replace = replace
 elif point == "raw-bodies":
-    from cdr_pipeline.store import Store
-    real_write = Store.write
+    from cdr_pipeline.store import LocalStore
+    real_write = LocalStore.write
     calls = []
     def write(self, key, fill):
         real_write(self, key, fill)
@@ -72,7 +72,7 @@ elif point == "raw-bodies":
                 with open(where, "r+b") as fh:
                     fh.truncate(os.path.getsize(where) // 2)
                 stop_here()
-    Store.write = write
+    LocalStore.write = write
 
 from cdr_pipeline.cli import main
 sys.exit(main(sys.argv[1:]))

@@ -433,12 +433,12 @@ def test_a_disk_that_fills_up_mid_day_leaves_no_orphan_bodies(tmp_path, sim_serv
     from cdr_pipeline import layout
     from cdr_pipeline.layout import Day
     from cdr_pipeline.raw import fetch_raw_day
-    from cdr_pipeline.store import Store, open_store
+    from cdr_pipeline.store import LocalStore, open_store
 
     store = open_store(tmp_path)
     day = Day.from_key("2024-03-05", ZoneInfo("Asia/Shanghai"))
     client = make_client(sim_server(calls_per_day=2000, page_size=100))
-    real_put, puts = Store.put, []
+    real_put, puts = LocalStore.put, []
 
     def filling_up(self, key, data):
         puts.append(key)
@@ -447,7 +447,7 @@ def test_a_disk_that_fills_up_mid_day_leaves_no_orphan_bodies(tmp_path, sim_serv
         real_put(self, key, data)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Store, "put", filling_up)
+        patch.setattr(LocalStore, "put", filling_up)
         with pytest.raises(OSError, match="No space left"):
             fetch_raw_day(client, store, day, endpoint="test")
     folder = tmp_path / layout.raw_day_key(day.key)

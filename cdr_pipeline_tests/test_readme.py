@@ -18,7 +18,7 @@ README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```bash\n(.*?)```", README, re.S)
 # Lines no test here runs, each with why; a test fails if one of them leaves the README, so
 # the list cannot go stale.
-NOT_RUN = {"make test": "it is this suite"}
+NOT_RUN = {"make test": "it is this suite", "make test-fast": "it is part of this suite"}
 RUN_STAMP = ROOT / ".venv" / ".installed-runtime"
 KPIS_STATUS = """
 query Stats($key: AssetKeyInput!) {

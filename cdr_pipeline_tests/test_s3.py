@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdr_pipeline import datasets, layout, publish
-from cdr_pipeline.store import ObjectStore, open_store
+from cdr_pipeline.store import LocalStore, Store, open_store
 from cdr_pipeline.transform.validate import unaccounted
 from cdr_pipeline_tests.conftest import (
     S3_KEY_ID,
@@ -110,16 +110,16 @@ def test_s3_credentials_are_nowhere(lake):
 KILL_BETWEEN_MOVES = r"""
 import os, sys, time
 from pathlib import Path
-from cdr_pipeline.store import ObjectStore
+from cdr_pipeline.store import Store
 
 ready = Path(os.environ["CRASH_READY"])
-real_move = ObjectStore.move
+real_move = Store.move
 def move(self, src, dst):
     real_move(self, src, dst)
     if dst.startswith("cdr/date="):  # cdr is in place; cdr_rejects and the accounting are not
         ready.write_text("moved")
         time.sleep(600)
-ObjectStore.move = move
+Store.move = move
 
 from cdr_pipeline.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -183,7 +183,7 @@ def test_a_failed_write_leaves_the_previous_day_and_no_debris(s3_server, monkeyp
     for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)
     store = open_store(f"s3://{bucket}/x")
-    assert isinstance(store, ObjectStore)
+    assert isinstance(store, Store) and not isinstance(store, LocalStore)
     day = "2024-06-01"
     old = {"cdr": pa.table({"v": [1, 2]}), "cdr_rejects": pa.table({"v": [3]})}
     publish_tables(store, day, old, state={"validation": {"v": 1}})

@@ -211,10 +211,10 @@ class CallBook:
             return PREMIUM.format(digits[:7])
         return mobile
 
-    def _make_call(self, rng: random.Random, call_id: str, t0: int, pool: int) -> SimCall:
+    def _timeline(self, rng: random.Random, t0: int) -> tuple[dict[str, int | None], int, int]:
+        """A call's seven times, its end status and billed seconds, as a call that starts at
+        ``t0`` unfolds (the random draws in a fixed order: the same seed, the same calls)."""
         cfg = self.config
-        src = f"008613{rng.randrange(pool):09d}"
-        dst = self._destination(call_id, f"008615{rng.randrange(pool * 3):09d}", t0)
         t: dict[str, int | None] = dict.fromkeys(TIME_FIELDS)
         t["startSrcCallTime"] = t0
         duration = 0
@@ -249,6 +249,13 @@ class CallBook:
                         t["endCallTime"] = dacc + talk
                         step = max(1, cfg.billing_increment_s)
                         duration = -(-talk // step) * step
+        return t, status, duration
+
+    def _make_call(self, rng: random.Random, call_id: str, t0: int, pool: int) -> SimCall:
+        cfg = self.config
+        src = f"008613{rng.randrange(pool):09d}"
+        dst = self._destination(call_id, f"008615{rng.randrange(pool * 3):09d}", t0)
+        t, status, duration = self._timeline(rng, t0)
         if status != 1 and rng.random() < cfg.anomaly_rate:
             duration = rng.randint(1, 30)  # billed without an answer: a soft anomaly
         record_url = (
