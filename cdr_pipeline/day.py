@@ -252,7 +252,8 @@ def build_day(
             after_read = _Clock()
             spills = builder.spill_folder is not None
             gathered = Gathered(day, tz, settings, scratch, expected_rows=expected, spills=spills)
-            rows = enrich(builder.iter_cdr(), Enricher(tz, settings.default_region))
+            enricher = Enricher(tz, settings.default_region, grouping=settings.number_grouping)
+            rows = enrich(builder.iter_cdr(), enricher)
             write_cdr(txn, rows, gathered.add)
             accounting = builder.accounting() | {"raw_records": expected}
             clock.lap("write", {})  # the aggregates' lap starts here

@@ -310,6 +310,13 @@ class AnalyticsSettings(pydantic.BaseModel):
         min_length=2,
         max_length=2,
     )
+    number_grouping: bool = knob(
+        True,
+        "CDR_NUMBER_GROUPING",
+        "resolve numbers by prefix groups proven exact (fast); false parses each distinct "
+        "number with libphonenumber: the same answers, slower. The fallback should a Python or "
+        "phonenumbers upgrade break the analysis the grouping relies on",
+    )
     low_sample_calls: int = knob(
         30, "CDR_LOW_SAMPLE_CALLS", "a destination with fewer calls is flagged low_sample", ge=1
     )

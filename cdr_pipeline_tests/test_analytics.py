@@ -571,3 +571,45 @@ def test_a_query_that_cannot_fit_duckdbs_limit_is_asked_again_under_the_larger(
     assert none == 0 and retried > 0
     assert squeezed.queried == normal.queried and squeezed.billing == normal.billing
     assert len(normal.queried["caller_risk_daily"]) > 0
+
+
+def test_the_grouping_switch_gives_the_same_answers_by_parsing_each_number():
+    """CDR_NUMBER_GROUPING=false: every distinct number parsed by libphonenumber, no group
+    formed; the answers are the grouped ones."""
+    from cdr_pipeline.transform.phones import normalise, parse_number
+
+    numbers = pa.array([*_samples(7), "+86 136-3123-4568", "0086 (136) 3123 4568", None, "x"])
+    grouped = NumberBook("CN").resolve(numbers)
+    parse_number.cache_clear()
+    book = NumberBook("CN", grouping=False)
+    assert book.resolve(numbers) == grouped
+    assert not book._groups and not book._sizes  # no group was formed or counted
+    distinct = {normalise(n) for n in numbers.to_pylist() if n is not None}
+    assert parse_number.cache_info().misses == len(distinct)  # each parsed once, by itself
+
+
+def test_the_internals_the_grouping_relies_on_are_as_it_reads_them():
+    """The grouping reads regular expressions with CPython's private parser (``re._parser``,
+    ``re._constants``) and number types with phonenumbers' private ``_number_type_helper``.
+    An upgrade that changes them fails here, not in a run: set CDR_NUMBER_GROUPING=false (the
+    same answers, each number parsed) until transform/phones.py is adapted."""
+    import re._constants as sre
+    import re._parser as sre_parse
+
+    from phonenumbers.phonenumberutil import _number_type_helper
+
+    tree = list(sre_parse.parse(r"1(?:3\d|5[0-35-9])\d{8}|4(\d)?"))
+    assert tree[0][0] is sre.BRANCH
+    first, second = tree[0][1][1]
+    assert [op for op, _ in first] == [sre.LITERAL, sre.BRANCH, sre.MAX_REPEAT]
+    assert first[0][1] == ord("1") and first[2][1][:2] == (8, 8)
+    assert list(first[2][1][2]) == [(sre.IN, [(sre.CATEGORY, sre.CATEGORY_DIGIT)])]
+    assert [op for op, _ in second] == [sre.LITERAL, sre.MAX_REPEAT]
+    assert list(second[1][1][2])[0][0] is sre.SUBPATTERN  # a group: (group, flags, flags, it)
+    digits = list(sre_parse.parse("[0-9]"))
+    assert digits == [(sre.IN, [(sre.RANGE, (48, 57))])]
+    for op in ("AT", "GROUPREF", "MIN_REPEAT", "NOT_LITERAL", "ANY", "BRANCH", "SUBPATTERN"):
+        assert isinstance(getattr(sre, op), sre._NamedIntConstant), op
+    metadata = pn.PhoneMetadata.metadata_for_region("CN")
+    assert _number_type_helper("13631234568", metadata) == pn.PhoneNumberType.MOBILE
+    assert _number_type_helper("1063123456", metadata) == pn.PhoneNumberType.FIXED_LINE

@@ -11,6 +11,7 @@ import zlib
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+import pytest
 
 from cdr_pipeline import raw
 from cdr_pipeline.datasets import DATASETS
@@ -19,7 +20,7 @@ from cdr_pipeline.defs.assets import day_asset
 from cdr_pipeline.defs.partitions import partitions_for
 from cdr_pipeline.layout import Day
 from cdr_pipeline.publish import read_day_table
-from cdr_pipeline.settings import load_settings
+from cdr_pipeline.settings import AnalyticsSettings, load_settings
 from cdr_pipeline.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.store import open_store
 from cdr_pipeline.transform import TRANSFORM_VERSION
@@ -77,9 +78,12 @@ def content_digest(root) -> str:
     return whole.hexdigest()
 
 
-def test_a_change_of_output_comes_with_a_new_transform_version(tmp_path):
+@pytest.mark.parametrize("grouping", [True, False], ids=["grouped", "each-number-parsed"])
+def test_a_change_of_output_comes_with_a_new_transform_version(tmp_path, grouping):
+    """Also the same output with CDR_NUMBER_GROUPING off (each number parsed)."""
     day = _chaos_day(tmp_path)
-    build_day(open_store(tmp_path), day, TZ)
+    analytics = AnalyticsSettings(number_grouping=grouping)
+    build_day(open_store(tmp_path), day, TZ, analytics=analytics)
     digest = content_digest(tmp_path)
     assert DIGESTS.get(TRANSFORM_VERSION) == digest, (
         f"the datasets of the chaos day changed (digest {digest}): if that is meant, bump "

@@ -25,9 +25,9 @@ class Enricher:
     """Adds :data:`ENRICHED_FIELDS` to slices of ``cdr`` rows; one per day (its number book
     remembers the prefixes it has resolved)."""
 
-    def __init__(self, tz: ZoneInfo, region: str) -> None:
+    def __init__(self, tz: ZoneInfo, region: str, *, grouping: bool = True) -> None:
         self._local = pa.timestamp("ms", tz=tz.key)
-        self.book = NumberBook(region)
+        self.book = NumberBook(region, grouping=grouping)
 
     def __call__(self, part: pa.Table) -> pa.Table:
         start = part.column("start_src_call_time")

@@ -466,6 +466,8 @@ class NumberBook:
     """Resolves columns of numbers for one default region; remembers groups across slices."""
 
     region: str = "CN"
+    # False: every number is parsed one by one (CDR_NUMBER_GROUPING), the same answers slower
+    grouping: bool = True
     _groups: dict[tuple[str, int], _Answer] = field(default_factory=dict)
     _sizes: dict[tuple[str, int], int] = field(default_factory=dict)  # numbers seen per group
 
@@ -485,7 +487,7 @@ class NumberBook:
             rows = np.flatnonzero(spelled)
             digits.patch(rows, read_digits(without_separators(numbers.take(rows))))
         todo = digits.plain.copy()
-        for tail in TAILS:
+        for tail in TAILS if self.grouping else ():
             if not todo.any():
                 break
             self._by_groups(digits, np.flatnonzero(todo & (digits.count > tail)), tail, found, todo)
