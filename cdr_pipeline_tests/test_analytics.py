@@ -605,7 +605,7 @@ def test_the_internals_the_grouping_relies_on_are_as_it_reads_them():
     assert first[0][1] == ord("1") and first[2][1][:2] == (8, 8)
     assert list(first[2][1][2]) == [(sre.IN, [(sre.CATEGORY, sre.CATEGORY_DIGIT)])]
     assert [op for op, _ in second] == [sre.LITERAL, sre.MAX_REPEAT]
-    assert list(second[1][1][2])[0][0] is sre.SUBPATTERN  # a group: (group, flags, flags, it)
+    assert next(iter(second[1][1][2]))[0] is sre.SUBPATTERN  # a group: (group, flags, flags, it)
     digits = list(sre_parse.parse("[0-9]"))
     assert digits == [(sre.IN, [(sre.RANGE, (48, 57))])]
     for op in ("AT", "GROUPREF", "MIN_REPEAT", "NOT_LITERAL", "ANY", "BRANCH", "SUBPATTERN"):
