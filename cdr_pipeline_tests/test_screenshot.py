@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
 from screenshot import find_browser, screenshot
 
 
+@pytest.mark.slow
 def test_screenshot_of_make_run_then_make_ui(tmp_path):
     if find_browser() is None:
         if os.environ.get("CI"):
