@@ -39,8 +39,28 @@ FAST = ClientSettings(
 )
 
 
-# Fixtures that start a server process of their own, possibly for a whole session (before a
-# test's guard below is in place): a test that uses one, however indirectly, is slow.
+# A test that starts a process (the CLI, make, a webserver, a daemon, a server) is marked
+# ``slow``: ``make test-fast`` leaves those out. One left unmarked fails, whether it starts the
+# process itself or through a fixture of any scope, which is set up inside the first test
+# that asks for it (outside tests, as while collecting, processes are allowed).
+_RUNNING: dict[str, pytest.Item | None] = {"item": None}
+_popen = subprocess.Popen.__init__
+
+
+def _guarded_popen(self, args, *a, **kw) -> None:
+    item = _RUNNING["item"]
+    if item is not None and item.get_closest_marker("slow") is None:
+        raise AssertionError(
+            f"{item.nodeid} starts a process ({str(args)[:80]}), perhaps through a fixture: "
+            "mark it @pytest.mark.slow"
+        )
+    _popen(self, args, *a, **kw)
+
+
+subprocess.Popen.__init__ = _guarded_popen  # type: ignore[method-assign]
+
+
+# Fixtures whose whole purpose is a server process: a test that uses one is slow by that.
 PROCESS_FIXTURES = frozenset({"s3_server", "postgres"})
 
 
@@ -50,20 +70,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(autouse=True)
-def _processes_only_when_slow(request: pytest.FixtureRequest, monkeypatch) -> None:
-    """A test that starts a process (the CLI, a webserver, a daemon, a server) is marked
-    ``slow``: ``make test-fast`` leaves those out, so one left unmarked fails here."""
-    if request.node.get_closest_marker("slow"):
-        return
-
-    def refuse(self, args, *_a, **_kw) -> None:
-        raise AssertionError(
-            f"{request.node.nodeid} starts a process ({str(args)[:80]}): mark it "
-            "@pytest.mark.slow (or its module: pytestmark = pytest.mark.slow)"
-        )
-
-    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    _RUNNING["item"] = item
+    try:
+        yield
+    finally:
+        _RUNNING["item"] = None
 
 
 def _simulators() -> Iterator[Callable[..., SimulatorServer]]:

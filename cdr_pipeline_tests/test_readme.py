@@ -123,6 +123,7 @@ def quickstart(project) -> tuple[Path, str]:
     return project, _run(_block("make run"), project, _env())
 
 
+@pytest.mark.slow
 def test_quickstart_materializes_seven_days_quietly(quickstart):
     project, out = quickstart
     rows = [line for line in out.splitlines() if re.match(r"\d{4}-\d\d-\d\d\s+\d", line)]
