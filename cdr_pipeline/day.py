@@ -58,10 +58,6 @@ class BuiltDay:
     # every thread): over the wall time, the cores kept busy
     timings: dict[str, float]
 
-    @property
-    def kpis(self) -> dict[str, Any]:
-        return self.tables["call_kpis_daily"].to_pylist()[0]
-
 
 # --- 1. read --------------------------------------------------------------------------------
 
@@ -256,7 +252,7 @@ def build_day(
             rows = enrich(builder.iter_cdr(), enricher)
             write_cdr(txn, rows, gathered.add)
             accounting = builder.accounting() | {"raw_records": expected}
-            clock.lap("write", {})  # the aggregates' lap starts here
+            clock = _Clock()  # the aggregates' lap starts here
             tables = aggregate(gathered, accounting, builder.rejects_table(), registry, settings)
             clock.lap("analytics", timings)
             record = {"date": day.key, "fetch": manifest["totals"], "accounting": accounting}

@@ -20,7 +20,7 @@ from typing import Any
 
 from cdr_pipeline.api.redact import get_logger
 from cdr_pipeline.layout import StorageError, state_key
-from cdr_pipeline.store import Store
+from cdr_pipeline.store import Store, json_bytes
 
 log = get_logger(__name__)
 
@@ -43,7 +43,7 @@ def _lease(owner: str, ttl_s: float, clock: Callable[[], float]) -> bytes:
         "expires_at": now + ttl_s,
         "nonce": uuid.uuid4().hex,  # two claims never write the same bytes
     }
-    return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    return json_bytes(record)
 
 
 def _holder(store: Store, day: str) -> dict[str, Any] | None:

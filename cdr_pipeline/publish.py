@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdr_pipeline.layout import StorageError, check_day, part_key, state_key
-from cdr_pipeline.store import Store, StoreError, check_key, tmp_key
+from cdr_pipeline.store import Store, StoreError, check_key, json_bytes, tmp_key
 
 # Fixed writer settings and fixed row-group size: the same rows always give the same bytes,
 # whatever slices they arrive in. zstd level 1, and dictionaries only where values repeat (a
@@ -95,10 +95,6 @@ def write_parquet(sink: Any, content: Content) -> int:
     return rows
 
 
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-
-
 def _write_all(sink: Any, data: bytes) -> None:
     if isinstance(sink, str):
         with open(sink, "wb") as fh:
@@ -141,7 +137,7 @@ class DayTransaction:
 
     def stage_record(self, kind: str, record: Any) -> None:
         """A JSON record of the day (the accounting) that is published with the files."""
-        self._stage(state_key(kind, self.day), partial(_write_all, data=_json_bytes(record)))
+        self._stage(state_key(kind, self.day), partial(_write_all, data=json_bytes(record)))
 
     def abort(self) -> None:
         for tmp, _ in self.staged:
@@ -153,7 +149,7 @@ class DayTransaction:
         moves = [[tmp, target] for tmp, target in self.staged]
         if len(moves) > 1:
             journal = state_key("journal", self.day)
-            self.store.put(journal, _json_bytes({"date": self.day, "moves": moves}))
+            self.store.put(journal, json_bytes({"date": self.day, "moves": moves}))
             self.staged = []  # the journal's now: an interruption is rolled forward, not back
             _apply_moves(self.store, moves)
             self.store.delete(journal)

@@ -28,14 +28,10 @@ from cdr_pipeline.layout import (
     manifest_key,
     raw_day_key,
 )
-from cdr_pipeline.store import Store
+from cdr_pipeline.store import Store, json_bytes
 
 MANIFEST_VERSION = 1
 _BODY_CHARS = frozenset("0123456789abcdef")
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
 def _iso(ts: int) -> str:
@@ -133,7 +129,7 @@ def write_raw_day(store: Store, day: str, bodies: list[tuple[bytes, str]], manif
                 store.put(f"{folder}/{name}", body)
                 present.add(name)
                 added.append(name)
-        store.put(manifest_key(day), _json_bytes(manifest))
+        store.put(manifest_key(day), json_bytes(manifest))
     except BaseException:  # a full disk, a permission: no orphan bodies are left
         for name in added:
             store.delete(f"{folder}/{name}")

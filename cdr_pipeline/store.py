@@ -20,6 +20,7 @@ does not know go through fsspec when the package for them is installed.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import threading
@@ -42,6 +43,12 @@ PYARROW_SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs"})
 
 class StoreError(ValueError):
     """CDR_DATA_DIR cannot be used as written."""
+
+
+def json_bytes(obj: Any) -> bytes:
+    """How every JSON record of the data directory is written (manifests, the accounting,
+    journals, leases): indented, keys sorted, so the same record gives the same bytes."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
 def check_key(key: str) -> str:
