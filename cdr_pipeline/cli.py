@@ -10,12 +10,14 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import yaml
 from tabulate import tabulate
 
 from cdr_pipeline.api.errors import CdrApiError
+from cdr_pipeline.layout import parse_day
 from cdr_pipeline.settings import ConfigError, Settings, apply_dotenv, knobs, load_settings
 
 
@@ -23,7 +25,7 @@ def _client(settings: Settings):
     """The same resource the assets use, given the credentials' values."""
     from cdr_pipeline.resources import api_resource
 
-    return api_resource(settings, secrets_from_env=False).open_client(settings.timezone)
+    return api_resource(settings).open_client(settings.timezone)
 
 
 def _instant(text: str, tz: ZoneInfo) -> int:
@@ -108,13 +110,35 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def _date(text: str, flag: str) -> date:
     try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise SystemExit(f"{flag} {text!r} is not a date in YYYY-MM-DD form") from None
+        return parse_day(text)
+    except ValueError as exc:
+        raise SystemExit(f"{flag} {exc}") from None
+
+
+def _limits(env: str) -> tuple[Any, Any]:
+    return next(k.limits for k in knobs() if k.env == env)
+
+
+def _between(lo: float, hi: float, kind: type = int) -> Callable[[str], float]:
+    """An argparse type: a number within finite bounds, or one plain line saying them."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            noun = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun} from {lo} to {hi}")
+        return value
+
+    return parse
 
 
 def _day_range(args: argparse.Namespace, settings: Settings) -> list[str]:
     today = datetime.now(settings.tz).date()
+    if args.last and (args.start or args.end):
+        raise SystemExit("give --start and --end, or --last, not both")
     if args.last:
         end = today - timedelta(days=1)
         start = end - timedelta(days=args.last - 1)
@@ -126,7 +150,7 @@ def _day_range(args: argparse.Namespace, settings: Settings) -> list[str]:
         raise SystemExit(f"--start {start} is after --end {end}")
     if end >= today:
         raise SystemExit(f"{end} is not complete yet in {settings.timezone} (today is {today})")
-    first = date.fromisoformat(settings.start_date)
+    first = parse_day(settings.start_date)
     if start < first:
         raise SystemExit(f"{start} is before CDR_START_DATE ({first})")
     return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
@@ -378,7 +402,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     quick = settings.client.model_copy(
         update={"max_attempts": min(2, settings.client.max_attempts)}
     )
-    resource = api_resource(dataclasses.replace(settings, client=quick), secrets_from_env=False)
+    resource = api_resource(dataclasses.replace(settings, client=quick))
     end = int(time.time()) - 86400  # a minute of yesterday: complete on any provider
     print(f"asking {resource.endpoint_label()} for the calls of one minute ...")
     try:
@@ -447,16 +471,26 @@ Command = Callable[[str, str], argparse.ArgumentParser]
 def _simulator_command(command: Command) -> None:
     s = command("simulate-api", "serve the built-in getCdr simulator over HTTP")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    s.add_argument("--port", type=int, default=8787, help="port to listen on")
-    s.add_argument("--seed", type=int, default=20190123, help="the same seed, the same calls")
-    s.add_argument("--calls-per-day", type=int, default=2000, help="calls a day holds")
-    s.add_argument("--page-size", type=int, default=1000, help="records per page at most")
-    s.add_argument("--fault-rate", type=float, default=0.0, help="share of requests that fail")
+    share = _between(0.0, 1.0, float)
+    s.add_argument("--port", type=_between(0, 65535), default=8787, help="port to listen on")
     s.add_argument(
-        "--bad-record-rate", type=float, default=0.0, help="share of records that are rejects"
+        "--seed",
+        type=_between(0, 2**32 - 1),
+        default=20190123,
+        help="the same seed, the same calls",
     )
     s.add_argument(
-        "--duplicate-rate", type=float, default=0.0, help="share of records served twice"
+        "--calls-per-day", type=_between(0, 50_000_000), default=2000, help="calls a day holds"
+    )
+    s.add_argument(
+        "--page-size", type=_between(1, 1_000_000), default=1000, help="records per page at most"
+    )
+    s.add_argument("--fault-rate", type=share, default=0.0, help="share of requests that fail")
+    s.add_argument(
+        "--bad-record-rate", type=share, default=0.0, help="share of records that are rejects"
+    )
+    s.add_argument(
+        "--duplicate-rate", type=share, default=0.0, help="share of records served twice"
     )
     s.add_argument("--ignore-cursor", action="store_true", help="answer every page as the first")
     s.add_argument(
@@ -465,7 +499,12 @@ def _simulator_command(command: Command) -> None:
         default="start",
         help="the call time a query's window selects on",
     )
-    s.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer")
+    s.add_argument(
+        "--latency-ms",
+        type=_between(0.0, 60_000.0, float),
+        default=0.0,
+        help="delay before every answer",
+    )
     s.add_argument(
         "--timezone",
         default=os.environ.get("CDR_TIMEZONE", "Asia/Shanghai"),
@@ -485,7 +524,7 @@ def _operator_commands(command: Command) -> None:
     s = command("prune", "remove raw bodies older than CDR_RAW_RETENTION_DAYS (datasets stay)")
     s.add_argument(
         "--keep-days",
-        type=int,
+        type=_between(*_limits("CDR_RAW_RETENTION_DAYS")),
         default=None,
         help="days of raw bodies to keep (default: the setting)",
     )
@@ -519,7 +558,7 @@ def _day_commands(command: Command) -> None:
         s = made[name] = command(name, text)
         s.add_argument("--start", help="first day, YYYY-MM-DD")
         s.add_argument("--end", help="last day, YYYY-MM-DD (inclusive)")
-        s.add_argument("--last", type=int, help="the last N complete days instead")
+        s.add_argument("--last", type=_between(1, 3660), help="the last N complete days instead")
         s.set_defaults(func=func)
     report, kpis, materialize = made["report"], made["kpis"], made["materialize"]
     report.add_argument(

@@ -24,14 +24,23 @@ class StorageError(RuntimeError):
     """The data directory does not hold what a day needs, or holds it wrongly."""
 
 
+def parse_day(text: str) -> date:
+    """A strict YYYY-MM-DD date (``date.fromisoformat`` alone also takes 20250301 and
+    2025-W10-1); raises ``ValueError`` otherwise."""
+    if not isinstance(text, str) or not _DAY_RE.fullmatch(text):
+        raise ValueError(f"{text!r} is not a date in YYYY-MM-DD form")
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a real date") from None
+
+
 def check_day(day: str) -> str:
     """A partition key must be a real calendar date; anything else could escape the folder."""
-    if not isinstance(day, str) or not _DAY_RE.fullmatch(day):
-        raise StorageError(f"partition key {day!r} is not a YYYY-MM-DD date")
     try:
-        date.fromisoformat(day)
-    except ValueError:
-        raise StorageError(f"partition key {day!r} is not a real date") from None
+        parse_day(day)
+    except ValueError as exc:
+        raise StorageError(f"partition key {exc}") from None
     return day
 
 

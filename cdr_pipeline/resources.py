@@ -1,24 +1,24 @@
 """The Dagster resources: the getCdr API (live or simulated, one interface) and where the
 datasets live. Their tuning fields are the declarations of :mod:`cdr_pipeline.settings`."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import dagster as dg
-from pydantic import Field
 
 from cdr_pipeline.api.client import CdrApiClient
 from cdr_pipeline.lease import RunLeases, run_leases
 from cdr_pipeline.settings import (
     AnalyticsSettings,
     ClientSettings,
+    PublishSettings,
     Settings,
-    StorageSettings,
 )
+from cdr_pipeline.store import Store
 
 
 class CdrApiResource(dg.ConfigurableResource, ClientSettings):
@@ -35,27 +35,65 @@ class CdrApiResource(dg.ConfigurableResource, ClientSettings):
         raise NotImplementedError
 
 
-class LiveCdrApi(CdrApiResource):
-    """The real endpoint; the credentials come in as ``dg.EnvVar`` so their values never
-    enter run config or the UI."""
+@dataclass(frozen=True)
+class Endpoint:
+    """The deployment's endpoint and credentials (``CDR_API_URL``, ``CDR_API_ID``,
+    ``CDR_APP_ID``). A nested resource with no config schema: no run config can re-point
+    them, so a launch cannot send the credentials to another host."""
 
-    api_url: str = Field(description="full getCdr endpoint (CDR_API_URL)")
-    api_id: str = Field(description="the id query value (CDR_API_ID)", repr=False)
-    app_id: str = Field(description="appId (CDR_APP_ID)", repr=False)
+    url: str
+    api_id: str = field(repr=False)
+    app_id: str = field(repr=False)
+
+    def label(self) -> str:
+        """Where the data came from, safe to record (no credentials)."""
+        parts = urlsplit(self.url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
+
+class LiveCdrApi(CdrApiResource):
+    """The real endpoint, with the tuning a run may change."""
+
+    endpoint: dg.ResourceDependency[Endpoint]
 
     @contextmanager
     def open_client(self, timezone: str) -> Iterator[CdrApiClient]:
-        with CdrApiClient(self.api_url, self.api_id, self.app_id, self) as client:
+        e = self.endpoint
+        with CdrApiClient(e.url, e.api_id, e.app_id, self) as client:
             yield client
 
     def endpoint_label(self) -> str:
-        parts = urlsplit(self.api_url)
-        return f"{parts.scheme}://{parts.hostname}{parts.path}"
+        return self.endpoint.label()
 
 
-class CdrStorageResource(dg.ConfigurableResource, StorageSettings):
+@dataclass(frozen=True)
+class DataHome:
+    """Where the datasets live and where a day begins: the deployment's (``CDR_DATA_DIR``,
+    ``CDR_TIMEZONE``), a nested resource no run config can change (a run pointing the data
+    at another object store would hand it the store's credentials)."""
+
+    store: Store
+    timezone: str
+
+
+class CdrStorageResource(dg.ConfigurableResource, PublishSettings):
     """Where the datasets live, which zone draws the day boundary, and one run at a time per
-    day (its fields are the declarations of :class:`StorageSettings`)."""
+    day (its fields are the declarations of :class:`PublishSettings`)."""
+
+    home: dg.ResourceDependency[DataHome]
+
+    @property
+    def store(self) -> Store:
+        return self.home.store
+
+    @property
+    def timezone(self) -> str:
+        return self.home.timezone
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.home.timezone)
 
     def leases(
         self, days: list[str], run_id: str, *, keep: bool = False
@@ -76,23 +114,21 @@ class CdrAnalyticsResource(dg.ConfigurableResource, AnalyticsSettings):
     :class:`AnalyticsSettings`; set per run in the launchpad to try other thresholds)."""
 
 
-def api_resource(settings: Settings, *, secrets_from_env: bool = True) -> CdrApiResource:
-    """The live API when ``CDR_API_URL`` is set, else the simulator. Under Dagster the
-    secrets stay ``dg.EnvVar`` references; the CLI, outside Dagster, passes their values."""
+def api_resource(settings: Settings) -> CdrApiResource:
+    """The live API when ``CDR_API_URL`` is set, else the simulator."""
     tuning = settings.client.model_dump()
     if settings.uses_simulator:  # the demo's choice, and the only place it is made
         from cdr_pipeline.simulator.resource import SimulatedCdrApi
 
         return SimulatedCdrApi(**tuning, **settings.simulator.model_dump())
-    if secrets_from_env:
-        secrets = {"api_id": dg.EnvVar("CDR_API_ID"), "app_id": dg.EnvVar("CDR_APP_ID")}
-    else:
-        secrets = {"api_id": settings.api_id, "app_id": settings.app_id}
-    return LiveCdrApi(api_url=settings.api_url, **secrets, **tuning)
+    p = settings.project
+    assert p.api_url and p.api_id and p.app_id  # ProjectSettings holds them together
+    return LiveCdrApi(endpoint=Endpoint(p.api_url, p.api_id, p.app_id), **tuning)
 
 
 def storage_resource(settings: Settings) -> CdrStorageResource:
-    return CdrStorageResource(**settings.storage.model_dump())
+    home = DataHome(settings.storage.store, settings.storage.timezone)
+    return CdrStorageResource(home=home, **settings.publish.model_dump())
 
 
 def analytics_resource(settings: Settings) -> CdrAnalyticsResource:

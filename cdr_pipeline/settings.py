@@ -16,7 +16,7 @@ import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import datetime, time
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ import pydantic
 from pydantic import Field
 
 from cdr_pipeline.api.redact import MIN_SECRET_LENGTH
+from cdr_pipeline.layout import parse_day
 from cdr_pipeline.store import Store, StoreError, open_store, redacted
 
 
@@ -64,6 +65,11 @@ def check_endpoint(url: str) -> str:
         host = parts.hostname
     except ValueError as exc:
         raise InvalidEndpointError(f"CDR_API_URL is not a valid URL ({exc})") from None
+    if parts.username or parts.password:
+        raise InvalidEndpointError(
+            "CDR_API_URL must not carry a user name or password (it is shown in logs and the "
+            "UI): the credentials go in CDR_API_ID and CDR_APP_ID"
+        )
     if parts.scheme not in ("http", "https") or not host:
         raise InvalidEndpointError(
             "CDR_API_URL must look like https://HOST/201511v3/getCdr "
@@ -93,28 +99,34 @@ class ClientSettings(pydantic.BaseModel):
         60, "CDR_MARGIN_MINUTES", "widening of the day's window on both sides", ge=0, le=720
     )
     connect_timeout_s: float = knob(
-        5.0, "CDR_CONNECT_TIMEOUT_S", "seconds to wait for a connection", gt=0
+        5.0, "CDR_CONNECT_TIMEOUT_S", "seconds to wait for a connection", gt=0, le=600
     )
     read_timeout_s: float = knob(
-        30.0, "CDR_READ_TIMEOUT_S", "seconds to wait for each read of an answer", gt=0
+        30.0, "CDR_READ_TIMEOUT_S", "seconds to wait for each read of an answer", gt=0, le=3600
     )
     request_deadline_s: float = knob(
         0.0,
         "CDR_REQUEST_DEADLINE_S",
         "total seconds one request may take, headers and body; 0: four times the read timeout",
         ge=0,
+        le=4 * 3600,
     )
     max_attempts: int = knob(
         5, "CDR_MAX_ATTEMPTS", "attempts per request for transient failures", ge=1, le=20
     )
     backoff_base_s: float = knob(
-        0.5, "CDR_BACKOFF_BASE_S", "first retry's delay, doubled each attempt, with jitter", ge=0
+        0.5,
+        "CDR_BACKOFF_BASE_S",
+        "first retry's delay, doubled each attempt, with jitter",
+        ge=0,
+        le=600,
     )
     backoff_max_s: float = knob(
         30.0,
         "CDR_BACKOFF_MAX_S",
         "longest delay between attempts (a Retry-After is honoured up to it)",
         ge=0,
+        le=3600,
     )
     concurrency: int = knob(4, "CDR_CONCURRENCY", "requests in flight at once", ge=1, le=64)
     rate_limit_per_s: float = knob(
@@ -122,6 +134,7 @@ class ClientSettings(pydantic.BaseModel):
         "CDR_RATE_LIMIT_PER_S",
         "requests per second across the client, no burst; 0: no limit",
         ge=0,
+        le=10_000,
     )
     split_stragglers: bool = knob(
         True,
@@ -130,7 +143,11 @@ class ClientSettings(pydantic.BaseModel):
     )
     compress: bool = knob(True, "CDR_COMPRESS", "ask for zlib-compressed bodies")
     max_pages_per_query: int = knob(
-        1000, "CDR_MAX_PAGES_PER_QUERY", "pages one window may take before it is an error", ge=1
+        1000,
+        "CDR_MAX_PAGES_PER_QUERY",
+        "pages one window may take before it is an error",
+        ge=1,
+        le=1_000_000,
     )
     max_body_mb: float = knob(
         256, "CDR_MAX_BODY_MB", "cap on one decompressed body, in MiB", gt=0, le=4096
@@ -150,8 +167,9 @@ class ClientSettings(pydantic.BaseModel):
 
 
 class StorageSettings(pydantic.BaseModel):
-    """Where the data goes, where a day begins and ends, and how a day is published (fields
-    of the storage resource too)."""
+    """Where the data goes and where a day begins and ends: the deployment's, never a run's
+    (a run config pointing the data elsewhere could hand the object store's credentials to
+    another host, or cut the days differently)."""
 
     model_config = pydantic.ConfigDict(frozen=True)
 
@@ -164,27 +182,6 @@ class StorageSettings(pydantic.BaseModel):
         "Asia/Shanghai",
         "CDR_TIMEZONE",
         "the day boundary of partitions, and the zone of yyyy-MM-dd HH:mm:ss values",
-    )
-    max_shrink: float = knob(
-        0.05,
-        "CDR_MAX_SHRINK",
-        "a re-run may publish at most this share fewer valid calls than the published day "
-        "(never zero); a run with allow_shrink may publish anything",
-        ge=0,
-        le=1,
-    )
-    lock_wait_s: float = knob(
-        0.0,
-        "CDR_LOCK_WAIT_S",
-        "seconds a run waits for another run of the same day to finish; 0: fail at once",
-        ge=0,
-    )
-    lease_ttl_s: float = knob(
-        3600.0,
-        "CDR_LEASE_TTL_S",
-        "seconds a run's hold on a day lasts unless renewed: after it, a run that died "
-        "is taken over",
-        ge=60,
     )
 
     @pydantic.field_validator("data_dir")
@@ -225,6 +222,37 @@ class StorageSettings(pydantic.BaseModel):
         return open_store(self.data_dir)
 
 
+class PublishSettings(pydantic.BaseModel):
+    """How a day is published and held while it is built (fields of the storage resource
+    too, so a run may change them)."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    max_shrink: float = knob(
+        0.05,
+        "CDR_MAX_SHRINK",
+        "a re-run may publish at most this share fewer valid calls than the published day "
+        "(never zero); a run with allow_shrink may publish anything",
+        ge=0,
+        le=1,
+    )
+    lock_wait_s: float = knob(
+        0.0,
+        "CDR_LOCK_WAIT_S",
+        "seconds a run waits for another run of the same day to finish; 0: fail at once",
+        ge=0,
+        le=86_400,
+    )
+    lease_ttl_s: float = knob(
+        3600.0,
+        "CDR_LEASE_TTL_S",
+        "seconds a run's hold on a day lasts unless renewed: after it, a run that died "
+        "is taken over",
+        ge=60,
+        le=86_400,
+    )
+
+
 class ProjectSettings(pydantic.BaseModel):
     """Which days there are, when they run, and which API to ask."""
 
@@ -246,6 +274,7 @@ class ProjectSettings(pydantic.BaseModel):
         "CDR_FETCH_RETRY_DELAY_S",
         "seconds before the first of those runs (doubled each time, with jitter)",
         ge=0,
+        le=3600,
     )
     api_url: str | None = knob(
         None,
@@ -264,9 +293,9 @@ class ProjectSettings(pydantic.BaseModel):
     @classmethod
     def _start(cls, value: str) -> str:
         try:
-            return date.fromisoformat(value).isoformat()
-        except ValueError:
-            raise ValueError(f"CDR_START_DATE={value!r} is not a date in YYYY-MM-DD form") from None
+            return parse_day(value).isoformat()
+        except ValueError as exc:
+            raise ValueError(f"CDR_START_DATE={exc}") from None
 
     @pydantic.field_validator("api_url")
     @classmethod
@@ -318,19 +347,32 @@ class AnalyticsSettings(pydantic.BaseModel):
         "phonenumbers upgrade break the analysis the grouping relies on",
     )
     low_sample_calls: int = knob(
-        30, "CDR_LOW_SAMPLE_CALLS", "a destination with fewer calls is flagged low_sample", ge=1
+        30,
+        "CDR_LOW_SAMPLE_CALLS",
+        "a destination with fewer calls is flagged low_sample",
+        ge=1,
+        le=1_000_000,
     )
     burst_calls_10min: int = knob(
-        20, "CDR_RISK_BURST_CALLS", "burst: this many calls by one caller within 10 minutes", ge=2
+        20,
+        "CDR_RISK_BURST_CALLS",
+        "burst: this many calls by one caller within 10 minutes",
+        ge=2,
+        le=1_000_000,
     )
     fan_out_destinations: int = knob(
-        50, "CDR_RISK_FAN_OUT", "fan_out: this many distinct numbers called by one caller", ge=2
+        50,
+        "CDR_RISK_FAN_OUT",
+        "fan_out: this many distinct numbers called by one caller",
+        ge=2,
+        le=1_000_000,
     )
     repeat_target_calls: int = knob(
         20,
         "CDR_RISK_REPEAT_TARGET",
         "repeat_target: this many calls by one caller to one number",
         ge=2,
+        le=1_000_000,
     )
     short_ring_calls: int = knob(
         10,
@@ -338,15 +380,21 @@ class AnalyticsSettings(pydantic.BaseModel):
         "short_ring_unanswered: this many calls hung up within CDR_RISK_SHORT_RING_S of the "
         "callee's ring, unanswered",
         ge=1,
+        le=1_000_000,
     )
     short_ring_s: int = knob(
-        5, "CDR_RISK_SHORT_RING_S", "seconds of ringing that count as a short ring", ge=0
+        5,
+        "CDR_RISK_SHORT_RING_S",
+        "seconds of ringing that count as a short ring",
+        ge=0,
+        le=3600,
     )
     premium_night_calls: int = knob(
         1,
         "CDR_RISK_PREMIUM_NIGHT",
         "premium_night: this many calls to premium-rate numbers at local hours 0-5",
         ge=1,
+        le=1_000_000,
     )
 
     @pydantic.field_validator("default_region")
@@ -402,6 +450,7 @@ class OperationsSettings(pydantic.BaseModel):
         "CDR_RAW_RETENTION_DAYS",
         "days of raw bodies kept (older raw days are pruned; the datasets stay); 0: forever",
         ge=0,
+        le=36_500,
     )
 
     @pydantic.field_validator("freshness_deadline")
@@ -435,7 +484,9 @@ class SimulatorSettings(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(frozen=True)
 
-    simulator_seed: int = knob(20190123, "CDR_SIM_SEED", "the simulator's random seed")
+    simulator_seed: int = knob(
+        20190123, "CDR_SIM_SEED", "the simulator's random seed", ge=0, le=2**32 - 1
+    )
     simulator_calls_per_day: int = knob(
         2000, "CDR_SIM_CALLS_PER_DAY", "calls a simulated day holds", ge=0, le=50_000_000
     )
@@ -448,6 +499,7 @@ class SimulatorSettings(pydantic.BaseModel):
 
 MODELS: tuple[type[pydantic.BaseModel], ...] = (
     StorageSettings,
+    PublishSettings,
     ProjectSettings,
     ClientSettings,
     AnalyticsSettings,
@@ -467,6 +519,7 @@ class Knob:
     description: str
     secret: bool
     bounds: str
+    limits: tuple[Any, Any]  # (lowest, highest) allowed, None where unbounded
 
 
 def knobs() -> Iterator[Knob]:
@@ -487,6 +540,8 @@ def knobs() -> Iterator[Knob]:
                 )
                 if getattr(m, attr, None) is not None
             ]
+            low = [getattr(m, a) for m in info.metadata for a in ("ge", "gt") if hasattr(m, a)]
+            high = [getattr(m, a) for m in info.metadata for a in ("le", "lt") if hasattr(m, a)]
             yield Knob(
                 model,
                 name,
@@ -495,6 +550,7 @@ def knobs() -> Iterator[Knob]:
                 info.description or "",
                 bool(extra.get("secret")),
                 ", ".join(bounds),
+                (next(iter(low), None), next(iter(high), None)),
             )
 
 
@@ -503,6 +559,7 @@ class Settings:
     """The loaded settings, one model of each kind."""
 
     storage: StorageSettings
+    publish: PublishSettings
     project: ProjectSettings
     client: ClientSettings
     simulator: SimulatorSettings
@@ -512,6 +569,7 @@ class Settings:
     def of(self, model: type[pydantic.BaseModel]) -> pydantic.BaseModel:
         models = (
             self.storage,
+            self.publish,
             self.project,
             self.client,
             self.simulator,
@@ -595,7 +653,7 @@ def _start_in_the_future(given: dict[type[pydantic.BaseModel], dict[str, str]]) 
     )
     try:
         today = datetime.now(ZoneInfo(zone)).date()
-        first = date.fromisoformat(start)
+        first = parse_day(start)
     except (ValueError, ZoneInfoNotFoundError):
         return []
     if first <= today:
@@ -622,6 +680,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         )
     return Settings(
         StorageSettings.model_validate(given[StorageSettings]),
+        PublishSettings.model_validate(given[PublishSettings]),
         ProjectSettings.model_validate(given[ProjectSettings]),
         ClientSettings.model_validate(given[ClientSettings]),
         SimulatorSettings.model_validate(given[SimulatorSettings]),

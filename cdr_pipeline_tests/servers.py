@@ -9,14 +9,17 @@ A server that exits with "address already in use" is therefore started again on 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -147,3 +150,41 @@ def daemon_process(env: Mapping[str, str], log: Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+class Receiver:
+    """An HTTP server on loopback that records every request it is sent (path and body) and
+    answers 200, or holds each request ``hang_s`` seconds first (a webhook that hangs)."""
+
+    def __init__(self, hang_s: float = 0.0) -> None:
+        self.requests: list[tuple[str, bytes]] = []
+        self._closing = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                owner.requests.append((self.path, self.rfile.read(length)))
+                if hang_s:
+                    owner._closing.wait(hang_s)
+                self.send_response(200)
+                self.end_headers()
+
+            do_GET = do_POST
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook/T0K3N-s3cr3t"
+
+    @property
+    def bodies(self) -> list[dict]:
+        return [json.loads(body) for _, body in self.requests if body]
+
+    def close(self) -> None:
+        self._closing.set()
+        self.server.shutdown()
+        self.server.server_close()

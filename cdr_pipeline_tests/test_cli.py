@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pytest
 
-from cdr_pipeline import layout, publish, raw
+from cdr_pipeline import cli, layout, publish, raw
 from cdr_pipeline.settings import ConfigError, load_settings
 from cdr_pipeline.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.store import open_store
@@ -440,3 +440,24 @@ def test_check_says_what_works_and_what_to_fix(tmp_path, force_error, code, said
     assert out.returncode == code, out.stderr
     assert said in out.stdout + out.stderr
     assert server.sim.stats["requests"] == 1  # one request, even when it fails
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["kpis", "--last", "1000000"], "'1000000' is not a whole number from 1 to 3660"),
+        (["prune", "--keep-days", "99999999"], "is not a whole number from 0 to 36500"),
+        (["prune", "--keep-days", "-1"], "'-1' is not a whole number from 0 to 36500"),
+        (["simulate-api", "--fault-rate", "inf"], "'inf' is not a number from 0.0 to 1.0"),
+        (["kpis", "--start", "20250301", "--end", "2025-03-02"], "is not a date in YYYY-MM-DD"),
+        (["kpis", "--start", "2025-W10-1", "--end", "2025-03-02"], "is not a date in YYYY-MM-DD"),
+        (["kpis", "--last", "3", "--start", "2024-03-01"], "--last, not both"),
+    ],
+)
+def test_every_option_is_bounded_and_said_in_one_line(tmp_path, monkeypatch, capsys, argv, said):
+    monkeypatch.setenv("CDR_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    err = capsys.readouterr().err + str(stopped.value.code)
+    assert said in err and "Traceback" not in err

@@ -58,7 +58,7 @@ def test_a_dataset_declared_once_is_published_defined_and_described(sim_server, 
         [raw_cdr_asset(settings, partitions), day_asset(registry, partitions)],
         partition_key=DAY,
         resources={
-            "cdr_api": api_resource(settings, secrets_from_env=False),
+            "cdr_api": api_resource(settings),
             "cdr_storage": storage_resource(settings),
             "cdr_analytics": analytics_resource(settings),
         },

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from datetime import UTC, date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -23,7 +21,7 @@ from cdr_pipeline import alerts, layout, lease, operations, raw
 from cdr_pipeline.operations import FAILED, FINE, RUNNING
 from cdr_pipeline.store import open_store
 from cdr_pipeline_tests.conftest import API_ID, APP_ID, load_defs
-from cdr_pipeline_tests.servers import BIN, ROOT, daemon_process, stop, tail
+from cdr_pipeline_tests.servers import BIN, ROOT, Receiver, daemon_process, stop, tail
 
 CLI = str(BIN / "cdr-pipeline")
 SH = ZoneInfo("Asia/Shanghai")
@@ -219,31 +217,6 @@ def test_freshness_check_warns_for_a_late_day_and_passes_once_it_is_in(tmp_path,
         assert evaluation.passed
 
 
-class _Receiver:
-    """A webhook on loopback that records every JSON body it is sent."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                owner.bodies.append(json.loads(self.rfile.read(length)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook/T0K3N-s3cr3t"
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 def _wait(what, timeout: float = 240.0):
     """Poll the daemon's effects (its sensors tick every 30 s)."""
     deadline = time.monotonic() + timeout
@@ -257,7 +230,7 @@ def _wait(what, timeout: float = 240.0):
 
 @pytest.mark.slow
 def test_the_daemon_alerts_once_per_failed_partition_and_catches_up(tmp_path, sim_server):
-    receiver = _Receiver()
+    receiver = Receiver()
     start = (datetime.now(SH).date() - timedelta(days=2)).isoformat()
     days = operations.complete_days(datetime.now(UTC), SH, 2, start)
     env = _env(
@@ -323,7 +296,7 @@ def test_the_daemon_alerts_once_per_failed_partition_and_catches_up(tmp_path, si
     assert "T0K3N-s3cr3t" not in log.read_text()
 
 
-def _receiver_has(receiver: _Receiver, days: set[str]) -> bool:
+def _receiver_has(receiver: Receiver, days: set[str]) -> bool:
     said = {b["partition"] for b in receiver.bodies if b["kind"] == "run_failure"}
     warned = any(b["subject"].endswith("flagged_callers") for b in receiver.bodies)
     return days <= said and warned

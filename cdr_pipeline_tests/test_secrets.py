@@ -8,6 +8,7 @@ and stack traces are stored). Then every byte written anywhere is searched.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -162,3 +163,34 @@ def test_no_secret_in_raised_errors_or_dagster_failures(monkeypatch, tmp_path, s
         texts.append(repr(run))
     texts.append(caplog.text)
     assert _leaks("\n".join(texts).encode()) == []
+
+
+@pytest.mark.parametrize(
+    ("resource", "config"),
+    [
+        ("cdr_api", {"api_url": "ATTACKER"}),
+        ("cdr_api", {"app_id": {"env": "AWS_SECRET_ACCESS_KEY"}}),
+        ("cdr_api", {"api_id": "x" * 16}),
+        ("cdr_api", {"endpoint": {"url": "ATTACKER"}}),
+        ("cdr_storage", {"data_dir": "s3://bucket/cdr?endpoint_override=ATTACKER"}),
+        ("cdr_storage", {"home": {"store": "/tmp/elsewhere"}}),
+        ("cdr_storage", {"timezone": "UTC"}),
+    ],
+)
+def test_a_run_config_cannot_repoint_the_endpoint_credentials_or_data(
+    monkeypatch, tmp_path, sim_server, instance, resource, config
+):
+    """Anyone who can launch a run could otherwise send the credentials to their own host."""
+    env = Env(monkeypatch, tmp_path, sim_server())
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-canary-secret-0001")
+    attacker = sim_server()
+    config = json.loads(json.dumps(config).replace("ATTACKER", attacker.url))
+    with pytest.raises(dg.DagsterInvalidConfigError) as refused:
+        env.run(instance, "2024-03-01", run_config={"resources": {resource: {"config": config}}})
+    (field,) = config
+    assert f'unexpected config entry "{field}"' in str(refused.value)
+    assert not attacker.sim.stats  # nothing was sent anywhere
+    assert not env.root.exists() or not any(env.root.rglob("*.parquet"))
+    # the tuning a run may change still takes
+    tuned = {"resources": {"cdr_api": {"config": {"max_attempts": 2}}}}
+    assert env.run(instance, "2024-03-01", run_config=tuned).success

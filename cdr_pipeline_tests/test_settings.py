@@ -19,6 +19,7 @@ from cdr_pipeline.resources import (
 from cdr_pipeline.settings import (
     ClientSettings,
     ConfigError,
+    PublishSettings,
     SimulatorSettings,
     StorageSettings,
     env_example,
@@ -54,7 +55,10 @@ def test_every_variable_is_declared_once_and_the_resources_carry_the_knobs():
     assert client_fields <= set(LiveCdrApi.model_fields)
     assert client_fields | sim_fields <= set(SimulatedCdrApi.model_fields)
     assert not sim_fields & set(LiveCdrApi.model_fields)  # simulator knobs: simulated only
-    assert set(StorageSettings.model_fields) <= set(CdrStorageResource.model_fields)
+    assert set(PublishSettings.model_fields) <= set(CdrStorageResource.model_fields)
+    # where data and credentials go is the deployment's: no resource field (no run config) sets it
+    fields = {f for r in (LiveCdrApi, SimulatedCdrApi, CdrStorageResource) for f in r.model_fields}
+    assert not (set(StorageSettings.model_fields) | {"api_url", "api_id", "app_id"}) & fields
 
 
 def test_the_environment_reaches_the_resource(tmp_path):
@@ -71,7 +75,7 @@ def test_the_environment_reaches_the_resource(tmp_path):
     assert isinstance(sim, SimulatedCdrApi)
     assert (sim.window_hours, sim.split_stragglers, sim.simulator_calls_per_day) == (3, False, 17)
     assert sim.max_body_bytes == 1_572_864
-    assert storage_resource(settings).data_dir == str(tmp_path)
+    assert storage_resource(settings).store.url == str(tmp_path)
     live = api_resource(
         load_settings(
             {
@@ -81,8 +85,7 @@ def test_the_environment_reaches_the_resource(tmp_path):
                 "CDR_APP_ID": "the-app",
                 "CDR_CONCURRENCY": "9",
             }
-        ),
-        secrets_from_env=False,
+        )
     )
     assert isinstance(live, LiveCdrApi) and live.concurrency == 9
     assert "the-id" not in repr(live) and "the-app" not in repr(live)
@@ -172,3 +175,31 @@ def test_no_setting_is_read_at_import(monkeypatch):
         assert (partitions.timezone, partitions.get_first_partition_key()) == (zone, start)
         schedule = built.resolve_schedule_def("cdr_daily_schedule")
         assert schedule.execution_timezone == zone
+
+
+def test_a_url_with_a_user_or_password_is_refused_without_printing_it(tmp_path):
+    for url in (
+        "https://user:pa55word-canary@api.example.com/201511v3/getCdr",
+        "https://pa55word-canary@api.example.com/201511v3/getCdr",
+    ):
+        with pytest.raises(ConfigError) as caught:
+            load_settings({"CDR_DATA_DIR": str(tmp_path), "CDR_API_URL": url})
+        assert "must not carry a user name or password" in str(caught.value)
+        assert "pa55word-canary" not in str(caught.value)
+
+
+def test_every_number_has_finite_bounds_and_infinity_is_refused(tmp_path):
+    numeric = [k for k in knobs() if type(k.default) in (int, float)]
+    assert numeric
+    for k in numeric:
+        assert "<=" in k.bounds and (">=" in k.bounds or ">" in k.bounds), k.env
+        for value in ("inf", "-inf", "nan", "1e400"):
+            with pytest.raises(ConfigError) as caught:
+                load_settings({"CDR_DATA_DIR": str(tmp_path), k.env: value})
+            assert str(caught.value).startswith(f"{k.env}="), (k.env, value)
+
+
+@pytest.mark.parametrize("text", ["20250301", "2025-W10-1", "2025-3-1", "2025-02-30", " "])
+def test_a_date_is_strictly_yyyy_mm_dd(tmp_path, text):
+    with pytest.raises(ConfigError, match="CDR_START_DATE"):
+        load_settings({"CDR_DATA_DIR": str(tmp_path), "CDR_START_DATE": text + "x" * (text == " ")})
