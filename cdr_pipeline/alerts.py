@@ -13,6 +13,7 @@ import httpx
 
 from cdr_pipeline.api.redact import get_logger, install_log_redaction, register_secret
 from cdr_pipeline.api.transport import proxy_for
+from cdr_pipeline.text import one_line, slack
 
 log = get_logger(__name__)
 ICONS = {"ERROR": ":red_circle:", "WARN": ":warning:"}
@@ -89,9 +90,10 @@ def payload(alert: Alert, form: str) -> dict[str, Any]:
     if form == "json":
         return asdict(alert)
     what = {"run_failure": "run failed", "check_failure": "check failed"}
-    text = (
+    text = (  # what came from the provider is text, never Slack markup
         f"{ICONS.get(alert.severity, '')} *{alert.severity}* cdr-pipeline {what[alert.kind]}: "
-        f"`{alert.subject}`, partition {alert.partition}\n{alert.text}"
+        f"`{slack(alert.subject)}`, partition {slack(alert.partition)}\n"
+        f"{slack(alert.text, MAX_TEXT)}"
     )
     if alert.run_url:
         text += f"\n<{alert.run_url}|open in Dagster>"
@@ -119,5 +121,4 @@ def post(url: str, alerts: Iterable[Alert], form: str, *, timeout_s: float = 10)
 
 
 def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+    return one_line(text, MAX_TEXT)

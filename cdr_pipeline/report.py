@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tabulate import tabulate
 
-from cdr_pipeline import layout, publish
+from cdr_pipeline import layout, publish, text
 from cdr_pipeline.store import Store
 
 TREND_DAYS = 30
@@ -211,11 +211,15 @@ def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A preview table for the Dagster UI (``|`` in a value is escaped)."""
+    """A preview table for the Dagster UI: text values are provider data, shown literally
+    (escaped) and capped."""
     if not rows:
         return "_no rows_"
     columns = list(rows[0])
-    cells = [[format_cell(r[c]).replace("|", "\\|") for c in columns] for r in rows]
+    cells = [
+        [text.markdown(r[c]) if isinstance(r[c], str) else format_cell(r[c]) for c in columns]
+        for r in rows
+    ]
     return tabulate(cells, headers=columns, tablefmt="github", disable_numparse=True)
 
 
@@ -225,6 +229,8 @@ def format_cell(value: Any) -> str:
         return "—"
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, str):
+        return text.one_line(value)
     return str(value)
 
 

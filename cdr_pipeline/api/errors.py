@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cdr_pipeline.api.redact import redact
+from cdr_pipeline.text import one_line
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,11 @@ class CdrApiError(Exception):
         # when made, and the whole text again when shown.
         message = redact(message)
         self.message = message
-        self.code = code
+        self.code = None if code is None else one_line(code)
         self.meaning = meaning
         self.hint = hint
         self.window = window
-        self.call_id = call_id
+        self.call_id = None if call_id is None else one_line(call_id)
         self.http_status = http_status
         self.partition: str | None = None
         super().__init__(message)
@@ -199,7 +200,7 @@ def error_for_code(
 ) -> CdrApiError:
     """Map a non-zero ``errorCode`` to its exception (unknown codes are fatal)."""
     info = ERROR_CODES.get(code)
-    detail = (result_text or "").strip()[:200]
+    detail = one_line((result_text or "").strip())
     if info is None:
         return FatalApiError(
             f"the API answered an unknown error code; its text: {detail!r}",

@@ -26,6 +26,7 @@ from cdr_pipeline.raw import fetch_raw_day
 from cdr_pipeline.report import TREND_DAYS, days_back, kpi_history
 from cdr_pipeline.resources import CdrAnalyticsResource, CdrApiResource, CdrStorageResource
 from cdr_pipeline.settings import Settings, load_settings
+from cdr_pipeline.text import MAX_VALUE, cap
 from cdr_pipeline.transform import TRANSFORM_VERSION
 
 GROUP = "cdr"
@@ -256,7 +257,14 @@ def _metadata(dataset: Dataset, facts: DayFacts, path: str) -> dict[str, Any]:
     if "dagster/row_count" not in found:
         found["dagster/row_count"] = facts.tables[dataset.name].num_rows
     found["path"] = dg.MetadataValue.path(path)
-    return {k: dg.MetadataValue.md(v) if isinstance(v, Markdown) else v for k, v in found.items()}
+    return {k: _bounded(v) for k, v in found.items()}
+
+
+def _bounded(value: Any) -> Any:
+    """Each text value capped whole (each provider string in it is capped where it is put)."""
+    if isinstance(value, Markdown):
+        return dg.MetadataValue.md(cap(value, MAX_VALUE))
+    return cap(value, MAX_VALUE) if isinstance(value, str) else value
 
 
 @dg.definitions

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 from cdr_pipeline import layout, publish, raw
 from cdr_pipeline.resources import CdrStorageResource
 from cdr_pipeline.store import Store
+from cdr_pipeline.text import MAX_VALUE, cap, one_line
 from cdr_pipeline.transform.analytics import MATCH_WARN, WORST_CALLS, worst_billed
 from cdr_pipeline.transform.validate import ACCOUNTING_BUCKETS, unaccounted
 
@@ -116,15 +117,18 @@ def billing_reconciliation(
                 "; worst: "
                 + (
                     ", ".join(
-                        f"{w['call_id']} (billed {w['billed']} s, talk {w['expected']} s)"
+                        f"{one_line(w['call_id'])} (billed {w['billed']} s, talk {w['expected']} s)"
                         for w in worst
                     )
                     or "none"
                 )
                 + "; billed without an answer: "
-                + (", ".join(unanswered_ids.slice(0, WORST_CALLS).to_pylist()) or "none")
+                + (
+                    ", ".join(map(one_line, unanswered_ids.slice(0, WORST_CALLS).to_pylist()))
+                    or "none"
+                )
             )
-        meta[day] = said
+        meta[day] = cap(said, MAX_VALUE)
     return dg.AssetCheckResult(
         passed=not warned,
         severity=dg.AssetCheckSeverity.WARN,
@@ -145,9 +149,9 @@ def flagged_callers(
     for day in _days(context):
         risk = publish.read_day_table(cdr_storage.store, "caller_risk_daily", day).to_pylist()
         if risk:
-            meta[day] = "; ".join(f"{r['src']}: {', '.join(r['flags'])}" for r in risk[:20]) + (
-                f"; and {len(risk) - 20} more" if len(risk) > 20 else ""
-            )
+            said = "; ".join(f"{one_line(r['src'])}: {', '.join(r['flags'])}" for r in risk[:20])
+            more = f"; and {len(risk) - 20} more" if len(risk) > 20 else ""
+            meta[day] = cap(said + more, MAX_VALUE)
     return dg.AssetCheckResult(
         passed=not meta,
         severity=dg.AssetCheckSeverity.WARN,

@@ -134,7 +134,8 @@ class CallBook:
                 n = hours.index(local) * per_hour + k
                 t0 = hour * 3600 + 30 + k * spacing_s
                 call_id = self._call_id(hour, first + len(out))
-                out.append(self._scripted_call(rng, call_id, src, dst_of(n), t0, shape))
+                caller = self.config.hostile_text + src
+                out.append(self._scripted_call(rng, call_id, caller, dst_of(n), t0, shape))
         return out
 
     def _scripted_call(

@@ -73,6 +73,9 @@ class SimConfig:
     abuse: bool = False
     # a hostile or misconfigured provider
     content_encoding: str | None = None  # this Content-Encoding header on every answer
+    # a provider that serves markup: put before every abusive caller's number (abuse=True) and
+    # in every forced error's text
+    hostile_text: str = ""
     echo_secrets: bool = False  # error answers repeat the appId, the id and the request line
     cdr_list: str = "present"  # "absent" or "null": success answers without their cdr list
     bomb_from_request: int = 0  # from this request on (1-based), answer a decompression bomb

@@ -77,7 +77,7 @@ class CdrSimulator(CallBook):
         if cfg.app_id is not None and params.get("appId") != cfg.app_id:
             return self._error("-401", "appId invalid")
         if cfg.force_error and served > cfg.force_error_after:
-            return self._error(cfg.force_error, f"forced error {cfg.force_error}")
+            return self._error(cfg.force_error, f"forced error {cfg.force_error}{cfg.hostile_text}")
         key = json.dumps(params, sort_keys=True)
         with self._lock:
             attempt = self._attempts[key]
