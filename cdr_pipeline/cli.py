@@ -17,8 +17,9 @@ import yaml
 from tabulate import tabulate
 
 from cdr_pipeline.api.errors import CdrApiError
-from cdr_pipeline.layout import parse_day
+from cdr_pipeline.layout import StorageError, parse_day
 from cdr_pipeline.settings import ConfigError, Settings, apply_dotenv, knobs, load_settings
+from cdr_pipeline.store import StoreError
 
 
 def _client(settings: Settings):
@@ -610,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CdrApiError as exc:
         print(f"API error: {exc}", file=sys.stderr)
         return 3
-    except OSError as exc:  # the data directory: a bucket out of reach, a full disk
+    except (OSError, StoreError, StorageError) as exc:  # a full disk, a link, a bad file
         print(f"storage error: {exc}", file=sys.stderr)
         return 4
 

@@ -89,7 +89,8 @@ COLUMNS: dict[str, dict[str, str]] = {
     "cdr_rejects": {
         "reason": "why the record was rejected: the first failing rule, in this order: "
         "not_an_object, missing_call_id, missing_start_time, bad_timestamp, bad_status, "
-        "bad_duration, bad_call_type, end_before_start, bad_field",
+        "bad_duration, bad_call_type, end_before_start, bad_field; unreadable: a record nested "
+        "beyond the parser's depth",
         "detail": "the rule's finding in words (which field, what value)",
         "raw": "the record exactly as received, as JSON text",
         "source": "the raw body it came from (a file of raw/cdr/date=.../, in its manifest)",

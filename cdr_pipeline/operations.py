@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from cdr_pipeline import layout, lease, raw
+from cdr_pipeline import lease, raw
 from cdr_pipeline.store import Store
 
 # What Dagster says of a partition, as plain words (None: never materialized).
@@ -72,7 +72,7 @@ def prune_raw(
     owner = f"prune-{now.timestamp():.0f}"
     for day in prune_plan(raw.raw_days(store), now.astimezone(tz).date(), keep_days):
         if dry_run:
-            done.removed[day] = len(store.list(layout.raw_day_key(day)))
+            done.removed[day] = len(raw.pipeline_files(store, day))
             continue
         try:
             with lease.run_leases(store, [day], owner, ttl_s=600, wait_s=0) as held:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdr_pipeline.layout import StorageError, check_day, part_key, state_key
-from cdr_pipeline.store import Store, StoreError, check_key, json_bytes, tmp_key
+from cdr_pipeline.store import Store, StoreError, check_key, is_tmp_of, json_bytes, tmp_key
 
 # Fixed writer settings and fixed row-group size: the same rows always give the same bytes,
 # whatever slices they arrive in. zstd level 1, and dictionaries only where values repeat (a
@@ -189,14 +189,11 @@ def _apply_moves(store: Store, moves: list[list[str]]) -> None:
 
 
 def _sweep_debris(store: Store, target: str) -> None:
-    """Remove temporaries that interrupted writes of ``target`` left behind; in a dataset's
-    day folder also any Parquet file that is no longer the day's."""
+    """Remove temporaries that interrupted writes of ``target`` left behind: only those, by
+    their own name pattern (anything else in the folder is not the pipeline's to delete)."""
     folder, name = posixpath.split(target)
     for entry in store.list(folder):
-        if entry == name:
-            continue
-        stale_tmp = entry.startswith(f".{name}.") and entry.endswith(".tmp")
-        if stale_tmp or (name.endswith(".parquet") and entry.endswith(".parquet")):
+        if is_tmp_of(entry, name):
             store.delete(f"{folder}/{entry}")
 
 

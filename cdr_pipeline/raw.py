@@ -115,6 +115,14 @@ def _is_body_name(name: str) -> bool:
     return len(digest) == 64 and set(digest) <= _BODY_CHARS and ext in ENCODING_EXT.values()
 
 
+def _is_ours(name: str) -> bool:
+    """A file of a raw day folder the pipeline wrote: the manifest, a body, or a temporary of
+    either. Nothing else there is ever deleted (an operator's notes, an export)."""
+    if name.startswith(".") and name.endswith(".tmp"):
+        name = name[1:].rsplit(".", 2)[0]
+    return name == MANIFEST or _is_body_name(name)
+
+
 def write_raw_day(store: Store, day: str, bodies: list[tuple[bytes, str]], manifest: dict) -> str:
     """Store bodies under their hash, then commit the day by replacing ``manifest.json``."""
     folder = raw_day_key(day)
@@ -135,7 +143,8 @@ def write_raw_day(store: Store, day: str, bodies: list[tuple[bytes, str]], manif
             store.delete(f"{folder}/{name}")
         raise
     for entry in present - keep:
-        store.delete(f"{folder}/{entry}")
+        if _is_ours(entry):
+            store.delete(f"{folder}/{entry}")
     return store.uri(folder)
 
 
@@ -149,17 +158,20 @@ def prune_raw_day(store: Store, day: str) -> int:
     the commit record, so from then on the day has no raw layer (a re-validation says so
     plainly), and a prune cut short leaves only bodies no manifest lists, which the next prune
     (or the day's next fetch) removes. The validated datasets are not touched."""
-    folder = raw_day_key(day)
-    names = store.list(folder)
+    names = pipeline_files(store, day)
     if MANIFEST in names:
         store.delete(manifest_key(day))
-    removed = 0
+    folder = raw_day_key(day)
     for name in names:
         if name != MANIFEST:
             store.delete(f"{folder}/{name}")
-        removed += 1
-    store.remove_folder(folder)
-    return removed
+    store.remove_folder(folder)  # stays if anything not ours is left in it
+    return len(names)
+
+
+def pipeline_files(store: Store, day: str) -> list[str]:
+    """The files of a raw day the pipeline wrote (what a prune removes)."""
+    return [name for name in store.list(raw_day_key(day)) if _is_ours(name)]
 
 
 def read_raw_manifest(store: Store, day: str) -> dict:

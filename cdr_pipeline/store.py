@@ -59,6 +59,11 @@ def check_key(key: str) -> str:
     return norm
 
 
+def is_tmp_of(entry: str, name: str) -> bool:
+    """Whether ``entry`` is a temporary :func:`tmp_key` made for ``name``."""
+    return entry.startswith(f".{name}.") and entry.endswith(".tmp")
+
+
 def tmp_key(key: str) -> str:
     """A hidden sibling name for staging ``key``: dataset readers (DuckDB's ``*.parquet``
     globs, pyarrow and Spark datasets) skip names that start with a dot or end in ``.tmp``."""
@@ -236,8 +241,22 @@ class LocalStore(Store):
     def uri(self, key: str = "") -> str:
         return str(self.root / check_key(key)) if key else str(self.root)
 
+    def _p(self, key: str) -> str:
+        return str(self.path(key))
+
     def path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        """Where ``key`` is, refused if a link lies on the way: the pipeline neither follows a
+        link out of its data directory nor deletes through one."""
+        path = self.root / check_key(key)
+        step = self.root
+        for part in path.relative_to(self.root).parts:
+            step = step / part
+            if step.is_symlink():
+                raise StoreError(
+                    f"{step} is a symbolic link; the pipeline does not read, write or delete "
+                    "through links in its data directory: replace it with the folder or file"
+                )
+        return path
 
     def remove_folder(self, folder: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):

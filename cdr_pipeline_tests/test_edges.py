@@ -9,8 +9,10 @@ import json
 import re
 
 import dagster as dg
+import duckdb
+import pytest
 
-from cdr_pipeline import alerts, text
+from cdr_pipeline import alerts, cli, text
 from cdr_pipeline_tests.conftest import Env
 
 # A provider's caller number that is markup in every sink, and far too long to show.
@@ -97,3 +99,115 @@ def test_a_provider_error_text_is_capped_one_line_in_the_failure(
     said = failure.step_failure_data.error.message
     assert "forced error -402" in said and len(said) < 1_500 and "9" * 100 not in said
     assert "\n| forged" not in said
+
+
+@pytest.mark.parametrize("depth", [2_000, 200_000])
+def test_a_record_nested_beyond_the_parser_is_rejected_and_the_day_published(
+    monkeypatch, tmp_path, sim_server, instance, depth
+):
+    """Before, one such record failed the whole day, retried as transient for minutes (and
+    Arrow, asked to infer its type, took time quadratic in the depth, then overflowed)."""
+    clean = Env(monkeypatch, tmp_path / "clean", sim_server(calls_per_day=300))
+    assert clean.run(instance, "2024-03-01").success
+    env = Env(
+        monkeypatch,
+        tmp_path / "deep",
+        sim_server(calls_per_day=300, nested_depth=depth),
+        CDR_MAX_ATTEMPTS="1",
+        CDR_FETCH_RETRIES="0",
+    )
+    result = env.run(instance, "2024-03-01")
+    assert result.success
+    con = duckdb.connect()
+    rejects = con.sql(f"select reason, raw from '{env.glob('cdr_rejects')}'").fetchall()
+    assert [r for r, _ in rejects] == ["unreadable"]
+    assert rejects[0][1].startswith('{"callId":"deep-1","extra":[[[[')
+    same = f"select * from '{clean.glob('cdr')}' except select * from '{env.glob('cdr')}'"
+    assert con.sql(same).fetchall() == []
+    assert con.sql(f"select count(*) from '{env.glob('cdr')}'").fetchall()[0][0] > 250
+    acc = json.loads((env.root / "_state" / "validation" / "date=2024-03-01.json").read_text())
+    assert acc["accounting"]["rejects_by_reason"]["unreadable"] == 1
+
+
+# --- the file system around the data directory ----------------------------------------------
+
+
+def _materialized(monkeypatch, tmp_path, sim_server, instance, *days: str) -> Env:
+    env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=100))
+    for day in days:
+        assert env.run(instance, day).success
+    monkeypatch.chdir(tmp_path)  # no .env of the project's folder
+    return env
+
+
+def test_prune_removes_only_the_files_the_pipeline_wrote(
+    monkeypatch, tmp_path, sim_server, instance, capsys
+):
+    env = _materialized(monkeypatch, tmp_path, sim_server, instance, "2024-03-01")
+    folder = env.root / "raw" / "cdr" / "date=2024-03-01"
+    ours = sorted(p.name for p in folder.iterdir())
+    (folder / "README.txt").write_text("the operator's notes")
+    (folder / "billing-export.csv").write_text("a,b\n1,2\n")
+    assert cli.main(["prune", "--keep-days", "1", "--dry-run"]) == 0
+    assert f"{len(ours)} files" in capsys.readouterr().out
+    assert cli.main(["prune", "--keep-days", "1"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["README.txt", "billing-export.csv"]
+
+
+def test_prune_refuses_a_linked_day_folder_and_deletes_nothing_through_it(
+    monkeypatch, tmp_path, sim_server, instance, capsys
+):
+    env = _materialized(monkeypatch, tmp_path, sim_server, instance, "2024-03-01")
+    folder = env.root / "raw" / "cdr" / "date=2024-03-01"
+    elsewhere = tmp_path / "other-disk" / "day"
+    elsewhere.parent.mkdir()
+    folder.rename(elsewhere)
+    (elsewhere / "README.txt").write_text("the operator's notes")
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    before = sorted(p.name for p in elsewhere.iterdir())
+    for dry in ([], ["--dry-run"]):
+        assert cli.main(["prune", "--keep-days", "1", *dry]) == 4
+        said = capsys.readouterr().err
+        assert f"{folder} is a symbolic link" in said and "Traceback" not in said
+    assert sorted(p.name for p in elsewhere.iterdir()) == before
+
+
+def test_publishing_refuses_a_linked_dataset_folder_and_is_not_retried(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    env = _materialized(monkeypatch, tmp_path, sim_server, instance)
+    other_team = tmp_path / "other-team"
+    other_team.mkdir()
+    theirs = other_team / "part-0.parquet"
+    theirs.write_bytes(b"PAR1 their data PAR1")
+    (env.root / "cdr").mkdir(parents=True)
+    (env.root / "cdr" / "date=2024-03-02").symlink_to(other_team, target_is_directory=True)
+    monkeypatch.setenv("CDR_FETCH_RETRIES", "2")
+    result = Env(monkeypatch, tmp_path, env.server).run(
+        instance, "2024-03-02", raise_on_error=False
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "is a symbolic link" in failure.step_failure_data.error.message
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert theirs.read_bytes() == b"PAR1 their data PAR1"
+    assert sorted(p.name for p in other_team.iterdir()) == ["part-0.parquet"]
+
+
+def test_a_fetch_into_a_linked_raw_folder_fails_once_without_retries(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    env = _materialized(monkeypatch, tmp_path, sim_server, instance)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (env.root / "raw" / "cdr").mkdir(parents=True)
+    (env.root / "raw" / "cdr" / "date=2024-03-03").symlink_to(elsewhere)
+    monkeypatch.setenv("CDR_FETCH_RETRIES", "2")
+    result = Env(monkeypatch, tmp_path, env.server).run(
+        instance, "2024-03-03", raise_on_error=False
+    )
+    assert not result.success
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "is a symbolic link" in failure.step_failure_data.error.message
+    assert list(elsewhere.iterdir()) == []

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from cdr_pipeline import publish
 from cdr_pipeline.api import errors
+from cdr_pipeline.api.spans import cdr_spans
 from cdr_pipeline.api.wire import decode_body, parse_document
 from cdr_pipeline.datasets import DATASETS, queries
 from cdr_pipeline.simulator import CdrSimulator, SimConfig
@@ -26,7 +27,6 @@ from cdr_pipeline.transform.dedup import DayBuilder
 from cdr_pipeline.transform.hashing import fingerprint
 from cdr_pipeline.transform.parse import MAX_EPOCH, MIN_EPOCH, BadValue, parse_time
 from cdr_pipeline.transform.read import parse_pages
-from cdr_pipeline.transform.spans import cdr_spans
 from cdr_pipeline.transform.summarize import KpiSummary, OutcomeSummary, kpi_table
 from cdr_pipeline.transform.validate import (
     CDR_SCHEMA,

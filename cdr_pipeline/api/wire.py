@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdr_pipeline.api.errors import FatalApiError, MalformedResponseError
+from cdr_pipeline.api.spans import cdr_spans, parse_int
 
 try:  # ISA-L inflates the same streams to the same bytes, faster (docs/performance.md)
     from isal import isal_zlib as _inflate_lib
@@ -104,33 +105,20 @@ def more_follows(offset: Any) -> bool:
         return True
 
 
-_MAX_INT_DIGITS = 4000  # below Python's int-from-string limit (4300)
-
-
-def _parse_int(text: str) -> int | str:
-    """A number too long to be anything real stays its digits, for the validator to reject
-    (Python refuses to convert it, which would otherwise fail the whole page)."""
-    return int(text) if len(text) <= _MAX_INT_DIGITS else text
-
-
-def parse_value(json_bytes: bytes) -> Any:
-    """Any JSON value, read as :func:`parse_document` reads the values in a body (a part of a
-    body it has vouched for: errors are the caller's)."""
-    return json.loads(json_bytes, parse_int=_parse_int)
-
-
 def parse_document(json_bytes: bytes) -> Document:
-    """Parse a decoded body; structural problems are :class:`MalformedResponseError`."""
+    """Parse a decoded body; structural problems are :class:`MalformedResponseError`. A
+    record nested beyond the parser's depth is kept as :class:`Unreadable` (a reject for the
+    validator), never a reason to refuse the page: fetching it again would not change it."""
     try:
-        doc = json.loads(json_bytes, parse_int=_parse_int)
+        doc = json.loads(json_bytes, parse_int=parse_int)
+    except RecursionError:
+        doc = _parse_deep(json_bytes)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and the like
         snippet = json_bytes[:80].decode("utf-8", "replace")
         raise MalformedResponseError(
             f"body is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
             f"it starts with {snippet!r}"
         ) from None
-    except RecursionError:
-        raise MalformedResponseError("body is JSON nested too deeply to parse") from None
     if not isinstance(doc, dict):
         raise MalformedResponseError(
             f"body is a JSON {type(doc).__name__}, not an object with errorCode"
@@ -159,3 +147,19 @@ def parse_document(json_bytes: bytes) -> Document:
             raise MalformedResponseError(f"cdr is a JSON {type(cdr).__name__}, not a list")
         records = cdr
     return Document(code, result, records, offset, doc)
+
+
+def _parse_deep(json_bytes: bytes) -> Any:
+    """A body with an element too deep for the parser: its envelope, and each element of its
+    ``cdr`` array read alone (the deep one as :class:`Unreadable`)."""
+    spans = cdr_spans(json_bytes)
+    if spans is None:
+        raise MalformedResponseError("body is JSON nested too deeply to parse")
+    try:
+        doc = json.loads(json_bytes[: spans.opens + 1] + json_bytes[spans.closes :])
+    except (ValueError, RecursionError):
+        raise MalformedResponseError("body is JSON nested too deeply to parse") from None
+    if not isinstance(doc, dict) or doc.get("cdr") != []:
+        raise MalformedResponseError("body is JSON nested too deeply to parse")
+    doc["cdr"] = [spans.element(json_bytes, i) for i in range(len(spans))]
+    return doc

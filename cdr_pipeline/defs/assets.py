@@ -26,7 +26,7 @@ from cdr_pipeline.raw import fetch_raw_day
 from cdr_pipeline.report import TREND_DAYS, days_back, kpi_history
 from cdr_pipeline.resources import CdrAnalyticsResource, CdrApiResource, CdrStorageResource
 from cdr_pipeline.settings import Settings, load_settings
-from cdr_pipeline.text import MAX_VALUE, cap
+from cdr_pipeline.text import MAX_VALUE, cap, one_line
 from cdr_pipeline.transform import TRANSFORM_VERSION
 
 GROUP = "cdr"
@@ -168,6 +168,19 @@ def _fetch(
             metadata={"partition": day.key, "path": str(exc.filename or "")},
             allow_retries=False,
         ) from None
+    except Exception as exc:
+        raise _not_retried(day, exc) from exc
+
+
+def _not_retried(day: Day, exc: Exception) -> dg.Failure:
+    """A failure another try would repeat: a link in the data directory, a corrupt file, a
+    bug. Said plainly, with the day, and never retried as if the provider were at fault."""
+    return dg.Failure(
+        f"{day.key}: {type(exc).__name__}: {one_line(exc, 1000)}. Running it again would fail "
+        "the same way: it is not retried",
+        metadata={"partition": day.key},
+        allow_retries=False,
+    )
 
 
 class DayConfig(dg.Config):
@@ -230,6 +243,8 @@ def day_asset(
                     )
                 except (ShrinkRefused, DayBusy) as exc:
                     raise dg.Failure(str(exc), allow_retries=False) from None
+                except Exception as exc:
+                    raise _not_retried(day, exc) from exc
                 held.release(day.key)
                 fetched += built.accounting["fetched"]
                 valid += built.accounting["valid"]

@@ -76,6 +76,8 @@ class SimConfig:
     # a provider that serves markup: put before every abusive caller's number (abuse=True) and
     # in every forced error's text
     hostile_text: str = ""
+    # a record nested this deep (beyond the parser's reach) first in every listing's first page
+    nested_depth: int = 0
     echo_secrets: bool = False  # error answers repeat the appId, the id and the request line
     cdr_list: str = "present"  # "absent" or "null": success answers without their cdr list
     bomb_from_request: int = 0  # from this request on (1-based), answer a decompression bomb

@@ -125,6 +125,10 @@ class CdrSimulator(CallBook):
         if isinstance(doc, SimResponse):
             return doc
         raw = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if self.config.nested_depth and doc.get("cdr") and not params.get("offset"):
+            depth = self.config.nested_depth  # written as text: json.dumps would recurse too
+            deep = b'{"callId":"deep-1","extra":' + b"[" * depth + b"]" * depth + b"},"
+            raw = raw.replace(b'"cdr":[', b'"cdr":[' + deep, 1)
         with self._lock:
             self._bodies[key] = raw
             if len(self._bodies) > 4096:

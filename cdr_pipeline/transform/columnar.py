@@ -78,8 +78,11 @@ def read_pages(decoded: list[bytes], schema: pa.Schema = PAGE_SCHEMA) -> pa.Tabl
         return pj.read_json(
             pa.BufferReader(lines),
             read_options=pj.ReadOptions(use_threads=False, block_size=len(lines) + 1),
+            # "error", not "infer": a field the schema does not know sends the pages the
+            # slow way either way, and inferring a deeply nested one takes time quadratic in
+            # its depth, then overflows the stack (a hostile page could crash the worker)
             parse_options=pj.ParseOptions(
-                explicit_schema=schema, unexpected_field_behavior="infer"
+                explicit_schema=schema, unexpected_field_behavior="error"
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

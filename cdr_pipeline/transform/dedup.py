@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from cdr_pipeline.api.spans import Unreadable
 from cdr_pipeline.transform.columnar import (
     CheckedRecords,
 )
@@ -252,7 +253,7 @@ class DayBuilder:
         if not self.day_start <= day_time < self.day_end:
             self.outside_day += 1
             return
-        raw = to_json(rec)
+        raw = rec.text if isinstance(rec, Unreadable) else to_json(rec)
         copies = self._reject_copies.get(raw)
         if copies is None:
             self._reject_copies[raw] = _Copies(q)

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdr_pipeline.api.errors import MalformedResponseError, error_for_code
+from cdr_pipeline.api.spans import Spans, cdr_spans
 from cdr_pipeline.api.wire import parse_document
 from cdr_pipeline.transform.columnar import (
     LINE_SCHEMA,
@@ -29,7 +30,6 @@ from cdr_pipeline.transform.columnar import (
     read_pages,
 )
 from cdr_pipeline.transform.parse import is_valid_unicode
-from cdr_pipeline.transform.spans import Spans, cdr_spans
 
 
 @dataclass

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 
+from cdr_pipeline.api.spans import Unreadable
 from cdr_pipeline.dictionary import described
 from cdr_pipeline.transform.enrich import ENRICHED_FIELDS
 from cdr_pipeline.transform.parse import (
@@ -42,6 +43,7 @@ REJECT_REASONS = (
     "bad_call_type",
     "end_before_start",
     "bad_field",
+    "unreadable",
 )
 
 _TS = pa.timestamp("ms", tz="UTC")
@@ -110,6 +112,8 @@ def validate_record(rec: Any, tz: ZoneInfo) -> dict[str, Any] | Reject:
 
     Checks run in the contract's order; the first failing one names the reason.
     """
+    if isinstance(rec, Unreadable):
+        return Reject("unreadable", "a JSON value nested too deeply for the parser to read", None)
     if not isinstance(rec, dict):
         return Reject("not_an_object", f"a JSON {type(rec).__name__}, not an object", None)
     call_id = rec.get("callId")

@@ -15,12 +15,38 @@ certain way.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from cdr_pipeline.api.wire import parse_value
+_MAX_INT_DIGITS = 4000  # below Python's int-from-string limit (4300)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A JSON value nested beyond the parser's depth, kept as its text: the validator rejects
+    it as ``unreadable`` and the rest of its page is read as usual."""
+
+    text: str
+
+
+def parse_int(text: str) -> int | str:
+    """A number too long to be anything real stays its digits, for the validator to reject
+    (Python refuses to convert it, which would otherwise fail the whole page)."""
+    return int(text) if len(text) <= _MAX_INT_DIGITS else text
+
+
+def parse_value(json_bytes: bytes) -> Any:
+    """Any JSON value, read as :func:`wire.parse_document` reads the values in a body (a part
+    of a body the cut has vouched for: a syntax error is the caller's); one nested too deeply
+    is :class:`Unreadable`."""
+    try:
+        return json.loads(json_bytes, parse_int=parse_int)
+    except RecursionError:
+        return Unreadable(bytes(json_bytes).decode("utf-8", "replace"))
+
 
 _QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
 _OBJECT, _ARRAY, _ARRAY_END = ord("{"), ord("["), ord("]")
