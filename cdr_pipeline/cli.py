@@ -17,7 +17,7 @@ import yaml
 from tabulate import tabulate
 
 from cdr_pipeline.api.errors import CdrApiError
-from cdr_pipeline.layout import StorageError, parse_day
+from cdr_pipeline.layout import StorageError, day_exists, parse_day
 from cdr_pipeline.settings import ConfigError, Settings, apply_dotenv, knobs, load_settings
 from cdr_pipeline.store import StoreError
 
@@ -154,7 +154,13 @@ def _day_range(args: argparse.Namespace, settings: Settings) -> list[str]:
     first = parse_day(settings.start_date)
     if start < first:
         raise SystemExit(f"{start} is before CDR_START_DATE ({first})")
-    return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+    days = [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+    for day in [d for d in days if not day_exists(d, settings.tz)]:
+        print(f"{day} never existed in {settings.timezone} (the zone skipped it): left out")
+        days.remove(day)
+    if not days:
+        raise SystemExit("no day of that range exists in " + settings.timezone)
+    return days
 
 
 def _missing_days(settings: Settings) -> list[str]:

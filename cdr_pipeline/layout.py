@@ -24,6 +24,10 @@ class StorageError(RuntimeError):
     """The data directory does not hold what a day needs, or holds it wrongly."""
 
 
+class NoSuchDay(StorageError):
+    """A date its zone skipped (Samoa's 2011-12-30): no local midnight to midnight."""
+
+
 def parse_day(text: str) -> date:
     """A strict YYYY-MM-DD date (``date.fromisoformat`` alone also takes 20250301 and
     2025-W10-1); raises ``ValueError`` otherwise."""
@@ -98,4 +102,18 @@ class Day:
         start = datetime(d.year, d.month, d.day, tzinfo=tz)
         nxt = d.fromordinal(d.toordinal() + 1)
         end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz)
-        return cls.from_datetimes(key, start, end)
+        day = cls.from_datetimes(key, start, end)
+        if day.end <= day.start:
+            raise NoSuchDay(
+                f"{key} never existed in {tz.key} (the zone skipped that date): there is "
+                "nothing to fetch or publish for it"
+            )
+        return day
+
+
+def day_exists(key: str, tz: ZoneInfo) -> bool:
+    try:
+        Day.from_key(key, tz)
+    except NoSuchDay:
+        return False
+    return True

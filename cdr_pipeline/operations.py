@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from cdr_pipeline import lease, raw
+from cdr_pipeline import layout, lease, raw
 from cdr_pipeline.store import Store
 
 # What Dagster says of a partition, as plain words (None: never materialized).
@@ -21,8 +21,8 @@ def complete_days(now: datetime, tz: ZoneInfo, back: int, first: str) -> list[st
     """The ``back`` most recent complete local days (yesterday first is not implied: oldest
     first), none before ``first``."""
     today = now.astimezone(tz).date()
-    days = [today - timedelta(days=n) for n in range(back, 0, -1)]
-    return [d.isoformat() for d in days if d.isoformat() >= first]
+    days = [(today - timedelta(days=n)).isoformat() for n in range(back, 0, -1)]
+    return [d for d in days if d >= first and layout.day_exists(d, tz)]
 
 
 def catch_up_plan(window: Sequence[str], status: Mapping[str, str | None]) -> list[str]:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import duckdb
 import pytest
 
-from cdr_pipeline import alerts, cli, text
+from cdr_pipeline import alerts, cli, operations, text
 from cdr_pipeline_tests.conftest import Env
 
 # A provider's caller number that is markup in every sink, and far too long to show.
@@ -211,3 +213,46 @@ def test_a_fetch_into_a_linked_raw_folder_fails_once_without_retries(
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "is a symbolic link" in failure.step_failure_data.error.message
     assert list(elsewhere.iterdir()) == []
+
+
+# --- a day that never existed ---------------------------------------------------------------
+
+
+def test_a_date_the_zone_skipped_is_refused_and_never_published_as_another(
+    monkeypatch, tmp_path, sim_server, instance, capsys
+):
+    """Samoa moved across the date line: 2011-12-30 has no local hours in Pacific/Apia."""
+    env = Env(
+        monkeypatch,
+        tmp_path,
+        sim_server(calls_per_day=100, timezone="Pacific/Apia"),
+        tz="Pacific/Apia",
+        CDR_START_DATE="2011-12-01",
+    )
+    result = env.run(instance, "2011-12-30", raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "2011-12-30 never existed in Pacific/Apia" in failure.step_failure_data.error.message
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert not env.root.exists() or not list(env.root.rglob("*2011-12-30*"))
+    assert not instance.get_materialized_partitions(dg.AssetKey("cdr"))
+    assert operations.complete_days(
+        datetime(2012, 1, 1, 12, tzinfo=UTC), ZoneInfo("Pacific/Apia"), 4, "2011-01-01"
+    ) == ["2011-12-29", "2011-12-31", "2012-01-01"]  # the catch-up sensor never asks for it
+
+
+@pytest.mark.slow  # a persistent Dagster instance starts its compute-log process
+def test_the_cli_leaves_a_skipped_date_out_of_a_range(monkeypatch, tmp_path, sim_server, capsys):
+    env = Env(
+        monkeypatch,
+        tmp_path,
+        sim_server(calls_per_day=100, timezone="Pacific/Apia"),
+        tz="Pacific/Apia",
+        CDR_START_DATE="2011-12-01",
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert cli.main(["materialize", "--start", "2011-12-29", "--end", "2011-12-31"]) == 0
+    assert "2011-12-30 never existed in Pacific/Apia" in capsys.readouterr().out
+    days = sorted(p.name for p in (env.root / "cdr").iterdir())
+    assert days == ["date=2011-12-29", "date=2011-12-31"]

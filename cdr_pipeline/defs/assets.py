@@ -8,7 +8,9 @@ records each day's figures against that day's partition; totals of a run go to i
 """
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pyarrow as pa
@@ -19,7 +21,7 @@ from cdr_pipeline.api.errors import CdrApiError, RetriesExhaustedError
 from cdr_pipeline.datasets import DATASETS, Dataset, DayFacts, Markdown, check
 from cdr_pipeline.day import build_day
 from cdr_pipeline.defs.partitions import partitions_for
-from cdr_pipeline.layout import Day, raw_day_key
+from cdr_pipeline.layout import Day, NoSuchDay, parse_day, raw_day_key
 from cdr_pipeline.lease import DayBusy, RunLeases
 from cdr_pipeline.publish import ShrinkRefused
 from cdr_pipeline.raw import fetch_raw_day
@@ -49,12 +51,22 @@ def column_schema(schema: pa.Schema) -> dg.TableSchema:
     )
 
 
-def days_of(context: dg.AssetExecutionContext) -> Iterator[Day]:
+def days_of(context: dg.AssetExecutionContext) -> list[Day]:
+    """The run's days, local midnight to midnight, from the keys it was asked for. A date the
+    zone skipped is refused before any work: Dagster would give it the next day's window and
+    publish that day a second time under the skipped key."""
     partitions = context.assets_def.partitions_def
     assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
-    for key in context.partition_keys:
-        window = partitions.time_window_for_partition_key(key)
-        yield Day.from_datetimes(key, window.start, window.end)
+    tz = ZoneInfo(partitions.timezone)
+    asked = context.partition_key_range
+    first, last = parse_day(asked.start), parse_day(asked.end)
+    keys = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+    try:
+        return [Day.from_key(key, tz) for key in keys]
+    except NoSuchDay as exc:
+        raise dg.Failure(
+            f"{exc}; run the days before and after it on their own", allow_retries=False
+        ) from None
 
 
 def _api_failure(exc: CdrApiError, day: Day) -> dg.Failure:
@@ -99,7 +111,7 @@ def raw_cdr_asset(settings: Settings, partitions: dg.PartitionsDefinition) -> dg
                 "CDR_API_URL is not set: these CDRs come from the built-in simulator, not the API"
             )
         records = 0
-        days = list(days_of(context))
+        days = days_of(context)
         # held until this run's cdr_day publishes them, unless there is none or this step fails
         selection = context.run.asset_selection
         keep = selection is None or dg.AssetKey("cdr") in selection
@@ -228,7 +240,7 @@ def day_asset(
         charted: dict[str, Any] = {}  # KPI rows read for the charts, each day's file once
         fetched = valid = 0
         max_shrink = None if config.allow_shrink else cdr_storage.max_shrink
-        days = list(days_of(context))
+        days = days_of(context)
         with cdr_storage.leases([d.key for d in days], context.run.run_id) as held:
             for day in days:
                 try:
