@@ -284,6 +284,20 @@ def test_conflicting_versions_count_once_per_version():
     assert result.cdr.column("end_call_time")[0].as_py().timestamp() == T0 + 55
 
 
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_equally_complete_conflicting_copies_resolve_the_same_whatever_the_order(order):
+    """Same fields filled, same end: the copy whose content is greatest in byte order wins
+    (docs/reliability.md), so the served order and the windows never change the day."""
+    copies = [record(callId="c", src="008613800000001"), record(callId="c", src="008613900000009")]
+    first, second = (copies[i] for i in order)
+    one_query = one_page([first, second])
+    two_windows = build([([first], (DAY[0], T0)), ([second], (T0, DAY[1]))])
+    for result in (one_query, two_windows):
+        assert result.cdr.column("src").to_pylist() == ["008613900000009"]
+    assert one_query.accounting["duplicates_conflicting"] == 1
+    assert two_windows.accounting["overlap_copies"] == 1  # not the provider's duplicate
+
+
 def test_reject_day_assignment():
     # Start unreadable: the end time decides; nothing readable: the window's middle.
     next_day_end = record(callId="x", startSrcCallTime="0", endCallTime=str(DAY[1] + 5))
