@@ -4,20 +4,26 @@ it plain facts about finished runs and check results."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from cdr_pipeline.api.redact import get_logger, install_log_redaction, register_secret
-from cdr_pipeline.api.transport import proxy_for
+from cdr_pipeline.api.transport import deadline, transport
+from cdr_pipeline.settings import ClientSettings
 from cdr_pipeline.text import one_line, slack
 
 log = get_logger(__name__)
 ICONS = {"ERROR": ":red_circle:", "WARN": ":warning:"}
 MAX_TEXT = 1500  # characters of an error or a check's finding put in one alert
+POST_DEADLINE_S = 10.0  # one post, from connecting to the last byte of the answer
+TICK_BUDGET_S = 30.0  # every post of one sensor tick: well under Dagster's 60 s limit
+BURST = 5  # more alerts than this at once are posted as one summary
 
 
 @dataclass(frozen=True)
@@ -85,11 +91,35 @@ def run_alerts(run: FinishedRun, ui_url: str) -> list[Alert]:
     return alerts
 
 
+def summarise(alerts: Sequence[Alert], burst: int = BURST) -> list[tuple[Alert, list[Alert]]]:
+    """What to post for ``alerts``, each with the alerts it says: one post each, or, for a
+    burst (a backfill that failed on every day), one summary of them all."""
+    if len(alerts) <= burst:
+        return [(a, [a]) for a in alerts]
+    kinds = Counter(f"{a.kind} of {a.subject}" for a in alerts)
+    days = sorted({a.partition for a in alerts})
+    said = "; ".join(f"{n} {what}" for what, n in kinds.most_common())
+    text = (
+        f"{said}, on {len(days)} day(s) from {days[0]} to {days[-1]}. The first: {alerts[0].text}"
+    )
+    severity = "ERROR" if any(a.severity == "ERROR" for a in alerts) else "WARN"
+    first = alerts[0]
+    summary = Alert(
+        severity,
+        "burst",
+        f"{days[0]}..{days[-1]}",
+        f"{len(alerts)} alerts",
+        _short(text),
+        first.run_url,
+    )
+    return [(summary, list(alerts))]
+
+
 def payload(alert: Alert, form: str) -> dict[str, Any]:
     """The body posted for ``alert``: Slack's ``{"text": ...}`` or the alert's own fields."""
     if form == "json":
         return asdict(alert)
-    what = {"run_failure": "run failed", "check_failure": "check failed"}
+    what = {"run_failure": "run failed", "check_failure": "check failed", "burst": "alerts at once"}
     text = (  # what came from the provider is text, never Slack markup
         f"{ICONS.get(alert.severity, '')} *{alert.severity}* cdr-pipeline {what[alert.kind]}: "
         f"`{slack(alert.subject)}`, partition {slack(alert.partition)}\n"
@@ -100,24 +130,67 @@ def payload(alert: Alert, form: str) -> dict[str, Any]:
     return {"text": text}
 
 
-def post(url: str, alerts: Iterable[Alert], form: str, *, timeout_s: float = 10) -> list[Alert]:
-    """Post each alert; return those the webhook did not take (to be tried again). The URL is
-    a secret (a Slack webhook's path is its token): it never reaches a log or an error."""
+@dataclass
+class Posted:
+    """What a round of posts did. ``said``: delivered, or perhaps delivered (the webhook took
+    the request, then did not answer in time), so never posted again; ``retry``: certainly
+    not delivered (no connection, an error status, no time left in the tick)."""
+
+    said: list[Alert] = field(default_factory=list)
+    retry: list[Alert] = field(default_factory=list)
+
+
+def post(
+    url: str,
+    alerts: Sequence[Alert],
+    form: str,
+    *,
+    deadline_s: float = POST_DEADLINE_S,
+    budget_s: float = TICK_BUDGET_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> Posted:
+    """Post ``alerts`` (a burst as one summary), each post within ``deadline_s`` in all and
+    every post within ``budget_s``: a hanging webhook can neither outlast the sensor's tick
+    nor be sent the same alert again and again. The URL is a secret (a Slack webhook's path is
+    its token): it never reaches a log or an error."""
     register_secret(url)  # httpx's request log lines pass the redactor
     register_secret(urlsplit(url).path)
     install_log_redaction()
-    failed = []
-    with httpx.Client(timeout=timeout_s, proxy=proxy_for(url), trust_env=False) as client:
-        for alert in alerts:
-            try:
-                client.post(url, json=payload(alert, form)).raise_for_status()
-            except httpx.HTTPStatusError as exc:
-                log.warning("the alert webhook answered HTTP %s", exc.response.status_code)
-                failed.append(alert)
-            except httpx.HTTPError as exc:
-                log.warning("the alert webhook could not be reached (%s)", type(exc).__name__)
-                failed.append(alert)
-    return failed
+    done, started = Posted(), clock()
+    plan = summarise(alerts)
+    # the transport holds the total deadline and the environment's proxy (never for loopback)
+    made = transport(url, ClientSettings())
+    with httpx.Client(transport=made, timeout=deadline_s, trust_env=False) as client:
+        for i, (alert, says) in enumerate(plan):
+            if clock() - started + deadline_s > budget_s:  # the rest wait for the next tick
+                done.retry += [a for _, later in plan[i:] for a in later]
+                break
+            delivered = _post_one(client, url, payload(alert, form), deadline_s)
+            (done.said if delivered else done.retry).extend(says)
+    return done
+
+
+def _post_one(client: httpx.Client, url: str, body: dict[str, Any], deadline_s: float) -> bool:
+    """True when the webhook took the post, or may have (a timeout after it was sent)."""
+    try:
+        with deadline(deadline_s):
+            client.post(url, json=body).raise_for_status()
+    except httpx.HTTPStatusError as exc:
+        log.warning("the alert webhook answered HTTP %s", exc.response.status_code)
+        return False
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as exc:
+        log.warning("the alert webhook could not be reached (%s)", type(exc).__name__)
+        return False
+    except httpx.TimeoutException:
+        log.warning(
+            "the alert webhook did not answer within %g s; the alert is not posted again (it "
+            "may have arrived)",
+            deadline_s,
+        )
+    except httpx.HTTPError as exc:
+        log.warning("the alert webhook failed (%s)", type(exc).__name__)
+        return False
+    return True
 
 
 def _short(text: str) -> str:

@@ -25,6 +25,12 @@ def complete_days(now: datetime, tz: ZoneInfo, back: int, first: str) -> list[st
     return [d for d in days if d >= first and layout.day_exists(d, tz)]
 
 
+def overdue_day(deadline: float, tz: ZoneInfo) -> str:
+    """The day a freshness deadline (``CDR_FRESHNESS_DEADLINE``, on the next day) was for."""
+    local = datetime.fromtimestamp(deadline, tz).date()
+    return (local - timedelta(days=1)).isoformat()
+
+
 def catch_up_plan(window: Sequence[str], status: Mapping[str, str | None]) -> list[str]:
     """The days of ``window`` that are missing or whose last attempt failed, oldest first;
     a day that is fine or being materialized is left alone."""

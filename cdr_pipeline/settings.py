@@ -58,6 +58,48 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# Where a cloud machine's metadata service answers (its credentials among them): never a
+# destination of anything this project sends.
+METADATA_HOSTS = frozenset(
+    {"metadata.google.internal", "metadata.goog", "metadata", "instance-data", "100.100.100.200"}
+)
+
+
+def is_link_local(host: str) -> bool:
+    """A link-local or cloud metadata address (169.254.169.254, fd00:ec2::254, ...)."""
+    if host.lower().rstrip(".") in METADATA_HOSTS:
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_link_local or address == ipaddress.ip_address("fd00:ec2::254")
+
+
+def check_link(env: str, url: str) -> str:
+    """A URL this project sends to or shows in alerts: https, or plain http to loopback only,
+    never to a link-local or metadata address, never with a user or password in it."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise ValueError(f"{env} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(f"{env} must be an https:// URL")
+    if parts.username or parts.password:
+        raise ValueError(f"{env} must not carry a user name or password")
+    if is_link_local(host):
+        raise ValueError(
+            f"{env} points at a link-local or cloud metadata address ({host}): refused"
+        )
+    if parts.scheme == "http" and not is_loopback(host):
+        raise ValueError(
+            f"{env} uses plain http to {host!r}: use https (plain http is allowed only to a "
+            "loopback address)"
+        )
+    return url
+
+
 def check_endpoint(url: str) -> str:
     """Accept ``https://host/path``, or ``http://`` only to a loopback host."""
     try:
@@ -78,6 +120,10 @@ def check_endpoint(url: str) -> str:
     if parts.query or parts.fragment:
         raise InvalidEndpointError(
             "CDR_API_URL must not carry a query string: the id goes in CDR_API_ID"
+        )
+    if is_link_local(host):
+        raise InvalidEndpointError(
+            f"CDR_API_URL points at a link-local or cloud metadata address ({host}): refused"
         )
     if parts.scheme == "http" and not is_loopback(host):
         raise InvalidEndpointError(
@@ -466,17 +512,12 @@ class OperationsSettings(pydantic.BaseModel):
     @pydantic.field_validator("alert_webhook_url")
     @classmethod
     def _webhook(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("CDR_ALERT_WEBHOOK_URL must be an https:// URL")
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise ValueError(
-                "CDR_ALERT_WEBHOOK_URL uses plain http to a remote host: its token would cross "
-                "the network in clear text; use https"
-            )
-        return value
+        return check_link("CDR_ALERT_WEBHOOK_URL", value) if value else None
+
+    @pydantic.field_validator("ui_url")
+    @classmethod
+    def _ui(cls, value: str) -> str:
+        return check_link("CDR_UI_URL", value)
 
 
 class SimulatorSettings(pydantic.BaseModel):

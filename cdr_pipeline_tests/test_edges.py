@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -15,7 +15,10 @@ import duckdb
 import pytest
 
 from cdr_pipeline import alerts, cli, operations, text
+from cdr_pipeline.defs import sensors
+from cdr_pipeline.settings import ConfigError, load_settings
 from cdr_pipeline_tests.conftest import Env
+from cdr_pipeline_tests.servers import Receiver
 
 # A provider's caller number that is markup in every sink, and far too long to show.
 MARKUP = (
@@ -256,3 +259,96 @@ def test_the_cli_leaves_a_skipped_date_out_of_a_range(monkeypatch, tmp_path, sim
     assert "2011-12-30 never existed in Pacific/Apia" in capsys.readouterr().out
     days = sorted(p.name for p in (env.root / "cdr").iterdir())
     assert days == ["date=2011-12-29", "date=2011-12-31"]
+
+
+# --- alerts -----------------------------------------------------------------------------------
+
+
+def _tick(env: Env, instance, cursor: str | None) -> tuple[str, str | None]:
+    sensor = env.defs.resolve_sensor_def("cdr_alert_sensor")
+    context = dg.build_sensor_context(instance=instance, cursor=cursor)
+    said = sensor(context)
+    return getattr(said, "skip_message", str(said)), context.cursor
+
+
+@pytest.mark.parametrize(("days", "posts"), [(8, 1), (3, 3)])
+def test_a_hanging_webhook_gets_each_alert_at_most_once_within_the_ticks_budget(
+    monkeypatch, tmp_path, sim_server, instance, days, posts
+):
+    """Eight failed days to a webhook that never answers: before, 80 s a tick (past Dagster's
+    60 s limit, so the cursor never moved) and the same alerts again every minute. Now a
+    burst is one summary, each post has a total deadline, each tick a budget, and what was
+    (perhaps) delivered is never posted again."""
+    monkeypatch.setattr(alerts, "POST_DEADLINE_S", 1.0)
+    monkeypatch.setattr(alerts, "TICK_BUDGET_S", 2.5)
+    hanging = Receiver(hang_s=60)
+    try:
+        env = Env(
+            monkeypatch,
+            tmp_path,
+            sim_server(force_error="-401"),
+            CDR_ALERT_WEBHOOK_URL=hanging.url,
+            CDR_ALERT_FORMAT="json",
+        )
+        for day in range(1, days + 1):
+            assert not env.run(instance, f"2024-03-{day:02d}", raise_on_error=False).success
+        cursor, said = None, []
+        for _ in range(4):  # enough ticks for every alert, then some that find nothing new
+            message, cursor = _tick(env, instance, cursor)
+            said.append(message)
+        assert len(hanging.requests) == posts, said
+        bodies = hanging.bodies
+        assert len({json.dumps(b, sort_keys=True) for b in bodies}) == posts  # none twice
+        if days > alerts.BURST:
+            (summary,) = bodies
+            assert summary["kind"] == "burst" and summary["subject"] == f"{days} alerts"
+            assert summary["partition"] == f"2024-03-01..2024-03-{days:02d}"
+        else:
+            assert sorted(b["partition"] for b in bodies) == [
+                "2024-03-01",
+                "2024-03-02",
+                "2024-03-03",
+            ]
+        assert said[-1] == "nothing failed"
+    finally:
+        hanging.close()
+
+
+def test_freshness_is_the_sensors_alone_and_names_the_overdue_day(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    """A backfill of old days evaluated freshness in every run and warned about the day it ran;
+    now the job leaves the check to its sensor, whose alert names the late day."""
+    env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=50), CDR_FRESHNESS_DEADLINE="00:00")
+    backfill = env.run(instance, "2024-03-01", "2024-03-02")
+    assert backfill.success
+    checks = {e.check_name for e in backfill.get_asset_check_evaluations()}
+    assert "freshness_check" not in checks and "accounting_balances" in checks
+    check = dg.AssetCheckKey(dg.AssetKey("cdr"), "freshness_check")
+    only = dg.define_asset_job("freshness", selection=dg.AssetSelection.checks(check))
+    late = dg.Definitions.merge(env.defs, dg.Definitions(jobs=[only])).resolve_job_def("freshness")
+    run = late.execute_in_process(instance=instance)
+    (evaluation,) = run.get_asset_check_evaluations()
+    assert not evaluation.passed
+    finished = sensors._finished(instance, run.dagster_run, env.job.partitions_def)
+    yesterday = (datetime.now(env.tz).date() - timedelta(days=1)).isoformat()
+    (said,) = alerts.run_alerts(finished, "https://dagster.example")
+    assert said.partition == yesterday and said.kind == "check_failure"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "https://metadata.google.internal/computeMetadata/v1/",
+        "https://[fe80::1]/hook",
+        "http://hooks.example.com/T0K3N",
+        "ftp://hooks.example.com/T0K3N",
+        "https://user:pw@hooks.example.com/T0K3N",
+    ],
+)
+def test_a_webhook_or_ui_link_that_is_not_https_or_is_link_local_is_refused(tmp_path, url):
+    for variable in ("CDR_ALERT_WEBHOOK_URL", "CDR_UI_URL"):
+        with pytest.raises(ConfigError) as refused:
+            load_settings({"CDR_DATA_DIR": str(tmp_path), variable: url})
+        assert str(refused.value).startswith(variable) and "T0K3N" not in str(refused.value)

@@ -237,7 +237,7 @@ def test_the_daemon_alerts_once_per_failed_partition_and_catches_up(tmp_path, si
         tmp_path,
         CDR_ALERT_WEBHOOK_URL=receiver.url,
         CDR_ALERT_FORMAT="json",
-        CDR_UI_URL="http://dagster.example:3000",
+        CDR_UI_URL="https://dagster.example:3000",
         CDR_CATCHUP_DAYS="2",
         CDR_START_DATE="2024-01-01",
     )
@@ -283,7 +283,7 @@ def test_the_daemon_alerts_once_per_failed_partition_and_catches_up(tmp_path, si
     failures = [b for b in receiver.bodies if b["kind"] == "run_failure"]
     assert sorted(b["partition"] for b in failures) == ["2024-03-01", "2024-03-02"]
     assert all(b["severity"] == "ERROR" and "-401" in b["text"] for b in failures)
-    assert all(b["run_url"].startswith("http://dagster.example:3000/runs/") for b in failures)
+    assert all(b["run_url"].startswith("https://dagster.example:3000/runs/") for b in failures)
     warned = {(b["subject"], b["partition"]) for b in receiver.bodies if b["severity"] == "WARN"}
     assert ("caller_risk_daily:flagged_callers", "2024-03-05") in warned
     keys = [(b["kind"], b["subject"], b["partition"], b["run_url"]) for b in receiver.bodies]

@@ -14,9 +14,12 @@ from cdr_pipeline.settings import Settings, load_settings
 DAILY_JOB = "cdr_daily_job"
 
 # Its partitions are its assets' (one daily partitions definition, from the settings).
+# Freshness is the freshness sensor's to judge, for the latest day only: inside a run (a
+# backfill of old days above all) it would warn about the day being run, not the late one.
+FRESHNESS = dg.AssetCheckKey(dg.AssetKey("cdr"), "freshness_check")
 cdr_daily_job = dg.define_asset_job(
     DAILY_JOB,
-    selection=dg.AssetSelection.groups("cdr"),
+    selection=dg.AssetSelection.groups("cdr") - dg.AssetSelection.checks(FRESHNESS),
     description="Fetch, validate and summarize the CDRs of one day (or a range).",
 )
 

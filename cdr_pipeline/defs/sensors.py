@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 
@@ -130,14 +131,17 @@ def alert_sensor(ops: OperationsSettings, partitions: dg.PartitionsDefinition):
             run = _finished(context.instance, record.dagster_run, partitions)
             due += [a for a in alerts.run_alerts(run, ops.ui_url) if a.key() not in sent]
             after = max(after, record.update_timestamp.timestamp())
-        unsent = alerts.post(ops.alert_webhook_url, due, ops.alert_format) if due else []
-        sent = (sent + [a.key() for a in due if a not in unsent])[-KEEP_SENT:]
-        if unsent:  # the webhook is down: these runs are looked at again next tick
-            after = min(after, min(r.update_timestamp.timestamp() for r in records) - 1e-6)
+        posted = alerts.post(ops.alert_webhook_url, due, ops.alert_format) if due else None
+        if posted:
+            # said (or perhaps said) once is enough; the rest are looked at again next tick
+            sent = (sent + [a.key() for a in posted.said])[-KEEP_SENT:]
+            if posted.retry:
+                after = min(after, min(r.update_timestamp.timestamp() for r in records) - 1e-6)
         context.update_cursor(json.dumps({"after": after, "sent": sent}))
-        if not due:
+        if posted is None:
             return dg.SkipReason("nothing failed")
-        return dg.SkipReason(f"posted {len(due) - len(unsent)} alert(s), {len(unsent)} to retry")
+        said, retry = len(posted.said), len(posted.retry)
+        return dg.SkipReason(f"posted {said} alert(s), {retry} to retry")
 
     return cdr_alert_sensor
 
@@ -145,6 +149,8 @@ def alert_sensor(ops: OperationsSettings, partitions: dg.PartitionsDefinition):
 def _finished(
     instance: dg.DagsterInstance, run: dg.DagsterRun, partitions: dg.PartitionsDefinition
 ) -> alerts.FinishedRun:
+    assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
+    tz = ZoneInfo(partitions.timezone)
     failed = run.status == dg.DagsterRunStatus.FAILURE
     error = ""
     checks = []
@@ -165,13 +171,15 @@ def _finished(
             evaluation = event.event_specific_data
             meta = evaluation.metadata
             days = meta.get("failed_days")
+            tick = meta.get("dagster/latest_cron_tick_timestamp")  # the freshness check's
+            overdue = [operations.overdue_day(tick.value, tz)] if tick and not days else []
             checks.append(
                 alerts.CheckOutcome(
                     asset=evaluation.asset_key.to_user_string(),
                     check=evaluation.check_name,
                     passed=evaluation.passed,
                     severity=evaluation.severity.value,
-                    failed_days=str(days.value).split(",") if days and days.value else [],
+                    failed_days=str(days.value).split(",") if days and days.value else overdue,
                     finding=evaluation.description
                     or "; ".join(f"{k}: {v.value}" for k, v in meta.items())[:500],
                 )
