@@ -1,7 +1,7 @@
 """The Dagster resources: the getCdr API (live or simulated, one interface) and where the
 datasets live. Their tuning fields are the declarations of :mod:`cdr_pipeline.settings`."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -96,9 +96,15 @@ class CdrStorageResource(dg.ConfigurableResource, PublishSettings):
         return ZoneInfo(self.home.timezone)
 
     def leases(
-        self, days: list[str], run_id: str, *, keep: bool = False
+        self,
+        days: list[str],
+        run_id: str,
+        *,
+        keep: bool = False,
+        instance: dg.DagsterInstance | None = None,
     ) -> AbstractContextManager[RunLeases]:
-        """The days a run's step holds (see :func:`lease.run_leases`)."""
+        """The days a run's step holds (see :func:`lease.run_leases`); a holder whose run
+        ``instance`` knows as finished is taken over at once."""
         return run_leases(
             self.store,
             days,
@@ -106,7 +112,19 @@ class CdrStorageResource(dg.ConfigurableResource, PublishSettings):
             ttl_s=self.lease_ttl_s,
             wait_s=self.lock_wait_s,
             keep=keep,
+            gone=None if instance is None else finished_in(instance),
         )
+
+
+def finished_in(instance: dg.DagsterInstance) -> Callable[[str], bool]:
+    """Whether a lease's owner is a run ``instance`` knows as finished (succeeded, failed or
+    cancelled): such a run holds nothing, wherever its worker was."""
+
+    def gone(owner: str) -> bool:
+        run = instance.get_run_by_id(owner)
+        return run is not None and run.is_finished
+
+    return gone
 
 
 class CdrAnalyticsResource(dg.ConfigurableResource, AnalyticsSettings):

@@ -290,11 +290,12 @@ class PublishSettings(pydantic.BaseModel):
         le=86_400,
     )
     lease_ttl_s: float = knob(
-        3600.0,
+        300.0,
         "CDR_LEASE_TTL_S",
-        "seconds a run's hold on a day lasts unless renewed: after it, a run that died "
-        "is taken over",
-        ge=60,
+        "seconds a run's hold on a day lasts without renewal (its holder renews it every "
+        "quarter of that while it works): after it, a run that died unseen is taken over; one "
+        "Dagster knows is finished is taken over at once",
+        ge=30,
         le=86_400,
     )
 

@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from cdr_pipeline import lease, raw
@@ -213,3 +215,85 @@ def test_a_run_of_raw_cdr_alone_leaves_the_day_free(monkeypatch, tmp_path, sim_s
     assert not (env.root / lease.lease_key(DAY)).exists()
     assert env.run(instance, DAY).success  # and a full run of the day goes ahead
     assert not (env.root / lease.lease_key(DAY)).exists()
+
+
+# --- liveness: a heartbeat while the holder works, and its run's status in Dagster -----------
+
+
+def test_a_live_holder_renews_its_lease_and_is_never_overtaken(tmp_path):
+    """Before, a fetch longer than the lease's lifetime let a second run of the day in."""
+    store, clock = open_store(tmp_path), Clock()
+    held = lease.RunLeases(store, "run-slow", ttl_s=60, wait_s=0)
+    lease.take_lease(store, DAY, "run-slow", ttl_s=60, wait_s=0, clock=clock)
+    held.held.add(DAY)
+    for _ in range(10):  # ten minutes of work, a beat every 15 s
+        clock.now += 15
+        held.beat(clock=clock)
+        with pytest.raises(lease.DayBusy):
+            lease.take_lease(store, DAY, "run-other", ttl_s=60, wait_s=0, clock=clock)
+    clock.now += 61  # the beats stop (the worker died unseen): taken over after a lifetime
+    lease.take_lease(store, DAY, "run-other", ttl_s=60, wait_s=0, clock=clock)
+    held.beat(clock=clock)  # the old holder, were it alive, learns and lets the day go
+    assert held.held == set()
+    assert json.loads(store.read_bytes(lease.lease_key(DAY)))["owner"] == "run-other"
+
+
+def test_the_heartbeat_thread_renews_while_the_block_runs(tmp_path):
+    store = open_store(tmp_path)
+    key = lease.lease_key(DAY)
+    with lease.run_leases(store, [DAY], "run-a", ttl_s=0.4, wait_s=0) as held:
+        held.take(DAY)
+        first = json.loads(store.read_bytes(key))["expires_at"]
+        renewed = threading.Event()
+        while not renewed.wait(0.05):  # the beat comes every 0.1 s: wait for its effect
+            if json.loads(store.read_bytes(key))["expires_at"] > first:
+                renewed.set()
+    assert not store.exists(key)
+
+
+def test_a_retry_takes_over_at_once_from_a_run_dagster_knows_failed(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    """A worker that died on another host (a lost pod): its lease is an hour from expiry and
+    its pid means nothing here, but its run is failed in Dagster's instance."""
+    from cdr_pipeline_tests.conftest import Env
+
+    dead = Env(monkeypatch, tmp_path, sim_server(force_error="-401"))
+    failed = dead.run(instance, DAY, raise_on_error=False)
+    assert not failed.success
+    store = dead.store
+    lease.take_lease(store, DAY, failed.run_id, ttl_s=3600, wait_s=0)
+    holder = json.loads(store.read_bytes(lease.lease_key(DAY)))
+    store.put(lease.lease_key(DAY), json.dumps(holder | {"host": "pod-7f9c", "pid": 1}).encode())
+    retry = Env(monkeypatch, tmp_path, sim_server(calls_per_day=100))
+    assert retry.run(instance, DAY).success  # at once: no wait, no "another run"
+    assert not store.exists(lease.lease_key(DAY))
+    # a holder whose run is still going is waited for (here: not at all, CDR_LOCK_WAIT_S=0)
+    going = str(uuid.uuid4())
+    started = instance.create_run_for_job(
+        retry.job, run_id=going, status=dg.DagsterRunStatus.STARTED
+    )
+    lease.take_lease(store, DAY, started.run_id, ttl_s=3600, wait_s=0)
+    holder = json.loads(store.read_bytes(lease.lease_key(DAY)))
+    store.put(lease.lease_key(DAY), json.dumps(holder | {"host": "pod-7f9c", "pid": 1}).encode())
+    busy = retry.run(instance, DAY, raise_on_error=False)
+    assert not busy.success
+    (failure,) = [e for e in busy.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert f"being materialized by another run ({going}" in failure.step_failure_data.error.message
+
+
+def test_a_lease_that_cannot_be_read_is_a_clear_error_not_a_retried_transient(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    from cdr_pipeline_tests.conftest import Env
+
+    env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=100), CDR_FETCH_RETRIES="2")
+    path = env.root / "_state" / "lease" / f"date={DAY}.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'{"owner": "run-a", "expires_at": 17')  # cut short: a full disk
+    result = env.run(instance, DAY, raise_on_error=False)
+    assert not result.success
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    said = failure.step_failure_data.error.message
+    assert f"the lease {path} cannot be read" in said and "delete it" in said

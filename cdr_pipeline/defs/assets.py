@@ -116,7 +116,9 @@ def raw_cdr_asset(settings: Settings, partitions: dg.PartitionsDefinition) -> dg
         selection = context.run.asset_selection
         keep = selection is None or dg.AssetKey("cdr") in selection
         with (
-            cdr_storage.leases([d.key for d in days], context.run.run_id, keep=keep) as held,
+            cdr_storage.leases(
+                [d.key for d in days], context.run.run_id, keep=keep, instance=context.instance
+            ) as held,
             cdr_api.open_client(cdr_storage.timezone) as client,
         ):
             for day in days:
@@ -241,7 +243,9 @@ def day_asset(
         fetched = valid = 0
         max_shrink = None if config.allow_shrink else cdr_storage.max_shrink
         days = days_of(context)
-        with cdr_storage.leases([d.key for d in days], context.run.run_id) as held:
+        with cdr_storage.leases(
+            [d.key for d in days], context.run.run_id, instance=context.instance
+        ) as held:
             for day in days:
                 try:
                     held.take(day.key)  # held since raw_cdr, or taken now
