@@ -12,13 +12,14 @@ import hashlib
 import itertools
 import json
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 from cdr_pipeline.api.client import CdrApiClient, Window
-from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, ENCODING_EXT, decode_body
+from cdr_pipeline.api.spans import page_slices
+from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, ENCODING_EXT, inflate
 from cdr_pipeline.layout import (
     MANIFEST,
     RAW_ROOT,
@@ -202,6 +203,40 @@ Page = tuple[bytes, str, list[int]]
 # (docs/performance.md).
 BATCH_BYTES = 4 * 1024 * 1024
 READ_AHEAD = 8  # bodies read and inflated ahead of the batch being filled
+# A page that inflates past a batch is cut into slices of whole records about this large (as
+# pages usually are): larger slices cost more memory in parsing, measured in
+# benchmarks/RESULTS.md ("A day served as one page").
+SLICE_BYTES = 1024 * 1024
+
+
+def _body_pieces(store: Store, day: str, entry: dict) -> Iterator[bytes]:
+    """A raw body read a piece at a time, checked against its sha256 at the end (a body too
+    large to hold: a corrupt one fails the day, which then publishes nothing)."""
+    name = entry["file"]
+    digest = hashlib.sha256()
+    with store.open_input(f"{raw_day_key(day)}/{name}") as source:
+        while piece := source.read(1 << 20):
+            digest.update(piece)
+            yield piece
+    if digest.hexdigest() != entry["sha256"]:
+        raise StorageError(f"raw body {name} of {day} does not match its sha256")
+
+
+def decoded_pages(store: Store, day: str, entry: dict[str, Any], max_bytes: int) -> Iterable[Page]:
+    """A raw body's page, whole; or, when it is large (a provider that serves a day as one
+    page), its records a slice of :data:`SLICE_BYTES` at a time, read and inflated as they
+    are parsed, so memory holds a few slices and never the page."""
+    if not _is_body_name(entry["file"]):
+        raise StorageError(f"raw manifest of {day} names an unexpected file {entry['file']!r}")
+    large = entry.get("bytes", 0) > BATCH_BYTES  # as received, compressed
+    body = _body_pieces(store, day, entry) if large else [read_raw_body(store, day, entry)]
+    pieces = inflate(body, max_bytes=max_bytes, chunk=BATCH_BYTES)
+    first = next(pieces, b"")
+    second = next(pieces, None)
+    if second is None:
+        return [(first, entry["file"], entry["window"])]
+    slices = page_slices(itertools.chain([first, second], pieces), SLICE_BYTES)
+    return ((piece, entry["file"], entry["window"]) for piece in slices)
 
 
 def decoded_batches(store: Store, day: str, manifest: dict[str, Any]) -> Iterator[list[Page]]:
@@ -209,25 +244,23 @@ def decoded_batches(store: Store, day: str, manifest: dict[str, Any]) -> Iterato
     (hashing and zlib release the GIL), in batches of about :data:`BATCH_BYTES`."""
     max_bytes = manifest.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
 
-    def decode(entry: dict[str, Any]) -> Page:
-        decoded, _ = decode_body(read_raw_body(store, day, entry), max_bytes=max_bytes)
-        return decoded, entry["file"], entry["window"]
+    def decode(entry: dict[str, Any]) -> Iterable[Page]:
+        return decoded_pages(store, day, entry, max_bytes)
 
     batch: list[Page] = []
     size = 0
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="inflate") as pool:
-        pending: deque[Future[Page]] = deque()
-        for entry in manifest["requests"]:
-            pending.append(pool.submit(decode, entry))
-            if len(pending) < READ_AHEAD:
+        pending: deque[Future[Iterable[Page]]] = deque()
+        for entry in [*manifest["requests"], *[None] * READ_AHEAD]:
+            if entry is not None:
+                pending.append(pool.submit(decode, entry))
+            if (entry is not None and len(pending) < READ_AHEAD) or not pending:
                 continue
-            page = pending.popleft().result()
-            batch.append(page)
-            size += len(page[0])
-            if size >= BATCH_BYTES:
-                yield batch
-                batch, size = [], 0
-        while pending:
-            batch.append(pending.popleft().result())
+            for page in pending.popleft().result():
+                batch.append(page)
+                size += len(page[0])
+                if size >= BATCH_BYTES:
+                    yield batch
+                    batch, size = [], 0
     if batch:
         yield batch

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -14,9 +15,14 @@ import dagster as dg
 import duckdb
 import pytest
 
-from cdr_pipeline import alerts, cli, operations, text
+from cdr_pipeline import alerts, cli, operations, raw, text
+from cdr_pipeline import day as day_module
+from cdr_pipeline.datasets import DATASETS, NAMES
 from cdr_pipeline.defs import sensors
-from cdr_pipeline.settings import ConfigError, load_settings
+from cdr_pipeline.layout import Day
+from cdr_pipeline.settings import AnalyticsSettings, ConfigError, load_settings
+from cdr_pipeline.simulator import CdrSimulator, SimConfig
+from cdr_pipeline.store import Store, open_store
 from cdr_pipeline_tests.conftest import Env
 from cdr_pipeline_tests.servers import Receiver
 
@@ -352,3 +358,81 @@ def test_a_webhook_or_ui_link_that_is_not_https_or_is_link_local_is_refused(tmp_
         with pytest.raises(ConfigError) as refused:
             load_settings({"CDR_DATA_DIR": str(tmp_path), variable: url})
         assert str(refused.value).startswith(variable) and "T0K3N" not in str(refused.value)
+
+
+# --- a day served as one page -----------------------------------------------------------------
+
+
+def _raw_days(one: Store, paged: Store, day: Day, calls: int) -> None:
+    """The same calls twice: as one page of the whole day, and as pages of 1,000 an hour."""
+    sim = CdrSimulator(SimConfig(seed=11, calls_per_day=calls))
+    whole = zlib.compressobj()
+    parts = [whole.compress(b'{"errorCode":"0","offset":"0","result":"Call Details","cdr":[')]
+    pages, total, sep = [], 0, b""
+    for hour in range(day.start // 3600, day.end // 3600):
+        window = [hour * 3600, hour * 3600 + 3599]
+        records = sim.listing(*window)
+        sim._hour_calls.cache_clear()  # an hour at a time: a million calls do not fit twice
+        sim._listings.cache_clear()
+        for at in range(0, len(records), 1000):
+            chunk = records[at : at + 1000]
+            text = json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode()
+            parts.append(whole.compress(sep + text[1:-1]))
+            sep, total = b",", total + len(chunk)
+            more = "0" if at + 1000 >= len(records) else str(at + 1000)
+            doc = b'{"errorCode":"0","offset":"%s","cdr":%s}' % (more.encode(), text)
+            pages.append((zlib.compress(doc), window, len(chunk)))
+    parts.append(whole.compress(b"]}") + whole.flush())
+    for store, bodies in (
+        (one, [(b"".join(parts), [day.start, day.end], total)]),
+        (paged, pages),
+    ):
+        requests = []
+        for body, window, count in bodies:
+            name, digest = raw.body_name(body, "zlib")
+            requests.append(
+                {"file": name, "sha256": digest, "window": window, "records": count}
+                | {"bytes": len(body)}
+            )
+        manifest = {
+            "manifest_version": 1,
+            "date": day.key,
+            "day_window": [day.start, day.end],
+            "requests": requests,
+            "max_body_bytes": 2**31,
+            "totals": {"pages": len(bodies), "records": total, "bytes": 0},
+        }
+        raw.write_raw_day(store, day.key, [(b, "zlib") for b, _, _ in bodies], manifest)
+
+
+@pytest.mark.slow  # a million calls, twice
+def test_a_day_served_as_one_page_of_a_million_calls_is_read_a_slice_at_a_time(
+    tmp_path, monkeypatch
+):
+    """Before, the page was parsed at once: about 1 GB more at the peak. Now it is inflated and
+    cut into slices of whole records as it is read, and the day is the same as when paged."""
+    tz = ZoneInfo("Asia/Shanghai")
+    day = Day.from_key("2024-03-01", tz)
+    one, paged = open_store(tmp_path / "one"), open_store(tmp_path / "paged")
+    _raw_days(one, paged, day, 1_000_000)
+    (body,) = (tmp_path / "one" / "raw" / "cdr" / "date=2024-03-01").glob("*.zlib")
+    assert len(zlib.decompress(body.read_bytes())) > 300 * 2**20  # one page, inflated
+    largest: list[int] = []
+    parse = day_module.parse_pages
+
+    def watched(pages, *args, **kw):
+        largest.append(sum(len(p[0]) for p in pages))
+        return parse(pages, *args, **kw)
+
+    monkeypatch.setattr(day_module, "parse_pages", watched)
+    built = {
+        name: day_module.build_day(store, day, tz, analytics=AnalyticsSettings(), registry=DATASETS)
+        for name, store in (("one", one), ("paged", paged))
+    }
+    assert max(largest) < 3 * raw.BATCH_BYTES  # a slice or a batch, never the page
+    assert built["one"].accounting == built["paged"].accounting
+    assert built["one"].accounting["fetched"] > 950_000
+    for name in NAMES:
+        ours = (tmp_path / "one" / name / "date=2024-03-01" / "part-0.parquet").read_bytes()
+        theirs = (tmp_path / "paged" / name / "date=2024-03-01" / "part-0.parquet").read_bytes()
+        assert ours == theirs, name

@@ -16,6 +16,8 @@ certain way.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,3 +141,91 @@ def cdr_spans(page: bytes) -> Spans | None:
     if len(starts) == 1 and not page[at + 1 : end].strip(b" \t\r\n"):
         return Spans(at, end, starts[:0], ends[:0])  # an empty array
     return Spans(at, end, starts, ends)
+
+
+# --- a page too large to hold at once, cut as it is inflated -----------------------------------
+
+_COMMA_OR_BRACKET = frozenset(b"[]{},")
+_CDR_KEY = re.compile(rb'"cdr"\s*:\s*$')
+_SLICE_HEAD = b'{"errorCode":"0","cdr":['
+
+
+def _array_start(page: bytes) -> int | None:
+    """Just past the ``[`` of the top-level ``"cdr"`` array, if ``page`` (a beginning of a
+    document) shows it; None where it cannot vouch for it."""
+    b = np.frombuffer(page, dtype=np.uint8)
+    quotes = _real_quotes(b)
+    folded = b | _CASE
+    marks = np.flatnonzero((folded == _OPENER) | (folded == _CLOSER))
+    marks = marks[_outside(quotes, marks)]
+    if not len(marks):
+        return None
+    chars = b[marks]
+    depth = np.cumsum(np.where((chars | _CASE) == _OPENER, 1, -1))
+    opens = marks[(chars == _ARRAY) & (depth == 2)]
+    if not len(opens) or depth[0] != 1 or (depth[: np.searchsorted(marks, opens[0])] < 1).any():
+        return None
+    at = int(opens[0])
+    return at + 1 if _CDR_KEY.search(page[:at]) else None
+
+
+def _elements_end(tail: bytes) -> tuple[int | None, int | None]:
+    """In ``tail`` (bytes of the array from an element's start): the last comma between
+    elements, and where the array closes (its ``]``), each None if not there."""
+    b = np.frombuffer(tail, dtype=np.uint8)
+    quotes = _real_quotes(b)
+    marks = np.flatnonzero(np.isin(b, np.frombuffer(bytes(_COMMA_OR_BRACKET), np.uint8)))
+    marks = marks[_outside(quotes, marks)]
+    chars = b[marks]
+    folded = chars | _CASE
+    depth = np.cumsum(np.where(folded == _OPENER, 1, np.where(folded == _CLOSER, -1, 0)))
+    closes = marks[depth < 0]
+    close = int(closes[0]) if len(closes) else None
+    commas = marks[(chars == _COMMA) & (depth == 0)]
+    if close is not None:
+        commas = commas[commas < close]
+    return (int(commas[-1]) if len(commas) else None), close
+
+
+def page_slices(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """A page's decoded bytes, arriving a chunk at a time, as page documents of whole records
+    of about ``size`` bytes each (``{"errorCode":"0","cdr":[...]}``), so that memory holds a
+    slice, never the page. Its envelope, read at the end, follows as an empty page of its own
+    code when that is not ``"0"`` (the reader then says so). A beginning this cannot vouch for
+    is passed on whole, as one page."""
+    first = next(chunks, b"")
+    at = _array_start(first)
+    if at is None:
+        yield b"".join([first, *chunks])
+        return
+    prefix, tail, need = first[:at], first[at:], size
+    while True:
+        comma, close = _elements_end(tail)
+        if close is not None:
+            if tail[:close].strip():
+                yield _SLICE_HEAD + tail[:close] + b"]}"
+            yield from _envelope(prefix + b"]" + b"".join([tail[close + 1 :], *chunks]))
+            return
+        if comma is not None and comma >= size // 2:
+            yield _SLICE_HEAD + tail[:comma] + b"]}"
+            tail, need = tail[comma + 1 :], size
+        else:
+            need = max(need, 2 * len(tail))  # one long element: look again when twice as far
+        while len(tail) < need:
+            more = next(chunks, None)
+            if more is None:
+                yield b"".join([prefix, tail])  # cut short: the reader says how
+                return
+            tail += more
+
+
+def _envelope(doc: bytes) -> Iterator[bytes]:
+    """Nothing when the page's own fields say success; else them, with no records."""
+    try:
+        fields = json.loads(doc, parse_int=parse_int)
+    except (ValueError, RecursionError):
+        yield doc
+        return
+    code = fields.get("errorCode") if isinstance(fields, dict) else None
+    if str(code if code is not None else "").strip() != "0":
+        yield doc

@@ -6,8 +6,10 @@ Nothing here does I/O, so the transform can reuse :func:`decode_body` and
 
 from __future__ import annotations
 
+import itertools
 import json
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,63 @@ def sniff_encoding(body: bytes) -> str:
         if (b0 & 0x0F) == 8 and (b0 >> 4) <= 7 and ((b0 << 8) | b1) % 31 == 0:
             return "zlib"
     return "plain"
+
+
+_INFLATE_STEP = 1 << 20
+
+
+def inflate(pieces: Iterable[bytes], *, max_bytes: int, chunk: int) -> Iterator[bytes]:
+    """A body, arriving in ``pieces``, decoded at most ``chunk`` bytes at a time (a page larger
+    than memory should hold at once), with :func:`decode_body`'s checks: the cap, a broken or
+    truncated stream."""
+    pieces = iter(pieces)
+    head = next(pieces, b"")
+    encoding = sniff_encoding(head)
+    total = 0
+    if encoding == "plain":
+        for piece in itertools.chain([head], pieces):
+            total += len(piece)
+            if total > max_bytes:
+                raise FatalApiError(
+                    f"response body exceeds the cap of {max_bytes} bytes",
+                    kind="response-too-large",
+                )
+            yield piece
+        return
+    if encoding == "gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    else:
+        inflater = _inflate_lib.decompressobj(zlib.MAX_WBITS)
+    received = 0
+    # the input a slice at a time: what is left of it is copied after every output chunk
+    steps = itertools.chain.from_iterable(map(_steps, itertools.chain([head], pieces)))
+    for piece in itertools.chain(steps, [b""]):
+        data: bytes | memoryview = piece
+        received += len(piece)
+        while True:
+            try:
+                out = inflater.decompress(data, chunk)
+            except INFLATE_ERRORS as exc:
+                raise MalformedResponseError(f"broken {encoding} stream: {exc}") from None
+            data, total = inflater.unconsumed_tail, total + len(out)
+            if total > max_bytes:
+                raise FatalApiError(
+                    f"{encoding} body inflates past the cap of {max_bytes} bytes "
+                    "(a decompression bomb or a far too large page)",
+                    kind="response-too-large",
+                )
+            if out:
+                yield out
+            if inflater.eof:
+                return
+            if not data and len(out) < chunk:  # this slice is in, and all it gave is out
+                break
+    raise MalformedResponseError(f"truncated {encoding} stream ({received} bytes received)")
+
+
+def _steps(piece: bytes) -> Iterator[memoryview]:
+    view = memoryview(piece)
+    return (view[at : at + _INFLATE_STEP] for at in range(0, len(piece), _INFLATE_STEP))
 
 
 def decode_body(body: bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> tuple[bytes, str]:
