@@ -406,6 +406,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from cdr_pipeline.resources import api_resource
 
     settings = load_settings()
+    _say_shadowed(args)
     quick = settings.client.model_copy(
         update={"max_attempts": min(2, settings.client.max_attempts)}
     )
@@ -446,10 +447,23 @@ def cmd_config(args: argparse.Namespace) -> int:
         source = "default"
         if (os.environ.get(k.env) or "").strip():
             source = ".env" if k.env in args.dotenv else "environment"
+        if k.env in args.shadowed:
+            source = ".env, over the exported value"
         shown = "***" if k.secret and value else value
         rows.append([k.env, "—" if shown is None else shown, source])
     print(tabulate(rows, headers=["variable", "value", "from"], tablefmt="plain"))
+    _say_shadowed(args)
     return 0
+
+
+def _say_shadowed(args: argparse.Namespace) -> None:
+    """Dagster's rule, kept by every command: ``.env`` wins over the shell's ``export``."""
+    if args.shadowed:
+        print(
+            f"note: .env sets {', '.join(args.shadowed)} over the value exported in this shell "
+            "(as Dagster's commands do, .env wins): edit .env, or remove the line there",
+            file=sys.stderr,
+        )
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -608,7 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    exported = {k: v for k, v in os.environ.items() if k.startswith("CDR_")}
     args.dotenv = apply_dotenv()  # the same .env Dagster's commands read, over the environment
+    args.shadowed = sorted(k for k in args.dotenv if k in exported and exported[k] != os.environ[k])
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -12,6 +12,7 @@ from these declarations (``cdr_pipeline_tests/test_settings.py`` keeps the last 
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 from collections.abc import Iterator, Mapping
@@ -76,61 +77,45 @@ def is_link_local(host: str) -> bool:
     return address.is_link_local or address == ipaddress.ip_address("fd00:ec2::254")
 
 
-def check_link(env: str, url: str) -> str:
+def check_link(env: str, url: str, *, looks_like: str = "https://HOST/PATH") -> str:
     """A URL this project sends to or shows in alerts: https, or plain http to loopback only,
-    never to a link-local or metadata address, never with a user or password in it."""
+    never to a link-local or metadata address, never with a user or password in it (it is
+    shown in logs and the UI). The messages name ``env``, never the URL's path."""
     try:
         parts = urlsplit(url)
         host = parts.hostname
-    except ValueError:
-        raise ValueError(f"{env} is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise ValueError(f"{env} must be an https:// URL")
+    except ValueError as exc:
+        raise ValueError(f"{env} is not a valid URL ({exc})") from None
     if parts.username or parts.password:
         raise ValueError(f"{env} must not carry a user name or password")
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(
+            f"{env} must look like {looks_like} "
+            f"(got scheme {parts.scheme or 'none'!r} and host {host or 'none'!r})"
+        )
     if is_link_local(host):
         raise ValueError(
             f"{env} points at a link-local or cloud metadata address ({host}): refused"
         )
     if parts.scheme == "http" and not is_loopback(host):
         raise ValueError(
-            f"{env} uses plain http to {host!r}: use https (plain http is allowed only to a "
-            "loopback address)"
+            f"{env} uses plain http to {host!r}: what it carries would cross the network in "
+            "clear text; use https (plain http is allowed only to a loopback address)"
         )
     return url
 
 
 def check_endpoint(url: str) -> str:
-    """Accept ``https://host/path``, or ``http://`` only to a loopback host."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError as exc:
-        raise InvalidEndpointError(f"CDR_API_URL is not a valid URL ({exc})") from None
-    if parts.username or parts.password:
-        raise InvalidEndpointError(
-            "CDR_API_URL must not carry a user name or password (it is shown in logs and the "
-            "UI): the credentials go in CDR_API_ID and CDR_APP_ID"
-        )
-    if parts.scheme not in ("http", "https") or not host:
-        raise InvalidEndpointError(
-            "CDR_API_URL must look like https://HOST/201511v3/getCdr "
-            f"(got scheme {parts.scheme or 'none'!r} and host {host or 'none'!r})"
-        )
-    if parts.query or parts.fragment:
+    """Accept ``https://host/path``, or ``http://`` only to a loopback host; the id and appId
+    go in their own settings, never in the URL."""
+    if "?" in url or "#" in url:
         raise InvalidEndpointError(
             "CDR_API_URL must not carry a query string: the id goes in CDR_API_ID"
         )
-    if is_link_local(host):
-        raise InvalidEndpointError(
-            f"CDR_API_URL points at a link-local or cloud metadata address ({host}): refused"
-        )
-    if parts.scheme == "http" and not is_loopback(host):
-        raise InvalidEndpointError(
-            f"CDR_API_URL uses plain http to {host!r}: credentials would cross the network in "
-            "clear text; use https (plain http is allowed only for a loopback simulator)"
-        )
-    return url
+    try:
+        return check_link("CDR_API_URL", url, looks_like="https://HOST/201511v3/getCdr")
+    except ValueError as exc:
+        raise InvalidEndpointError(str(exc)) from None
 
 
 class ClientSettings(pydantic.BaseModel):
@@ -356,6 +341,12 @@ class ProjectSettings(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _together(self) -> ProjectSettings:
+        if not self.api_url and (self.api_id or self.app_id):
+            raise ValueError(
+                "CDR_API_ID or CDR_APP_ID is set but CDR_API_URL is not: set CDR_API_URL to "
+                "the provider's endpoint (without it the built-in simulator would answer "
+                "instead), or unset both to run the demo"
+            )
         if self.api_url:
             missing = [
                 n for n, v in (("CDR_API_ID", self.api_id), ("CDR_APP_ID", self.app_id)) if not v
@@ -703,6 +694,18 @@ def _start_in_the_future(given: dict[type[pydantic.BaseModel], dict[str, str]]) 
     return [f"CDR_START_DATE={first} is in the future (today is {today} in {zone})"]
 
 
+def _unknown(env: Mapping[str, str]) -> list[str]:
+    """A ``CDR_`` variable no setting declares is a typo until shown otherwise: said with the
+    nearest declared name (a misspelt CDR_API_URL must not leave the demo's simulator on)."""
+    declared = [k.env for k in knobs()]
+    said = []
+    for name in sorted(n for n in env if n.startswith("CDR_") and n not in declared):
+        near = difflib.get_close_matches(name, declared, n=1, cutoff=0.75)
+        hint = f"; did you mean {near[0]}?" if near else " (`cdr-pipeline config` lists them)"
+        said.append(f"unknown setting {name} (in the environment or .env){hint}")
+    return said
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (the process environment by default); an empty
     variable counts as unset. Raises :class:`ConfigError` naming every bad variable."""
@@ -713,6 +716,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if raw:
             given[k.model][k.field] = raw
     problems = [p for model in MODELS for p in _problems(model, given[model])]
+    problems += _unknown(env)
     problems += _start_in_the_future(given)
     if problems:
         if len(problems) == 1:

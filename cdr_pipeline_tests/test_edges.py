@@ -227,17 +227,16 @@ def test_a_fetch_into_a_linked_raw_folder_fails_once_without_retries(
 # --- a day that never existed ---------------------------------------------------------------
 
 
+def _apia(monkeypatch, tmp_path, sim_server) -> Env:
+    server = sim_server(calls_per_day=100, timezone="Pacific/Apia")
+    return Env(monkeypatch, tmp_path, server, tz="Pacific/Apia", CDR_START_DATE="2011-12-01")
+
+
 def test_a_date_the_zone_skipped_is_refused_and_never_published_as_another(
     monkeypatch, tmp_path, sim_server, instance, capsys
 ):
     """Samoa moved across the date line: 2011-12-30 has no local hours in Pacific/Apia."""
-    env = Env(
-        monkeypatch,
-        tmp_path,
-        sim_server(calls_per_day=100, timezone="Pacific/Apia"),
-        tz="Pacific/Apia",
-        CDR_START_DATE="2011-12-01",
-    )
+    env = _apia(monkeypatch, tmp_path, sim_server)
     result = env.run(instance, "2011-12-30", raise_on_error=False)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -252,13 +251,7 @@ def test_a_date_the_zone_skipped_is_refused_and_never_published_as_another(
 
 @pytest.mark.slow  # a persistent Dagster instance starts its compute-log process
 def test_the_cli_leaves_a_skipped_date_out_of_a_range(monkeypatch, tmp_path, sim_server, capsys):
-    env = Env(
-        monkeypatch,
-        tmp_path,
-        sim_server(calls_per_day=100, timezone="Pacific/Apia"),
-        tz="Pacific/Apia",
-        CDR_START_DATE="2011-12-01",
-    )
+    env = _apia(monkeypatch, tmp_path, sim_server)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     assert cli.main(["materialize", "--start", "2011-12-29", "--end", "2011-12-31"]) == 0
