@@ -461,3 +461,46 @@ def test_every_option_is_bounded_and_said_in_one_line(tmp_path, monkeypatch, cap
         cli.main(argv)
     err = capsys.readouterr().err + str(stopped.value.code)
     assert said in err and "Traceback" not in err
+
+
+def _in(tmp_path, monkeypatch, dotenv: str, **exported: str) -> None:
+    """A project folder with this .env, and these variables exported in the shell."""
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k[:4] != "CDR_"})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(dotenv)
+    os.environ.update({"CDR_DATA_DIR": str(tmp_path / "data"), **exported})
+
+
+def test_a_misspelt_url_variable_is_said_at_once_never_the_simulator(tmp_path, monkeypatch, capsys):
+    """Before, `check` said the simulator "works" and `materialize` replaced a real day with
+    synthetic calls."""
+    _in(
+        tmp_path,
+        monkeypatch,
+        "CDR_API_ULR=https://api.example.com/201511v3/getCdr\n"
+        f"CDR_API_ID={'i' * 16}\nCDR_APP_ID={'a' * 16}\n",
+    )
+    for command in (["check"], ["materialize", "--last", "1"], ["config"]):
+        assert cli.main(command) == 2
+        said = capsys.readouterr().err
+        assert "unknown setting CDR_API_ULR" in said and "did you mean CDR_API_URL?" in said
+        assert "CDR_API_ID or CDR_APP_ID is set but CDR_API_URL is not" in said
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_unknown_setting_gets_the_nearest_name(tmp_path, monkeypatch, capsys):
+    _in(tmp_path, monkeypatch, "", CDR_CONCURENCY="4")
+    assert cli.main(["config"]) == 2
+    assert "unknown setting CDR_CONCURENCY" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"did you mean CDR_CONCURRENCY\?"):
+        load_settings({"CDR_CONCURENCY": "4"})
+
+
+def test_config_and_check_name_an_exported_value_that_dotenv_shadows(tmp_path, monkeypatch, capsys):
+    _in(tmp_path, monkeypatch, "CDR_CONCURRENCY=7\n", CDR_CONCURRENCY="4", CDR_WINDOW_HOURS="3")
+    assert cli.main(["config"]) == 0
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    assert rows["CDR_CONCURRENCY"] == ["7", ".env,", "over", "the", "exported", "value"]
+    assert rows["CDR_WINDOW_HOURS"] == ["3", "environment"]
+    assert "note: .env sets CDR_CONCURRENCY over the value exported in this shell" in err
