@@ -324,10 +324,11 @@ def print_kpis(settings: Settings, days: Sequence[str], failed: set[str] | None 
     """One row per day asked for: its KPIs, or why there are none (a day that failed in this
     command is never shown with the figures of an earlier run)."""
     from cdr_pipeline import datasets
-    from cdr_pipeline.report import kpi_history
+    from cdr_pipeline.report import kpi_history, volume_findings
 
     failed = failed or set()
     found = {r["date"]: r for r in kpi_history(settings.store, days)}
+    low = volume_findings(settings.store, days, settings.analytics.volume_warn_share)
     headers = [c for c, _ in KPI_COLUMNS] + ["status"]
     cells = []
     for day in days:
@@ -337,9 +338,11 @@ def print_kpis(settings: Settings, days: Sequence[str], failed: set[str] | None 
             cells.append([day, *[""] * (len(KPI_COLUMNS) - 1), status])
         else:
             values = [("—" if row[c] is None else fmt.format(row[c])) for c, fmt in KPI_COLUMNS]
-            cells.append([*values, "ok"])
+            cells.append([*values, "LOW VOLUME" if day in low else "ok"])
     print()
     print(tabulate(cells, headers=headers, tablefmt="plain", stralign="right"))
+    for day, finding in low.items():
+        print(f"\n{day}: {finding}: is it the right account, and within the provider's retention?")
     missing = [d for d in days if d not in found and d not in failed]
     if missing:
         print(

@@ -5,6 +5,7 @@ facts and carry the plans out."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -29,6 +30,26 @@ def overdue_day(deadline: float, tz: ZoneInfo) -> str:
     """The day a freshness deadline (``CDR_FRESHNESS_DEADLINE``, on the next day) was for."""
     local = datetime.fromtimestamp(deadline, tz).date()
     return (local - timedelta(days=1)).isoformat()
+
+
+VOLUME_DAYS = 7  # the days before a day whose volume it is compared with
+
+
+def volume_finding(calls: int, recent: Sequence[int], share: float) -> str | None:
+    """Why a day's volume looks wrong (a wrong account, the provider's retention, an outage
+    answered with no rows), or None: no calls at all, or fewer than ``share`` of the median
+    of the days before (at least three of them)."""
+    if calls == 0:
+        return "no calls at all"
+    if len(recent) < 3:
+        return None
+    median = statistics.median(recent)
+    if calls < share * median:
+        return (
+            f"{calls} calls, under {share:.0%} of the median of the {len(recent)} days "
+            f"before ({median:g})"
+        )
+    return None
 
 
 def catch_up_plan(window: Sequence[str], status: Mapping[str, str | None]) -> list[str]:

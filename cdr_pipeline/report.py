@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tabulate import tabulate
 
-from cdr_pipeline import layout, publish, text
+from cdr_pipeline import layout, operations, publish, text
 from cdr_pipeline.store import Store
 
 TREND_DAYS = 30
@@ -33,6 +33,24 @@ RATES = (
 def days_back(end: str, count: int) -> list[str]:
     last = date.fromisoformat(end)
     return [(last - timedelta(days=i)).isoformat() for i in range(count - 1, -1, -1)]
+
+
+def volume_findings(store: Store, days: Sequence[str], share: float) -> dict[str, str]:
+    """The days of ``days`` whose volume looks wrong against the days before each, with why
+    (:func:`operations.volume_finding`); days without data are not judged."""
+    if not days:
+        return {}
+    rows = kpi_history(store, days_back(days[-1], len(days) + operations.VOLUME_DAYS))
+    calls = {r["date"]: r["total_calls"] for r in rows}
+    said = {}
+    for day in days:
+        if day not in calls:
+            continue
+        before = [calls[d] for d in days_back(day, operations.VOLUME_DAYS + 1)[:-1] if d in calls]
+        finding = operations.volume_finding(calls[day], before, share)
+        if finding:
+            said[day] = finding
+    return said
 
 
 def kpi_history(

@@ -427,6 +427,14 @@ class AnalyticsSettings(pydantic.BaseModel):
         ge=0,
         le=3600,
     )
+    volume_warn_share: float = knob(
+        0.5,
+        "CDR_VOLUME_WARN_SHARE",
+        "the volume check warns when a day has no calls, or fewer than this share of the "
+        "median of the 7 days before",
+        ge=0,
+        le=1,
+    )
     premium_night_calls: int = knob(
         1,
         "CDR_RISK_PREMIUM_NIGHT",

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 
-from cdr_pipeline import alerts, layout, lease, operations, raw
+from cdr_pipeline import alerts, cli, layout, lease, operations, raw
 from cdr_pipeline.operations import FAILED, FINE, RUNNING
 from cdr_pipeline.store import open_store
 from cdr_pipeline_tests.conftest import API_ID, APP_ID, load_defs
@@ -309,3 +309,51 @@ def _materialized(home: Path, days: list[str]) -> bool:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         status = instance.get_status_by_partition(dg.AssetKey("cdr"), days, partitions)
     return bool(status) and all(status.get(d) == dg.AssetPartitionStatus.MATERIALIZED for d in days)
+
+
+def test_the_volume_rule_flags_an_empty_day_and_one_far_below_the_days_before():
+    assert operations.volume_finding(0, [], 0.5) == "no calls at all"
+    assert operations.volume_finding(40, [100, 120, 90], 0.5) == (
+        "40 calls, under 50% of the median of the 3 days before (100)"
+    )
+    assert operations.volume_finding(60, [100, 120, 90], 0.5) is None
+    assert operations.volume_finding(1, [100, 120], 0.5) is None  # too few days to judge
+
+
+def test_the_volume_check_warns_for_an_empty_or_thin_day_naming_both_counts(
+    monkeypatch, tmp_path, sim_server, instance, capsys
+):
+    """Before, a provider that answered nothing (a wrong account, its retention) gave a green
+    day."""
+    from cdr_pipeline_tests.conftest import Env
+
+    env = Env(monkeypatch, tmp_path, sim_server(calls_per_day=300))
+    for day in ("2024-03-01", "2024-03-02", "2024-03-03"):
+        result = env.run(instance, day)
+        (volume,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "volume"]
+        assert volume.passed
+    thin = Env(monkeypatch, tmp_path, sim_server(calls_per_day=30))
+    (volume,) = [
+        e
+        for e in thin.run(instance, "2024-03-04").get_asset_check_evaluations()
+        if e.check_name == "volume"
+    ]
+    assert not volume.passed and volume.severity == dg.AssetCheckSeverity.WARN
+    said = volume.metadata["2024-03-04"].value
+    assert "calls, under 50% of the median of the 3 days before" in said
+    empty = Env(monkeypatch, tmp_path, sim_server(empty_from_request=1))
+    (volume,) = [
+        e
+        for e in empty.run(instance, "2024-03-05").get_asset_check_evaluations()
+        if e.check_name == "volume"
+    ]
+    assert volume.metadata["2024-03-05"].value == "no calls at all"
+    assert volume.metadata["failed_days"].value == "2024-03-05"
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["kpis", "--start", "2024-03-01", "--end", "2024-03-05"]) == 0
+    shown = {
+        line.split()[0]: line.split()[-1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("2024-03-0")
+    }
+    assert shown["2024-03-03"] == "ok" and shown["2024-03-04"] == "VOLUME"

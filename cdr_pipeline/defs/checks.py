@@ -10,7 +10,8 @@ import dagster as dg
 import pyarrow.compute as pc
 
 from cdr_pipeline import layout, publish, raw
-from cdr_pipeline.resources import CdrStorageResource
+from cdr_pipeline.report import volume_findings
+from cdr_pipeline.resources import CdrAnalyticsResource, CdrStorageResource
 from cdr_pipeline.store import Store
 from cdr_pipeline.text import MAX_VALUE, cap, one_line
 from cdr_pipeline.transform.analytics import MATCH_WARN, WORST_CALLS, worst_billed
@@ -156,6 +157,27 @@ def flagged_callers(
         passed=not meta,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"flagged_days": len(meta), **meta, FAILED_DAYS: ",".join(meta)},
+    )
+
+
+@dg.asset_check(
+    asset="cdr",
+    name="volume",
+    description="Warns when a day has no calls, or fewer than CDR_VOLUME_WARN_SHARE of the "
+    "median of the 7 days before (a wrong account, the provider's retention, an outage "
+    "answered with no rows), naming the day and both counts.",
+)
+def volume(
+    context: dg.AssetCheckExecutionContext,
+    cdr_storage: CdrStorageResource,
+    cdr_analytics: CdrAnalyticsResource,
+) -> dg.AssetCheckResult:
+    days = _days(context)
+    said = volume_findings(cdr_storage.store, days, cdr_analytics.volume_warn_share)
+    return dg.AssetCheckResult(
+        passed=not said,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={**said, FAILED_DAYS: ",".join(said)},
     )
 
 
