@@ -316,7 +316,8 @@ def test_a_dotenv_file_means_the_same_to_the_cli_as_to_dagster(tmp_path):
     env = _env(tmp_path) | {"CDR_DATA_DIR": str(tmp_path / "from-environment")}
     out = subprocess.run([CLI, "config"], cwd=work, env=env, capture_output=True, text=True)
     rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:]}
-    assert rows["CDR_DATA_DIR"] == [str(tmp_path / "from-dotenv"), ".env"]
+    shadowed = [str(tmp_path / "from-dotenv"), ".env,", "over", "the", "exported", "value"]
+    assert rows["CDR_DATA_DIR"] == shadowed
     assert rows["CDR_SIM_CALLS_PER_DAY"] == ["150", ".env"]
     run = subprocess.run(
         [CLI, "materialize", "--start", "2024-03-01", "--end", "2024-03-01"],
