@@ -41,6 +41,9 @@ install: $(RUN_STAMP)
 DEMO_DAYS ?= 30
 run ui screenshot: export CDR_START_DATE ?= $(shell $(PYTHON) -c "import datetime as d; \
   print(d.date.today() - d.timedelta(days=$(DEMO_DAYS)))")
+# The demo asks for the simulator by name: without CDR_SIMULATOR (or CDR_API_URL), nothing is
+# fetched, so a misspelt endpoint variable can never fall back to synthetic calls.
+run ui screenshot: export CDR_SIMULATOR = true
 
 ## Materialize the last 7 complete days from the built-in simulator and print their KPIs.
 run: $(RUN_STAMP)

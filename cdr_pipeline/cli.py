@@ -26,6 +26,8 @@ def _client(settings: Settings):
     """The same resource the assets use, given the credentials' values."""
     from cdr_pipeline.resources import api_resource
 
+    if why := settings.project.no_api():
+        raise ConfigError(why)
     return api_resource(settings).open_client(settings.timezone)
 
 
@@ -228,6 +230,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from cdr_pipeline.defs.schedules import DAILY_JOB
 
     settings = load_settings()
+    if why := settings.project.no_api():
+        raise ConfigError(why)
     days = [] if args.missing else _day_range(args, settings)  # a bad date: said before all
     local_home()
     if args.missing:
@@ -242,7 +246,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     level = "WARNING" if args.verbose else "CRITICAL"
     run_config: dict = {"loggers": {"console": {"config": {"log_level": level}}}}
     if settings.uses_simulator:
-        print("CDR_API_URL is not set: fetching synthetic calls from the built-in simulator")
+        print("CDR_SIMULATOR=true: fetching synthetic calls from the built-in simulator")
     if args.allow_shrink:
         run_config["ops"] = {"cdr_day": {"config": {"allow_shrink": True}}}
     failed: list[str] = []
@@ -409,6 +413,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from cdr_pipeline.resources import api_resource
 
     settings = load_settings()
+    if why := settings.project.no_api():
+        raise ConfigError(why)
     _say_shadowed(args)
     quick = settings.client.model_copy(
         update={"max_attempts": min(2, settings.client.max_attempts)}

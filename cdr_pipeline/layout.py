@@ -81,6 +81,7 @@ def state_key(kind: str, day: str) -> str:
 
 
 SPILL_KEY = f"{STATE_ROOT}/spill"
+SOURCE_KEY = f"{STATE_ROOT}/source.json"  # where the data directory's calls come from
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from cdr_pipeline.api.client import CdrApiClient, Window
 from cdr_pipeline.api.spans import page_slices
@@ -23,6 +24,7 @@ from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, ENCODING_EXT, inflate
 from cdr_pipeline.layout import (
     MANIFEST,
     RAW_ROOT,
+    SOURCE_KEY,
     Day,
     StorageError,
     is_day,
@@ -54,7 +56,8 @@ def fetch_windows(day: Day, window_hours: int, margin_s: int) -> list[Window]:
 def fetch_raw_day(
     client: CdrApiClient, store: Store, day: Day, *, src: str | None = None, endpoint: str
 ) -> dict[str, Any]:
-    """Fetch a day into ``raw/cdr/date=DAY/`` and return its manifest."""
+    """Fetch a day into ``raw/cdr/date=DAY/`` and return its manifest (nothing is written when
+    the data directory holds another source's calls)."""
     settings = client.settings
     windows = fetch_windows(day, settings.window_hours, settings.margin_s)
     before = client.stats
@@ -102,8 +105,38 @@ def fetch_raw_day(
             **{k: delta.get(k, 0) for k in counted},
         },
     }
+    claim_source(store, endpoint)  # after the fetch: a refused credential is said as such
     write_raw_day(store, day.key, bodies, manifest)
     return manifest
+
+
+SIMULATOR = "the built-in simulator"
+
+
+def source_of(endpoint: str) -> str:
+    """A data directory's source: the built-in simulator, or the endpoint's host (no port,
+    path or secret)."""
+    parts = urlsplit(endpoint)
+    return f"{parts.scheme}://{parts.hostname}" if parts.hostname else endpoint
+
+
+def claim_source(store: Store, endpoint: str) -> None:
+    """A data directory holds the calls of one source: the first fetch records it, and a
+    fetch from another is refused before anything is written (demo data never mixes with
+    live data, nor one provider account's with another's)."""
+    source = source_of(endpoint)
+    record = {"source": source, "since": datetime.now(UTC).isoformat(timespec="seconds")}
+    if store.create(SOURCE_KEY, json_bytes(record)):
+        return
+    theirs = json.loads(store.read_bytes(SOURCE_KEY)).get("source")
+    if theirs != source:
+        hint = {
+            SIMULATOR: " (e.g. CDR_DATA_DIR=data/live; `make clean` removes the demo's data)",
+        }.get(theirs, " (e.g. CDR_DATA_DIR=data/demo for the demo)" if source == SIMULATOR else "")
+        raise StorageError(
+            f"{store.url} holds calls from {theirs}; this run fetches from {source}, and the "
+            f"two never mix in one data directory: set CDR_DATA_DIR to another folder{hint}"
+        )
 
 
 def body_name(body: bytes, encoding: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ import dagster as dg
 from cdr_pipeline.api.client import CdrApiClient
 from cdr_pipeline.lease import RunLeases, run_leases
 from cdr_pipeline.settings import (
+    NO_API,
     AnalyticsSettings,
     ClientSettings,
     PublishSettings,
@@ -132,13 +133,29 @@ class CdrAnalyticsResource(dg.ConfigurableResource, AnalyticsSettings):
     :class:`AnalyticsSettings`; set per run in the launchpad to try other thresholds)."""
 
 
+class NoApi(CdrApiResource):
+    """Neither an endpoint nor the simulator: the definitions load (a code server, `dg check
+    defs`), and a run that would fetch fails at once, saying how to configure one."""
+
+    @contextmanager
+    def open_client(self, timezone: str) -> Iterator[CdrApiClient]:
+        raise dg.Failure(NO_API, allow_retries=False)  # no retry can configure one
+        yield  # pragma: no cover
+
+    def endpoint_label(self) -> str:
+        return "none"
+
+
 def api_resource(settings: Settings) -> CdrApiResource:
-    """The live API when ``CDR_API_URL`` is set, else the simulator."""
+    """The live API when ``CDR_API_URL`` is set, the simulator when ``CDR_SIMULATOR`` asks for
+    it, else :class:`NoApi`."""
     tuning = settings.client.model_dump()
     if settings.uses_simulator:  # the demo's choice, and the only place it is made
         from cdr_pipeline.simulator.resource import SimulatedCdrApi
 
         return SimulatedCdrApi(**tuning, **settings.simulator.model_dump())
+    if settings.project.no_api():
+        return NoApi(**tuning)
     p = settings.project
     assert p.api_url and p.api_id and p.app_id  # ProjectSettings holds them together
     return LiveCdrApi(endpoint=Endpoint(p.api_url, p.api_id, p.app_id), **tuning)

@@ -42,6 +42,12 @@ def knob(default: Any, env: str, description: str, *, secret: bool = False, **bo
     )
 
 
+NO_API = (
+    "no API is configured: set CDR_API_URL, CDR_API_ID and CDR_APP_ID (README, 'Point it at "
+    "the real API'), or run the demo: make run (or CDR_SIMULATOR=true)"
+)
+
+
 class ConfigError(ValueError):
     """One or more settings are missing or wrong; the message names each variable."""
 
@@ -311,8 +317,13 @@ class ProjectSettings(pydantic.BaseModel):
     api_url: str | None = knob(
         None,
         "CDR_API_URL",
-        "full getCdr endpoint, e.g. https://HOST/201511v3/getCdr (http:// only to loopback); "
-        "unset: the built-in simulator",
+        "full getCdr endpoint, e.g. https://HOST/201511v3/getCdr (http:// only to loopback)",
+    )
+    simulator: bool = knob(
+        False,
+        "CDR_SIMULATOR",
+        "fetch synthetic calls from the built-in simulator instead of an API (the demo: make run "
+        "and make ui set it); never together with CDR_API_URL",
     )
     api_id: str | None = knob(
         None, "CDR_API_ID", "the id query value", secret=True, min_length=MIN_SECRET_LENGTH
@@ -341,6 +352,11 @@ class ProjectSettings(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _together(self) -> ProjectSettings:
+        if self.simulator and self.api_url:
+            raise ValueError(
+                "CDR_SIMULATOR=true and CDR_API_URL are both set: the demo's simulator and a "
+                "real API never feed one deployment; unset one of them"
+            )
         if not self.api_url and (self.api_id or self.app_id):
             raise ValueError(
                 "CDR_API_ID or CDR_APP_ID is set but CDR_API_URL is not: set CDR_API_URL to "
@@ -361,7 +377,12 @@ class ProjectSettings(pydantic.BaseModel):
 
     @property
     def uses_simulator(self) -> bool:
-        return self.api_url is None
+        return self.simulator
+
+    def no_api(self) -> str | None:
+        """Why nothing can be fetched, or None: no endpoint, and the simulator not asked for.
+        Loading the definitions does not need one; a run or a command that fetches does."""
+        return None if self.api_url or self.simulator else NO_API
 
 
 class AnalyticsSettings(pydantic.BaseModel):
@@ -521,7 +542,7 @@ class OperationsSettings(pydantic.BaseModel):
 
 
 class SimulatorSettings(pydantic.BaseModel):
-    """What the built-in simulator serves when CDR_API_URL is not set."""
+    """What the built-in simulator serves when CDR_SIMULATOR asks for it (the demo)."""
 
     model_config = pydantic.ConfigDict(frozen=True)
 
@@ -746,8 +767,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 def env_example() -> str:
     """``.env.example``, made from the declarations."""
     lines = [
-        "# Copy to .env (never commit it) or export these; every one is optional.",
-        "# Leave CDR_API_URL unset to use the built-in simulator. Made from",
+        "# Copy to .env (never commit it) or export these. Set CDR_API_URL, CDR_API_ID and",
+        "# CDR_APP_ID, or CDR_SIMULATOR=true for the demo; the rest is optional. Made from",
         "# cdr_pipeline/settings.py by `cdr-pipeline config --env-example`.",
     ]
     model = None

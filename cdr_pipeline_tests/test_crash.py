@@ -85,6 +85,7 @@ def _env(tmp_path: Path, calls: int) -> dict[str, str]:
         CDR_DATA_DIR=str(tmp_path / "data"),
         DAGSTER_HOME=str(tmp_path / "home"),
         CDR_SIM_CALLS_PER_DAY=str(calls),
+        CDR_SIMULATOR="true",
         CDR_TIMEZONE="Asia/Shanghai",
     )
     return env

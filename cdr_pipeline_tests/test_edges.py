@@ -6,6 +6,7 @@ existed; a webhook that hangs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import zlib
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from cdr_pipeline.layout import Day
 from cdr_pipeline.settings import AnalyticsSettings, ConfigError, load_settings
 from cdr_pipeline.simulator import CdrSimulator, SimConfig
 from cdr_pipeline.store import Store, open_store
-from cdr_pipeline_tests.conftest import Env
+from cdr_pipeline_tests.conftest import Env, load_defs
 from cdr_pipeline_tests.servers import Receiver
 
 # A provider's caller number that is markup in every sink, and far too long to show.
@@ -429,3 +430,58 @@ def test_a_day_served_as_one_page_of_a_million_calls_is_read_a_slice_at_a_time(
         ours = (tmp_path / "one" / name / "date=2024-03-01" / "part-0.parquet").read_bytes()
         theirs = (tmp_path / "paged" / name / "date=2024-03-01" / "part-0.parquet").read_bytes()
         assert ours == theirs, name
+
+
+# --- the demo and the live API ----------------------------------------------------------------
+
+
+def test_a_data_directory_holds_one_source_and_refuses_another(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    """Before, demo and real days shared data/ and every recipe returned both mixed."""
+    live = Env(monkeypatch, tmp_path, sim_server(calls_per_day=100))
+    assert live.run(instance, "2024-03-01").success
+    source = json.loads((live.root / "_state" / "source.json").read_text())["source"]
+    assert source == "http://127.0.0.1"  # the endpoint's host: no port, path or secret
+    before = sorted(p.name for p in live.root.rglob("*") if p.is_file())
+    monkeypatch.delenv("CDR_API_URL")
+    monkeypatch.delenv("CDR_API_ID")
+    monkeypatch.delenv("CDR_APP_ID")
+    monkeypatch.setenv("CDR_SIMULATOR", "true")
+    demo = Env.__new__(Env)
+    demo.defs = load_defs()
+    result = demo.defs.resolve_job_def("cdr_daily_job").execute_in_process(
+        instance=instance, partition_key="2024-03-02", raise_on_error=False
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    said = failure.step_failure_data.error.message
+    assert "holds calls from http://127.0.0.1; this run fetches from the built-in simulator" in said
+    assert "CDR_DATA_DIR=data/demo" in said
+    assert sorted(p.name for p in live.root.rglob("*") if p.is_file()) == before
+
+
+def test_without_an_endpoint_the_definitions_load_and_a_run_says_how_to_configure(
+    monkeypatch, tmp_path, instance, capsys
+):
+    """Before, no CDR_API_URL meant the simulator, silently: a misspelt variable turned a real
+    deployment into the demo."""
+    for name in [k for k in os.environ if k.startswith("CDR_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CDR_DATA_DIR", str(tmp_path / "data"))
+    defs = load_defs()  # a code server, `dg check defs`: no endpoint needed
+    result = defs.resolve_job_def("cdr_daily_job").execute_in_process(
+        instance=instance, partition_key="2024-03-01", raise_on_error=False
+    )
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "no API is configured" in failure.step_failure_data.error.message
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    monkeypatch.chdir(tmp_path)
+    for command in (
+        ["materialize", "--last", "1"],
+        ["check"],
+        ["fetch", "--start", "1", "--end", "2"],
+    ):
+        assert cli.main(command) == 2
+        assert "no API is configured" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "raw").exists()

@@ -107,6 +107,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "CDR_DATA_DIR": str(tmp_path / "data"),
         "DAGSTER_HOME": str(tmp_path / "home"),
         "CDR_SIM_CALLS_PER_DAY": "300",
+        **({} if "CDR_API_URL" in extra else {"CDR_SIMULATOR": "true"}),
         **extra,
     }
 

@@ -41,6 +41,7 @@ def _env(tmp_path: Path, s3: S3Server, data_dir: str, calls: int = 300) -> dict[
             "CDR_DATA_DIR": data_dir,
             "DAGSTER_HOME": str(tmp_path / "home"),
             "CDR_SIM_CALLS_PER_DAY": str(calls),
+            "CDR_SIMULATOR": "true",
             "CDR_TIMEZONE": "Asia/Shanghai",
         }
     )

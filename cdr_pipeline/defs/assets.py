@@ -108,7 +108,7 @@ def raw_cdr_asset(settings: Settings, partitions: dg.PartitionsDefinition) -> dg
     ) -> dg.MaterializeResult:
         if cdr_api.uses_simulator:
             context.log.warning(
-                "CDR_API_URL is not set: these CDRs come from the built-in simulator, not the API"
+                "CDR_SIMULATOR=true: these CDRs come from the built-in simulator, not the API"
             )
         records = 0
         days = days_of(context)

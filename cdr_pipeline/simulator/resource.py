@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import ClassVar
 
 from cdr_pipeline.api.client import CdrApiClient
+from cdr_pipeline.raw import SIMULATOR
 from cdr_pipeline.resources import CdrApiResource
 from cdr_pipeline.settings import SimulatorSettings
 from cdr_pipeline.simulator.config import DEMO_QUIRKS, PATH, SimConfig
@@ -35,4 +36,4 @@ class SimulatedCdrApi(CdrApiResource, SimulatorSettings):
             yield c
 
     def endpoint_label(self) -> str:
-        return "built-in simulator"
+        return SIMULATOR
