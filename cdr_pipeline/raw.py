@@ -125,8 +125,7 @@ def claim_source(store: Store, endpoint: str) -> None:
     fetch from another is refused before anything is written (demo data never mixes with
     live data, nor one provider account's with another's)."""
     source = source_of(endpoint)
-    record = {"source": source, "since": datetime.now(UTC).isoformat(timespec="seconds")}
-    if store.create(SOURCE_KEY, json_bytes(record)):
+    if store.create(SOURCE_KEY, json_bytes({"source": source})):
         return
     theirs = json.loads(store.read_bytes(SOURCE_KEY)).get("source")
     if theirs != source:

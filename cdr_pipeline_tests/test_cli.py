@@ -345,7 +345,8 @@ def test_a_failed_day_is_said_once_and_never_shown_with_old_figures(tmp_path):
 
     server = serve(SimConfig(force_error="-401"))
     try:
-        bad = env | {"CDR_API_URL": server.url, "CDR_API_ID": "ID-wrong", "CDR_APP_ID": "APP-x"}
+        real = {"CDR_API_URL": server.url, "CDR_API_ID": "ID-wrong", "CDR_APP_ID": "APP-x"}
+        bad = {k: v for k, v in env.items() if k != "CDR_SIMULATOR"} | real
         out = subprocess.run([CLI, "materialize", *day], env=bad, capture_output=True, text=True)
     finally:
         server.close()

@@ -76,6 +76,7 @@ def test_queued_runs_on_postgres_respect_the_api_pool(tmp_path, postgres):
         "CDR_DATA_DIR": str(tmp_path / "data"),
         "CDR_START_DATE": "2024-01-01",
         "CDR_SIM_CALLS_PER_DAY": "4000",
+        "CDR_SIMULATOR": "true",
     }
     daemon_log = tmp_path / "daemon.log"
     with daemon_log.open("wb") as out:

@@ -65,6 +65,7 @@ def test_the_environment_reaches_the_resource(tmp_path):
     settings = load_settings(
         {
             "CDR_DATA_DIR": str(tmp_path),
+            "CDR_SIMULATOR": "true",
             "CDR_WINDOW_HOURS": "3",
             "CDR_SPLIT_STRAGGLERS": "false",
             "CDR_SIM_CALLS_PER_DAY": "17",

@@ -65,6 +65,7 @@ def dagster_services(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
         "CDR_DATA_DIR": str(data),
         "CDR_START_DATE": "2024-01-01",
         "CDR_SIM_CALLS_PER_DAY": "300",
+        "CDR_SIMULATOR": "true",
     }
     # The instance's SQLite storage is created here, once, not raced for by the two services.
     with dg.DagsterInstance.from_config(str(home)):

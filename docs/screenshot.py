@@ -41,7 +41,7 @@ def screenshot(out: Path, *, asset: str = "call_kpis_daily", **env_extra: str) -
         raise SystemExit("no Chromium found: apt-get install chromium-headless-shell (or chromium)")
     with tempfile.TemporaryDirectory(prefix="cdr-screenshot-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CDR_", "DAGSTER_"))}
-        env |= {"CDR_DATA_DIR": str(Path(tmp) / "data"), **env_extra}
+        env |= {"CDR_DATA_DIR": str(Path(tmp) / "data"), "CDR_SIMULATOR": "true", **env_extra}
         home = Path(tmp) / "home"
         home.mkdir()
         # the instance `make run` makes, without the first-visit welcome dialog over the page
