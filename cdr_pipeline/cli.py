@@ -331,8 +331,9 @@ def print_kpis(settings: Settings, days: Sequence[str], failed: set[str] | None 
     from cdr_pipeline.report import kpi_history, volume_findings
 
     failed = failed or set()
-    found = {r["date"]: r for r in kpi_history(settings.store, days)}
-    low = volume_findings(settings.store, days, settings.analytics.volume_warn_share)
+    read: dict[str, Any] = {}  # each day's KPI row read once, for the table and the volume
+    found = {r["date"]: r for r in kpi_history(settings.store, days, read)}
+    low = volume_findings(settings.store, days, settings.analytics.volume_warn_share, read)
     headers = [c for c, _ in KPI_COLUMNS] + ["status"]
     cells = []
     for day in days:

@@ -245,6 +245,8 @@ def _body_pieces(store: Store, day: str, entry: dict) -> Iterator[bytes]:
     """A raw body read a piece at a time, checked against its sha256 at the end (a body too
     large to hold: a corrupt one fails the day, which then publishes nothing)."""
     name = entry["file"]
+    if not _is_body_name(name):
+        raise StorageError(f"raw manifest of {day} names an unexpected file {name!r}")
     digest = hashlib.sha256()
     with store.open_input(f"{raw_day_key(day)}/{name}") as source:
         while piece := source.read(1 << 20):
@@ -258,8 +260,6 @@ def decoded_pages(store: Store, day: str, entry: dict[str, Any], max_bytes: int)
     """A raw body's page, whole; or, when it is large (a provider that serves a day as one
     page), its records a slice of :data:`SLICE_BYTES` at a time, read and inflated as they
     are parsed, so memory holds a few slices and never the page."""
-    if not _is_body_name(entry["file"]):
-        raise StorageError(f"raw manifest of {day} names an unexpected file {entry['file']!r}")
     large = entry.get("bytes", 0) > BATCH_BYTES  # as received, compressed
     body = _body_pieces(store, day, entry) if large else [read_raw_body(store, day, entry)]
     pieces = inflate(body, max_bytes=max_bytes, chunk=BATCH_BYTES)

@@ -35,12 +35,18 @@ def days_back(end: str, count: int) -> list[str]:
     return [(last - timedelta(days=i)).isoformat() for i in range(count - 1, -1, -1)]
 
 
-def volume_findings(store: Store, days: Sequence[str], share: float) -> dict[str, str]:
+def volume_findings(
+    store: Store,
+    days: Sequence[str],
+    share: float,
+    cache: dict[str, dict[str, Any] | None] | None = None,
+) -> dict[str, str]:
     """The days of ``days`` whose volume looks wrong against the days before each, with why
-    (:func:`operations.volume_finding`); days without data are not judged."""
+    (:func:`operations.volume_finding`); days without data are not judged. ``cache``: as
+    :func:`kpi_history`'s, KPI rows a caller has read already."""
     if not days:
         return {}
-    rows = kpi_history(store, days_back(days[-1], len(days) + operations.VOLUME_DAYS))
+    rows = kpi_history(store, days_back(days[-1], len(days) + operations.VOLUME_DAYS), cache)
     calls = {r["date"]: r["total_calls"] for r in rows}
     said = {}
     for day in days:

@@ -64,7 +64,7 @@ def test_provider_markup_is_text_and_capped_in_previews_checks_and_alerts(
     assert "evil" in preview and _unescaped(preview) == []
     assert len(preview.splitlines()) == 2 + 5  # header, rule, the five flagged callers
     size = len(json.dumps({k: str(v.value) for k, v in metadata.items()}))
-    assert size < 10_000, size  # 3 MB before: every row padded to the widest cell
+    assert size < 10_000, size  # before, every row was padded to the widest (uncapped) cell
     for key in ("cdr", "cdr_rejects", "call_destinations_daily", "call_kpis_daily"):
         event = instance.get_latest_materialization_event(dg.AssetKey(key))
         for value in event.asset_materialization.metadata.values():

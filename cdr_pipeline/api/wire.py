@@ -48,8 +48,7 @@ _INFLATE_STEP = 1 << 20
 
 def inflate(pieces: Iterable[bytes], *, max_bytes: int, chunk: int) -> Iterator[bytes]:
     """A body, arriving in ``pieces``, decoded at most ``chunk`` bytes at a time (a page larger
-    than memory should hold at once), with :func:`decode_body`'s checks: the cap, a broken or
-    truncated stream."""
+    than memory should hold at once); the cap, a broken and a truncated stream are errors."""
     pieces = iter(pieces)
     head = next(pieces, b"")
     encoding = sniff_encoding(head)
@@ -59,7 +58,7 @@ def inflate(pieces: Iterable[bytes], *, max_bytes: int, chunk: int) -> Iterator[
             total += len(piece)
             if total > max_bytes:
                 raise FatalApiError(
-                    f"response body exceeds the cap of {max_bytes} bytes",
+                    f"response body of {total} bytes or more exceeds the cap of {max_bytes} bytes",
                     kind="response-too-large",
                 )
             yield piece
@@ -81,6 +80,9 @@ def inflate(pieces: Iterable[bytes], *, max_bytes: int, chunk: int) -> Iterator[
                 raise MalformedResponseError(f"broken {encoding} stream: {exc}") from None
             data, total = inflater.unconsumed_tail, total + len(out)
             if total > max_bytes:
+                # the traceback keeps this frame: let the inflated bytes go first, or a bomb
+                # answered to several workers is held once per worker until the run ends
+                del out, data
                 raise FatalApiError(
                     f"{encoding} body inflates past the cap of {max_bytes} bytes "
                     "(a decompression bomb or a far too large page)",
@@ -101,35 +103,10 @@ def _steps(piece: bytes) -> Iterator[memoryview]:
 
 
 def decode_body(body: bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> tuple[bytes, str]:
-    """Return ``(json_bytes, encoding)``; a stream inflating past ``max_bytes`` is refused."""
-    encoding = sniff_encoding(body)
-    if encoding == "plain":
-        if len(body) > max_bytes:
-            raise FatalApiError(
-                f"response body of {len(body)} bytes exceeds the cap of {max_bytes} bytes",
-                kind="response-too-large",
-            )
-        return body, encoding
-    if encoding == "gzip":  # rare; and ISA-L accepts gzip headers zlib refuses
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    else:
-        inflater = _inflate_lib.decompressobj(zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, max_bytes + 1)
-    except INFLATE_ERRORS as exc:
-        raise MalformedResponseError(f"broken {encoding} stream: {exc}") from None
-    if len(out) > max_bytes or inflater.unconsumed_tail:
-        # the exception's traceback keeps this frame: let the inflated bytes go first, or a
-        # bomb answered to several workers is held once per worker until the run ends
-        del out, inflater
-        raise FatalApiError(
-            f"{encoding} body inflates past the cap of {max_bytes} bytes "
-            "(a decompression bomb or a far too large page)",
-            kind="response-too-large",
-        )
-    if not inflater.eof:
-        raise MalformedResponseError(f"truncated {encoding} stream ({len(body)} bytes received)")
-    return out, encoding
+    """Return ``(json_bytes, encoding)``: the body decoded in one piece by :func:`inflate`, so
+    a stream inflating past ``max_bytes`` is refused the same way."""
+    decoded = b"".join(inflate([body], max_bytes=max_bytes, chunk=max_bytes + 1))
+    return decoded, sniff_encoding(body)
 
 
 @dataclass(frozen=True)
