@@ -4,9 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
-export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install run test test-fast bench screenshot ui lint format clean
+.PHONY: install run test test-fast bench screenshot ui ui-live lint format clean
 
 # $(call install,EXTRAS,WHAT): install the project (with EXTRAS) into .venv, with uv when it is
 # on the PATH, else pip; refuse a Python older than 3.11 before anything is installed; and
@@ -35,15 +34,13 @@ $(TEST_STAMP): $(RUN_STAMP)
 
 install: $(RUN_STAMP)
 
-# `make run` and `make ui` show the last DEMO_DAYS days as partitions unless CDR_START_DATE is
-# set (in the environment or .env, which wins): a newcomer's UI opens on the days `make run`
-# made, not on a thousand empty ones since the deployment default.
-DEMO_DAYS ?= 30
-run ui screenshot: export CDR_START_DATE ?= $(shell $(PYTHON) -c "import datetime as d; \
-  print(d.date.today() - d.timedelta(days=$(DEMO_DAYS)))")
 # The demo asks for the simulator by name: without CDR_SIMULATOR (or CDR_API_URL), nothing is
-# fetched, so a misspelt endpoint variable can never fall back to synthetic calls.
+# fetched, so a misspelt endpoint variable can never fall back to synthetic calls. With it, the
+# data go to data/demo and the partitions are the last 30 days (settings.py), and the runs to
+# the demo's own Dagster instance: nothing of the demo mixes with a real API's days.
 run ui screenshot: export CDR_SIMULATOR = true
+run ui screenshot: export DAGSTER_HOME = $(CURDIR)/.dagster_home/demo
+ui-live: export DAGSTER_HOME ?= $(CURDIR)/.dagster_home/live
 
 ## Materialize the last 7 complete days from the built-in simulator and print their KPIs.
 run: $(RUN_STAMP)
@@ -76,9 +73,10 @@ bench: $(BENCH_STAMP)
 screenshot: $(TEST_STAMP)
 	$(BIN)/python docs/screenshot.py --out docs/partitions.png
 
-## The Dagster UI on http://127.0.0.1:$(UI_PORT) (`dg dev`) with the runs of `make run`.
+## The Dagster UI on http://127.0.0.1:$(UI_PORT) (`dg dev`): `make ui` with the demo's runs,
+## `make ui-live` with the real API's (the endpoint and credentials from the environment or .env).
 UI_PORT ?= 3000
-ui: $(RUN_STAMP)
+ui ui-live: $(RUN_STAMP)
 	@$(BIN)/python -c "from cdr_pipeline.cli import local_home; local_home()"
 	@$(BIN)/python -c "import socket, sys; s = socket.socket(); \
 	  s.bind(('127.0.0.1', $(UI_PORT)))" 2>/dev/null || { \
@@ -94,9 +92,16 @@ format: $(TEST_STAMP)
 	$(BIN)/ruff check --fix cdr_pipeline cdr_pipeline_tests benchmarks docs
 	$(BIN)/ruff format cdr_pipeline cdr_pipeline_tests benchmarks docs
 
-# The datasets' folders are the registry's (python -m cdr_pipeline.datasets), asked before
-# the virtualenv goes; only what the pipeline writes under data/ is removed.
+# The demo's data and runs go, never the real API's (data/live, .dagster_home/live). The
+# datasets' folders are the registry's (python -m cdr_pipeline.datasets), asked before the
+# virtualenv goes: only what the pipeline writes under data/demo is removed, never through a
+# symbolic link.
+DEMO_DATA := data/demo
 clean:
+	@if test -L $(DEMO_DATA) || test -L .dagster_home || test -L .dagster_home/demo; then \
+	  echo "make clean: $(DEMO_DATA) or .dagster_home/demo is a symbolic link: left alone" >&2; \
+	  exit 1; fi
 	@if test -x $(BIN)/python; then \
-	  for d in $$($(BIN)/python -m cdr_pipeline.datasets); do rm -rf "data/$$d"; done; fi
-	rm -rf $(VENV) .dagster_home data/raw data/_state
+	  for d in $$($(BIN)/python -m cdr_pipeline.datasets) raw _state report.html; do \
+	    rm -rf "$(DEMO_DATA)/$$d"; done; fi
+	rm -rf $(VENV) .dagster_home/demo

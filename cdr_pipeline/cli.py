@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,19 @@ from zoneinfo import ZoneInfo
 import yaml
 from tabulate import tabulate
 
-from cdr_pipeline.api.errors import CdrApiError
-from cdr_pipeline.layout import StorageError, day_exists, parse_day
-from cdr_pipeline.settings import ConfigError, Settings, apply_dotenv, knobs, load_settings
+from cdr_pipeline.api.errors import CdrApiError, RetriesExhaustedError
+from cdr_pipeline.api.redact import MIN_SECRET_LENGTH
+from cdr_pipeline.layout import StorageError, day_exists, parse_day, state_key
+from cdr_pipeline.settings import (
+    ConfigError,
+    Settings,
+    apply_dotenv,
+    dagster_home,
+    knobs,
+    load_settings,
+)
 from cdr_pipeline.store import StoreError
+from cdr_pipeline.text import one_line
 
 
 def _client(settings: Settings):
@@ -63,7 +74,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     server = serve(config, args.host, args.port)
     print(f"getCdr simulator listening on {server.url}", flush=True)
-    print("set CDR_API_URL to that address (and any CDR_API_ID / CDR_APP_ID); Ctrl-C stops it")
+    print(
+        "set CDR_API_URL to that address, and CDR_API_ID and CDR_APP_ID to the values of "
+        f"--api-id and --app-id (else any of at least {MIN_SECRET_LENGTH} characters, e.g. "
+        "sim-api-id and sim-app-id); Ctrl-C stops it",
+        flush=True,
+    )
     try:
         server._thread.join()
     except KeyboardInterrupt:
@@ -155,7 +171,8 @@ def _day_range(args: argparse.Namespace, settings: Settings) -> list[str]:
         raise SystemExit(f"{end} is not complete yet in {settings.timezone} (today is {today})")
     first = parse_day(settings.start_date)
     if start < first:
-        raise SystemExit(f"{start} is before CDR_START_DATE ({first})")
+        demo = " (the demo's partitions: its last 30 days)" if settings.uses_simulator else ""
+        raise SystemExit(f"{start} is before CDR_START_DATE ({first}){demo}")
     days = [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
     for day in [d for d in days if not day_exists(d, settings.tz)]:
         print(f"{day} never existed in {settings.timezone} (the zone skipped it): left out")
@@ -198,18 +215,26 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 LOCAL_INSTANCE = """\
-# The local Dagster instance of `make run`, `make ui` and `cdr-pipeline materialize`: runs,
-# event logs and schedule state in SQLite under this folder. Runs log to the console at INFO
-# (Dagster's default, DEBUG, prints ~30 lines a day); the UI's event log keeps every level.
+# A local Dagster instance of `make run`, `make ui` and `cdr-pipeline materialize` (the demo's
+# in .dagster_home/demo, the real API's in .dagster_home/live): runs, event logs and schedule
+# state in SQLite under this folder. Runs log to the console at INFO (Dagster's default, DEBUG,
+# prints ~30 lines a day); the UI's event log keeps every level. `nux` is the UI's first-visit
+# pop-up, which would cover the page `make ui` opens on.
 python_logs:
   python_log_level: INFO
+nux:
+  enabled: false
 """
 
 
-def local_home() -> Path:
-    """``DAGSTER_HOME`` (``.dagster_home`` unless set), with the local instance config when it
-    has none; Dagster's one-time telemetry notice is printed here, before any progress bar."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
+def local_home(demo: bool | None = None) -> Path:
+    """``DAGSTER_HOME`` (unless set, the demo's or the live folder, per ``CDR_SIMULATOR``),
+    with the local instance config when it has none; Dagster's one-time telemetry notice is
+    printed here, before any progress bar."""
+    if demo is None:
+        demo = load_settings().uses_simulator
+    home = dagster_home(demo)
+    os.environ["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists() or not config.read_text().strip():
@@ -233,7 +258,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     if why := settings.project.no_api():
         raise ConfigError(why)
     days = [] if args.missing else _day_range(args, settings)  # a bad date: said before all
-    local_home()
+    local_home(settings.uses_simulator)
     if args.missing:
         days = _missing_days(settings)
     if not days:
@@ -241,31 +266,41 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         print(f"nothing to do: the last {back} days are fine or running")
         return 0
     job = defs().resolve_job_def(DAILY_JOB)
-    # Dagster's console log repeats a failure with its stack trace: the summary below says it
-    # once, in plain words (--verbose shows Dagster's own log too).
-    level = "WARNING" if args.verbose else "CRITICAL"
-    run_config: dict = {"loggers": {"console": {"config": {"log_level": level}}}}
+    # Dagster's console log repeats a failure's stack trace (the step's and the run's event):
+    # the summary below says it once, in plain words; --verbose adds each run's log, one line
+    # an entry, and the stack trace once.
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     if settings.uses_simulator:
         print("CDR_SIMULATOR=true: fetching synthetic calls from the built-in simulator")
     if args.allow_shrink:
         run_config["ops"] = {"cdr_day": {"config": {"allow_shrink": True}}}
+    store = settings.store
+    published = {d for d in days if store.exists(state_key("validation", d))}
     failed: list[str] = []
+    skipped: list[str] = []
     interrupted = False
     with dg.DagsterInstance.get() as instance:
-        bar = tqdm(days, unit="day", file=sys.stderr, ascii=True, ncols=80)
+        bar = tqdm(days, unit="day", file=sys.stderr, ascii=True, ncols=100)
         try:
-            for day in bar:
-                bar.set_description(day)
-                result = job.execute_in_process(
-                    instance=instance,
-                    partition_key=day,
-                    run_config=run_config,
-                    raise_on_error=False,
-                )
-                if not result.success:
+            with _retries_shown(bar):
+                for i, day in enumerate(bar):
+                    bar.set_description(day)
+                    result = job.execute_in_process(
+                        instance=instance,
+                        partition_key=day,
+                        run_config=run_config,
+                        raise_on_error=False,
+                    )
+                    bar.set_postfix_str("")
+                    if args.verbose:
+                        _write_log(instance, result.run_id, bar.write)
+                    if result.success:
+                        continue
                     failed.append(day)
-                    interrupted = _report_failure(result, day, bar.write, args.verbose)
-                    if interrupted:
+                    ending = _report_failure(result, day, bar.write, args.verbose)
+                    interrupted = ending == "interrupted"
+                    if ending:
+                        skipped = days[i + 1 :] if ending == "stops" else []
                         break
         except KeyboardInterrupt:  # between the steps of a run, or between runs
             interrupted = True
@@ -279,24 +314,79 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    print_kpis(settings, days, failed=set(failed))
+    if skipped:
+        print(
+            f"stopped: no other day can succeed until that is fixed; not attempted: "
+            f"{_span(skipped)}",
+            file=sys.stderr,
+        )
+    print_kpis(settings, days, failed=set(failed), skipped=set(skipped))
+    if replaced := [d for d in days if d in published and d not in failed]:
+        print(f"\nreplaced the published version of {_span(replaced)} (a day is one version)")
     if failed:
         print(f"failed partitions: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
 
-def _report_failure(result, day: str, write, verbose: bool) -> bool:
+def _span(days: Sequence[str]) -> str:
+    """Days for a sentence: one, two, or the first and last of many."""
+    if len(days) <= 2:
+        return " and ".join(days)
+    return f"{len(days)} days, {days[0]} to {days[-1]}"
+
+
+@contextmanager
+def _retries_shown(bar: Any) -> Iterator[None]:
+    """The client's retries on the progress line (attempt, reason, wait) while it waits."""
+
+    class Shown(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            retry = getattr(record, "retry", None)
+            if isinstance(retry, dict):
+                bar.set_postfix_str(
+                    f"retry {retry['attempt']}/{retry['of']} after {retry['reason']}, "
+                    f"next in {retry['wait_s']:.1f} s"
+                )
+
+    logger = logging.getLogger("cdr_pipeline.api.client")
+    handler, level = Shown(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _write_log(instance: Any, run_id: str, write: Callable[..., None]) -> None:
+    """A run's log at INFO and above, as the UI's event log shows it, one line an entry
+    (stack traces are left to the failure's summary)."""
+    for entry in instance.all_logs(run_id):
+        if entry.level < logging.INFO:
+            continue
+        when = datetime.fromtimestamp(entry.timestamp, UTC).strftime("%H:%M:%S")
+        step = f" {entry.step_key}" if entry.step_key else ""
+        first = (entry.user_message or "").strip().splitlines()[:1]
+        text = one_line(first[0] if first else "", 400)
+        write(f"  {when} {logging.getLevelName(entry.level)}{step}: {text}", file=sys.stderr)
+
+
+def _report_failure(result, day: str, write, verbose: bool) -> str | None:
     """Say once, in plain words, why a day's run failed (with the stack trace when
-    ``verbose``); True when it was interrupted."""
-    interrupted = False
+    ``verbose``); "interrupted", "stops" (no other day can succeed), or None."""
+    ending = None
     for event in result.all_events:
         if not event.is_step_failure:
             continue
         data = event.step_failure_data
         user = data.user_failure_data
-        if user is not None and user.metadata.get("interrupted") is not None:
-            interrupted = True
+        if user is not None:
+            if user.metadata.get("interrupted") is not None:
+                ending = "interrupted"
+            elif getattr(user.metadata.get("stops_run"), "value", False):
+                ending = ending or "stops"
         error = data.error
         while error is not None and error.cause is not None and not error.message.strip():
             error = error.cause
@@ -307,7 +397,7 @@ def _report_failure(result, day: str, write, verbose: bool) -> bool:
         write(f"{day} failed: {text}", file=sys.stderr)
         if verbose and error is not None:
             write(error.to_string(), file=sys.stderr)
-    return interrupted
+    return ending
 
 
 KPI_COLUMNS = (
@@ -324,13 +414,18 @@ KPI_COLUMNS = (
 )
 
 
-def print_kpis(settings: Settings, days: Sequence[str], failed: set[str] | None = None) -> None:
-    """One row per day asked for: its KPIs, or why there are none (a day that failed in this
-    command is never shown with the figures of an earlier run)."""
+def print_kpis(
+    settings: Settings,
+    days: Sequence[str],
+    failed: set[str] | None = None,
+    skipped: set[str] | None = None,
+) -> None:
+    """One row per day asked for: its KPIs, or why there are none (a day that failed or was
+    not attempted in this command is never shown with the figures of an earlier run)."""
     from cdr_pipeline import datasets
     from cdr_pipeline.report import kpi_history, volume_findings
 
-    failed = failed or set()
+    failed, skipped = failed or set(), skipped or set()
     read: dict[str, Any] = {}  # each day's KPI row read once, for the table and the volume
     found = {r["date"]: r for r in kpi_history(settings.store, days, read)}
     low = volume_findings(settings.store, days, settings.analytics.volume_warn_share, read)
@@ -338,8 +433,9 @@ def print_kpis(settings: Settings, days: Sequence[str], failed: set[str] | None 
     cells = []
     for day in days:
         row = found.get(day)
-        if day in failed or row is None:
+        if day in failed or day in skipped or row is None:
             status = "FAILED" if day in failed else "not materialized"
+            status = "not attempted" if day in skipped else status
             cells.append([day, *[""] * (len(KPI_COLUMNS) - 1), status])
         else:
             values = [("—" if row[c] is None else fmt.format(row[c])) for c, fmt in KPI_COLUMNS]
@@ -348,12 +444,14 @@ def print_kpis(settings: Settings, days: Sequence[str], failed: set[str] | None 
     print(tabulate(cells, headers=headers, tablefmt="plain", stralign="right"))
     for day, finding in low.items():
         print(f"\n{day}: {finding}: is it the right account, and within the provider's retention?")
-    missing = [d for d in days if d not in found and d not in failed]
+    missing = [d for d in days if d not in found and d not in failed and d not in skipped]
     if missing:
         print(
             f"\n{len(missing)} of {len(days)} days are not materialized: "
             f"cdr-pipeline materialize --start {missing[0]} --end {missing[-1]}"
         )
+    if not any(d in found and d not in failed | skipped for d in days):
+        return  # nothing to read
     store = settings.store
     print(f"\ndatasets under {store.url}/ ({', '.join(datasets.NAMES)}, raw/cdr); e.g.")
     where = f"{store.url}/call_kpis_daily"
@@ -427,11 +525,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         with resource.open_client(settings.timezone) as client:
             pages = client.query_window(end - 60, end)
     except CdrApiError as exc:
-        print(f"not working: {exc.message}", file=sys.stderr)
-        if exc.code is not None:
-            print(f"API code {exc.code}: {exc.meaning}", file=sys.stderr)
-        if exc.hint:
-            print(f"what to do: {exc.hint}", file=sys.stderr)
+        for line in _check_failed(exc):
+            print(line, file=sys.stderr)
         return 3
     calls = sum(p.record_count for p in pages)
     print(
@@ -439,6 +534,30 @@ def cmd_check(args: argparse.Namespace) -> int:
         "this machine's address are accepted"
     )
     return 0
+
+
+def _check_failed(exc: CdrApiError) -> list[str]:
+    """What ``check`` says of a failure: what happened, its HTTP status and API code, and the
+    advice for that kind (a refused connection, an unknown host, TLS, a status, a code)."""
+    hint = exc.hint
+    if isinstance(exc, RetriesExhaustedError) and exc.last is not None:
+        last = exc.last
+        hint = (
+            f"nothing came back in time ({last.message}): the endpoint may be down or slow; "
+            "try again in a few minutes, or raise CDR_READ_TIMEOUT_S"
+            if last.kind == "transport"
+            else "the provider is failing for now: try again in a few minutes; if it lasts, "
+            "ask the provider"
+        )
+        exc = last
+    lines = [f"not working ({exc.kind}): {exc.message}"]
+    if exc.http_status is not None:
+        lines.append(f"HTTP status {exc.http_status}")
+    if exc.code is not None:
+        lines.append(f"API code {exc.code}: {exc.meaning}")
+    if hint:
+        lines.append(f"what to do: {hint}")
+    return lines
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -601,7 +720,9 @@ def _day_commands(command: Command) -> None:
         "--format", choices=("table", "csv", "json"), default="table", help="output format"
     )
     materialize.add_argument(
-        "--verbose", action="store_true", help="show Dagster's log and stack traces"
+        "--verbose",
+        action="store_true",
+        help="show each run's log (INFO and above) and a failure's stack trace",
     )
     materialize.add_argument(
         "--allow-shrink",

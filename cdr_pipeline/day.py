@@ -29,7 +29,7 @@ from cdr_pipeline import memory
 from cdr_pipeline.datasets import DATASETS, Dataset, queries
 from cdr_pipeline.layout import SPILL_KEY, Day
 from cdr_pipeline.publish import DayTransaction, shrink_guard
-from cdr_pipeline.raw import Page, decoded_batches, read_raw_manifest
+from cdr_pipeline.raw import Page, decoded_batches, manifest_source, read_raw_manifest
 from cdr_pipeline.settings import AnalyticsSettings
 from cdr_pipeline.store import Store
 from cdr_pipeline.transform.analytics import DayAnalytics
@@ -51,6 +51,7 @@ class BuiltDay:
     """One published version of a day, as the assets report it."""
 
     accounting: dict[str, Any]
+    source: str  # the built-in simulator, or the API's scheme and host
     tables: dict[str, pa.Table]  # every dataset but cdr (streamed to its file, never held)
     paths: dict[str, str]  # dataset -> where its file is
     # seconds: reading and checking pages; de-duplicating, sorting and writing the files; the
@@ -255,7 +256,13 @@ def build_day(
             clock = _Clock()  # the aggregates' lap starts here
             tables = aggregate(gathered, accounting, builder.rejects_table(), registry, settings)
             clock.lap("analytics", timings)
-            record = {"date": day.key, "fetch": manifest["totals"], "accounting": accounting}
+            source = manifest_source(manifest)
+            record = {
+                "date": day.key,
+                "source": source,
+                "fetch": manifest["totals"],
+                "accounting": accounting,
+            }
             valid = accounting["valid"]
             paths = publish(
                 txn, tables, record, lambda: shrink_guard(store, day.key, valid, max_shrink)
@@ -263,4 +270,4 @@ def build_day(
         finally:
             builder.close()
         after_read.lap("dedup_sort_write", timings)
-    return BuiltDay(accounting, tables, paths, timings)
+    return BuiltDay(accounting, source, tables, paths, timings)

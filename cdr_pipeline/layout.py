@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
+# The default data directories: the demo's and a real API's never mix (each also records its
+# source in SOURCE_KEY and refuses another's calls).
+LIVE_DATA_DIR = "data/live"
+DEMO_DATA_DIR = "data/demo"
 PART_NAME = "part-0.parquet"
 MANIFEST = "manifest.json"
 RAW_ROOT = "raw/cdr"

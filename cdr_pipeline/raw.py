@@ -22,6 +22,7 @@ from cdr_pipeline.api.client import CdrApiClient, Window
 from cdr_pipeline.api.spans import page_slices
 from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, ENCODING_EXT, inflate
 from cdr_pipeline.layout import (
+    DEMO_DATA_DIR,
     MANIFEST,
     RAW_ROOT,
     SOURCE_KEY,
@@ -94,6 +95,7 @@ def fetch_raw_day(
         "max_body_bytes": settings.max_body_bytes,
         "src": src,
         "endpoint": endpoint,
+        "source": source_of(endpoint),
         "fetched_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "requests": requests,
         "totals": {
@@ -120,6 +122,11 @@ def source_of(endpoint: str) -> str:
     return f"{parts.scheme}://{parts.hostname}" if parts.hostname else endpoint
 
 
+def manifest_source(manifest: dict[str, Any]) -> str:
+    """A raw day's source (a manifest from before ``source`` was recorded: from its endpoint)."""
+    return manifest.get("source") or source_of(manifest.get("endpoint") or "unknown")
+
+
 def claim_source(store: Store, endpoint: str) -> None:
     """A data directory holds the calls of one source: the first fetch records it, and a
     fetch from another is refused before anything is written (demo data never mixes with
@@ -129,9 +136,11 @@ def claim_source(store: Store, endpoint: str) -> None:
         return
     theirs = json.loads(store.read_bytes(SOURCE_KEY)).get("source")
     if theirs != source:
-        hint = {
-            SIMULATOR: " (e.g. CDR_DATA_DIR=data/live; `make clean` removes the demo's data)",
-        }.get(theirs, " (e.g. CDR_DATA_DIR=data/demo for the demo)" if source == SIMULATOR else "")
+        hint = (
+            f"; the demo's data go to {DEMO_DATA_DIR} (unset CDR_DATA_DIR)"
+            if SIMULATOR in (source, theirs)
+            else ""
+        )
         raise StorageError(
             f"{store.url} holds calls from {theirs}; this run fetches from {source}, and the "
             f"two never mix in one data directory: set CDR_DATA_DIR to another folder{hint}"

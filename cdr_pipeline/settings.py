@@ -17,7 +17,7 @@ import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -27,7 +27,7 @@ import pydantic
 from pydantic import Field
 
 from cdr_pipeline.api.redact import MIN_SECRET_LENGTH
-from cdr_pipeline.layout import parse_day
+from cdr_pipeline.layout import DEMO_DATA_DIR, LIVE_DATA_DIR, parse_day
 from cdr_pipeline.store import Store, StoreError, open_store, redacted
 
 
@@ -46,6 +46,12 @@ NO_API = (
     "no API is configured: set CDR_API_URL, CDR_API_ID and CDR_APP_ID (README, 'Point it at "
     "the real API'), or run the demo: make run (or CDR_SIMULATOR=true)"
 )
+
+
+# The demo and a real API never share a Dagster instance (nor a data directory: layout.py).
+LIVE_HOME = ".dagster_home/live"
+DEMO_HOME = ".dagster_home/demo"
+DEMO_DAYS = 30
 
 
 class ConfigError(ValueError):
@@ -211,9 +217,11 @@ class StorageSettings(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True)
 
     data_dir: str = knob(
-        "data",
+        LIVE_DATA_DIR,
         "CDR_DATA_DIR",
-        "where datasets go: a local folder, or an object-store URL (s3://bucket/prefix)",
+        "where datasets go: a local folder, or an object-store URL (s3://bucket/prefix); "
+        f"the demo's (CDR_SIMULATOR=true) default is {DEMO_DATA_DIR}",
+        validate_default=True,
     )
     timezone: str = knob(
         "Asia/Shanghai",
@@ -296,7 +304,12 @@ class ProjectSettings(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(frozen=True)
 
-    start_date: str = knob("2024-01-01", "CDR_START_DATE", "the first daily partition")
+    start_date: str = knob(
+        "2024-01-01",
+        "CDR_START_DATE",
+        "the first daily partition; the demo's (CDR_SIMULATOR=true) default is "
+        f"{DEMO_DAYS} days before today, so the UI and the CLI show the days it makes",
+    )
     late_days: int = knob(
         2, "CDR_LATE_DAYS", "days back the late-data schedule re-materializes", ge=1, le=60
     )
@@ -360,18 +373,18 @@ class ProjectSettings(pydantic.BaseModel):
         if not self.api_url and (self.api_id or self.app_id):
             raise ValueError(
                 "CDR_API_ID or CDR_APP_ID is set but CDR_API_URL is not: set CDR_API_URL to "
-                "the provider's endpoint (without it the built-in simulator would answer "
-                "instead), or unset both to run the demo"
+                "the provider's endpoint, or unset both to run the demo (make run)"
             )
         if self.api_url:
             missing = [
                 n for n, v in (("CDR_API_ID", self.api_id), ("CDR_APP_ID", self.app_id)) if not v
             ]
             if missing:
+                verb = "are" if len(missing) > 1 else "is"
                 raise ValueError(
-                    f"CDR_API_URL is set but {' and '.join(missing)} is missing: set both "
-                    "CDR_API_ID and CDR_APP_ID (or unset CDR_API_URL to use the built-in "
-                    "simulator)"
+                    f"CDR_API_URL is set but {' and '.join(missing)} {verb} missing: set both "
+                    "CDR_API_ID and CDR_APP_ID (or, for the demo, unset CDR_API_URL and set "
+                    "CDR_SIMULATOR=true)"
                 )
         return self
 
@@ -735,6 +748,36 @@ def _unknown(env: Mapping[str, str]) -> list[str]:
     return said
 
 
+def _is_demo(given: dict[type[pydantic.BaseModel], dict[str, str]]) -> bool:
+    value = given[ProjectSettings].get("simulator", False)
+    try:
+        return pydantic.TypeAdapter(bool).validate_python(value)
+    except pydantic.ValidationError:
+        return False  # the setting's own rule says what is wrong
+
+
+def _demo_defaults(given: dict[type[pydantic.BaseModel], dict[str, str]]) -> None:
+    """The demo's own data directory, and a partition window of its last days (what the UI
+    and the CLI both show), where the operator set neither."""
+    if not _is_demo(given):
+        return
+    given[StorageSettings].setdefault("data_dir", DEMO_DATA_DIR)
+    if "start_date" not in given[ProjectSettings]:
+        default_zone = StorageSettings.model_fields["timezone"].default
+        zone = given[StorageSettings].get("timezone", default_zone)
+        try:
+            today = datetime.now(ZoneInfo(zone)).date()
+        except (ValueError, ZoneInfoNotFoundError):
+            return  # the zone's own rule says what is wrong
+        given[ProjectSettings]["start_date"] = (today - timedelta(days=DEMO_DAYS)).isoformat()
+
+
+def dagster_home(demo: bool) -> Path:
+    """``DAGSTER_HOME`` when set, else the demo's or the live instance's own folder."""
+    given = os.environ.get("DAGSTER_HOME")
+    return Path(given) if given else Path(DEMO_HOME if demo else LIVE_HOME).resolve()
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (the process environment by default); an empty
     variable counts as unset. Raises :class:`ConfigError` naming every bad variable."""
@@ -744,6 +787,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raw = (env.get(k.env) or "").strip()
         if raw:
             given[k.model][k.field] = raw
+    _demo_defaults(given)
     problems = [p for model in MODELS for p in _problems(model, given[model])]
     problems += _unknown(env)
     problems += _start_in_the_future(given)

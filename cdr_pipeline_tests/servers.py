@@ -154,9 +154,10 @@ def daemon_process(env: Mapping[str, str], log: Path) -> subprocess.Popen:
 
 class Receiver:
     """An HTTP server on loopback that records every request it is sent (path and body) and
-    answers 200, or holds each request ``hang_s`` seconds first (a webhook that hangs)."""
+    answers ``status`` (200), or holds each request ``hang_s`` seconds first (a webhook that
+    hangs)."""
 
-    def __init__(self, hang_s: float = 0.0) -> None:
+    def __init__(self, hang_s: float = 0.0, status: int = 200) -> None:
         self.requests: list[tuple[str, bytes]] = []
         self._closing = threading.Event()
         owner = self
@@ -167,7 +168,7 @@ class Receiver:
                 owner.requests.append((self.path, self.rfile.read(length)))
                 if hang_s:
                     owner._closing.wait(hang_s)
-                self.send_response(200)
+                self.send_response(status)
                 self.end_headers()
 
             do_GET = do_POST

@@ -53,8 +53,9 @@ def api_process():
 def _env(tmp_path: Path, **extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CDR_", "DAGSTER_"))}
     env.update(CDR_DATA_DIR=str(tmp_path / "data"), DAGSTER_HOME=str(tmp_path / "home"), **extra)
-    if "CDR_API_URL" not in extra:  # the demo's simulator, asked for by name
+    if "CDR_API_URL" not in extra:  # the demo's simulator, asked for by name, on fixed days
         env.setdefault("CDR_SIMULATOR", "true")
+        env.setdefault("CDR_START_DATE", "2024-01-01")
     return env
 
 
@@ -340,6 +341,9 @@ def test_a_failed_day_is_said_once_and_never_shown_with_old_figures(tmp_path):
     day = ["--start", "2024-03-01", "--end", "2024-03-01"]
     first = subprocess.run([CLI, "materialize", *day], env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
+    assert "replaced" not in first.stdout
+    again = subprocess.run([CLI, "materialize", *day], env=env, capture_output=True, text=True)
+    assert "replaced the published version of 2024-03-01 (a day is one version)" in again.stdout
     # now the real API, with a credential it refuses
     from cdr_pipeline.simulator import serve
 
@@ -356,6 +360,7 @@ def test_a_failed_day_is_said_once_and_never_shown_with_old_figures(tmp_path):
     assert "Traceback" not in out.stderr
     (row,) = [line for line in out.stdout.splitlines() if line.startswith("2024-03-01")]
     assert row.split() == ["2024-03-01", "FAILED"]  # not the published day's figures
+    assert "replaced" not in out.stdout and "datasets under" not in out.stdout
 
 
 @pytest.mark.slow

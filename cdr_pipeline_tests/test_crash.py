@@ -86,6 +86,7 @@ def _env(tmp_path: Path, calls: int) -> dict[str, str]:
         DAGSTER_HOME=str(tmp_path / "home"),
         CDR_SIM_CALLS_PER_DAY=str(calls),
         CDR_SIMULATOR="true",
+        CDR_START_DATE="2024-01-01",  # the demo's window is its last 30 days: fixed days here
         CDR_TIMEZONE="Asia/Shanghai",
     )
     return env

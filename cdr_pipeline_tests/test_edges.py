@@ -443,6 +443,14 @@ def test_a_data_directory_holds_one_source_and_refuses_another(
     assert live.run(instance, "2024-03-01").success
     source = json.loads((live.root / "_state" / "source.json").read_text())["source"]
     assert source == "http://127.0.0.1"  # the endpoint's host: no port, path or secret
+    # each day says where its calls came from: manifest, accounting, the UI's metadata
+    day = "date=2024-03-01"
+    manifest = json.loads((live.root / "raw" / "cdr" / day / "manifest.json").read_text())
+    record = json.loads((live.root / "_state" / "validation" / f"{day}.json").read_text())
+    assert manifest["source"] == record["source"] == source
+    for asset in ("cdr", "call_kpis_daily"):
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        assert event.asset_materialization.metadata["source"].value == source
     before = sorted(p.name for p in live.root.rglob("*") if p.is_file())
     monkeypatch.delenv("CDR_API_URL")
     monkeypatch.delenv("CDR_API_ID")
@@ -457,7 +465,7 @@ def test_a_data_directory_holds_one_source_and_refuses_another(
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     said = failure.step_failure_data.error.message
     assert "holds calls from http://127.0.0.1; this run fetches from the built-in simulator" in said
-    assert "CDR_DATA_DIR=data/demo" in said
+    assert "the demo's data go to data/demo" in said
     assert sorted(p.name for p in live.root.rglob("*") if p.is_file()) == before
 
 
@@ -485,3 +493,23 @@ def test_without_an_endpoint_the_definitions_load_and_a_run_says_how_to_configur
         assert cli.main(command) == 2
         assert "no API is configured" in capsys.readouterr().err
     assert not (tmp_path / "data" / "raw").exists()
+
+
+def test_the_demo_says_why_its_flagged_callers_check_warns(monkeypatch, tmp_path, instance):
+    """Before, the demo opened on a failed flagged_callers check that nothing explained."""
+    for name in [k for k in os.environ if k.startswith("CDR_")]:
+        monkeypatch.delenv(name)
+    for k, v in {
+        "CDR_SIMULATOR": "true",
+        "CDR_DATA_DIR": str(tmp_path / "data"),
+        "CDR_START_DATE": "2024-01-01",
+    }.items():
+        monkeypatch.setenv(k, v)
+    job = load_defs().resolve_job_def("cdr_daily_job")
+    result = job.execute_in_process(instance=instance, partition_key="2024-03-01")
+    (flagged,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "flagged_callers"
+    ]
+    assert not flagged.passed
+    assert "not a fault in the data" in flagged.description
+    assert "The built-in simulator's traffic has such callers" in flagged.description

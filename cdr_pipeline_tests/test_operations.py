@@ -108,6 +108,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "DAGSTER_HOME": str(tmp_path / "home"),
         "CDR_SIM_CALLS_PER_DAY": "300",
         **({} if "CDR_API_URL" in extra else {"CDR_SIMULATOR": "true"}),
+        "CDR_START_DATE": "2024-01-01",  # fixed days, not the demo's last 30
         **extra,
     }
 
@@ -253,7 +254,8 @@ def test_the_daemon_alerts_once_per_failed_partition_and_catches_up(tmp_path, si
         "CDR_API_ID": API_ID,
         "CDR_APP_ID": APP_ID,
     }
-    assert _cli(failing, "materialize", "--start", "2024-03-01", "--end", "2024-03-02").returncode
+    for day in ("2024-03-01", "2024-03-02"):  # one run each: a refused credential stops a run
+        assert _cli(failing, "materialize", "--start", day, "--end", day).returncode
     assert _cli(env, "materialize", "--start", "2024-03-05", "--end", "2024-03-05").returncode == 0
     started = subprocess.run(
         [

@@ -16,6 +16,11 @@ from cdr_pipeline_tests.servers import ROOT, answers, server_process
 
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```bash\n(.*?)```", README, re.S)
+DOC_BLOCKS = [
+    block
+    for page in sorted((ROOT / "docs").glob("*.md"))
+    for block in re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", page.read_text(), re.S)
+]
 # Lines no test here runs, each with why; a test fails if one of them leaves the README, so
 # the list cannot go stale.
 NOT_RUN = {"make test": "it is this suite", "make test-fast": "it is part of this suite"}
@@ -25,6 +30,7 @@ query Stats($key: AssetKeyInput!) {
   assetNodeOrError(assetKey: $key) {
     ... on AssetNode { partitionStats { numMaterialized numPartitions numFailed } }
   }
+  shouldShowNux
 }
 """
 
@@ -128,7 +134,9 @@ def test_quickstart_materializes_seven_days_quietly(quickstart):
     project, out = quickstart
     rows = [line for line in out.splitlines() if re.match(r"\d{4}-\d\d-\d\d\s+\d", line)]
     assert len(rows) == 7 and all(row.endswith(" ok") for row in rows), out
-    assert (project / "data" / "call_kpis_daily").is_dir()
+    assert (project / "data" / "demo" / "call_kpis_daily").is_dir()  # the demo's own folder
+    assert (project / ".dagster_home" / "demo" / "dagster.yaml").is_file()
+    assert not (project / "data" / "live").exists()
     # quiet: no Dagster DEBUG flood, no warnings, the simulator named once
     assert " - DEBUG - " not in out and "Warning" not in out, out
     assert out.count("fetching synthetic calls from the built-in simulator") == 1
@@ -155,6 +163,7 @@ def test_make_ui_opens_on_what_make_run_made(quickstart, tmp_path):
     stats = resp.json()["data"]["assetNodeOrError"]["partitionStats"]
     assert stats["numMaterialized"] == 7 and stats["numFailed"] == 0
     assert 30 <= stats["numPartitions"] <= 32  # 30 days back to today, whatever the zones
+    assert resp.json()["data"]["shouldShowNux"] is False  # no pop-up over the first page
     log = (tmp_path / "ui.log").read_text()
     assert "does not match" not in log  # dg's virtual-environment warning
 
@@ -164,20 +173,119 @@ def test_reading_the_data_as_the_readme_says(quickstart):
     project, _ = quickstart
     out = _run(_block(".venv/bin/python -c"), project, _env())
     assert "connect_rate" in out and "total_calls" in out
-    assert (project / "data" / "report.html").is_file()
+    assert (project / "data" / "demo" / "report.html").is_file()
+
+
+def _ui_stats(port: int, asset: str) -> dict:
+    resp = httpx.post(
+        f"http://127.0.0.1:{port}/graphql",
+        json={"query": KPIS_STATUS, "variables": {"key": {"path": [asset]}}},
+        timeout=60,
+    )
+    return resp.json()["data"]["assetNodeOrError"]["partitionStats"]
+
+
+def _real_api(server) -> dict[str, str]:
+    """The variables the README's real-API block exports, for a loopback provider."""
+    return {"CDR_API_URL": server.url, "CDR_API_ID": "readme-id", "CDR_APP_ID": "readme-app"}
 
 
 @pytest.mark.slow
-def test_pointing_it_at_the_real_api(project, sim_server):
+def test_pointing_it_at_the_real_api(project, sim_server, tmp_path):
     """The real-API block against the simulator on loopback, with its default seed and size,
-    so the README's callId is one it really serves."""
+    so the README's callId is one it really serves; then `make ui-live` shows those days."""
     server = sim_server()
     block = _block("export CDR_API_URL")
-    block = block.replace("https://HOST/201511v3/getCdr", server.url)
-    block = block.replace("CDR_API_ID=...", "CDR_API_ID=readme-id").replace(
-        "CDR_APP_ID=...", "CDR_APP_ID=readme-app"
+    real = _real_api(server)
+    block = block.replace("https://HOST/201511v3/getCdr", real["CDR_API_URL"])
+    block = block.replace("CDR_API_ID=...", f"CDR_API_ID={real['CDR_API_ID']}").replace(
+        "CDR_APP_ID=...", f"CDR_APP_ID={real['CDR_APP_ID']}"
     )
     assert "..." not in block.split("#")[0]
     out = _run(block, project, _env())
     assert '"callId"' in out  # lookup found the call
     assert re.search(r"2024-03-07\s+\d+", out), out  # the week's KPI table
+    assert (project / "data" / "live" / "cdr").is_dir()  # its own folder, never the demo's
+    assert "make ui-live" in block
+    with server_process(
+        "make ui-live",
+        lambda port: ["make", "-s", "ui-live", f"UI_PORT={port}"],
+        lambda port: answers(f"http://127.0.0.1:{port}/server_info"),
+        tmp_path / "ui.log",
+        env=_env(**real),
+        cwd=project,
+    ) as port:
+        stats = _ui_stats(port, "call_kpis_daily")
+    assert stats["numMaterialized"] >= 7 and stats["numFailed"] == 0
+    assert stats["numPartitions"] > 365  # from CDR_START_DATE (2024-01-01): the CLI's days
+
+
+# Every command block of docs/*.md, by its first line: the test that runs it as written.
+DOC_RUNNERS = {
+    "export DAGSTER_HOME=$PWD/.dagster_home/live": "test_operators_command_line_block",
+    "export CDR_DATA_DIR=s3://cdr-lake/cdr-pipeline": "test_object_storage_block",
+    ".venv/bin/cdr-pipeline simulate-api --port 8787": "test_simulator_block",
+}
+
+
+def _first(block: str) -> str:
+    return block.strip().splitlines()[0].split("#")[0].strip()
+
+
+def test_every_command_block_in_the_docs_has_a_test():
+    assert sorted(_first(b) for b in DOC_BLOCKS) == sorted(DOC_RUNNERS)
+    assert all(name in globals() for name in DOC_RUNNERS.values())
+
+
+def _doc_block(first: str) -> str:
+    (block,) = [b for b in DOC_BLOCKS if _first(b) == first]
+    return block
+
+
+@pytest.mark.slow
+def test_operators_command_line_block(project, sim_server):
+    """Dagster's own CLI into the live instance: a week in one run, its report, a sensor
+    started (before, `dagster sensor start` without DAGSTER_HOME was a stack trace)."""
+    block = _doc_block("export DAGSTER_HOME=$PWD/.dagster_home/live")
+    out = _run(block, project, _env(**_real_api(sim_server())))
+    assert "Started sensor cdr_freshness_sensor" in out, out
+    assert (project / "data" / "live" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_object_storage_block(project, s3_server):
+    block = _doc_block("export CDR_DATA_DIR=s3://cdr-lake/cdr-pipeline")
+    aws = s3_server.env()
+    block = block.replace(
+        "AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...",
+        f"AWS_ACCESS_KEY_ID={aws['AWS_ACCESS_KEY_ID']} "
+        f"AWS_SECRET_ACCESS_KEY={aws['AWS_SECRET_ACCESS_KEY']}",
+    ).replace("https://cos.ap-shanghai.myqcloud.com", aws["AWS_ENDPOINT_URL"])
+    assert "..." not in block.split("#")[0]
+    s3_server.bucket("cdr-lake")
+    out = _run(block + "\n.venv/bin/cdr-pipeline config\n", project, _env())
+    assert "s3://cdr-lake/cdr-pipeline" in out and aws["AWS_SECRET_ACCESS_KEY"] not in out
+
+
+@pytest.mark.slow
+def test_simulator_block(project, tmp_path):
+    """The simulator in one terminal, a fetch in another (before, the credentials `x` and
+    `y` of this example were refused as too short)."""
+    block = _doc_block(".venv/bin/cdr-pipeline simulate-api --port 8787")
+    server_line, rest = block.split("\n", 1)
+    command = server_line.split("#")[0].split()
+    with server_process(
+        "simulate-api",
+        lambda port: [str(project / command[0]), *command[1:3], str(port)],
+        lambda port: _listening(tmp_path),
+        tmp_path / "sim.log",
+        env=_env(),
+        cwd=project,
+    ) as port:
+        out = _run(rest.replace("8787", str(port)), project, _env())
+    assert "records" in out, out
+
+
+def _listening(log_dir: Path) -> bool:
+    log = log_dir / "sim.log"
+    return log.exists() and "listening on" in log.read_text()

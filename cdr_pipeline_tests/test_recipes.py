@@ -23,10 +23,12 @@ def data_folder(tmp_path_factory, sim_server_module):
     with pytest.MonkeyPatch.context() as monkeypatch:
         import dagster as dg
 
-        env = Env(monkeypatch, folder, sim_server_module(calls_per_day=500, abuse=True))
+        live = str(folder / "data" / "live")  # where the guide's recipes read
+        server = sim_server_module(calls_per_day=500, abuse=True)
+        env = Env(monkeypatch, folder, server, CDR_DATA_DIR=live)
         with dg.instance_for_test() as instance:
             assert env.run(instance, "2024-03-01", "2024-03-02").success
-    return folder  # holds data/
+    return folder  # holds data/live
 
 
 @pytest.fixture(scope="module")

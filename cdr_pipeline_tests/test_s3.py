@@ -42,6 +42,7 @@ def _env(tmp_path: Path, s3: S3Server, data_dir: str, calls: int = 300) -> dict[
             "DAGSTER_HOME": str(tmp_path / "home"),
             "CDR_SIM_CALLS_PER_DAY": str(calls),
             "CDR_SIMULATOR": "true",
+            "CDR_START_DATE": "2024-01-01",  # fixed days, not the demo's last 30
             "CDR_TIMEZONE": "Asia/Shanghai",
         }
     )

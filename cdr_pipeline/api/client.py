@@ -6,6 +6,7 @@ body it kept, exactly as received, with what it took to get it.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import time
@@ -202,15 +203,25 @@ class CdrApiClient:
 
         def failed(state: tenacity.RetryCallState) -> None:
             self.count("retries")
+
+        def waiting(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            brief = exc.brief if isinstance(exc, CdrApiError) else type(exc).__name__
+            wait = state.upcoming_sleep
+            # ``retry`` is for whoever shows progress (the CLI's progress line)
+            retry = {"attempt": state.attempt_number, "of": s.max_attempts, "reason": brief}
             log.info(
-                "getCdr attempt %d of %d failed: %s",
+                "getCdr attempt %d of %d failed (%s); the next in %.1f s: %s",
                 state.attempt_number,
                 s.max_attempts,
-                state.outcome.exception() if state.outcome else "",
+                brief,
+                wait,
+                exc,
+                extra={"retry": retry | {"wait_s": wait}},
             )
 
         try:
-            for attempt in self._policy.retrying(after=failed):
+            for attempt in self._policy.retrying(after=failed, before_sleep=waiting):
                 with attempt:
                     doc, body, encoding, size = self._once(full, ctx)
                     return doc, body, encoding, size, attempt.retry_state.attempt_number
@@ -239,7 +250,7 @@ class CdrApiClient:
         try:
             status, headers, body = self._post_once(full)
         except httpx.TransportError as exc:
-            raise _transport_error(exc, self.settings, ctx) from None
+            raise _transport_error(exc, self.settings, ctx, first=not self._proven) from None
         self.count("bytes_received", len(body))
         if not 200 <= status < 300:
             raise _http_error(status, headers, ctx)
@@ -282,10 +293,12 @@ class CdrApiClient:
 
 
 def _transport_error(
-    exc: httpx.TransportError, settings: ClientSettings, ctx: dict[str, Any]
+    exc: httpx.TransportError, settings: ClientSettings, ctx: dict[str, Any], *, first: bool
 ) -> CdrApiError:
-    """What a failed exchange means: a transient error to retry, or (raised) a TLS failure,
-    which is this deployment's to fix, not the provider's."""
+    """What a failed exchange means: a transient error to retry, or (raised) one that is this
+    deployment's to fix: a TLS failure, or, before the endpoint ever answered, a refused
+    connection or a host name that does not resolve (a typo in CDR_API_URL, not an outage
+    worth minutes of retries)."""
     if isinstance(exc, DeadlinePassed):
         return TransportError(
             f"the request passed its total deadline of {settings.deadline_s:g} s (the server "
@@ -304,7 +317,37 @@ def _transport_error(
             kind="tls",
             **ctx,
         ) from None
+    if first and (unreachable := _unreachable(exc)):
+        what, hint = unreachable
+        raise FatalApiError(f"{what} ({text})", hint=hint, kind="unreachable", **ctx) from None
     return TransportError(f"the connection failed ({text})", **ctx)
+
+
+def _unreachable(exc: BaseException) -> tuple[str, str] | None:
+    """Why nothing could answer, and what to check: a refused connection, an unknown host, a
+    failed TLS handshake; None otherwise (a timeout, a reset, or a name server that failed for
+    now may pass)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return (
+                "the connection was refused: nothing listens at that host and port",
+                "check the port of CDR_API_URL (https is 443 unless it says otherwise), and "
+                "that no firewall or proxy (HTTPS_PROXY) stands between",
+            )
+        if isinstance(seen, socket.gaierror) and seen.errno != socket.EAI_AGAIN:
+            return (
+                "the host name does not resolve",
+                "check the host name in CDR_API_URL for a typo, and this machine's DNS",
+            )
+        if isinstance(seen, ssl.SSLError):
+            return (
+                "the TLS handshake failed",
+                "check that CDR_API_URL's host and port speak https (a port serving plain "
+                "http, or a proxy that intercepts TLS, fails this way)",
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _http_error(status: int, headers: dict[str, str], ctx: dict[str, Any]) -> CdrApiError:

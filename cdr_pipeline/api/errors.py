@@ -67,6 +67,13 @@ ERROR_CODES: dict[str, CodeInfo] = {
 }
 
 
+# What no retry and no other day can fix: the configuration, the credentials, the allow-list,
+# a blocked account, a certificate, an endpoint that never answered. A run stops at the first.
+STOPS_RUN = frozenset(
+    {"configuration", "credentials", "deployment", "blocked", "tls", "unreachable"}
+)
+
+
 def _fmt_ts(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -130,6 +137,19 @@ class CdrApiError(Exception):
             text += f". What to check: {self.hint}"
         return redact(text)
 
+    @property
+    def stops_run(self) -> bool:
+        return self.kind in STOPS_RUN
+
+    @property
+    def brief(self) -> str:
+        """A few words for a progress line: the code, the status, or the kind."""
+        if self.code is not None:
+            return f"API code {self.code}"
+        if self.http_status is not None:
+            return f"HTTP {self.http_status}"
+        return self.kind
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r})"
 
@@ -167,8 +187,8 @@ class MalformedResponseError(TransientApiError):
 
 class FatalApiError(CdrApiError):
     """Not worth retrying; ``kind`` says what the operator must look at (``configuration``,
-    ``credentials``, ``deployment``, ``blocked``, ``request``, ``unknown-code``,
-    ``response-too-large``, ``paging``)."""
+    ``credentials``, ``deployment``, ``blocked``, ``tls``, ``unreachable``, ``request``,
+    ``unknown-code``, ``response-too-large``, ``paging``)."""
 
     retryable = False
     kind = "fatal"

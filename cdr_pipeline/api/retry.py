@@ -62,12 +62,18 @@ class RetryPolicy(tenacity.wait.wait_base):
         grown = min(self.max_s, self.base_s * 2 ** (state.attempt_number - 1))
         return grown * (0.5 + self.rng.random() / 2)
 
-    def retrying(self, after: Callable[[tenacity.RetryCallState], None]) -> tenacity.Retrying:
-        """A fresh loop for one request; ``after`` sees every failed attempt."""
+    def retrying(
+        self,
+        after: Callable[[tenacity.RetryCallState], None],
+        before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
+    ) -> tenacity.Retrying:
+        """A fresh loop for one request; ``after`` sees every failed attempt, ``before_sleep``
+        every one to be tried again, with its wait."""
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.attempts),
             wait=self,
             retry=tenacity.retry_if_exception_type(TransientApiError),
             sleep=self.sleep,
             after=after,
+            before_sleep=before_sleep,
         )

@@ -78,6 +78,8 @@ def _api_failure(exc: CdrApiError, day: Day) -> dg.Failure:
             "api_code": exc.code or "",
             "error_kind": exc.kind,
             "retryable": isinstance(exc, RetriesExhaustedError),
+            # no other day can succeed either: a command running several days stops
+            "stops_run": exc.stops_run,
         },
         # A fatal code (-423 above all) must not be re-sent by Dagster's retry policy;
         # only a provider that kept failing transiently is worth another try later.
@@ -272,6 +274,7 @@ def day_asset(
                 facts = DayFacts(day.key, built.accounting, built.timings, built.tables, history)
                 for dataset in registry:
                     metadata = _metadata(dataset, facts, built.paths[dataset.name])
+                    metadata["source"] = built.source  # the simulator's days say so
                     context.add_asset_metadata(
                         metadata, asset_key=dataset.name, partition_key=day.key
                     )
