@@ -4,12 +4,13 @@ settings, ask the getCdr API about one call or one window, or serve the built-in
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from cdr_pipeline.settings import (
     Settings,
     apply_dotenv,
     dagster_home,
+    expanded_in_dotenv,
     knobs,
     load_settings,
 )
@@ -243,7 +245,17 @@ def local_home(demo: bool | None = None) -> Path:
     if telemetry.get("enabled", True):
         from dagster_shared.telemetry import get_or_set_instance_id
 
-        get_or_set_instance_id()
+        # Dagster's notice (18 lines and a Slack invitation) said in one, before any output
+        # of ours, the first time this instance is used
+        with contextlib.redirect_stderr(io.StringIO()) as notice:
+            get_or_set_instance_id()
+        if notice.getvalue().strip():
+            print(
+                "note: Dagster, which runs the pipeline, sends anonymous usage statistics "
+                "(https://docs.dagster.io/about/telemetry); to opt out, add `telemetry: "
+                f"enabled: false` to {config}",
+                file=sys.stderr,
+            )
     return home
 
 
@@ -336,7 +348,7 @@ def _span(days: Sequence[str]) -> str:
     return f"{len(days)} days, {days[0]} to {days[-1]}"
 
 
-@contextmanager
+@contextlib.contextmanager
 def _retries_shown(bar: Any) -> Iterator[None]:
     """The client's retries on the progress line (attempt, reason, wait) while it waits."""
 
@@ -578,6 +590,8 @@ def cmd_config(args: argparse.Namespace) -> int:
             source = ".env" if k.env in args.dotenv else "environment"
         if k.env in args.shadowed:
             source = ".env, over the exported value"
+        if k.env in args.expanded:
+            source += ", ${...} expanded"
         shown = "***" if k.secret and value else value
         rows.append([k.env, "—" if shown is None else shown, source])
     print(tabulate(rows, headers=["variable", "value", "from"], tablefmt="plain"))
@@ -586,11 +600,19 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def _say_shadowed(args: argparse.Namespace) -> None:
-    """Dagster's rule, kept by every command: ``.env`` wins over the shell's ``export``."""
+    """Dagster's rules, kept by every command: ``.env`` wins over the shell's ``export``, and
+    expands ``${...}`` in its values."""
     if args.shadowed:
         print(
             f"note: .env sets {', '.join(args.shadowed)} over the value exported in this shell "
             "(as Dagster's commands do, .env wins): edit .env, or remove the line there",
+            file=sys.stderr,
+        )
+    if args.expanded:
+        print(
+            f"note: .env's {', '.join(args.expanded)} had ${{...}} expanded (as Dagster's "
+            "commands do, quoted or not): to keep a value with ${ as written, remove it from "
+            ".env and export it instead (the environment's values are never expanded)",
             file=sys.stderr,
         )
 
@@ -756,6 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exported = {k: v for k, v in os.environ.items() if k.startswith("CDR_")}
     args.dotenv = apply_dotenv()  # the same .env Dagster's commands read, over the environment
     args.shadowed = sorted(k for k in args.dotenv if k in exported and exported[k] != os.environ[k])
+    args.expanded = expanded_in_dotenv()
     try:
         return args.func(args)
     except ConfigError as exc:

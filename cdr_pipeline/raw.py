@@ -23,6 +23,7 @@ from cdr_pipeline.api.spans import page_slices
 from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, ENCODING_EXT, inflate
 from cdr_pipeline.layout import (
     DEMO_DATA_DIR,
+    LIVE_DATA_DIR,
     MANIFEST,
     RAW_ROOT,
     SOURCE_KEY,
@@ -127,6 +128,10 @@ def manifest_source(manifest: dict[str, Any]) -> str:
     return manifest.get("source") or source_of(manifest.get("endpoint") or "unknown")
 
 
+class OtherSource(StorageError):
+    """The data directory holds the calls of another source."""
+
+
 def claim_source(store: Store, endpoint: str) -> None:
     """A data directory holds the calls of one source: the first fetch records it, and a
     fetch from another is refused before anything is written (demo data never mixes with
@@ -136,12 +141,12 @@ def claim_source(store: Store, endpoint: str) -> None:
         return
     theirs = json.loads(store.read_bytes(SOURCE_KEY)).get("source")
     if theirs != source:
-        hint = (
-            f"; the demo's data go to {DEMO_DATA_DIR} (unset CDR_DATA_DIR)"
-            if SIMULATOR in (source, theirs)
-            else ""
-        )
-        raise StorageError(
+        hint = {
+            source: f"; the demo's data go to {DEMO_DATA_DIR} (unset CDR_DATA_DIR)",
+            theirs: f"; this is the demo's folder, a real API's days go to {LIVE_DATA_DIR} "
+            "(unset CDR_DATA_DIR)",
+        }.get(SIMULATOR, "")
+        raise OtherSource(
             f"{store.url} holds calls from {theirs}; this run fetches from {source}, and the "
             f"two never mix in one data directory: set CDR_DATA_DIR to another folder{hint}"
         )

@@ -719,6 +719,18 @@ def apply_dotenv(folder: Path | None = None) -> set[str]:
     return set(values)
 
 
+def expanded_in_dotenv(folder: Path | None = None) -> list[str]:
+    """The names whose ``.env`` value had a ``${...}`` expanded (as Dagster's loading does,
+    quoted or not): a secret holding ``${`` is changed without a word."""
+    from dotenv import dotenv_values
+
+    path = (folder or Path.cwd()) / ".env"
+    if not path.is_file():
+        return []
+    raw, done = dotenv_values(path, interpolate=False), dotenv_values(path)
+    return sorted(k for k, v in raw.items() if v is not None and "${" in v and done.get(k) != v)
+
+
 def _start_in_the_future(given: dict[type[pydantic.BaseModel], dict[str, str]]) -> list[str]:
     """A rule over two models: the first day must not be after today in the day's zone (each
     value's own form is the field rules' to report)."""

@@ -513,3 +513,25 @@ def test_config_and_check_name_an_exported_value_that_dotenv_shadows(tmp_path, m
     assert rows["CDR_CONCURRENCY"] == ["7", ".env,", "over", "the", "exported", "value"]
     assert rows["CDR_WINDOW_HOURS"] == ["3", "environment"]
     assert "note: .env sets CDR_CONCURRENCY over the value exported in this shell" in err
+
+
+def test_config_says_where_dotenv_expanded_a_value_without_showing_it(
+    tmp_path, monkeypatch, capsys
+):
+    """Before, an unquoted ${HOME} inside a secret in .env was expanded and masked: the
+    operator could not see why the provider refused it."""
+    secret = "APP-${HOME}-s3cr3t"
+    _in(
+        tmp_path,
+        monkeypatch,
+        f"CDR_APP_ID={secret}\nCDR_API_URL=https://api.example.com/201511v3/getCdr\n",
+        CDR_API_ID="ID-${HOME}-kept",  # exported: never expanded
+    )
+    assert cli.main(["config"]) == 0
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines()[1:]}
+    assert rows["CDR_APP_ID"] == "*** .env, ${...} expanded"
+    assert rows["CDR_API_ID"] == "*** environment"
+    assert os.environ["CDR_API_ID"] == "ID-${HOME}-kept"
+    assert "note: .env's CDR_APP_ID had ${...} expanded" in err
+    assert os.environ["HOME"] not in out + err and "s3cr3t" not in out + err

@@ -466,6 +466,7 @@ def test_a_data_directory_holds_one_source_and_refuses_another(
     said = failure.step_failure_data.error.message
     assert "holds calls from http://127.0.0.1; this run fetches from the built-in simulator" in said
     assert "the demo's data go to data/demo" in said
+    assert failure.step_failure_data.user_failure_data.metadata["stops_run"].value
     assert sorted(p.name for p in live.root.rglob("*") if p.is_file()) == before
 
 

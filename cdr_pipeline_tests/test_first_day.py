@@ -186,3 +186,39 @@ def test_an_unreachable_provider_stops_the_run_at_once(tmp_path):
         server.close()
     assert out.returncode == 1 and "not attempted: 4 days, 2024-03-02 to 2024-03-05" in out.stderr
     assert server.sim.stats["requests"] == 1  # one refused credential, said once
+
+
+@pytest.mark.slow
+def test_make_clean_removes_the_demo_and_never_the_live_data(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "Makefile").write_text((root / "Makefile").read_text())
+    (work / ".venv").symlink_to(root / ".venv")  # `rm -rf .venv` removes the link only
+    made = {
+        "data/demo/cdr/date=2024-03-01/part-0.parquet": False,
+        "data/demo/raw/cdr/date=2024-03-01/manifest.json": False,
+        "data/demo/_state/source.json": False,
+        "data/demo/my-notes.txt": True,  # not the pipeline's
+        "data/live/cdr/date=2024-03-01/part-0.parquet": True,
+        "data/live/_state/source.json": True,
+        ".dagster_home/demo/dagster.yaml": False,
+        ".dagster_home/live/dagster.yaml": True,
+    }
+    for name in made:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text("x")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    done = subprocess.run(["make", "-s", "clean"], cwd=work, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert {n: (work / n).exists() for n in made} == made
+    assert (root / ".venv" / "bin" / "python").exists()
+    # a demo folder that is a link elsewhere is left alone, and so is what it points at
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "cdr").mkdir(parents=True)
+    (work / "data" / "demo").rename(tmp_path / "old-demo")
+    (work / "data" / "demo").symlink_to(elsewhere)
+    (work / ".venv").symlink_to(root / ".venv")
+    done = subprocess.run(["make", "-s", "clean"], cwd=work, env=env, capture_output=True)
+    assert done.returncode != 0 and b"symbolic link: left alone" in done.stderr
+    assert (elsewhere / "cdr").is_dir()

@@ -140,6 +140,9 @@ def test_quickstart_materializes_seven_days_quietly(quickstart):
     # quiet: no Dagster DEBUG flood, no warnings, the simulator named once
     assert " - DEBUG - " not in out and "Warning" not in out, out
     assert out.count("fetching synthetic calls from the built-in simulator") == 1
+    # Dagster's telemetry notice in one line, not 18 and a banner
+    assert "Welcome to Dagster" not in out
+    assert out.count("sends anonymous usage statistics") == 1
 
 
 @pytest.mark.slow

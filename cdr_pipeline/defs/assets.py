@@ -24,7 +24,7 @@ from cdr_pipeline.defs.partitions import partitions_for
 from cdr_pipeline.layout import Day, NoSuchDay, parse_day, raw_day_key
 from cdr_pipeline.lease import DayBusy, RunLeases
 from cdr_pipeline.publish import ShrinkRefused
-from cdr_pipeline.raw import fetch_raw_day
+from cdr_pipeline.raw import OtherSource, fetch_raw_day
 from cdr_pipeline.report import TREND_DAYS, days_back, kpi_history
 from cdr_pipeline.resources import CdrAnalyticsResource, CdrApiResource, CdrStorageResource
 from cdr_pipeline.settings import Settings, load_settings
@@ -167,6 +167,9 @@ def _fetch(
         raise _api_failure(exc, day) from None
     except DayBusy as exc:
         raise dg.Failure(str(exc), metadata={"partition": day.key}, allow_retries=False) from None
+    except OtherSource as exc:  # every other day of the run would be refused alike
+        metadata = {"partition": day.key, "stops_run": True}
+        raise dg.Failure(str(exc), metadata=metadata, allow_retries=False) from None
     except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
         # Dagster re-runs an interrupted step under its retry policy (for preempted pods);
         # an operator's Ctrl-C or SIGTERM means stop.

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from cdr_pipeline import layout, publish, raw
 from cdr_pipeline.report import volume_findings
-from cdr_pipeline.resources import CdrAnalyticsResource, CdrStorageResource
+from cdr_pipeline.resources import CdrAnalyticsResource, CdrApiResource, CdrStorageResource
 from cdr_pipeline.store import Store
 from cdr_pipeline.text import MAX_VALUE, cap, one_line
 from cdr_pipeline.transform.analytics import MATCH_WARN, WORST_CALLS, worst_billed
@@ -144,33 +144,34 @@ def billing_reconciliation(
     "premium_night, repeat_target, short_ring_unanswered), naming the callers and flags.",
 )
 def flagged_callers(
-    context: dg.AssetCheckExecutionContext, cdr_storage: CdrStorageResource
+    context: dg.AssetCheckExecutionContext,
+    cdr_storage: CdrStorageResource,
+    cdr_api: CdrApiResource,
 ) -> dg.AssetCheckResult:
     meta: dict[str, Any] = {}
-    sources = set()
     for day in _days(context):
         risk = publish.read_day_table(cdr_storage.store, "caller_risk_daily", day).to_pylist()
         if risk:
             said = "; ".join(f"{one_line(r['src'])}: {', '.join(r['flags'])}" for r in risk[:20])
             more = f"; and {len(risk) - 20} more" if len(risk) > 20 else ""
             meta[day] = cap(said + more, MAX_VALUE)
-            sources.add(publish.read_state(cdr_storage.store, "validation", day).get("source"))
     return dg.AssetCheckResult(
         passed=not meta,
         severity=dg.AssetCheckSeverity.WARN,
-        description=_flagged_said(len(meta), sources) if meta else None,
+        # the data directory holds the deployment's source alone (raw.claim_source)
+        description=_flagged_said(len(meta), cdr_api.uses_simulator) if meta else None,
         metadata={"flagged_days": len(meta), **meta, FAILED_DAYS: ",".join(meta)},
     )
 
 
-def _flagged_said(days: int, sources: set[str | None]) -> str:
+def _flagged_said(days: int, simulated: bool) -> str:
     """Why the check warns: the data are fine, some callers are worth a look."""
     said = (
         f"callers on {days} day(s) look like abuse by the CDR_RISK_* thresholds (listed below "
         "by day, with their flags; caller_risk_daily has the figures): a call for someone to "
         "look at them, not a fault in the data"
     )
-    if raw.SIMULATOR in sources:
+    if simulated:
         said += (
             ". The built-in simulator's traffic has such callers: it plants one of each "
             "pattern for the check to find, so the demo shows this warning"
