@@ -42,11 +42,12 @@ def worker(
         cmd,
         capture_output=True,
         text=True,
-        check=True,
         cwd=HERE.parent,
         timeout=1800,
         env={**os.environ, **(env or {})},
     )
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd[2:])} failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["rate"] = result["records"] / result["seconds"]
     return result

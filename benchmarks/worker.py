@@ -111,7 +111,7 @@ def ours_unenriched(root: Store, limit: int | None) -> int:
     from cdr_pipeline.transform.enrich import ENRICHED_FIELDS
 
     class Unenriched:
-        def __init__(self, *_args: object) -> None:
+        def __init__(self, *_args: object, **_kwargs: object) -> None:
             pass
 
         def __call__(self, part: pa.Table) -> pa.Table:
