@@ -242,6 +242,25 @@ def _typed(records: Any) -> Any:
     return pa.table(columns)
 
 
+def _cast_flag_dedup(records: Any, seen: set[str]) -> Any:
+    """Typed, the records a competent user keeps (a start time, a known status, a duration
+    not below zero), and the first of each callId against ``seen`` (which it extends)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = _typed(records)
+    ok = pc.and_(
+        pc.is_valid(table.column("startSrcCallTime")),
+        pc.and_(
+            pc.less_equal(table.column("callEndStatus"), 5),
+            pc.greater_equal(table.column("duration"), 0),
+        ),
+    )
+    table = table.filter(ok)
+    fresh = [i not in seen and not seen.add(i) for i in table.column("callId").to_pylist()]
+    return table.filter(pa.array(fresh))
+
+
 def dlt_arrow(root: Store, limit: int | None) -> int:
     """dlt fed Arrow tables, as its docs recommend for speed: one typed table per page."""
     count = 0
@@ -268,7 +287,6 @@ def arrow_pipeline(root: Store, limit: int | None) -> int:
     import queue
 
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from isal import isal_zlib
 
@@ -293,17 +311,7 @@ def arrow_pipeline(root: Store, limit: int | None) -> int:
         page = read_pages(batch)
         records = pa.Table.from_struct_array(page.column("cdr").combine_chunks().flatten())
         count += len(records)
-        table = _typed(records)
-        ok = pc.and_(
-            pc.is_valid(table.column("startSrcCallTime")),
-            pc.and_(
-                pc.less_equal(table.column("callEndStatus"), 5),
-                pc.greater_equal(table.column("duration"), 0),
-            ),
-        )
-        table = table.filter(ok)
-        first = [i not in seen and not seen.add(i) for i in table.column("callId").to_pylist()]
-        todo.put(table.filter(pa.array(first)))
+        todo.put(_cast_flag_dedup(records, seen))
 
     seen: set[str] = set()
     writer = threading.Thread(target=write)
@@ -395,23 +403,9 @@ def _strong_groups(root: Store, limit: int | None) -> Iterator[Any]:
 def _strong_cast_and_dedup(groups: Iterator[Any]) -> Iterator[Any]:
     """Stage 2: casts and flags with Arrow compute, copies dropped keep-first as rows stream
     (against the ids seen so far)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     seen: set[str] = set()
     for records in groups:
-        table = _typed(records)
-        ok = pc.and_(
-            pc.is_valid(table.column("startSrcCallTime")),
-            pc.and_(
-                pc.less_equal(table.column("callEndStatus"), 5),
-                pc.greater_equal(table.column("duration"), 0),
-            ),
-        )
-        table = table.filter(ok)
-        ids = table.column("callId").to_pylist()
-        fresh = [i not in seen and not seen.add(i) for i in ids]
-        yield table.filter(pa.array(fresh))
+        yield _cast_flag_dedup(records, seen)
 
 
 def _strong_write(tables: Iterator[Any], path: Path) -> tuple[int, Any]:
