@@ -503,6 +503,7 @@ def cmd_kpis(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from cdr_pipeline.privacy import Pseudonyms
     from cdr_pipeline.report import html_report
 
     settings = load_settings()
@@ -511,7 +512,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = settings.store
     default = Path(store.url) / "report.html" if store.local else Path("report.html")
     out = Path(args.out) if args.out else default
-    out.write_text(html_report(store, days[0], days[-1]), encoding="utf-8")
+    shown = Pseudonyms(settings.storage.pseudonym_key, settings.analytics.default_region).shown
+    out.write_text(html_report(store, days[0], days[-1], shown), encoding="utf-8")
     print(f"wrote {out} ({days[0]} to {days[-1]})")
     return 0
 

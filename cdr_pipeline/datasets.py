@@ -46,6 +46,7 @@ class DayFacts:
     timings: Mapping[str, float]
     tables: Mapping[str, pa.Table]
     history: Callable[[], list[dict[str, Any]]] = list
+    shown: Callable[[str | None], str | None] = lambda number: number  # a number for people
 
 
 Metadata = Callable[[DayFacts], dict[str, Any]]
@@ -136,7 +137,9 @@ def _risk(facts: DayFacts) -> dict[str, Any]:
     flags = Counter(f for row in risk for f in row["flags"])
     return {
         **{f"flagged/{f}": flags.get(f, 0) for f in analytics.FLAGS},
-        "preview": _preview([{**r, "flags": ", ".join(r["flags"])} for r in risk])
+        "preview": _preview(
+            [{**r, "src": facts.shown(r["src"]), "flags": ", ".join(r["flags"])} for r in risk]
+        )
         if risk
         else Markdown("no caller flagged"),
     }

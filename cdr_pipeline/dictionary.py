@@ -192,6 +192,14 @@ COLUMNS: dict[str, dict[str, str]] = {
     },
 }
 NOTE_RATIOS = "A ratio whose denominator is zero is null, never NaN."
+# Columns that hold a subscriber's number, or may (a recording's URL, fields the contract does
+# not know, a record's raw text): personal data under PIPL and the GDPR (docs/operators.md,
+# "Phone numbers").
+PERSONAL = {
+    "cdr": {"src", "dst", "src_e164", "dst_e164", "record_url", "extra"},
+    "cdr_rejects": {"raw"},
+    "caller_risk_daily": {"src"},
+}
 
 
 def described(schema: pa.Schema, dataset: str) -> pa.Schema:
@@ -215,10 +223,21 @@ def markdown(schemas: dict[str, pa.Schema]) -> str:
     ]
     for dataset, schema in schemas.items():
         lines += ["", f"## `{dataset}`", "", "| column | type | meaning |", "|---|---|---|"]
+        personal = PERSONAL.get(dataset, set())
         lines += [
-            f"| `{f.name}` | {f.type} | {f.metadata[b'description'].decode()} |" for f in schema
+            f"| `{f.name}`{' (personal)' if f.name in personal else ''} | {f.type} | "
+            f"{f.metadata[b'description'].decode()} |"
+            for f in schema
         ]
-    lines += ["", NOTE_RATIOS, ""]
+    lines += [
+        "",
+        NOTE_RATIOS,
+        "",
+        "*(personal)*: the column holds a subscriber's phone number, or may (a recording's URL, "
+        "fields the contract does not know, a record's raw text): personal data under PIPL and "
+        "the GDPR. See [Phone numbers](operators.md#phone-numbers).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -349,12 +349,14 @@ def hourly_profile(store: Store, days: Sequence[str]) -> list[dict[str, Any]]:
     ]
 
 
-def flagged_callers(store: Store, days: Sequence[str]) -> list[dict[str, Any]]:
-    """Every caller flagged on one of the days, with its flags."""
+def flagged_callers(
+    store: Store, days: Sequence[str], shown: Callable[[str], str | None] = str
+) -> list[dict[str, Any]]:
+    """Every caller flagged on one of the days, with its flags (its number as ``shown``)."""
     return [
         {
             "date": r["date"],
-            "caller": r["src"],
+            "caller": shown(r["src"]),
             "flags": ", ".join(r["flags"]),
             "calls": r["calls"],
             "numbers called": r["distinct_destinations"],
@@ -411,7 +413,9 @@ KPI_REPORT_COLUMNS = (
 )
 
 
-def html_report(store: Store, start: str, end: str) -> str:
+def html_report(
+    store: Store, start: str, end: str, shown: Callable[[str], str | None] = str
+) -> str:
     """One HTML page, no outside resources: charts inline, tables, the outcome breakdown."""
     first, last = date.fromisoformat(start), date.fromisoformat(end)
     if first > last:
@@ -439,7 +443,7 @@ def html_report(store: Store, start: str, end: str) -> str:
     if hours:
         load_chart = load_png(hours, title=f"Erlangs by local hour, {start} to {end}")
         load = f'<img alt="Load by hour" src="data:image/png;base64,{base64.b64encode(load_chart).decode()}">'  # noqa: E501
-    flagged = flagged_callers(store, days)
+    flagged = flagged_callers(store, days, shown)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>

@@ -12,6 +12,7 @@ import dagster as dg
 
 from cdr_pipeline.api.client import CdrApiClient
 from cdr_pipeline.lease import RunLeases, run_leases
+from cdr_pipeline.privacy import CLEAR, Pseudonyms
 from cdr_pipeline.settings import (
     NO_API,
     AnalyticsSettings,
@@ -76,6 +77,7 @@ class DataHome:
 
     store: Store
     timezone: str
+    pseudonyms: Pseudonyms = CLEAR  # how numbers are shown to people (CDR_PSEUDONYM_KEY)
 
 
 class CdrStorageResource(dg.ConfigurableResource, PublishSettings):
@@ -91,6 +93,10 @@ class CdrStorageResource(dg.ConfigurableResource, PublishSettings):
     @property
     def timezone(self) -> str:
         return self.home.timezone
+
+    @property
+    def pseudonyms(self) -> Pseudonyms:
+        return self.home.pseudonyms
 
     @property
     def tz(self) -> ZoneInfo:
@@ -162,7 +168,8 @@ def api_resource(settings: Settings) -> CdrApiResource:
 
 
 def storage_resource(settings: Settings) -> CdrStorageResource:
-    home = DataHome(settings.storage.store, settings.storage.timezone)
+    shown = Pseudonyms(settings.storage.pseudonym_key, settings.analytics.default_region)
+    home = DataHome(settings.storage.store, settings.storage.timezone, shown)
     return CdrStorageResource(home=home, **settings.publish.model_dump())
 
 

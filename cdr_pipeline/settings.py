@@ -229,6 +229,16 @@ class StorageSettings(pydantic.BaseModel):
         "the day boundary of partitions, and the zone of yyyy-MM-dd HH:mm:ss values",
     )
 
+    pseudonym_key: str | None = knob(
+        None,
+        "CDR_PSEUDONYM_KEY",
+        "the secret key of phone numbers' tokens: with it, the UI's metadata, the checks, the "
+        "alerts and the report show a number masked with its token (+86 136****4568 (token)), "
+        "never in clear; changing it changes every token",
+        secret=True,
+        min_length=32,
+    )
+
     @pydantic.field_validator("data_dir")
     @classmethod
     def _data_dir(cls, value: str) -> str:

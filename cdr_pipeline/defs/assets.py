@@ -274,7 +274,14 @@ def day_asset(
                 def history(key: str = day.key) -> list[dict[str, Any]]:
                     return kpi_history(cdr_storage.store, days_back(key, TREND_DAYS), charted)
 
-                facts = DayFacts(day.key, built.accounting, built.timings, built.tables, history)
+                facts = DayFacts(
+                    day.key,
+                    built.accounting,
+                    built.timings,
+                    built.tables,
+                    history,
+                    cdr_storage.pseudonyms.shown,
+                )
                 for dataset in registry:
                     metadata = _metadata(dataset, facts, built.paths[dataset.name])
                     metadata["source"] = built.source  # the simulator's days say so

@@ -152,7 +152,10 @@ def flagged_callers(
     for day in _days(context):
         risk = publish.read_day_table(cdr_storage.store, "caller_risk_daily", day).to_pylist()
         if risk:
-            said = "; ".join(f"{one_line(r['src'])}: {', '.join(r['flags'])}" for r in risk[:20])
+            shown = cdr_storage.pseudonyms.shown
+            said = "; ".join(
+                f"{one_line(shown(r['src']))}: {', '.join(r['flags'])}" for r in risk[:20]
+            )
             more = f"; and {len(risk) - 20} more" if len(risk) > 20 else ""
             meta[day] = cap(said + more, MAX_VALUE)
     return dg.AssetCheckResult(
