@@ -77,7 +77,7 @@ screenshot: $(TEST_STAMP)
 ## `make ui-live` with the real API's (the endpoint and credentials from the environment or .env).
 UI_PORT ?= 3000
 ui ui-live: $(RUN_STAMP)
-	@$(BIN)/python -c "from cdr_pipeline.cli import local_home; local_home()"
+	@$(BIN)/python -c "from cdr_pipeline.cli.days import local_home; local_home()"
 	@$(BIN)/python -c "import socket, sys; s = socket.socket(); \
 	  s.bind(('127.0.0.1', $(UI_PORT)))" 2>/dev/null || { \
 	  echo "make ui: port $(UI_PORT) is taken; run: make ui UI_PORT=3001" >&2; exit 1; }

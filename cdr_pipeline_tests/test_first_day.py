@@ -17,6 +17,7 @@ import pytest
 from cdr_pipeline import cli
 from cdr_pipeline.api.client import _transport_error
 from cdr_pipeline.api.errors import FatalApiError
+from cdr_pipeline.cli.days import _retries_shown
 from cdr_pipeline.settings import dagster_home, load_settings
 from cdr_pipeline.simulator import SimConfig, serve
 from cdr_pipeline_tests.conftest import API_ID, APP_ID, FAST
@@ -142,7 +143,7 @@ def test_retries_show_on_the_progress_line(sim_server, make_client):
             self.shown.append(text)
 
     bar = Bar()
-    with cli._retries_shown(bar):
+    with _retries_shown(bar):
         make_client(server).query_window(*DAY)
     first = f"retry 1/{FAST.max_attempts} after HTTP 503, next in "
     assert bar.shown and bar.shown[0].startswith(first)
