@@ -36,7 +36,7 @@ install: $(RUN_STAMP)
 
 # The demo asks for the simulator by name: without CDR_SIMULATOR (or CDR_API_URL), nothing is
 # fetched, so a misspelt endpoint variable can never fall back to synthetic calls. With it, the
-# data go to data/demo and the partitions are the last 30 days (settings.py), and the runs to
+# data go to data/demo and the partitions are the last 30 days (cdr_pipeline/settings/), and the runs to
 # the demo's own Dagster instance: nothing of the demo mixes with a real API's days.
 run ui screenshot: export CDR_SIMULATOR = true
 run ui screenshot: export DAGSTER_HOME = $(CURDIR)/.dagster_home/demo

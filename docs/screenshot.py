@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from cdr_pipeline.cli import LOCAL_INSTANCE  # noqa: E402
+from cdr_pipeline.cli.days import LOCAL_INSTANCE  # noqa: E402
 from cdr_pipeline_tests.servers import answers, server_process  # noqa: E402
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
@@ -44,11 +44,9 @@ def screenshot(out: Path, *, asset: str = "call_kpis_daily", **env_extra: str) -
         env |= {"CDR_DATA_DIR": str(Path(tmp) / "data"), "CDR_SIMULATOR": "true", **env_extra}
         home = Path(tmp) / "home"
         home.mkdir()
-        # the instance `make run` makes, without the first-visit welcome dialog over the page
+        # the instance `make run` makes (the first-visit pop-up off, as there),
         # and without telemetry from a docs build
-        (home / "dagster.yaml").write_text(
-            LOCAL_INSTANCE + "nux:\n  enabled: false\ntelemetry:\n  enabled: false\n"
-        )
+        (home / "dagster.yaml").write_text(LOCAL_INSTANCE + "telemetry:\n  enabled: false\n")
         make = ["make", "-s", f"DAGSTER_HOME={home}"]
         _run([*make, "run"], env=env, cwd=ROOT)
         # the last complete day (make run's default zone), selected: its metadata shows the trend
