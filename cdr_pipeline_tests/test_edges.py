@@ -399,18 +399,18 @@ def _raw_days(one: Store, paged: Store, day: Day, calls: int) -> None:
         raw.write_raw_day(store, day.key, [(b, "zlib") for b, _, _ in bodies], manifest)
 
 
-@pytest.mark.slow  # a million calls, twice
-def test_a_day_served_as_one_page_of_a_million_calls_is_read_a_slice_at_a_time(
-    tmp_path, monkeypatch
-):
-    """Before, the page was parsed at once: about 1 GB more at the peak. Now it is inflated and
-    cut into slices of whole records as it is read, and the day is the same as when paged."""
+@pytest.mark.slow  # 300,000 calls, twice
+def test_a_day_served_as_one_huge_page_is_read_a_slice_at_a_time(tmp_path, monkeypatch):
+    """Before, the page was parsed at once: about 1 GB more at the peak for a million calls
+    (benchmarks/RESULTS.md has that day's figures). Now it is inflated and cut into slices of
+    whole records as it is read, and the day is the same as when paged. 300,000 calls make a
+    page a hundred times a slice, at a third of the suite's time."""
     tz = ZoneInfo("Asia/Shanghai")
     day = Day.from_key("2024-03-01", tz)
     one, paged = open_store(tmp_path / "one"), open_store(tmp_path / "paged")
-    _raw_days(one, paged, day, 1_000_000)
+    _raw_days(one, paged, day, 300_000)
     (body,) = (tmp_path / "one" / "raw" / "cdr" / "date=2024-03-01").glob("*.zlib")
-    assert len(zlib.decompress(body.read_bytes())) > 300 * 2**20  # one page, inflated
+    assert len(zlib.decompress(body.read_bytes())) > 100 * raw.SLICE_BYTES  # one page, inflated
     largest: list[int] = []
     parse = day_module.parse_pages
 
@@ -425,7 +425,7 @@ def test_a_day_served_as_one_page_of_a_million_calls_is_read_a_slice_at_a_time(
     }
     assert max(largest) < 3 * raw.BATCH_BYTES  # a slice or a batch, never the page
     assert built["one"].accounting == built["paged"].accounting
-    assert built["one"].accounting["fetched"] > 950_000
+    assert built["one"].accounting["fetched"] > 290_000
     for name in NAMES:
         ours = (tmp_path / "one" / name / "date=2024-03-01" / "part-0.parquet").read_bytes()
         theirs = (tmp_path / "paged" / name / "date=2024-03-01" / "part-0.parquet").read_bytes()
