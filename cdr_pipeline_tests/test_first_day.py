@@ -18,7 +18,7 @@ from cdr_pipeline import cli
 from cdr_pipeline.api.client import _transport_error
 from cdr_pipeline.api.errors import FatalApiError
 from cdr_pipeline.cli.days import _retries_shown
-from cdr_pipeline.settings import dagster_home, load_settings
+from cdr_pipeline.settings import ConfigError, dagster_home, load_settings
 from cdr_pipeline.simulator import SimConfig, serve
 from cdr_pipeline_tests.conftest import API_ID, APP_ID, FAST
 from cdr_pipeline_tests.servers import Receiver
@@ -223,3 +223,13 @@ def test_make_clean_removes_the_demo_and_never_the_live_data(tmp_path):
     done = subprocess.run(["make", "-s", "clean"], cwd=work, env=env, capture_output=True)
     assert done.returncode != 0 and b"symbolic link: left alone" in done.stderr
     assert (elsewhere / "cdr").is_dir()
+
+
+def test_the_demo_with_a_real_api_configured_says_which_commands_are_whose(tmp_path):
+    with pytest.raises(ConfigError, match="CDR_SIMULATOR=true and CDR_API_URL are both set") as e:
+        load_settings(
+            {"CDR_SIMULATOR": "true", "CDR_DATA_DIR": str(tmp_path)}
+            | {"CDR_API_URL": "https://api.example.com/201511v3/getCdr"}
+            | _creds()
+        )
+    assert "make ui-live" in str(e.value) and API_ID not in str(e.value)

@@ -275,7 +275,8 @@ class ProjectSettings(pydantic.BaseModel):
         if self.simulator and self.api_url:
             raise ValueError(
                 "CDR_SIMULATOR=true and CDR_API_URL are both set: the demo's simulator and a "
-                "real API never feed one deployment; unset one of them"
+                "real API never feed one deployment; unset one of them (make run and make ui "
+                "are the demo; with a real API, use cdr-pipeline materialize and make ui-live)"
             )
         if not self.api_url and (self.api_id or self.app_id):
             raise ValueError(
