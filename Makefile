@@ -53,7 +53,8 @@ test: $(TEST_STAMP)
 	$(BIN)/pytest -n 2 -q -p no:cacheprovider
 
 ## The tests that start no process (the CLI, servers, Dagster's webserver and daemon are
-## left out), in about two minutes: for the edit-test loop. `make test` runs everything.
+## left out) nor wait out real deadlines, in about two and a half minutes: for the edit-test
+## loop. `make test` runs everything.
 test-fast: $(TEST_STAMP)
 	$(BIN)/pytest -n 2 -q -p no:cacheprovider -m "not slow"
 

@@ -40,7 +40,8 @@ FAST = ClientSettings(
 
 
 # A test that starts a process (the CLI, make, a webserver, a daemon, a server) is marked
-# ``slow``: ``make test-fast`` leaves those out. One left unmarked fails, whether it starts the
+# ``slow``, as is one that waits out real deadlines or runs a whole chaos day: ``make
+# test-fast`` leaves those out. One left unmarked fails, whether it starts the
 # process itself or through a fixture of any scope, which is set up inside the first test
 # that asks for it (outside tests, as while collecting, processes are allowed).
 _RUNNING: dict[str, pytest.Item | None] = {"item": None}

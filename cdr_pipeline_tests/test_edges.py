@@ -271,6 +271,7 @@ def _tick(env: Env, instance, cursor: str | None) -> tuple[str, str | None]:
     return getattr(said, "skip_message", str(said)), context.cursor
 
 
+@pytest.mark.slow  # waits out real deadlines: 15-30 s
 @pytest.mark.parametrize(("days", "posts"), [(8, 1), (3, 3)])
 def test_a_hanging_webhook_gets_each_alert_at_most_once_within_the_ticks_budget(
     monkeypatch, tmp_path, sim_server, instance, days, posts

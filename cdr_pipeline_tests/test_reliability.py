@@ -84,6 +84,7 @@ def _rejects(env: Env) -> list[tuple]:
     ).fetchall()
 
 
+@pytest.mark.slow  # two runs of the chaos day through Dagster: 40 s
 def test_chaos_run_publishes_the_same_bytes_as_a_fault_free_run(
     monkeypatch, tmp_path, sim_server, instance
 ):
