@@ -20,6 +20,7 @@ from functools import lru_cache
 import phonenumbers
 
 from cdr_pipeline.api.redact import register_secret
+from cdr_pipeline.settings import Settings
 
 MIN_KEY_LENGTH = 32
 TOKEN_BITS = 96
@@ -96,3 +97,8 @@ class Pseudonyms:
 
 
 CLEAR = Pseudonyms(None)
+
+
+def pseudonyms_of(settings: Settings) -> Pseudonyms:
+    """The deployment's: its key, and the region its national numbers are read in."""
+    return Pseudonyms(settings.storage.pseudonym_key, settings.analytics.default_region)

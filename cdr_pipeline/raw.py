@@ -141,11 +141,12 @@ def claim_source(store: Store, endpoint: str) -> None:
         return
     theirs = json.loads(store.read_bytes(SOURCE_KEY)).get("source")
     if theirs != source:
-        hint = {
-            source: f"; the demo's data go to {DEMO_DATA_DIR} (unset CDR_DATA_DIR)",
-            theirs: f"; this is the demo's folder, a real API's days go to {LIVE_DATA_DIR} "
-            "(unset CDR_DATA_DIR)",
-        }.get(SIMULATOR, "")
+        hint = ""
+        if source == SIMULATOR:
+            hint = f"; the demo's data go to {DEMO_DATA_DIR} (unset CDR_DATA_DIR)"
+        elif theirs == SIMULATOR:
+            hint = f"; this is the demo's folder, a real API's days go to {LIVE_DATA_DIR} "
+            hint += "(unset CDR_DATA_DIR)"
         raise OtherSource(
             f"{store.url} holds calls from {theirs}; this run fetches from {source}, and the "
             f"two never mix in one data directory: set CDR_DATA_DIR to another folder{hint}"

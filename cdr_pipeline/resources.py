@@ -12,7 +12,7 @@ import dagster as dg
 
 from cdr_pipeline.api.client import CdrApiClient
 from cdr_pipeline.lease import RunLeases, run_leases
-from cdr_pipeline.privacy import CLEAR, Pseudonyms
+from cdr_pipeline.privacy import CLEAR, Pseudonyms, pseudonyms_of
 from cdr_pipeline.settings import (
     NO_API,
     AnalyticsSettings,
@@ -168,8 +168,7 @@ def api_resource(settings: Settings) -> CdrApiResource:
 
 
 def storage_resource(settings: Settings) -> CdrStorageResource:
-    shown = Pseudonyms(settings.storage.pseudonym_key, settings.analytics.default_region)
-    home = DataHome(settings.storage.store, settings.storage.timezone, shown)
+    home = DataHome(settings.storage.store, settings.storage.timezone, pseudonyms_of(settings))
     return CdrStorageResource(home=home, **settings.publish.model_dump())
 
 

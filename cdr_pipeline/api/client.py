@@ -207,17 +207,18 @@ class CdrApiClient:
         def waiting(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             brief = exc.brief if isinstance(exc, CdrApiError) else type(exc).__name__
-            wait = state.upcoming_sleep
             # ``retry`` is for whoever shows progress (the CLI's progress line)
-            retry = {"attempt": state.attempt_number, "of": s.max_attempts, "reason": brief}
+            retry = {
+                "attempt": state.attempt_number,
+                "of": s.max_attempts,
+                "reason": brief,
+                "wait_s": state.upcoming_sleep,
+            }
             log.info(
-                "getCdr attempt %d of %d failed (%s); the next in %.1f s: %s",
-                state.attempt_number,
-                s.max_attempts,
-                brief,
-                wait,
-                exc,
-                extra={"retry": retry | {"wait_s": wait}},
+                "getCdr attempt %(attempt)d of %(of)d failed (%(reason)s); the next in "
+                "%(wait_s).1f s: %(error)s",
+                retry | {"error": exc},
+                extra={"retry": retry},
             )
 
         try:
@@ -296,9 +297,9 @@ def _transport_error(
     exc: httpx.TransportError, settings: ClientSettings, ctx: dict[str, Any], *, first: bool
 ) -> CdrApiError:
     """What a failed exchange means: a transient error to retry, or (raised) one that is this
-    deployment's to fix: a TLS failure, or, before the endpoint ever answered, a refused
-    connection or a host name that does not resolve (a typo in CDR_API_URL, not an outage
-    worth minutes of retries)."""
+    deployment's to fix: a certificate that does not verify, or, before the endpoint ever
+    answered, a refused connection, a host name that does not resolve or a failed TLS
+    handshake (a mistake in CDR_API_URL, not an outage worth minutes of retries)."""
     if isinstance(exc, DeadlinePassed):
         return TransportError(
             f"the request passed its total deadline of {settings.deadline_s:g} s (the server "

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -197,7 +197,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             f"{_span(skipped)}",
             file=sys.stderr,
         )
-    print_kpis(settings, days, failed=set(failed), skipped=set(skipped))
+    ended = {d: "FAILED" for d in failed} | {d: "not attempted" for d in skipped}
+    print_kpis(settings, days, ended)
     if replaced := [d for d in days if d in published and d not in failed]:
         print(f"\nreplaced the published version of {_span(replaced)} (a day is one version)")
     if failed:
@@ -292,17 +293,14 @@ KPI_COLUMNS = (
 
 
 def print_kpis(
-    settings: Settings,
-    days: Sequence[str],
-    failed: set[str] | None = None,
-    skipped: set[str] | None = None,
+    settings: Settings, days: Sequence[str], ended: Mapping[str, str] | None = None
 ) -> None:
-    """One row per day asked for: its KPIs, or why there are none (a day that failed or was
-    not attempted in this command is never shown with the figures of an earlier run)."""
+    """One row per day asked for: its KPIs, or why there are none (a day this command ended
+    otherwise, ``ended``'s status, is never shown with the figures of an earlier run)."""
     from cdr_pipeline import datasets
     from cdr_pipeline.report import kpi_history, volume_findings
 
-    failed, skipped = failed or set(), skipped or set()
+    ended = ended or {}
     read: dict[str, Any] = {}  # each day's KPI row read once, for the table and the volume
     found = {r["date"]: r for r in kpi_history(settings.store, days, read)}
     low = volume_findings(settings.store, days, settings.analytics.volume_warn_share, read)
@@ -310,9 +308,8 @@ def print_kpis(
     cells = []
     for day in days:
         row = found.get(day)
-        if day in failed or day in skipped or row is None:
-            status = "FAILED" if day in failed else "not materialized"
-            status = "not attempted" if day in skipped else status
+        if day in ended or row is None:
+            status = ended.get(day, "not materialized")
             cells.append([day, *[""] * (len(KPI_COLUMNS) - 1), status])
         else:
             values = [("—" if row[c] is None else fmt.format(row[c])) for c, fmt in KPI_COLUMNS]
@@ -321,13 +318,13 @@ def print_kpis(
     print(tabulate(cells, headers=headers, tablefmt="plain", stralign="right"))
     for day, finding in low.items():
         print(f"\n{day}: {finding}: is it the right account, and within the provider's retention?")
-    missing = [d for d in days if d not in found and d not in failed and d not in skipped]
+    missing = [d for d in days if d not in found and d not in ended]
     if missing:
         print(
             f"\n{len(missing)} of {len(days)} days are not materialized: "
             f"cdr-pipeline materialize --start {missing[0]} --end {missing[-1]}"
         )
-    if not any(d in found and d not in failed | skipped for d in days):
+    if not any(d in found and d not in ended for d in days):
         return  # nothing to read
     store = settings.store
     print(f"\ndatasets under {store.url}/ ({', '.join(datasets.NAMES)}, raw/cdr); e.g.")
@@ -337,7 +334,7 @@ def print_kpis(
 
 def _data_present(settings: Settings) -> None:
     """Reading commands refuse a local data directory that does not exist (run from another
-    folder, the default ``data`` points nowhere), rather than show an empty table."""
+    folder, the default ``data/live`` points nowhere), rather than show an empty table."""
     store = settings.store
     if store.local and not Path(store.url).is_dir():
         raise SystemExit(
@@ -368,7 +365,7 @@ def cmd_kpis(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cdr_pipeline.privacy import Pseudonyms
+    from cdr_pipeline.privacy import pseudonyms_of
     from cdr_pipeline.report import html_report
 
     settings = load_settings()
@@ -377,7 +374,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = settings.store
     default = Path(store.url) / "report.html" if store.local else Path("report.html")
     out = Path(args.out) if args.out else default
-    shown = Pseudonyms(settings.storage.pseudonym_key, settings.analytics.default_region).shown
+    shown = pseudonyms_of(settings).shown
     out.write_text(html_report(store, days[0], days[-1], shown), encoding="utf-8")
     print(f"wrote {out} ({days[0]} to {days[-1]})")
     return 0

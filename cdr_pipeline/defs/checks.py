@@ -10,6 +10,7 @@ import dagster as dg
 import pyarrow.compute as pc
 
 from cdr_pipeline import layout, publish, raw
+from cdr_pipeline.operations import VOLUME_DAYS
 from cdr_pipeline.report import volume_findings
 from cdr_pipeline.resources import CdrAnalyticsResource, CdrApiResource, CdrStorageResource
 from cdr_pipeline.store import Store
@@ -149,10 +150,10 @@ def flagged_callers(
     cdr_api: CdrApiResource,
 ) -> dg.AssetCheckResult:
     meta: dict[str, Any] = {}
+    shown = cdr_storage.pseudonyms.shown
     for day in _days(context):
         risk = publish.read_day_table(cdr_storage.store, "caller_risk_daily", day).to_pylist()
         if risk:
-            shown = cdr_storage.pseudonyms.shown
             said = "; ".join(
                 f"{one_line(shown(r['src']))}: {', '.join(r['flags'])}" for r in risk[:20]
             )
@@ -186,8 +187,8 @@ def _flagged_said(days: int, simulated: bool) -> str:
     asset="cdr",
     name="volume",
     description="Warns when a day has no calls, or fewer than CDR_VOLUME_WARN_SHARE of the "
-    "median of the 7 days before (a wrong account, the provider's retention, an outage "
-    "answered with no rows), naming the day and both counts.",
+    f"median of the {VOLUME_DAYS} days before (a wrong account, the provider's retention, an "
+    "outage answered with no rows), naming the day and both counts.",
 )
 def volume(
     context: dg.AssetCheckExecutionContext,
