@@ -98,11 +98,13 @@ format: $(TEST_STAMP)
 # virtualenv goes: only what the pipeline writes under data/demo is removed, never through a
 # symbolic link.
 DEMO_DATA := data/demo
+DEMO_SHARED := data/demo-shared
 clean:
-	@if test -L $(DEMO_DATA) || test -L .dagster_home || test -L .dagster_home/demo; then \
-	  echo "make clean: $(DEMO_DATA) or .dagster_home/demo is a symbolic link: left alone" >&2; \
+	@if test -L $(DEMO_DATA) || test -L $(DEMO_SHARED) || test -L .dagster_home || \
+	  test -L .dagster_home/demo; then \
+	  echo "make clean: $(DEMO_DATA), $(DEMO_SHARED) or .dagster_home/demo is a symbolic link: left alone" >&2; \
 	  exit 1; fi
 	@if test -x $(BIN)/python; then \
-	  for d in $$($(BIN)/python -m cdr_pipeline.datasets) raw _state report.html; do \
-	    rm -rf "$(DEMO_DATA)/$$d"; done; fi
+	  for d in $$($(BIN)/python -m cdr_pipeline.datasets) raw _state erasures report.html; do \
+	    rm -rf "$(DEMO_DATA)/$$d" "$(DEMO_SHARED)/$$d"; done; fi
 	rm -rf $(VENV) .dagster_home/demo

@@ -14,20 +14,24 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Full, Queue
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cdr_pipeline import memory
 from cdr_pipeline.datasets import DATASETS, Dataset, queries
-from cdr_pipeline.layout import SPILL_KEY, Day
+from cdr_pipeline.erasure import erased_rejects, erased_rows, tokens_for
+from cdr_pipeline.layout import SPILL_KEY, Day, StorageError
+from cdr_pipeline.privacy import CLEAR, Pseudonyms, share
 from cdr_pipeline.publish import DayTransaction, shrink_guard
 from cdr_pipeline.raw import Page, decoded_batches, manifest_source, read_raw_manifest
 from cdr_pipeline.settings import AnalyticsSettings
@@ -54,6 +58,7 @@ class BuiltDay:
     source: str  # the built-in simulator, or the API's scheme and host
     tables: dict[str, pa.Table]  # every dataset but cdr (streamed to its file, never held)
     paths: dict[str, str]  # dataset -> where its file is
+    shared_paths: dict[str, str]  # the same in the shared zone (none without one)
     # seconds: reading and checking pages; de-duplicating, sorting and writing the files; the
     # aggregates (within the latter); each also as the process's CPU seconds (``*_cpu_s``,
     # every thread): over the wall time, the cores kept busy
@@ -95,33 +100,91 @@ def deduplicate(parsed: Iterable[tuple[list[Page], ParsedPages]], builder: DayBu
 
 
 def enrich(
-    rows: Iterable[pa.Table], enricher: Callable[[pa.Table], pa.Table]
+    rows: Iterable[pa.Table],
+    enricher: Callable[[pa.Table], pa.Table],
+    erased: Callable[[pa.Table], pa.Array] | None = None,
+    counts: dict[str, int] | None = None,
 ) -> Iterator[pa.Table]:
-    """The de-duplicated rows with number intelligence and the local start time."""
+    """The de-duplicated rows with number intelligence and the local start time; without
+    the rows ``erased`` marks (a subscriber's erasure), counted in ``counts["erased"]``."""
     for part in rows:
-        yield enricher(part)
+        part = enricher(part)
+        if erased is not None and len(part):
+            hit = erased(part)
+            if dropped := pc.sum(hit).as_py():
+                part = part.filter(pc.invert(hit))
+                if counts is not None:
+                    counts["erased"] = counts.get("erased", 0) + dropped
+        yield part
 
 
 # --- 4. write cdr ---------------------------------------------------------------------------
 
 
-def write_cdr(txn: DayTransaction, rows: Iterable[pa.Table], gather: Callable[[pa.Table], None]):
+_END = object()  # the last slice has passed
+
+
+def _put(queue: Queue, item: object, writer: Future) -> None:
+    """Hand ``item`` to the shared zone's writer, raising its error if it has stopped."""
+    while True:
+        try:
+            return queue.put(item, timeout=0.05)
+        except Full:
+            if writer.done():
+                writer.result()
+                raise RuntimeError("the shared zone's writer stopped early") from None
+
+
+def write_cdr(
+    txn: DayTransaction,
+    rows: Iterable[pa.Table],
+    gather: Callable[[pa.Table], None],
+    share: Callable[[pa.Table], pa.Table] | None = None,
+) -> None:
     """``cdr``'s file of the day, staged from the rows; each slice is also handed to
     ``gather`` on a thread of its own (its work is in numpy and Arrow, which release the
-    GIL), at most one slice behind, so the aggregates' inputs are complete with the file."""
+    GIL), at most one slice behind, so the aggregates' inputs are complete with the file; and,
+    with ``share``, to the shared zone's writer on a third thread, two slices behind at most."""
+    queue: Queue = Queue(maxsize=2)
 
-    def passing(pool: ThreadPoolExecutor) -> Iterator[pa.Table]:
+    def shared_rows() -> Iterator[pa.Table]:
+        while (part := queue.get()) is not _END:
+            if isinstance(part, BaseException):
+                raise part
+            assert share is not None
+            yield share(part)
+
+    def passing(pool: ThreadPoolExecutor, writer: Future | None) -> Iterator[pa.Table]:
         pending: deque[Future[None]] = deque()
         for part in rows:
             pending.append(pool.submit(gather, part))
             if len(pending) > 1:
                 pending.popleft().result()
+            if writer is not None:
+                _put(queue, part, writer)
             yield part
         while pending:
             pending.popleft().result()
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary") as pool:
-        txn.stage("cdr", (CDR_SCHEMA, passing(pool)))
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="shared") as sharing,
+    ):
+        writer = None
+        if share is not None:
+            schema = share(CDR_SCHEMA.empty_table()).schema
+            writer = sharing.submit(txn.stage, "cdr", (schema, shared_rows()), shared=True)
+        try:
+            txn.stage("cdr", (CDR_SCHEMA, passing(pool, writer)))
+        except BaseException as exc:
+            if writer is not None and not writer.done():
+                while not queue.empty():  # make room for the stop
+                    queue.get_nowait()
+                queue.put(RuntimeError(f"the day stopped: {type(exc).__name__}"))
+            raise
+        if writer is not None:
+            _put(queue, _END, writer)
+            writer.result()
 
 
 # --- 5. aggregate ---------------------------------------------------------------------------
@@ -185,11 +248,15 @@ def publish(
     tables: dict[str, pa.Table],
     record: dict[str, Any],
     approve: Callable[[], None],
+    share: Callable[[pa.Table, str], pa.Table] | None = None,
 ) -> dict[str, str]:
-    """Stage the aggregates and the day's record beside ``cdr``, let ``approve`` refuse, then
-    replace the published version at once; where each file is."""
+    """Stage the aggregates (and, with ``share``, their shared zone's form) and the day's
+    record beside ``cdr``, let ``approve`` refuse, then replace the published version at once;
+    where each file is."""
     for name, table in tables.items():
         txn.stage(name, table)
+        if share is not None:
+            txn.stage(name, share(table, name), shared=True)
     txn.stage_record("validation", record)
     approve()
     return txn.commit()
@@ -212,6 +279,24 @@ def day_scratch(store: Store, day: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def _erased(
+    accounting: dict[str, Any], calls: int, rejects: pa.Table, manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """The accounting with the ``erased`` bucket: the calls and rejects a build dropped, and
+    the records the erase command took out of the raw bodies (still counted as fetched)."""
+    from_raw = manifest["totals"].get("erased", 0)
+    reasons = dict(Counter(rejects.column("reason").to_pylist())) if len(rejects) else {}
+    by_reason = {r: reasons[r] for r in accounting["rejects_by_reason"] if r in reasons}
+    gone = accounting["rejected"] - len(rejects)
+    return accounting | {
+        "fetched": accounting["fetched"] + from_raw,
+        "valid": accounting["valid"] - calls,
+        "rejected": len(rejects),
+        "rejects_by_reason": by_reason,
+        "erased": from_raw + calls + gone,
+    }
+
+
 class _Clock:
     """Wall and CPU seconds since the last lap."""
 
@@ -232,13 +317,26 @@ def build_day(
     max_shrink: float | None = None,
     analytics: AnalyticsSettings | None = None,
     registry: tuple[Dataset, ...] = DATASETS,
+    pseudonyms: Pseudonyms = CLEAR,
 ) -> BuiltDay:
     """The raw layer of ``day`` to every dataset of ``registry``, published as one version
-    (unless :func:`shrink_guard` refuses it)."""
+    (unless :func:`shrink_guard` refuses it), and to the shared zone when there is one."""
     settings = analytics or AnalyticsSettings()
     memory.setup()
+    if store.shared is not None and not pseudonyms.enabled:
+        raise StorageError("the shared zone needs CDR_PSEUDONYM_KEY to make its tokens")
     manifest = read_raw_manifest(store, day.key)
     expected = manifest["totals"]["records"]
+    tokens = tokens_for(store, day.key, pseudonyms)
+    erased: dict[str, int] = {"erased": 0}
+
+    def erased_calls(part: pa.Table) -> pa.Array:
+        return erased_rows(part, tokens, pseudonyms)
+
+    def shared(table: pa.Table, name: str = "cdr") -> pa.Table:
+        return share(table, name, pseudonyms)
+
+    sharing = shared if store.shared is not None else None
     timings: dict[str, float] = {}
     clock = _Clock()
     with day_scratch(store, day.key) as scratch, DayTransaction(store, day.key) as txn:
@@ -250,11 +348,15 @@ def build_day(
             spills = builder.spill_folder is not None
             gathered = Gathered(day, tz, settings, scratch, expected_rows=expected, spills=spills)
             enricher = Enricher(tz, settings.default_region, grouping=settings.number_grouping)
-            rows = enrich(builder.iter_cdr(), enricher)
-            write_cdr(txn, rows, gathered.add)
-            accounting = builder.accounting() | {"raw_records": expected}
+            rows = enrich(builder.iter_cdr(), enricher, erased_calls if tokens else None, erased)
+            write_cdr(txn, rows, gathered.add, sharing)
+            rejects = builder.rejects_table()
+            if tokens:
+                rejects = rejects.filter(pc.invert(erased_rejects(rejects, tokens, pseudonyms)))
+            accounting = _erased(builder.accounting(), erased["erased"], rejects, manifest)
+            accounting["raw_records"] = expected
             clock = _Clock()  # the aggregates' lap starts here
-            tables = aggregate(gathered, accounting, builder.rejects_table(), registry, settings)
+            tables = aggregate(gathered, accounting, rejects, registry, settings)
             clock.lap("analytics", timings)
             source = manifest_source(manifest)
             record = {
@@ -265,9 +367,13 @@ def build_day(
             }
             valid = accounting["valid"]
             paths = publish(
-                txn, tables, record, lambda: shrink_guard(store, day.key, valid, max_shrink)
+                txn,
+                tables,
+                record,
+                lambda: shrink_guard(store, day.key, valid, max_shrink),
+                sharing,
             )
         finally:
             builder.close()
         after_read.lap("dedup_sort_write", timings)
-    return BuiltDay(accounting, source, tables, paths, timings)
+    return BuiltDay(accounting, source, tables, paths, txn.shared_paths, timings)

@@ -193,18 +193,41 @@ COLUMNS: dict[str, dict[str, str]] = {
 }
 NOTE_RATIOS = "A ratio whose denominator is zero is null, never NaN."
 # Columns that hold a subscriber's number, or may (a recording's URL, fields the contract does
-# not know, a record's raw text): personal data under PIPL and the GDPR (docs/operators.md,
-# "Phone numbers").
+# not know, a record's raw text): personal data under PIPL and the GDPR (docs/privacy.md). In
+# the shared zone a NUMBER column gives way to its token and masked form, and a DROPPED one
+# is left out (an E.164 column's number has the token of the column it was read from).
+NUMBER, DROPPED = "number", "dropped"
 PERSONAL = {
-    "cdr": {"src", "dst", "src_e164", "dst_e164", "record_url", "extra"},
-    "cdr_rejects": {"raw"},
-    "caller_risk_daily": {"src"},
+    "cdr": {
+        "src": NUMBER,
+        "dst": NUMBER,
+        "src_e164": DROPPED,
+        "dst_e164": DROPPED,
+        "record_url": DROPPED,
+        "extra": DROPPED,
+    },
+    "cdr_rejects": {"raw": DROPPED},
+    "caller_risk_daily": {"src": NUMBER},
 }
+
+
+def shared_meanings(column: str) -> dict[str, str]:
+    """What stands for a NUMBER column in the shared zone."""
+    return {
+        f"{column}_token": f"{column}'s keyed token (docs/privacy.md): 24 hex digits, the same "
+        "for every spelling of one number on every day under one CDR_PSEUDONYM_KEY; null "
+        f"when {column} is",
+        f"{column}_masked": f"{column} for people: the country code, the first three and the "
+        "last four digits (+86 136****4568); *** for text that is not a number",
+    }
 
 
 def described(schema: pa.Schema, dataset: str) -> pa.Schema:
     """``schema`` with each field's description in its metadata (written into the Parquet)."""
-    meanings = COLUMNS[dataset]
+    meanings = dict(COLUMNS[dataset])
+    for column, kind in PERSONAL.get(dataset, {}).items():
+        if kind == NUMBER:
+            meanings |= shared_meanings(column)
     return pa.schema(
         [f.with_metadata({"description": meanings[f.name]}) for f in schema],
         metadata=schema.metadata,
@@ -235,9 +258,25 @@ def markdown(schemas: dict[str, pa.Schema]) -> str:
         "",
         "*(personal)*: the column holds a subscriber's phone number, or may (a recording's URL, "
         "fields the contract does not know, a record's raw text): personal data under PIPL and "
-        "the GDPR. See [Phone numbers](operators.md#phone-numbers).",
+        "the GDPR. See [Privacy](privacy.md).",
+        "",
+        "## The shared zone",
+        "",
+        "With `CDR_PSEUDONYM_KEY` set, every day is also published to `CDR_SHARED_DATA_DIR`, in "
+        "the same layout and the same transaction, without a clear number; every dataset not "
+        "named here is there as it is:",
         "",
     ]
+    for dataset, columns in PERSONAL.items():
+        if dataset not in schemas:
+            continue
+        swaps = [
+            f"`{c}` becomes `{c}_token` and `{c}_masked`" for c, k in columns.items() if k == NUMBER
+        ]
+        gone = [f"`{c}`" for c, k in columns.items() if k == DROPPED]
+        said = swaps + ([f"{', '.join(gone)} left out"] if gone else [])
+        lines.append(f"- `{dataset}`: {'; '.join(said)}.")
+    lines += ["", *(f"- `{c}`: {m}." for c, m in shared_meanings("src").items()), ""]
     return "\n".join(lines)
 
 

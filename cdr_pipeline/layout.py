@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 # source in SOURCE_KEY and refuses another's calls).
 LIVE_DATA_DIR = "data/live"
 DEMO_DATA_DIR = "data/demo"
+DEMO_SHARED_DATA_DIR = "data/demo-shared"  # the demo's shared zone, with CDR_PSEUDONYM_KEY
 PART_NAME = "part-0.parquet"
 MANIFEST = "manifest.json"
 RAW_ROOT = "raw/cdr"
@@ -85,6 +86,7 @@ def state_key(kind: str, day: str) -> str:
 
 
 SPILL_KEY = f"{STATE_ROOT}/spill"
+ERASURES_KEY = "erasures/part-0.parquet"  # the audit of erasures (cdr_pipeline/erasure.py)
 SOURCE_KEY = f"{STATE_ROOT}/source.json"  # where the data directory's calls come from
 
 

@@ -103,14 +103,31 @@ def _write_all(sink: Any, data: bytes) -> None:
         sink.write(data)
 
 
+SHARED = "shared"  # a journal's mark of a move in the shared zone
+
+
+def zone(store: Store, name: str | None) -> Store:
+    """The data directory (``None``) or its shared zone."""
+    if name is None:
+        return store
+    if name != SHARED or store.shared is None:
+        raise StorageError(
+            f"{store.url}: a journal names a move in zone {name!r}, and no such zone is "
+            "configured (CDR_SHARED_DATA_DIR)"
+        )
+    return store.shared
+
+
 class DayTransaction:
-    """The next version of one day: files staged one by one, then published together by
-    :meth:`commit`; leaving the ``with`` block on an error removes what was staged."""
+    """The next version of one day: files staged one by one, in the data directory or its
+    shared zone, then published together by :meth:`commit`; leaving the ``with`` block on an
+    error removes what was staged."""
 
     def __init__(self, store: Store, day: str) -> None:
         self.store, self.day = store, check_day(day)
-        self.staged: list[tuple[str, str]] = []  # (temporary, target)
+        self.staged: list[tuple[str, str, str | None]] = []  # (temporary, target, zone)
         self.paths: dict[str, str] = {}  # dataset -> where its file will be
+        self.shared_paths: dict[str, str] = {}  # the same, in the shared zone
         recover_day(store, day)
 
     def __enter__(self) -> DayTransaction:
@@ -120,33 +137,35 @@ class DayTransaction:
         if kind is not None:
             self.abort()
 
-    def _stage(self, target: str, write: Callable[[Any], object]) -> None:
-        tmp = tmp_key(target)
+    def _stage(self, target: str, write: Callable[[Any], object], name: str | None) -> None:
+        where, tmp = zone(self.store, name), tmp_key(target)
         try:
-            self.store.write(tmp, write)
+            where.write(tmp, write)
         except BaseException:
-            self.store.delete(tmp)
+            where.delete(tmp)
             raise
-        self.staged.append((tmp, target))
+        self.staged.append((tmp, target, name))
 
-    def stage(self, dataset: str, content: Content) -> None:
-        """Write ``dataset``'s file of the day, complete and durable, under a hidden name."""
+    def stage(self, dataset: str, content: Content, *, shared: bool = False) -> None:
+        """Write ``dataset``'s file of the day, complete and durable, under a hidden name (in
+        the shared zone when ``shared``)."""
         target = part_key(dataset, self.day)
-        self._stage(target, partial(write_parquet, content=content))
-        self.paths[dataset] = self.store.uri(target)
+        self._stage(target, partial(write_parquet, content=content), SHARED if shared else None)
+        paths = self.shared_paths if shared else self.paths
+        paths[dataset] = zone(self.store, SHARED if shared else None).uri(target)
 
     def stage_record(self, kind: str, record: Any) -> None:
         """A JSON record of the day (the accounting) that is published with the files."""
-        self._stage(state_key(kind, self.day), partial(_write_all, data=json_bytes(record)))
+        self._stage(state_key(kind, self.day), partial(_write_all, data=json_bytes(record)), None)
 
     def abort(self) -> None:
-        for tmp, _ in self.staged:
-            self.store.delete(tmp)
+        for tmp, _, name in self.staged:
+            zone(self.store, name).delete(tmp)
         self.staged = []
 
     def commit(self) -> dict[str, str]:
         """Replace the published version by the staged one; return where each file is."""
-        moves = [[tmp, target] for tmp, target in self.staged]
+        moves = [[tmp, target, *([name] if name else [])] for tmp, target, name in self.staged]
         if len(moves) > 1:
             journal = state_key("journal", self.day)
             self.store.put(journal, json_bytes({"date": self.day, "moves": moves}))
@@ -180,12 +199,15 @@ def _checked(rel: str) -> str:
 
 
 def _apply_moves(store: Store, moves: list[list[str]]) -> None:
-    checked = [(_checked(tmp), _checked(target)) for tmp, target in moves]
-    for tmp, target in checked:
-        if store.exists(tmp):  # absent: this move was made before the crash
-            store.move(tmp, target)
-    for _, target in checked:
-        _sweep_debris(store, target)
+    checked = [
+        (zone(store, name[0] if name else None), _checked(tmp), _checked(target))
+        for tmp, target, *name in moves
+    ]
+    for where, tmp, target in checked:
+        if where.exists(tmp):  # absent: this move was made before the crash
+            where.move(tmp, target)
+    for where, _, target in checked:
+        _sweep_debris(where, target)
 
 
 def _sweep_debris(store: Store, target: str) -> None:

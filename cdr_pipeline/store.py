@@ -102,6 +102,9 @@ class Store:
         self._location, self._url = location, url.rstrip("/")
         self._fs: tuple[pafs.FileSystem, str] | None = None
         self._lock = threading.Lock()
+        # the data directory's shared zone (CDR_SHARED_DATA_DIR), published in the same
+        # transaction as each day: a day's journal names moves in both
+        self.shared: Store | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 
 import dagster as dg
+import hypothesis.strategies as st
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
 
 from cdr_pipeline import cli
-from cdr_pipeline.privacy import Pseudonyms, canonical, mask
+from cdr_pipeline.layout import StorageError
+from cdr_pipeline.privacy import Pseudonyms, canonical, canonical_column, mask, mask_column
+from cdr_pipeline.publish import DayTransaction, recover_day
 from cdr_pipeline.settings import ConfigError, load_settings
+from cdr_pipeline.store import LocalStore, open_store
+from cdr_pipeline.transform.phones import NumberBook
 from cdr_pipeline_tests.conftest import Env
 
 KEY = "k3y-0f-the-pseudonyms-" + "x" * 16
@@ -24,7 +32,7 @@ def test_a_token_is_stable_keyed_and_the_same_for_every_spelling():
     spellings = ["13631234568", "+86 136-3123-4568", "008613631234568", "+8613631234568"]
     assert len({ours.token(s) for s in spellings}) == 1
     token = ours.token(spellings[0])
-    assert re.fullmatch(r"[a-z2-7]{20}", token)  # 96 bits in base32
+    assert re.fullmatch(r"[0-9a-f]{24}", token)  # 96 bits
     assert Pseudonyms(KEY).token("13631234568") == token  # another process, the same token
     assert theirs.token("13631234568") != token
     assert ours.token("13631234569") != token
@@ -53,7 +61,11 @@ def test_no_clear_number_in_the_ui_the_checks_or_the_report(
     monkeypatch, tmp_path, sim_server, instance, capsys
 ):
     env = Env(
-        monkeypatch, tmp_path, sim_server(calls_per_day=600, abuse=True), CDR_PSEUDONYM_KEY=KEY
+        monkeypatch,
+        tmp_path,
+        sim_server(calls_per_day=600, abuse=True),
+        CDR_PSEUDONYM_KEY=KEY,
+        CDR_SHARED_DATA_DIR=str(tmp_path / "shared"),
     )
     days = ["2024-03-01", "2024-03-02"]
     result = env.run(instance, *days)
@@ -98,3 +110,195 @@ def test_no_clear_number_in_the_ui_the_checks_or_the_report(
     repeated = {n for n in callers if all(n in t.column("src").to_pylist() for t in flagged)}
     for number in repeated:
         assert risk_meta.count(ours.token(number)) == len(days)
+
+
+def _shared_digits(root) -> set[str]:
+    """Every run of 7 or more digits in the values of every file of a shared zone."""
+    runs: set[str] = set()
+    for path in root.rglob("*.parquet"):
+        text = json.dumps(pq.read_table(path).to_pylist(), default=str)
+        runs |= set(re.findall(r"\d{7,}", text))
+    return runs
+
+
+def _numbers(root, days) -> set[str]:
+    cdr = [pq.read_table(root / "cdr" / f"date={d}" / "part-0.parquet") for d in days]
+    return {n for t in cdr for c in ("src", "dst") for n in t.column(c).to_pylist() if n}
+
+
+@pytest.mark.slow
+def test_the_shared_zone_holds_no_clear_number_and_erasure_survives_a_refetch(
+    monkeypatch, tmp_path, sim_server, instance, capsys
+):
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    env = Env(
+        monkeypatch,
+        tmp_path,
+        sim_server(calls_per_day=400, bad_record_rate=0.05, duplicate_rate=0.05),
+        CDR_PSEUDONYM_KEY=KEY,
+        CDR_SHARED_DATA_DIR=str(shared),
+    )
+    days = ["2024-03-01", "2024-03-02"]
+    assert env.run(instance, *days).success
+    # the shared zone: every dataset, the same layout, no clear number in any value
+    for d in days:
+        for name in ("cdr", "cdr_rejects", "call_kpis_daily", "caller_risk_daily"):
+            assert (shared / name / f"date={d}" / "part-0.parquet").exists()
+    runs = _shared_digits(shared)
+    # (call ids hold runs of digits too: a whole national number is the needle)
+    numbers = {re.sub(r"\D", "", n)[-11:] for n in _numbers(env.root, days)}
+    numbers = {n for n in numbers if len(n) == 11}
+    assert numbers and not [r for r in runs for n in numbers if n in r]
+    restricted = pq.read_table(env.root / "cdr" / f"date={days[0]}" / "part-0.parquet")
+    open_cdr = pq.read_table(shared / "cdr" / f"date={days[0]}" / "part-0.parquet")
+    assert open_cdr.num_rows == restricted.num_rows
+    assert not {"src", "dst", "src_e164", "dst_e164", "record_url", "extra"} & set(
+        open_cdr.column_names
+    )
+    ours = Pseudonyms(KEY)
+    assert open_cdr.column("src_token")[0].as_py() == ours.token(
+        restricted.column("src")[0].as_py()
+    )
+    assert "raw" not in pq.read_table(shared / "cdr_rejects" / f"date={days[0]}").column_names
+    kpis = "call_kpis_daily/date=2024-03-01/part-0.parquet"
+    assert pq.read_table(shared / kpis).equals(pq.read_table(env.root / kpis))
+
+    # erase the busiest caller of the first day, spelled as nobody stored it
+    srcs = restricted.column("src_e164").to_pylist()
+    e164 = max(set(srcs) - {None}, key=srcs.count)
+    number = "00 " + e164[1:3] + " " + e164[3:]
+
+    def holding(root) -> dict[str, int]:
+        out = {}
+        for d in days:
+            t = pq.read_table(root / "cdr" / f"date={d}" / "part-0.parquet")
+            out[d] = sum(
+                1 for c in ("src_e164", "dst_e164") for v in t.column(c).to_pylist() if v == e164
+            )
+        return out
+
+    before = {d: pq.read_table(env.root / "cdr" / f"date={d}" / "part-0.parquet") for d in days}
+    had = holding(env.root)
+    assert had[days[0]] > 0
+    assert cli.main(["erase", number, "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert "would erase" in said and days[0] in said and e164 not in said
+    assert holding(env.root) == had  # a dry run changes nothing
+    assert cli.main(["erase", number]) == 0
+    assert capsys.readouterr().out.count("erased") >= 1
+    assert set(holding(env.root).values()) == {0}
+    token = ours.token(number)
+    for d in days:
+        after = pq.read_table(env.root / "cdr" / f"date={d}" / "part-0.parquet")
+        keep = [
+            v1 != e164 and v2 != e164
+            for v1, v2 in zip(
+                before[d].column("src_e164").to_pylist(),
+                before[d].column("dst_e164").to_pylist(),
+                strict=True,
+            )
+        ]
+        assert before[d].filter(keep).equals(after)  # every other record as it was
+        acc = json.loads((env.root / "_state" / "validation" / f"date={d}.json").read_text())
+        acc = acc["accounting"]
+        buckets = ("valid", "rejected", "duplicates_dropped", "overlap_copies", "outside_day")
+        assert acc["fetched"] == sum(acc[b] for b in buckets) + acc["erased"]
+        assert acc["erased"] >= had[d]
+        open_cdr = pq.read_table(shared / "cdr" / f"date={d}" / "part-0.parquet")
+        assert token not in set(open_cdr.column("src_token").to_pylist())
+        assert token not in set(open_cdr.column("dst_token").to_pylist())
+        raw = (env.root / "raw" / "cdr" / f"date={d}").glob("*.zlib")
+        for body in raw:
+            assert e164[3:].encode() not in zlib.decompress(body.read_bytes())
+    audit = pq.read_table(env.root / "erasures" / "part-0.parquet").to_pylist()
+    assert [(a["token"], a["records"] > 0) for a in audit] == [(token, True)]
+    assert e164[3:].encode() not in (env.root / "erasures" / "part-0.parquet").read_bytes()
+
+    # the provider still has the calls: a fetch again drops them again, and says so
+    assert env.run(instance, days[0]).success
+    assert holding(env.root)[days[0]] == 0
+    acc = json.loads((env.root / "_state" / "validation" / f"date={days[0]}.json").read_text())
+    assert acc["accounting"]["erased"] >= had[days[0]]
+    assert not [r for r in _shared_digits(shared) if e164[3:] in r]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.from_regex(r"(\+|00)?(86|1|44|7|852)?[ -]?1[3-9]\d{1,9}", fullmatch=True),
+            st.text(max_size=40),
+        ),
+        max_size=30,
+    )
+)
+def test_tokens_and_masks_in_bulk_are_those_of_each_number(numbers):
+    """The column-wise tokens and masks (the shared zone's) equal the one-number functions
+    (the UI's, the erase command's) for any text, numbers or not."""
+    ours = Pseudonyms(KEY)
+    raw = pa.array(numbers, pa.string())
+    e164, _, _ = NumberBook("CN").resolve(raw)
+    tokens = ours.tokens(canonical_column(raw, e164)).to_pylist()
+    masks = mask_column(raw, e164).to_pylist()
+    for number, token, masked in zip(numbers, tokens, masks, strict=True):
+        blank = number is None or not canonical(number)
+        assert token == (None if blank else ours.token(number))
+        assert masked == (None if not number else mask(number))
+
+
+def test_a_day_and_its_shared_zone_are_one_version(tmp_path, monkeypatch):
+    """A crash after the journal is written: the next reader rolls both zones forward."""
+    store, shared = open_store(tmp_path / "data"), open_store(tmp_path / "shared")
+    store.shared = shared
+    day = "2024-03-01"
+    table = pa.table({"x": [1, 2]})
+    txn = DayTransaction(store, day)
+    txn.stage("cdr", table)
+    txn.stage("cdr", table, shared=True)
+    move = LocalStore.move
+
+    def crash(where, src, dst):
+        if where is shared and dst.endswith("part-0.parquet"):  # after the restricted zone's
+            raise OSError("power cut")
+        move(where, src, dst)
+
+    monkeypatch.setattr(LocalStore, "move", crash)
+    with pytest.raises(OSError):
+        txn.commit()
+    monkeypatch.undo()
+    assert (tmp_path / "data" / "cdr" / f"date={day}" / "part-0.parquet").exists()
+    assert not (tmp_path / "shared" / "cdr" / f"date={day}" / "part-0.parquet").exists()
+    assert recover_day(store, day)
+    assert pq.read_table(tmp_path / "shared" / "cdr" / f"date={day}" / "part-0.parquet") == table
+    # a journal naming the shared zone, read where none is configured, is refused
+    txn = DayTransaction(store, day)
+    txn.stage("cdr", table)
+    txn.stage("cdr", table, shared=True)
+    monkeypatch.setattr(LocalStore, "move", crash)
+    with pytest.raises(OSError):
+        txn.commit()
+    monkeypatch.undo()
+    alone = open_store(tmp_path / "data")
+    with pytest.raises(StorageError, match="CDR_SHARED_DATA_DIR"):
+        recover_day(alone, day)
+
+
+def test_the_key_and_the_shared_zone_go_together(tmp_path):
+    base = {"CDR_DATA_DIR": str(tmp_path / "data")}
+    with pytest.raises(ConfigError, match="CDR_SHARED_DATA_DIR is not"):
+        load_settings(base | {"CDR_PSEUDONYM_KEY": KEY})
+    with pytest.raises(ConfigError, match="CDR_PSEUDONYM_KEY is not"):
+        load_settings(base | {"CDR_SHARED_DATA_DIR": str(tmp_path / "shared")})
+    with pytest.raises(ConfigError, match="overlap"):
+        load_settings(
+            base | {"CDR_PSEUDONYM_KEY": KEY, "CDR_SHARED_DATA_DIR": str(tmp_path / "data/open")}
+        )
+    with pytest.raises(ConfigError, match="overlap"):
+        load_settings(
+            {"CDR_DATA_DIR": str(tmp_path / "s/data")}
+            | {"CDR_PSEUDONYM_KEY": KEY, "CDR_SHARED_DATA_DIR": str(tmp_path / "s")}
+        )
+    demo = load_settings({"CDR_SIMULATOR": "true", "CDR_PSEUDONYM_KEY": KEY})
+    assert demo.storage.shared_data_dir.endswith("data/demo-shared")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from cdr_pipeline.api.errors import CdrApiError
 from cdr_pipeline.cli.api import cmd_check, cmd_fetch, cmd_lookup, cmd_simulate
 from cdr_pipeline.cli.days import cmd_kpis, cmd_materialize, cmd_report
+from cdr_pipeline.cli.erase import cmd_erase
 from cdr_pipeline.cli.operate import _between, _limits, cmd_config, cmd_prune
 from cdr_pipeline.layout import StorageError
 from cdr_pipeline.settings import ConfigError, apply_dotenv, expanded_in_dotenv
@@ -105,6 +106,21 @@ def _operator_commands(command: Command) -> None:
     )
     s.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     s.set_defaults(func=cmd_prune)
+
+    s = command(
+        "erase",
+        "remove a subscriber's records from every day (raw bodies, both zones, every "
+        "aggregate), and from every later fetch of those days; --dry-run first",
+    )
+    s.add_argument(
+        "number", help="the phone number, in any spelling (+86 136-..., 0086..., 136...)"
+    )
+    s.add_argument("--start", default=None, help="first day, YYYY-MM-DD (default: the first)")
+    s.add_argument("--end", default=None, help="last day, YYYY-MM-DD (default: every later day)")
+    s.add_argument(
+        "--dry-run", action="store_true", help="list the days and counts, change nothing"
+    )
+    s.set_defaults(func=cmd_erase)
 
     s = command("check", "send one request to the configured API and say what works or not")
     s.set_defaults(func=cmd_check)

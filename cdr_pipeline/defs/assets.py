@@ -261,6 +261,7 @@ def day_asset(
                         max_shrink=max_shrink,
                         analytics=cdr_analytics,
                         registry=registry,
+                        pseudonyms=cdr_storage.pseudonyms,
                     )
                 except (ShrinkRefused, DayBusy) as exc:
                     raise dg.Failure(str(exc), allow_retries=False) from None
@@ -285,6 +286,8 @@ def day_asset(
                 for dataset in registry:
                     metadata = _metadata(dataset, facts, built.paths[dataset.name])
                     metadata["source"] = built.source  # the simulator's days say so
+                    if shared := built.shared_paths.get(dataset.name):
+                        metadata["shared_path"] = dg.MetadataValue.path(shared)
                     context.add_asset_metadata(
                         metadata, asset_key=dataset.name, partition_key=day.key
                     )

@@ -32,7 +32,8 @@ def _accounting_problems(store: Store, day: str) -> tuple[dict[str, Any], list[s
     manifest = raw.read_raw_manifest(store, day)
     cdr_rows = publish.day_rows(store, "cdr", day)
     rej_rows = publish.day_rows(store, "cdr_rejects", day)
-    raw_records = manifest["totals"]["records"]
+    # records the erase command took out of the raw bodies are still counted as fetched
+    raw_records = manifest["totals"]["records"] + manifest["totals"].get("erased", 0)
     problems = []
     missing = unaccounted(acc)
     if missing:
@@ -53,8 +54,8 @@ def _accounting_problems(store: Store, day: str) -> tuple[dict[str, Any], list[s
     asset="cdr",
     name="accounting_balances",
     blocking=True,
-    description="fetched = valid + rejected + duplicates_dropped + overlap_copies + outside_day, "
-    "per day, "
+    description="fetched = valid + rejected + duplicates_dropped + overlap_copies + outside_day "
+    "+ erased, per day, "
     "and the files hold exactly those counts.",
 )
 def accounting_balances(
@@ -70,7 +71,7 @@ def accounting_balances(
         meta[day] = (
             " / ".join(problems)
             if problems
-            else f"{acc['fetched']} = " + " + ".join(str(acc[b]) for b in ACCOUNTING_BUCKETS)
+            else f"{acc['fetched']} = " + " + ".join(str(acc.get(b, 0)) for b in ACCOUNTING_BUCKETS)
         )
         failures += [f"{day}: {p}" for p in problems]
     return dg.AssetCheckResult(

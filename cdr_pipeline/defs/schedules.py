@@ -23,6 +23,16 @@ cdr_daily_job = dg.define_asset_job(
     description="Fetch, validate and summarize the CDRs of one day (or a range).",
 )
 
+REBUILD_JOB = "cdr_rebuild_job"
+cdr_rebuild_job = dg.define_asset_job(
+    REBUILD_JOB,
+    selection=dg.AssetSelection.groups("cdr")
+    - dg.AssetSelection.assets("raw_cdr")
+    - dg.AssetSelection.checks(FRESHNESS),
+    description="Re-build the datasets of a day (or a range) from its raw layer, asking the "
+    "API nothing: after an erasure (cdr-pipeline erase), or to apply new code to old days.",
+)
+
 
 def _days_before(context: dg.ScheduleEvaluationContext, timezone: str, days: int) -> str:
     tick = context.scheduled_execution_time.astimezone(ZoneInfo(timezone))
@@ -112,6 +122,6 @@ def prune_definitions(settings: Settings) -> dg.Definitions:
 def schedules() -> dg.Definitions:
     settings = load_settings()
     return dg.Definitions.merge(
-        dg.Definitions(jobs=[cdr_daily_job], schedules=daily_schedules(settings)),
+        dg.Definitions(jobs=[cdr_daily_job, cdr_rebuild_job], schedules=daily_schedules(settings)),
         prune_definitions(settings),
     )

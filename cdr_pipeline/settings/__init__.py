@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pydantic
 
-from cdr_pipeline.layout import DEMO_DATA_DIR, parse_day
+from cdr_pipeline.layout import DEMO_DATA_DIR, DEMO_SHARED_DATA_DIR, parse_day
 from cdr_pipeline.settings.fields import (
     InvalidEndpointError,
     check_endpoint,
@@ -275,6 +275,8 @@ def _demo_defaults(given: dict[type[pydantic.BaseModel], dict[str, str]]) -> Non
     if not _is_demo(given):
         return
     given[StorageSettings].setdefault("data_dir", DEMO_DATA_DIR)
+    if "pseudonym_key" in given[StorageSettings]:
+        given[StorageSettings].setdefault("shared_data_dir", DEMO_SHARED_DATA_DIR)
     if "start_date" not in given[ProjectSettings]:
         default_zone = StorageSettings.model_fields["timezone"].default
         zone = given[StorageSettings].get("timezone", default_zone)

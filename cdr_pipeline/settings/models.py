@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pydantic
 
 from cdr_pipeline.api.redact import MIN_SECRET_LENGTH
-from cdr_pipeline.layout import DEMO_DATA_DIR, LIVE_DATA_DIR, parse_day
+from cdr_pipeline.layout import DEMO_DATA_DIR, DEMO_SHARED_DATA_DIR, LIVE_DATA_DIR, parse_day
 from cdr_pipeline.settings.fields import InvalidEndpointError, check_endpoint, check_link, knob
 from cdr_pipeline.store import Store, StoreError, open_store, redacted
 
@@ -129,29 +129,64 @@ class StorageSettings(pydantic.BaseModel):
     pseudonym_key: str | None = knob(
         None,
         "CDR_PSEUDONYM_KEY",
-        "the secret key of phone numbers' tokens: with it, the UI's metadata, the checks, the "
-        "alerts and the report show a number masked with its token (+86 136****4568 (token)), "
-        "never in clear; changing it changes every token",
+        "the secret key of phone numbers' tokens: with it, every day is also published without "
+        "a clear number to CDR_SHARED_DATA_DIR, and the UI's metadata, the checks, the alerts "
+        "and the report show a number masked with its token (+86 136****4568 (token)); "
+        "changing it changes every token (docs/privacy.md)",
         secret=True,
         min_length=32,
     )
+    shared_data_dir: str | None = knob(
+        None,
+        "CDR_SHARED_DATA_DIR",
+        "the shared zone, for analysts: each day's datasets without a clear number, in the "
+        "same layout (a folder or object-store URL apart from CDR_DATA_DIR); required with "
+        f"CDR_PSEUDONYM_KEY; the demo's default is {DEMO_SHARED_DATA_DIR}",
+    )
 
-    @pydantic.field_validator("data_dir")
+    @pydantic.field_validator("data_dir", "shared_data_dir")
     @classmethod
-    def _data_dir(cls, value: str) -> str:
+    def _data_dir(cls, value: str | None, info: pydantic.ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        name = "CDR_DATA_DIR" if info.field_name == "data_dir" else "CDR_SHARED_DATA_DIR"
         try:
             store = open_store(value)
         except StoreError as exc:
-            raise ValueError(f"CDR_DATA_DIR={redacted(value)!r}: {exc}") from None
+            raise ValueError(f"{name}={redacted(value)!r}: {exc}") from None
         if not store.local:
             return value  # the object store is first contacted by a run, not at load time
         path = Path(store.url)
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise ValueError(
-                f"CDR_DATA_DIR={str(path)!r} is not a writable directory ({existing} is not one)"
+                f"{name}={str(path)!r} is not a writable directory ({existing} is not one)"
             )
         return str(path)
+
+    @pydantic.model_validator(mode="after")
+    def _zones(self) -> StorageSettings:
+        if self.pseudonym_key and not self.shared_data_dir:
+            raise ValueError(
+                "CDR_PSEUDONYM_KEY is set but CDR_SHARED_DATA_DIR is not: set it to the "
+                "folder or bucket prefix analysts may read (each day is published there "
+                "without a clear number), apart from CDR_DATA_DIR"
+            )
+        if self.shared_data_dir and not self.pseudonym_key:
+            raise ValueError(
+                "CDR_SHARED_DATA_DIR is set but CDR_PSEUDONYM_KEY is not: the shared zone's "
+                "tokens need the key (a secret of at least 32 characters)"
+            )
+        if self.shared_data_dir:
+            ours, theirs = self.store.url.rstrip("/"), open_store(self.shared_data_dir).url
+            theirs = theirs.rstrip("/")
+            if ours == theirs or ours.startswith(theirs + "/") or theirs.startswith(ours + "/"):
+                raise ValueError(
+                    f"CDR_SHARED_DATA_DIR={redacted(self.shared_data_dir)!r} and CDR_DATA_DIR="
+                    f"{redacted(self.data_dir)!r} overlap: the shared zone lives apart, so that "
+                    "permissions on one never reach the other's files"
+                )
+        return self
 
     @pydantic.field_validator("timezone")
     @classmethod
@@ -171,7 +206,15 @@ class StorageSettings(pydantic.BaseModel):
 
     @property
     def store(self) -> Store:
-        return open_store(self.data_dir)
+        """The data directory, with its shared zone when there is one."""
+        store = open_store(self.data_dir)
+        store.shared = self.shared_store
+        return store
+
+    @property
+    def shared_store(self) -> Store | None:
+        """The shared zone (``None``: no key, no shared zone)."""
+        return open_store(self.shared_data_dir) if self.shared_data_dir else None
 
 
 class PublishSettings(pydantic.BaseModel):

@@ -179,9 +179,16 @@ def validate_record(rec: Any, tz: ZoneInfo) -> dict[str, Any] | Reject:
 
 
 # Where every fetched record goes; they sum to ``fetched``.
-ACCOUNTING_BUCKETS = ("valid", "rejected", "duplicates_dropped", "overlap_copies", "outside_day")
+ACCOUNTING_BUCKETS = (
+    "valid",
+    "rejected",
+    "duplicates_dropped",
+    "overlap_copies",
+    "outside_day",
+    "erased",  # a subscriber's erasure (cdr_pipeline/erasure.py)
+)
 
 
 def unaccounted(accounting: dict[str, Any]) -> int:
     """Records fetched but in no bucket: 0 unless something was lost (or counted twice)."""
-    return accounting["fetched"] - sum(accounting[b] for b in ACCOUNTING_BUCKETS)
+    return accounting["fetched"] - sum(accounting.get(b, 0) for b in ACCOUNTING_BUCKETS)

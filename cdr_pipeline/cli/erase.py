@@ -1,0 +1,95 @@
+"""``cdr-pipeline erase``: a subscriber's records out of every day, and out of every later
+fetch of those days (cdr_pipeline/erasure.py); the days re-built through Dagster, each
+through the day's one atomic publish."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+
+from tabulate import tabulate
+
+from cdr_pipeline.cli.days import _data_present, _date, _report_failure, local_home
+from cdr_pipeline.settings import ConfigError, load_settings
+
+
+def _published(store, start: str | None, end: str | None) -> list[str]:
+    from cdr_pipeline.layout import is_day
+
+    days = sorted(n.removeprefix("date=") for n in store.folders("cdr") if is_day(n))
+    return [d for d in days if (start is None or d >= start) and (end is None or d <= end)]
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from cdr_pipeline import erasure
+    from cdr_pipeline.definitions import defs
+    from cdr_pipeline.defs.schedules import REBUILD_JOB
+    from cdr_pipeline.lease import run_leases
+    from cdr_pipeline.privacy import pseudonyms_of
+
+    settings = load_settings()
+    _data_present(settings)
+    p = pseudonyms_of(settings)
+    if not p.enabled:
+        raise ConfigError(
+            "erase keeps the request as the number's token, so that a later fetch drops the "
+            "records again: set CDR_PSEUDONYM_KEY (and CDR_SHARED_DATA_DIR; docs/privacy.md)"
+        )
+    start = _date(args.start, "--start").isoformat() if args.start else None
+    end = _date(args.end, "--end").isoformat() if args.end else None
+    if start and end and start > end:
+        raise SystemExit(f"--start {start} is after --end {end}")
+    try:
+        token = p.token(args.number)
+    except ValueError:
+        raise SystemExit("give the number to erase (it is empty)") from None
+    store, tokens = settings.store, frozenset({token})
+    shown = p.shown(args.number)
+    found = erasure.find(store, _published(store, start, end), tokens, p)
+    rows = [(f.day, f.calls, f.rejects) for f in found]
+    total = sum(f.calls + f.rejects for f in found)
+    if rows:
+        print(tabulate(rows, headers=("day", "calls", "rejects"), tablefmt="simple"))
+    verb = "would erase" if args.dry_run else "erasing"
+    print(f"{verb} {total} records of {shown} from {len(found)} published days")
+    if args.dry_run:
+        return 0
+    index = erasure.record(store, token, p.key_id, start, end)  # first: later fetches drop them
+    owner = f"erase-{uuid.uuid4().hex}"
+    removed: dict[str, int] = {}
+    ops = settings.publish
+    for f in found:
+        with run_leases(
+            store, [f.day], owner, ttl_s=ops.lease_ttl_s, wait_s=ops.lock_wait_s
+        ) as held:
+            held.take(f.day)
+            erasure.erase_raw(store, f.day, tokens, p)
+    local_home(settings.uses_simulator)
+    job = defs().resolve_job_def(REBUILD_JOB)
+    run_config = {
+        "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+        # the erased calls may be many of a day's: no shrink guard stands in the way
+        "ops": {"cdr_day": {"config": {"allow_shrink": True}}},
+    }
+    failed = []
+    with dg.DagsterInstance.get() as instance:
+        for f in found:
+            result = job.execute_in_process(
+                instance=instance, partition_key=f.day, run_config=run_config, raise_on_error=False
+            )
+            if result.success:
+                removed[f.day] = f.calls + f.rejects
+            else:
+                failed.append(f.day)
+                _report_failure(result, f.day, print, False)
+    if failed:
+        print(
+            f"failed to re-build {', '.join(failed)}: the erasure is kept, and the next build "
+            "of those days (cdr-pipeline erase again, or any materialization) applies it"
+        )
+        return 1
+    erasure.finish(store, index, removed)
+    print(f"erased {shown} from {len(removed)} days; recorded in {store.uri('erasures')}")
+    return 0

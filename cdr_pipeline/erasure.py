@@ -1,0 +1,227 @@
+"""Erasing a subscriber: the request kept as a token, and the records it removes.
+
+An erasure is a row of the audit dataset ``erasures`` (the number's token, the key's id, the
+days it covers, what it removed and when; never the number). Every build of a day drops the
+records whose caller or callee has the token of a request covering the day, and counts them
+as ``erased``: so a day fetched again from the provider, which still holds the calls, loses
+them again. The erase command also takes them out of the raw bodies (:func:`erase_raw`),
+re-written without them and still re-validatable, and says how many in the day's manifest.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, decode_body
+from cdr_pipeline.layout import ERASURES_KEY, StorageError
+from cdr_pipeline.privacy import Pseudonyms, canonical_column
+from cdr_pipeline.publish import read_day_table
+from cdr_pipeline.raw import body_name, read_raw_body, read_raw_manifest, write_raw_day
+from cdr_pipeline.store import Store
+
+ERASURES_SCHEMA = pa.schema(
+    [
+        pa.field("token", pa.string(), nullable=False),
+        pa.field("key_id", pa.string(), nullable=False),
+        pa.field("start", pa.string()),  # null: from the first day
+        pa.field("end", pa.string()),  # null: to the last day
+        pa.field("requested_at", pa.timestamp("s", tz="UTC"), nullable=False),
+        pa.field("done_at", pa.timestamp("s", tz="UTC")),
+        pa.field("days", pa.list_(pa.string()), nullable=False),
+        pa.field("records", pa.int64(), nullable=False),
+    ]
+)
+
+
+def requests(store: Store) -> list[dict[str, Any]]:
+    """Every erasure requested in this data directory, oldest first."""
+    if not store.exists(ERASURES_KEY):
+        return []
+    with store.open_input(ERASURES_KEY) as source:
+        return pq.read_table(source).to_pylist()
+
+
+def _write(store: Store, rows: list[dict[str, Any]]) -> None:
+    table = pa.Table.from_pylist(rows, schema=ERASURES_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    store.put(ERASURES_KEY, sink.getvalue().to_pybytes())
+
+
+def record(store: Store, token: str, key_id: str, start: str | None, end: str | None) -> int:
+    """Keep a request before anything is removed (an interrupted erase is then still applied
+    by every later build); its index."""
+    rows = requests(store)
+    rows.append(
+        {
+            "token": token,
+            "key_id": key_id,
+            "start": start,
+            "end": end,
+            "requested_at": datetime.now(UTC).replace(microsecond=0),
+            "done_at": None,
+            "days": [],
+            "records": 0,
+        }
+    )
+    _write(store, rows)
+    return len(rows) - 1
+
+
+def finish(store: Store, index: int, days: dict[str, int]) -> None:
+    rows = requests(store)
+    rows[index] |= {
+        "done_at": datetime.now(UTC).replace(microsecond=0),
+        "days": sorted(days),
+        "records": sum(days.values()),
+    }
+    _write(store, rows)
+
+
+def tokens_for(store: Store, day: str, pseudonyms: Pseudonyms) -> frozenset[str]:
+    """The tokens of the requests that cover ``day``; refused when they were kept under
+    another key (they would no longer match) or when no key is set."""
+    covering = [
+        r
+        for r in requests(store)
+        if (r["start"] is None or r["start"] <= day) and (r["end"] is None or day <= r["end"])
+    ]
+    if not covering:
+        return frozenset()
+    if not pseudonyms.enabled:
+        raise StorageError(
+            f"{day}: {len(covering)} erasure(s) cover this day, and CDR_PSEUDONYM_KEY is not "
+            "set: without the key their records cannot be recognised; set the key they were "
+            "made under"
+        )
+    other = {r["key_id"] for r in covering} - {pseudonyms.key_id}
+    if other:
+        raise StorageError(
+            f"{day}: erasures were kept under another CDR_PSEUDONYM_KEY (key id "
+            f"{', '.join(sorted(other))}; this key's is {pseudonyms.key_id}): their records "
+            "can no longer be recognised; set the key they were made under (docs/privacy.md, "
+            "rotating the key)"
+        )
+    return frozenset(r["token"] for r in covering)
+
+
+def _tokens_of(numbers: pa.Array, e164: pa.Array | None, p: Pseudonyms) -> pa.Array:
+    return p.tokens(canonical_column(numbers, e164, p.region))
+
+
+def erased_rows(part: pa.Table, tokens: frozenset[str], p: Pseudonyms) -> pa.Array:
+    """Which rows of ``cdr`` a caller or callee of ``tokens`` made (a boolean mask)."""
+    wanted = pa.array(sorted(tokens), pa.string())
+    hits = [
+        pc.is_in(_tokens_of(part.column(c), part.column(f"{c}_e164"), p), value_set=wanted)
+        for c in ("src", "dst")
+    ]
+    return pc.fill_null(pc.or_(*hits), False)
+
+
+def _matches(rec: Any, tokens: frozenset[str], p: Pseudonyms) -> bool:
+    if not isinstance(rec, dict):
+        return False
+    for field in ("src", "dst"):
+        value = rec.get(field)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and value.strip() and p.token(value) in tokens:
+            return True
+    return False
+
+
+def erased_rejects(rejects: pa.Table, tokens: frozenset[str], p: Pseudonyms) -> pa.Array:
+    """Which rejects were records of a caller or callee of ``tokens`` (by their raw text)."""
+    found = []
+    for raw in rejects.column("raw").to_pylist():
+        try:
+            rec = json.loads(raw) if raw else None
+        except (ValueError, RecursionError):
+            rec = None
+        found.append(_matches(rec, tokens, p))
+    return pa.array(found, pa.bool_())
+
+
+def _encoded(text: str, encoding: str) -> bytes:
+    data = text.encode()
+    if encoding == "zlib":
+        return zlib.compress(data)
+    return gzip.compress(data, mtime=0) if encoding == "gzip" else data
+
+
+@dataclass(frozen=True)
+class Found:
+    """What an erasure would remove from a day's published datasets."""
+
+    day: str
+    calls: int
+    rejects: int
+
+
+def find(store: Store, days: Iterable[str], tokens: frozenset[str], p: Pseudonyms) -> list[Found]:
+    """The published days that hold a record of ``tokens`` (the dry run; and which days an
+    erasure rebuilds)."""
+    out = []
+    for day in days:
+        try:
+            cdr = read_day_table(store, "cdr", day, columns=["src", "dst", "src_e164", "dst_e164"])
+            rejects = read_day_table(store, "cdr_rejects", day, columns=["raw"])
+        except StorageError:
+            continue
+        calls = pc.sum(erased_rows(cdr, tokens, p)).as_py() or 0
+        bad = pc.sum(erased_rejects(rejects, tokens, p)).as_py() or 0
+        if calls or bad:
+            out.append(Found(day, calls, bad))
+    return out
+
+
+def erase_raw(store: Store, day: str, tokens: frozenset[str], p: Pseudonyms) -> int:
+    """Re-write ``day``'s raw bodies without the records of ``tokens``; the count removed.
+    A page is rewritten only when it holds one; the manifest's ``totals.erased`` keeps the
+    count, so the day's accounting still balances against what was fetched."""
+    try:
+        manifest = read_raw_manifest(store, day)
+    except StorageError:
+        return 0  # pruned: the datasets alone hold the day
+    bodies, removed = [], 0
+    max_bytes = manifest.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
+    for entry in manifest["requests"]:
+        body = read_raw_body(store, day, entry)
+        text, encoding = decode_body(body, max_bytes=max_bytes)
+        try:
+            page = json.loads(text)
+        except (ValueError, RecursionError):  # kept whole: every build still drops them
+            bodies.append((body, encoding))
+            continue
+        records = page.get("cdr") if isinstance(page, dict) else None
+        kept = (
+            [r for r in records if not _matches(r, tokens, p)]
+            if isinstance(records, list)
+            else None
+        )
+        if kept is None or len(kept) == len(records):
+            bodies.append((body, encoding))
+            continue
+        removed += len(records) - len(kept)
+        page["cdr"] = kept
+        body = _encoded(json.dumps(page, ensure_ascii=False, separators=(",", ":")), encoding)
+        name, digest = body_name(body, encoding)
+        entry.update(file=name, sha256=digest, bytes=len(body), records=len(kept))
+        bodies.append((body, encoding))
+    if removed:
+        totals = manifest["totals"]
+        totals["records"] -= removed
+        totals["erased"] = totals.get("erased", 0) + removed
+        write_raw_day(store, day, bodies, manifest)
+    return removed
