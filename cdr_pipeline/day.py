@@ -2,9 +2,11 @@
 
     read -> de-duplicate -> enrich -> write cdr -> aggregate -> publish
 
-Each stage is a function with explicit inputs and outputs. The day streams: pages are parsed
-ahead on worker threads while earlier ones are de-duplicated, and ``cdr``'s rows are enriched,
-written and gathered for the aggregates slice by slice, so memory does not grow with the day.
+Each stage is a function with explicit inputs and outputs. A subscriber's erasure drops their
+rows between the enrichment and the file (and their rejects), counted as ``erased``. The day
+streams: pages are parsed ahead on worker threads while earlier ones are de-duplicated, and
+``cdr``'s rows are enriched, written and gathered for the aggregates slice by slice, so memory
+does not grow with the day.
 Which datasets a day holds, and in which order they are published, is the registry's
 (:mod:`cdr_pipeline.datasets`); this module only makes them.
 """
@@ -25,11 +27,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from cdr_pipeline import memory
 from cdr_pipeline.datasets import DATASETS, Dataset, queries
-from cdr_pipeline.erasure import erased_rejects, erased_rows, tokens_for
+from cdr_pipeline.erasure import Eraser, tokens_for
 from cdr_pipeline.layout import SPILL_KEY, Day, StorageError
 from cdr_pipeline.privacy import CLEAR, Pseudonyms, share
 from cdr_pipeline.publish import DayTransaction, shrink_guard
@@ -100,22 +101,11 @@ def deduplicate(parsed: Iterable[tuple[list[Page], ParsedPages]], builder: DayBu
 
 
 def enrich(
-    rows: Iterable[pa.Table],
-    enricher: Callable[[pa.Table], pa.Table],
-    erased: Callable[[pa.Table], pa.Array] | None = None,
-    counts: dict[str, int] | None = None,
+    rows: Iterable[pa.Table], enricher: Callable[[pa.Table], pa.Table]
 ) -> Iterator[pa.Table]:
-    """The de-duplicated rows with number intelligence and the local start time; without
-    the rows ``erased`` marks (a subscriber's erasure), counted in ``counts["erased"]``."""
+    """The de-duplicated rows with number intelligence and the local start time."""
     for part in rows:
-        part = enricher(part)
-        if erased is not None and len(part):
-            hit = erased(part)
-            if dropped := pc.sum(hit).as_py():
-                part = part.filter(pc.invert(hit))
-                if counts is not None:
-                    counts["erased"] = counts.get("erased", 0) + dropped
-        yield part
+        yield enricher(part)
 
 
 # --- 4. write cdr ---------------------------------------------------------------------------
@@ -285,9 +275,11 @@ def _erased(
     """The accounting with the ``erased`` bucket: the calls and rejects a build dropped, and
     the records the erase command took out of the raw bodies (still counted as fetched)."""
     from_raw = manifest["totals"].get("erased", 0)
-    reasons = dict(Counter(rejects.column("reason").to_pylist())) if len(rejects) else {}
-    by_reason = {r: reasons[r] for r in accounting["rejects_by_reason"] if r in reasons}
     gone = accounting["rejected"] - len(rejects)
+    by_reason = accounting["rejects_by_reason"]
+    if gone:  # only a day an erasure covers counts its rejects again
+        left = Counter(rejects.column("reason").to_pylist())
+        by_reason = {r: left[r] for r in by_reason if left[r]}
     return accounting | {
         "fetched": accounting["fetched"] + from_raw,
         "valid": accounting["valid"] - calls,
@@ -327,11 +319,7 @@ def build_day(
         raise StorageError("the shared zone needs CDR_PSEUDONYM_KEY to make its tokens")
     manifest = read_raw_manifest(store, day.key)
     expected = manifest["totals"]["records"]
-    tokens = tokens_for(store, day.key, pseudonyms)
-    erased: dict[str, int] = {"erased": 0}
-
-    def erased_calls(part: pa.Table) -> pa.Array:
-        return erased_rows(part, tokens, pseudonyms)
+    eraser = Eraser(tokens_for(store, day.key, pseudonyms), pseudonyms)
 
     def shared(table: pa.Table, name: str = "cdr") -> pa.Table:
         return share(table, name, pseudonyms)
@@ -348,12 +336,10 @@ def build_day(
             spills = builder.spill_folder is not None
             gathered = Gathered(day, tz, settings, scratch, expected_rows=expected, spills=spills)
             enricher = Enricher(tz, settings.default_region, grouping=settings.number_grouping)
-            rows = enrich(builder.iter_cdr(), enricher, erased_calls if tokens else None, erased)
+            rows = map(eraser, enrich(builder.iter_cdr(), enricher))
             write_cdr(txn, rows, gathered.add, sharing)
-            rejects = builder.rejects_table()
-            if tokens:
-                rejects = rejects.filter(pc.invert(erased_rejects(rejects, tokens, pseudonyms)))
-            accounting = _erased(builder.accounting(), erased["erased"], rejects, manifest)
+            rejects = eraser.rejects(builder.rejects_table())
+            accounting = _erased(builder.accounting(), eraser.dropped, rejects, manifest)
             accounting["raw_records"] = expected
             clock = _Clock()  # the aggregates' lap starts here
             tables = aggregate(gathered, accounting, rejects, registry, settings)

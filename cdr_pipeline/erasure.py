@@ -160,6 +160,28 @@ def _encoded(text: str, encoding: str) -> bytes:
     return gzip.compress(data, mtime=0) if encoding == "gzip" else data
 
 
+class Eraser:
+    """Drops the rows and rejects of the callers and callees of ``tokens`` from a day being
+    built, counting the rows (a day no request covers passes through untouched)."""
+
+    def __init__(self, tokens: frozenset[str], pseudonyms: Pseudonyms) -> None:
+        self.tokens, self.pseudonyms, self.dropped = tokens, pseudonyms, 0
+
+    def __call__(self, part: pa.Table) -> pa.Table:
+        if not self.tokens or not len(part):
+            return part
+        hit = erased_rows(part, self.tokens, self.pseudonyms)
+        if dropped := pc.sum(hit).as_py():
+            self.dropped += dropped
+            part = part.filter(pc.invert(hit))
+        return part
+
+    def rejects(self, table: pa.Table) -> pa.Table:
+        if not self.tokens or not len(table):
+            return table
+        return table.filter(pc.invert(erased_rejects(table, self.tokens, self.pseudonyms)))
+
+
 @dataclass(frozen=True)
 class Found:
     """What an erasure would remove from a day's published datasets."""
