@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, decode_body
 from cdr_pipeline.layout import ERASURES_KEY, StorageError
 from cdr_pipeline.privacy import Pseudonyms, canonical_column
-from cdr_pipeline.publish import read_day_table
+from cdr_pipeline.publish import DayTransaction, read_day_table, read_state
 from cdr_pipeline.raw import body_name, read_raw_body, read_raw_manifest, write_raw_day
 from cdr_pipeline.store import Store
 
@@ -120,13 +120,21 @@ def _tokens_of(numbers: pa.Array, e164: pa.Array | None, p: Pseudonyms) -> pa.Ar
 
 
 def erased_rows(part: pa.Table, tokens: frozenset[str], p: Pseudonyms) -> pa.Array:
-    """Which rows of ``cdr`` a caller or callee of ``tokens`` made (a boolean mask)."""
+    """Which rows a caller or callee of ``tokens`` made (a boolean mask), by the numbers of
+    ``cdr`` or ``caller_risk_daily``, or by their tokens where a day was cleared of them."""
     wanted = pa.array(sorted(tokens), pa.string())
-    hits = [
-        pc.is_in(_tokens_of(part.column(c), part.column(f"{c}_e164"), p), value_set=wanted)
-        for c in ("src", "dst")
-    ]
-    return pc.fill_null(pc.or_(*hits), False)
+    names = set(part.column_names)
+    hit = pa.nulls(len(part), pa.bool_())
+    for c in ("src", "dst"):
+        if f"{c}_token" in names:
+            found = part.column(f"{c}_token")
+        elif c in names:
+            e164 = part.column(f"{c}_e164") if f"{c}_e164" in names else None
+            found = _tokens_of(part.column(c), e164, p)
+        else:
+            continue
+        hit = pc.or_kleene(hit, pc.is_in(found, value_set=wanted))
+    return pc.fill_null(hit, False)
 
 
 def _matches(rec: Any, tokens: frozenset[str], p: Pseudonyms) -> bool:
@@ -189,6 +197,10 @@ class Found:
     day: str
     calls: int
     rejects: int
+    cleared: bool = False  # of its numbers (retention.py): erased in place
+
+
+_NUMBERS = ["src", "dst", "src_e164", "dst_e164"]
 
 
 def find(store: Store, days: Iterable[str], tokens: frozenset[str], p: Pseudonyms) -> list[Found]:
@@ -197,15 +209,46 @@ def find(store: Store, days: Iterable[str], tokens: frozenset[str], p: Pseudonym
     out = []
     for day in days:
         try:
-            cdr = read_day_table(store, "cdr", day, columns=["src", "dst", "src_e164", "dst_e164"])
+            cdr = read_day_table(store, "cdr", day, columns=_NUMBERS)
             rejects = read_day_table(store, "cdr_rejects", day, columns=["raw"])
-        except StorageError:
-            continue
+        except (StorageError, pa.ArrowInvalid):  # pa: a day cleared of its numbers
+            try:
+                cdr = read_day_table(store, "cdr", day, columns=["src_token", "dst_token"])
+            except (StorageError, pa.ArrowInvalid):  # none at all: removed
+                continue
+            rejects = None
         calls = pc.sum(erased_rows(cdr, tokens, p)).as_py() or 0
-        bad = pc.sum(erased_rejects(rejects, tokens, p)).as_py() or 0
+        bad = 0 if rejects is None else pc.sum(erased_rejects(rejects, tokens, p)).as_py() or 0
         if calls or bad:
-            out.append(Found(day, calls, bad))
+            out.append(Found(day, calls, bad, cleared=rejects is None))
     return out
+
+
+def erase_cleared(store: Store, day: str, tokens: frozenset[str], p: Pseudonyms) -> int:
+    """Erase from a day cleared of its numbers (retention.py): its raw bodies are gone, so
+    the rows are taken out of ``cdr`` and ``caller_risk_daily`` of both zones by token (the
+    other aggregates hold no one's number and keep their counts)."""
+    record = read_state(store, "validation", day)
+    removed = 0
+    with DayTransaction(store, day) as txn:
+        for name in ("cdr", "caller_risk_daily"):
+            for shared in (False, True) if store.shared is not None else (False,):
+                where = store.shared if shared else store
+                assert where is not None
+                try:
+                    table = read_day_table(where, name, day)
+                except StorageError:
+                    continue
+                hit = erased_rows(table, tokens, p)
+                if name == "cdr" and not shared:
+                    removed = pc.sum(hit).as_py() or 0
+                txn.stage(name, table.filter(pc.invert(hit)), shared=shared)
+        acc = record["accounting"]
+        acc["valid"] -= removed
+        acc["erased"] = acc.get("erased", 0) + removed
+        txn.stage_record("validation", record)
+        txn.commit()
+    return removed
 
 
 def erase_raw(store: Store, day: str, tokens: frozenset[str], p: Pseudonyms) -> int:

@@ -356,7 +356,8 @@ def flagged_callers(
     return [
         {
             "date": r["date"],
-            "caller": shown(r["src"]),
+            # a day cleared of clear numbers (retention.py) holds the caller's token and mask
+            "caller": shown(r["src"]) if "src" in r else f"{r['src_masked']} ({r['src_token']})",
             "flags": ", ".join(r["flags"]),
             "calls": r["calls"],
             "numbers called": r["distinct_destinations"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from datetime import UTC, datetime
 
 import dagster as dg
 import hypothesis.strategies as st
@@ -18,6 +19,7 @@ from cdr_pipeline import cli
 from cdr_pipeline.layout import StorageError
 from cdr_pipeline.privacy import Pseudonyms, canonical, canonical_column, mask, mask_column
 from cdr_pipeline.publish import DayTransaction, recover_day
+from cdr_pipeline.retention import clear_old_days
 from cdr_pipeline.settings import ConfigError, load_settings
 from cdr_pipeline.store import LocalStore, open_store
 from cdr_pipeline.transform.phones import NumberBook
@@ -300,5 +302,99 @@ def test_the_key_and_the_shared_zone_go_together(tmp_path):
             {"CDR_DATA_DIR": str(tmp_path / "s/data")}
             | {"CDR_PSEUDONYM_KEY": KEY, "CDR_SHARED_DATA_DIR": str(tmp_path / "s")}
         )
+    with pytest.raises(ConfigError, match="CDR_CLEAR_RETENTION_DAYS=30 needs CDR_PSEUDONYM_KEY"):
+        load_settings(base | {"CDR_CLEAR_RETENTION_DAYS": "30"})
     demo = load_settings({"CDR_SIMULATOR": "true", "CDR_PSEUDONYM_KEY": KEY})
     assert demo.storage.shared_data_dir.endswith("data/demo-shared")
+
+
+@pytest.mark.slow
+def test_retention_clears_exactly_the_old_days_and_erasure_still_reaches_them(
+    monkeypatch, tmp_path, sim_server, instance, capsys
+):
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    env = Env(
+        monkeypatch,
+        tmp_path,
+        sim_server(calls_per_day=300, abuse=True),
+        CDR_PSEUDONYM_KEY=KEY,
+        CDR_SHARED_DATA_DIR=str(shared),
+    )
+    days = ["2024-03-01", "2024-03-02", "2024-03-03"]
+    assert env.run(instance, days[0], days[-1]).success
+    store, ours = open_store(env.root), Pseudonyms(KEY)
+    store.shared = open_store(shared)
+
+    def part(root, name, day):
+        return root / name / f"date={day}" / "part-0.parquet"
+
+    before = {d: pq.read_table(part(env.root, "cdr", d)) for d in days}
+    kpis = pq.read_table(part(env.root, "call_kpis_daily", days[0]))
+    # 09:00 on 03-05 in Shanghai: keeping 3 days keeps 03-02 and later
+    now = datetime(2024, 3, 5, 1, tzinfo=UTC)
+    dry = clear_old_days(store, env.tz, 3, ours, "pseudonymise", now=now, dry_run=True)
+    assert dry.days == [days[0]] and "src" in pq.read_schema(part(env.root, "cdr", days[0])).names
+    done = clear_old_days(store, env.tz, 3, ours, "pseudonymise", now=now)
+    assert done.days == [days[0]]
+    cleared = pq.read_table(part(env.root, "cdr", days[0]))
+    assert cleared.equals(pq.read_table(part(shared, "cdr", days[0])))  # the shared form
+    assert not {"src", "dst", "src_e164", "dst_e164", "record_url", "extra"} & set(
+        cleared.column_names
+    )
+    assert "raw" not in pq.read_schema(part(env.root, "cdr_rejects", days[0])).names
+    assert "src" not in pq.read_schema(part(env.root, "caller_risk_daily", days[0])).names
+    assert not (env.root / "raw" / "cdr" / f"date={days[0]}" / "manifest.json").exists()
+    assert pq.read_table(part(env.root, "call_kpis_daily", days[0])).equals(kpis)
+    for d in days[1:]:  # untouched
+        assert pq.read_table(part(env.root, "cdr", d)).equals(before[d])
+        assert (env.root / "raw" / "cdr" / f"date={d}" / "manifest.json").exists()
+    assert clear_old_days(store, env.tz, 3, ours, "pseudonymise", now=now).days == []
+    # the report reads a cleared day's flagged callers by token
+    out = tmp_path / "report.html"
+    assert cli.main(["report", "--start", days[0], "--end", days[-1], "--out", str(out)]) == 0
+
+    # a number on the cleared day and the next: erased from both, in place on the cleared one
+    srcs = before[days[0]].column("src_e164").to_pylist()
+    both = set(srcs) & set(before[days[1]].column("src_e164").to_pylist()) - {None}
+    e164 = max(both, key=srcs.count)
+    token = ours.token(e164)
+    assert cli.main(["erase", e164]) == 0
+    capsys.readouterr()
+
+    def tokens_in(table: pa.Table) -> set[str]:
+        return set(table.column("src_token").to_pylist()) | set(
+            table.column("dst_token").to_pylist()
+        )
+
+    for root in (env.root, shared):  # the cleared day: by token in both zones
+        assert token not in tokens_in(pq.read_table(part(root, "cdr", days[0])))
+    assert token not in tokens_in(pq.read_table(part(shared, "cdr", days[1])))
+    plain = pq.read_table(part(env.root, "cdr", days[1]))
+    assert e164 not in set(
+        plain.column("src_e164").to_pylist() + plain.column("dst_e164").to_pylist()
+    )
+    after = pq.read_table(part(env.root, "cdr", days[0]))
+    keep = [
+        token not in (s, d)
+        for s, d in zip(
+            cleared.column("src_token").to_pylist(),
+            cleared.column("dst_token").to_pylist(),
+            strict=True,
+        )
+    ]
+    assert not all(keep) and after.equals(cleared.filter(keep))
+    acc = json.loads((env.root / "_state" / "validation" / f"date={days[0]}.json").read_text())
+    assert acc["accounting"]["valid"] == after.num_rows and acc["cleared"]["mode"] == "pseudonymise"
+
+    # remove: the personal datasets go, the aggregates stay
+    later = datetime(2024, 3, 6, 1, tzinfo=UTC)
+    assert clear_old_days(store, env.tz, 3, ours, "remove", now=later).days == [days[1]]
+    for name in ("cdr", "cdr_rejects", "caller_risk_daily"):
+        assert not part(env.root, name, days[1]).exists()
+    assert part(env.root, "call_kpis_daily", days[1]).exists()
+    assert part(shared, "cdr", days[1]).exists()
+    # the command, dry run: every 2024 day is old now; the cleared ones are not cleared again
+    assert cli.main(["prune", "--clear-days", "1", "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert f"would have cleared 1 day(s) of clear numbers ({days[2]} to {days[2]})" in said

@@ -97,12 +97,22 @@ def _operator_commands(command: Command) -> None:
     s.add_argument("--markdown", action="store_true", help="print the operators' guide's table")
     s.set_defaults(func=cmd_config)
 
-    s = command("prune", "remove raw bodies older than CDR_RAW_RETENTION_DAYS (datasets stay)")
+    s = command(
+        "prune",
+        "remove raw bodies older than CDR_RAW_RETENTION_DAYS (datasets stay), and clear days "
+        "older than CDR_CLEAR_RETENTION_DAYS of clear numbers",
+    )
     s.add_argument(
         "--keep-days",
         type=_between(*_limits("CDR_RAW_RETENTION_DAYS")),
         default=None,
         help="days of raw bodies to keep (default: the setting)",
+    )
+    s.add_argument(
+        "--clear-days",
+        type=_between(*_limits("CDR_CLEAR_RETENTION_DAYS")),
+        default=None,
+        help="days a day keeps its clear numbers (default: the setting; docs/privacy.md)",
     )
     s.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     s.set_defaults(func=cmd_prune)

@@ -65,7 +65,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
             store, [f.day], owner, ttl_s=ops.lease_ttl_s, wait_s=ops.lock_wait_s
         ) as held:
             held.take(f.day)
-            erasure.erase_raw(store, f.day, tokens, p)
+            if f.cleared:  # no raw bodies left to re-build from: erased in place
+                removed[f.day] = erasure.erase_cleared(store, f.day, tokens, p)
+            else:
+                erasure.erase_raw(store, f.day, tokens, p)
     local_home(settings.uses_simulator)
     job = defs().resolve_job_def(REBUILD_JOB)
     run_config = {
@@ -75,7 +78,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     }
     failed = []
     with dg.DagsterInstance.get() as instance:
-        for f in found:
+        for f in [f for f in found if not f.cleared]:
             result = job.execute_in_process(
                 instance=instance, partition_key=f.day, run_config=run_config, raise_on_error=False
             )

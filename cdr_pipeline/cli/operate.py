@@ -13,10 +13,7 @@ from typing import Any
 from tabulate import tabulate
 
 from cdr_pipeline.cli.days import _data_present
-from cdr_pipeline.settings import (
-    knobs,
-    load_settings,
-)
+from cdr_pipeline.settings import ConfigError, knobs, load_settings
 
 
 def _limits(env: str) -> tuple[Any, Any]:
@@ -41,15 +38,34 @@ def _between(lo: float, hi: float, kind: type = int) -> Callable[[str], float]:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from cdr_pipeline.operations import prune_raw
+    from cdr_pipeline.privacy import pseudonyms_of
+    from cdr_pipeline.retention import clear_old_days
 
     settings = load_settings()
     _data_present(settings)
-    keep = settings.operations.raw_retention_days if args.keep_days is None else args.keep_days
+    ops, now = settings.operations, datetime.now(UTC)
+    would = "would have " if args.dry_run else ""
+    keep = ops.raw_retention_days if args.keep_days is None else args.keep_days
     if keep <= 0:
         print("nothing to prune: raw bodies are kept forever (CDR_RAW_RETENTION_DAYS=0)")
-        return 0
-    done = prune_raw(settings.store, settings.tz, keep, now=datetime.now(UTC), dry_run=args.dry_run)
-    print(("would have " if args.dry_run else "") + done.said())
+    else:
+        done = prune_raw(settings.store, settings.tz, keep, now=now, dry_run=args.dry_run)
+        print(would + done.said())
+    clear = ops.clear_retention_days if args.clear_days is None else args.clear_days
+    if clear > 0:
+        p = pseudonyms_of(settings)
+        if not p.enabled:
+            raise ConfigError("--clear-days needs CDR_PSEUDONYM_KEY (docs/privacy.md)")
+        cleared = clear_old_days(
+            settings.store,
+            settings.tz,
+            clear,
+            p,
+            ops.clear_retention,
+            now=now,
+            dry_run=args.dry_run,
+        )
+        print(would + cleared.said())
     return 0
 
 

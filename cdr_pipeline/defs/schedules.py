@@ -9,6 +9,7 @@ import dagster as dg
 
 from cdr_pipeline.operations import prune_raw
 from cdr_pipeline.resources import CdrStorageResource
+from cdr_pipeline.retention import clear_old_days
 from cdr_pipeline.settings import Settings, load_settings
 
 DAILY_JOB = "cdr_daily_job"
@@ -73,46 +74,70 @@ def daily_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
 
 
 def prune_definitions(settings: Settings) -> dg.Definitions:
-    """The raw layer's retention: a job that prunes, and its schedule (on only when
-    ``CDR_RAW_RETENTION_DAYS`` is set)."""
-    retention = settings.operations.raw_retention_days
+    """The retentions: a job that prunes the raw layer and clears old days of clear numbers,
+    and its schedule (on only when ``CDR_RAW_RETENTION_DAYS`` or ``CDR_CLEAR_RETENTION_DAYS``
+    is set)."""
+    ops = settings.operations
+    retention, clear = ops.raw_retention_days, ops.clear_retention_days
 
     @dg.op(
         description="Removes the raw bodies of days older than CDR_RAW_RETENTION_DAYS, each day "
-        "under its lease (manifest first); the validated datasets stay."
+        "under its lease (manifest first); the validated datasets stay. Clears days older than "
+        "CDR_CLEAR_RETENTION_DAYS of clear numbers (docs/privacy.md)."
     )
     def prune_raw_layer(
         context: dg.OpExecutionContext, cdr_storage: CdrStorageResource
     ) -> dg.Output:
-        done = prune_raw(cdr_storage.store, cdr_storage.tz, retention, now=datetime.now(UTC))
+        now = datetime.now(UTC)
+        done = prune_raw(cdr_storage.store, cdr_storage.tz, retention, now=now)
         context.log.info(done.said())
+        cleared = clear_old_days(
+            cdr_storage.store,
+            cdr_storage.tz,
+            clear,
+            cdr_storage.pseudonyms,
+            ops.clear_retention,
+            now=now,
+        )
+        if clear:
+            context.log.info(cleared.said())
         return dg.Output(
             None,
             metadata={
                 "removed_days": len(done.removed),
                 "removed_files": sum(done.removed.values()),
                 "days": ", ".join(sorted(done.removed)) or "none",
-                "busy_days": ", ".join(done.busy) or "none",
+                "busy_days": ", ".join(done.busy + cleared.busy) or "none",
+                "cleared_days": ", ".join(cleared.days) or "none",
             },
         )
 
-    @dg.job(name="cdr_prune_raw_job", description="Prunes the raw layer (CDR_RAW_RETENTION_DAYS).")
+    @dg.job(
+        name="cdr_prune_raw_job",
+        description="Prunes the raw layer (CDR_RAW_RETENTION_DAYS) and clears old days of "
+        "clear numbers (CDR_CLEAR_RETENTION_DAYS).",
+    )
     def cdr_prune_raw_job() -> None:
         prune_raw_layer()
+
+    on = bool(retention or clear)
+    said = f"raw days older than {retention or '(forever: off)'} days"
+    if clear:
+        said += f", clear numbers of days older than {clear} days"
 
     @dg.schedule(
         name="cdr_prune_raw_schedule",
         job=cdr_prune_raw_job,
         cron_schedule="10 5 * * *",
         execution_timezone=settings.timezone,
-        default_status=dg.DefaultScheduleStatus.RUNNING
-        if retention
-        else dg.DefaultScheduleStatus.STOPPED,
-        description=f"Prunes raw days older than {retention or '(forever: off)'} days, at 05:10.",
+        default_status=dg.DefaultScheduleStatus.RUNNING if on else dg.DefaultScheduleStatus.STOPPED,
+        description=f"Prunes {said}, at 05:10.",
     )
     def cdr_prune_raw_schedule(context: dg.ScheduleEvaluationContext):
-        if not retention:
-            return dg.SkipReason("CDR_RAW_RETENTION_DAYS is 0: raw bodies are kept forever")
+        if not on:
+            return dg.SkipReason(
+                "CDR_RAW_RETENTION_DAYS and CDR_CLEAR_RETENTION_DAYS are 0: kept forever"
+            )
         return dg.RunRequest(run_key=context.scheduled_execution_time.isoformat())
 
     return dg.Definitions(jobs=[cdr_prune_raw_job], schedules=[cdr_prune_raw_schedule])

@@ -249,6 +249,21 @@ def _start_in_the_future(given: dict[type[pydantic.BaseModel], dict[str, str]]) 
     return [f"CDR_START_DATE={first} is in the future (today is {today} in {zone})"]
 
 
+def _clearing_without_key(given: dict[type[pydantic.BaseModel], dict[str, str]]) -> list[str]:
+    """A rule over two models: clearing old days keeps their shared-zone form, made with the
+    key."""
+    days = given[OperationsSettings].get("clear_retention_days", "0")
+    try:  # (the value's own form is the field rules' to report)
+        if int(days) <= 0 or given[StorageSettings].get("pseudonym_key"):
+            return []
+    except ValueError:
+        return []
+    return [
+        f"CDR_CLEAR_RETENTION_DAYS={days} needs CDR_PSEUDONYM_KEY (and CDR_SHARED_DATA_DIR): a "
+        "cleared day keeps its calls with tokens in place of numbers"
+    ]
+
+
 def _unknown(env: Mapping[str, str]) -> list[str]:
     """A ``CDR_`` variable no setting declares is a typo until shown otherwise: said with the
     nearest declared name (a misspelt CDR_API_URL must not leave the demo's simulator on)."""
@@ -306,6 +321,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     problems = [p for model in MODELS for p in _problems(model, given[model])]
     problems += _unknown(env)
     problems += _start_in_the_future(given)
+    problems += _clearing_without_key(given)
     if problems:
         if len(problems) == 1:
             raise ConfigError(problems[0])

@@ -483,6 +483,23 @@ class OperationsSettings(pydantic.BaseModel):
         ge=0,
         le=36_500,
     )
+    clear_retention_days: int = knob(
+        0,
+        "CDR_CLEAR_RETENTION_DAYS",
+        "days a day keeps its clear numbers in CDR_DATA_DIR (cdr, cdr_rejects, "
+        "caller_risk_daily, the raw bodies); older days are cleared by the prune schedule and "
+        "command (CDR_CLEAR_RETENTION says how); the shared zone and the aggregates stay; "
+        "needs CDR_PSEUDONYM_KEY; 0: forever",
+        ge=0,
+        le=36_500,
+    )
+    clear_retention: Literal["pseudonymise", "remove"] = knob(
+        "pseudonymise",
+        "CDR_CLEAR_RETENTION",
+        "how a day past CDR_CLEAR_RETENTION_DAYS is cleared: pseudonymise (its personal "
+        "datasets replaced in place by their shared-zone form: tokens and masks) or remove "
+        "(those datasets deleted); its raw bodies are removed either way",
+    )
 
     @pydantic.field_validator("freshness_deadline")
     @classmethod
