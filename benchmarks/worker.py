@@ -102,6 +102,22 @@ def ours(root: Store, _limit: int | None) -> int:
     return int(result.accounting["fetched"])
 
 
+def ours_private(root: Store, _limit: int | None) -> int:
+    """The project with a pseudonym key and a shared zone beside the data directory: every
+    dataset also published without a clear number (tokens and masks), in the same
+    transaction; the difference to ``ours`` is what the privacy costs."""
+    from cdr_pipeline.day import build_day
+    from cdr_pipeline.privacy import Pseudonyms
+    from cdr_pipeline.store import open_store
+
+    assert root.local
+    root.shared = open_store(f"{root.url}-shared")
+    result = build_day(root, day(), ZoneInfo(TZ), pseudonyms=Pseudonyms("bench-" + "k" * 32))
+    _timed_part.update(result.timings)
+    _timed_part["rows_out"] = int(result.accounting["valid"])
+    return int(result.accounting["fetched"])
+
+
 def ours_unenriched(root: Store, limit: int | None) -> int:
     """The project with its enrichment (number intelligence, local start) replaced by empty
     columns: the difference to ``ours`` is what the enrichment costs inside the transform."""
@@ -545,6 +561,7 @@ TASKS: dict[str, tuple[Callable[[Store, int | None], int], Callable[[], None] | 
     "ours": (ours, ours_warmup),
     "enrich": (enrich, None),
     "ours_unenriched": (ours_unenriched, ours_warmup),
+    "ours_private": (ours_private, ours_warmup),
     "pandas": (naive_pandas, _warm(naive_pandas)),
     "dlt": (dlt_filesystem, _warm(dlt_filesystem)),
     "dlt_arrow": (dlt_arrow, _warm(dlt_arrow)),

@@ -134,8 +134,8 @@ def write_cdr(
     """``cdr``'s file of the day, staged from the rows; each slice is also handed to
     ``gather`` on a thread of its own (its work is in numpy and Arrow, which release the
     GIL), at most one slice behind, so the aggregates' inputs are complete with the file; and,
-    with ``share``, to the shared zone's writer on a third thread, two slices behind at most."""
-    queue: Queue = Queue(maxsize=2)
+    with ``share``, to the shared zone's writer on a third thread, a slice behind at most."""
+    queue: Queue = Queue(maxsize=1)
 
     def shared_rows() -> Iterator[pa.Table]:
         while (part := queue.get()) is not _END:

@@ -87,11 +87,13 @@ def _fixed(texts: pa.Array, width: int, pad: str) -> np.ndarray:
     return data.reshape(len(texts), width)
 
 
-def _strings(chars: bytes, width: int, valid: pa.Array) -> pa.Array:
+def _strings(chars: bytes, width: int, valid: np.ndarray) -> pa.Array:
+    """Strings of one ``width`` from their bytes end to end; null where not ``valid``."""
     n = len(valid)
     offsets = np.arange(0, width * n + 1, width, dtype=np.int32)
-    out = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(chars)])
-    return pc.if_else(valid, out, pa.scalar(None, pa.string()))
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    buffers = [bitmap, pa.py_buffer(offsets), pa.py_buffer(chars)]
+    return pa.Array.from_buffers(pa.string(), n, buffers, null_count=int(n - valid.sum()))
 
 
 class Pseudonyms:
@@ -152,8 +154,7 @@ class Pseudonyms:
             mac[i, :TOKEN_BYTES] = np.frombuffer(
                 hmac.digest(self._key or b"", text, "sha256")[:TOKEN_BYTES], np.uint8
             )
-        valid = pc.not_equal(forms, "")
-        return _strings(_hex(mac), 2 * TOKEN_BYTES, valid)
+        return _strings(_hex(mac), 2 * TOKEN_BYTES, lengths > 0)
 
     def _one(self, number: str) -> str | None:
         return self.tokens(pa.array([canonical(number, self.region)]))[0].as_py()

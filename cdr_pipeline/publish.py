@@ -46,6 +46,10 @@ HIGH_CARDINALITY = frozenset(
         "order_id",
         "raw",
         "detail",
+        # the shared zone's tokens (privacy.py); its masked numbers repeat enough that a
+        # dictionary pays (docs/performance.md, "Pseudonyms and the shared zone")
+        "src_token",
+        "dst_token",
     }
 )
 ROW_GROUP_ROWS = 1 << 16
