@@ -10,21 +10,24 @@ re-written without them and still re-validatable, and says how many in the day's
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, decode_body
 from cdr_pipeline.layout import ERASURES_KEY, StorageError
-from cdr_pipeline.privacy import Pseudonyms, canonical_column
+from cdr_pipeline.privacy import Pseudonyms, canonical, canonical_column
 from cdr_pipeline.publish import DayTransaction, read_day_table, read_state
 from cdr_pipeline.raw import body_name, read_raw_body, read_raw_manifest, write_raw_day
 from cdr_pipeline.store import Store
@@ -251,10 +254,30 @@ def erase_cleared(store: Store, day: str, tokens: frozenset[str], p: Pseudonyms)
     return removed
 
 
-def erase_raw(store: Store, day: str, tokens: frozenset[str], p: Pseudonyms) -> int:
+_SEPARATOR = rb"(?:[ ()\-]|\\t)*"  # what normalise() removes, as JSON text spells it
+
+
+def number_pattern(number: str, region: str = "CN") -> re.Pattern[bytes]:
+    """What any spelling of ``number`` has in a page's JSON text: the digits of its national
+    significant number (of its text, when it is no possible number) in order, with only the
+    contract's separators between them. A page without it holds no record of the number."""
+    form = canonical(number, region)
+    digits = re.sub(r"\D", "", form)
+    if form.startswith("+"):
+        with contextlib.suppress(phonenumbers.NumberParseException):
+            digits = phonenumbers.national_significant_number(phonenumbers.parse(form)) or digits
+    if not digits:
+        return re.compile(re.escape(json.dumps(form, ensure_ascii=False)[1:-1].encode()))
+    return re.compile(_SEPARATOR.join(re.escape(d.encode()) for d in digits))
+
+
+def erase_raw(
+    store: Store, day: str, tokens: frozenset[str], p: Pseudonyms, needle: re.Pattern[bytes]
+) -> int:
     """Re-write ``day``'s raw bodies without the records of ``tokens``; the count removed.
-    A page is rewritten only when it holds one; the manifest's ``totals.erased`` keeps the
-    count, so the day's accounting still balances against what was fetched."""
+    Only a page whose text has ``needle`` (:func:`number_pattern`) is parsed, and rewritten
+    when it holds such a record; the manifest's ``totals.erased`` keeps the count, so the
+    day's accounting still balances against what was fetched."""
     try:
         manifest = read_raw_manifest(store, day)
     except StorageError:
@@ -264,6 +287,9 @@ def erase_raw(store: Store, day: str, tokens: frozenset[str], p: Pseudonyms) -> 
     for entry in manifest["requests"]:
         body = read_raw_body(store, day, entry)
         text, encoding = decode_body(body, max_bytes=max_bytes)
+        if not needle.search(text):
+            bodies.append((body, encoding))
+            continue
         try:
             page = json.loads(text)
         except (ValueError, RecursionError):  # kept whole: every build still drops them

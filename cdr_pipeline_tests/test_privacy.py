@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 
 from cdr_pipeline import cli
+from cdr_pipeline.erasure import number_pattern
 from cdr_pipeline.layout import StorageError
 from cdr_pipeline.privacy import Pseudonyms, canonical, canonical_column, mask, mask_column
 from cdr_pipeline.publish import DayTransaction, recover_day
@@ -398,3 +399,12 @@ def test_retention_clears_exactly_the_old_days_and_erasure_still_reaches_them(
     assert cli.main(["prune", "--clear-days", "1", "--dry-run"]) == 0
     said = capsys.readouterr().out
     assert f"would have cleared 1 day(s) of clear numbers ({days[2]} to {days[2]})" in said
+
+
+def test_a_page_holding_any_spelling_of_a_number_is_found_by_its_pattern():
+    """erase parses only the raw pages this pattern finds: every spelling must be found."""
+    pattern = number_pattern("+86 136-3123-4568")
+    for spelled in ("13631234568", "+86 136-3123-4568", "008613631234568", "(136) 3123\t4568"):
+        page = json.dumps({"cdr": [{"src": spelled, "dst": "10086"}]}).encode()
+        assert pattern.search(page), spelled
+    assert not pattern.search(json.dumps({"cdr": [{"src": "13631234569"}]}).encode())

@@ -46,6 +46,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     except ValueError:
         raise SystemExit("give the number to erase (it is empty)") from None
     store, tokens = settings.store, frozenset({token})
+    needle = erasure.number_pattern(args.number, p.region)
     shown = p.shown(args.number)
     found = erasure.find(store, _published(store, start, end), tokens, p)
     rows = [(f.day, f.calls, f.rejects) for f in found]
@@ -68,7 +69,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
             if f.cleared:  # no raw bodies left to re-build from: erased in place
                 removed[f.day] = erasure.erase_cleared(store, f.day, tokens, p)
             else:
-                erasure.erase_raw(store, f.day, tokens, p)
+                erasure.erase_raw(store, f.day, tokens, p, needle)
     local_home(settings.uses_simulator)
     job = defs().resolve_job_def(REBUILD_JOB)
     run_config = {
