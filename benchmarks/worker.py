@@ -118,6 +118,42 @@ def ours_private(root: Store, _limit: int | None) -> int:
     return int(result.accounting["fetched"])
 
 
+def erase(root: Store, _limit: int | None) -> int:
+    """Erasing the day's busiest caller, as ``cdr-pipeline erase`` does it, on a copy of the
+    day with a shared zone (built first, untimed): finding the day, re-writing its raw
+    bodies and re-building it from its published version."""
+    import collections
+
+    from cdr_pipeline import erasure
+    from cdr_pipeline.day import build_day
+    from cdr_pipeline.privacy import Pseudonyms
+
+    assert root.local
+    p = Pseudonyms("bench-" + "k" * 32)
+    tz, the_day = ZoneInfo(TZ), day()
+    with tempfile.TemporaryDirectory(dir=Path(root.url).parent) as tmp:
+        shutil.copytree(Path(root.url) / "raw", Path(tmp) / "data" / "raw")
+        store = open_store(Path(tmp) / "data")
+        store.shared = open_store(Path(tmp) / "shared")
+        build_day(store, the_day, tz, pseudonyms=p)
+        cdr = publish.read_day_table(store, "cdr", DAY, columns=["src_e164"])
+        number = collections.Counter(cdr.column("src_e164").to_pylist()).most_common(2)
+        number = next(n for n, _ in number if n)
+        tokens = frozenset({p.token(number)})
+        start, cpu = time.perf_counter(), time.process_time()
+        [found] = erasure.find(store, [DAY], number, tokens, p)
+        erasure.record(store, p.token(number), p.key_id, None, None)
+        erasure.erase_raw(store, the_day, tz, tokens, p, erasure.needle_of(number))
+        built = build_day(store, the_day, tz, pseudonyms=p, reuse=True)
+        _timed_part["seconds"] = time.perf_counter() - start
+        _timed_part["cpu_s"] = time.process_time() - cpu
+        if not built.from_published:
+            raise SystemExit(f"the erase re-built from raw: {built.reuse_refused}")
+        _timed_part["rows_out"] = found.calls
+        _timed_part.update(built.timings)
+    return int(built.accounting["fetched"])
+
+
 def ours_unenriched(root: Store, limit: int | None) -> int:
     """The project with its enrichment (number intelligence, local start) replaced by empty
     columns: the difference to ``ours`` is what the enrichment costs inside the transform."""
@@ -562,6 +598,7 @@ TASKS: dict[str, tuple[Callable[[Store, int | None], int], Callable[[], None] | 
     "enrich": (enrich, None),
     "ours_unenriched": (ours_unenriched, ours_warmup),
     "ours_private": (ours_private, ours_warmup),
+    "erase": (erase, None),
     "pandas": (naive_pandas, _warm(naive_pandas)),
     "dlt": (dlt_filesystem, _warm(dlt_filesystem)),
     "dlt_arrow": (dlt_arrow, _warm(dlt_arrow)),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,8 +33,21 @@ from cdr_pipeline.datasets import DATASETS, Dataset, queries
 from cdr_pipeline.erasure import Eraser, tokens_for
 from cdr_pipeline.layout import SPILL_KEY, Day, StorageError
 from cdr_pipeline.privacy import CLEAR, Pseudonyms, share
-from cdr_pipeline.publish import DayTransaction, shrink_guard
-from cdr_pipeline.raw import Page, decoded_batches, manifest_source, read_raw_manifest
+from cdr_pipeline.publish import DayTransaction, read_state, shrink_guard
+from cdr_pipeline.raw import (
+    Page,
+    decoded_batches,
+    manifest_digest,
+    manifest_source,
+    read_raw_manifest,
+)
+from cdr_pipeline.rebuild import (
+    FromPublished,
+    NotReusable,
+    built_by,
+    by_reason_of,
+    reuse_refusal,
+)
 from cdr_pipeline.settings import AnalyticsSettings
 from cdr_pipeline.store import Store
 from cdr_pipeline.transform.analytics import DayAnalytics
@@ -64,6 +77,8 @@ class BuiltDay:
     # aggregates (within the latter); each also as the process's CPU seconds (``*_cpu_s``,
     # every thread): over the wall time, the cores kept busy
     timings: dict[str, float]
+    from_published: bool = False  # re-used after an erasure, not read from the raw layer
+    reuse_refused: str | None = None  # why not, when it was asked to
 
 
 # --- 1. read --------------------------------------------------------------------------------
@@ -278,15 +293,52 @@ def _erased(
     gone = accounting["rejected"] - len(rejects)
     by_reason = accounting["rejects_by_reason"]
     if gone:  # only a day an erasure covers counts its rejects again
-        left = Counter(rejects.column("reason").to_pylist())
-        by_reason = {r: left[r] for r in by_reason if left[r]}
+        by_reason = by_reason_of(rejects)
     return accounting | {
         "fetched": accounting["fetched"] + from_raw,
         "valid": accounting["valid"] - calls,
         "rejected": len(rejects),
         "rejects_by_reason": by_reason,
         "erased": from_raw + calls + gone,
+        "raw_records": manifest["totals"]["records"],
     }
+
+
+class FromRaw:
+    """The day's rows as the raw layer gives them: read, de-duplicated and enriched."""
+
+    def __init__(
+        self,
+        store: Store,
+        day: Day,
+        tz: ZoneInfo,
+        manifest: dict[str, Any],
+        scratch: Path,
+        enricher: Enricher,
+    ) -> None:
+        self.store, self.day, self.tz, self.manifest = store, day, tz, manifest
+        self.enricher = enricher
+        self.origin, self.fetch = manifest_source(manifest), manifest["totals"]
+        self.expected = manifest["totals"]["records"]
+        self.builder = DayBuilder(
+            day.start, day.end, tz, expected_records=self.expected, spill_dir=scratch
+        )
+
+    def rows(self) -> Iterator[pa.Table]:
+        pages = decoded_batches(self.store, self.day.key, self.manifest)
+        deduplicate(read(pages, self.tz), self.builder)
+        return enrich(self.builder.iter_cdr(), self.enricher)
+
+    @property
+    def spills(self) -> bool:
+        return self.builder.spill_folder is not None
+
+    def finish(self, eraser: Eraser) -> tuple[pa.Table, dict[str, Any]]:
+        rejects = eraser.rejects(self.builder.rejects_table())
+        return rejects, _erased(self.builder.accounting(), eraser.dropped, rejects, self.manifest)
+
+    def close(self) -> None:
+        self.builder.close()
 
 
 class _Clock:
@@ -301,6 +353,29 @@ class _Clock:
         self.wall, self.cpu = wall, cpu
 
 
+def _published_record(store: Store, day: str) -> dict[str, Any] | None:
+    try:
+        return read_state(store, "validation", day)
+    except StorageError:
+        return None
+
+
+Source = FromRaw | FromPublished
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a build of a day is asked to do, whichever layer its rows come from."""
+
+    store: Store
+    day: Day
+    tz: ZoneInfo
+    settings: AnalyticsSettings
+    registry: tuple[Dataset, ...]
+    pseudonyms: Pseudonyms
+    max_shrink: float | None
+
+
 def build_day(
     store: Store,
     day: Day,
@@ -310,56 +385,100 @@ def build_day(
     analytics: AnalyticsSettings | None = None,
     registry: tuple[Dataset, ...] = DATASETS,
     pseudonyms: Pseudonyms = CLEAR,
+    reuse: bool = False,
 ) -> BuiltDay:
     """The raw layer of ``day`` to every dataset of ``registry``, published as one version
-    (unless :func:`shrink_guard` refuses it), and to the shared zone when there is one."""
+    (unless :func:`shrink_guard` refuses it), and to the shared zone when there is one.
+    ``reuse``: build from the published version where it can stand in for the raw layer
+    (after an erasure: the same rows but the erased ones; the same files a build from the
+    raw layer makes, in a fraction of the time), else from the raw layer."""
     settings = analytics or AnalyticsSettings()
     memory.setup()
     if store.shared is not None and not pseudonyms.enabled:
         raise StorageError("the shared zone needs CDR_PSEUDONYM_KEY to make its tokens")
-    manifest = read_raw_manifest(store, day.key)
-    expected = manifest["totals"]["records"]
-    eraser = Eraser(tokens_for(store, day.key, pseudonyms), pseudonyms)
+    job = _Job(store, day, tz, settings, registry, pseudonyms, max_shrink)
+    try:
+        manifest, digest = read_raw_manifest(store, day.key), manifest_digest(store, day.key)
+    except StorageError:
+        if not reuse:
+            raise
+        manifest = digest = None  # pruned: the published day may be all there is
+    facts = {"built": built_by(tz, settings.default_region), "raw": digest}
+    why = None
+    if reuse:
+        record = _published_record(store, day.key)
+        why = reuse_refusal(record, manifest, digest, facts["built"])
+        if why is None:
+            assert record is not None
+            if manifest is None:  # its rows stay as they were built
+                facts = {"built": record.get("built"), "raw": record.get("raw")}
+            try:
+                published = FromPublished(store, day, manifest, record, digest)
+                return _build(job, lambda _scratch: published, facts)
+            except NotReusable as exc:
+                why = str(exc)
+        if manifest is None:
+            raise StorageError(f"no raw CDRs for {day.key}, and no published day to use: {why}")
+    assert manifest is not None
+
+    def from_raw(scratch: Path) -> FromRaw:
+        enricher = Enricher(tz, settings.default_region, grouping=settings.number_grouping)
+        return FromRaw(store, day, tz, manifest, scratch, enricher)
+
+    built = _build(job, from_raw, facts)
+    built.reuse_refused = why
+    return built
+
+
+def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]) -> BuiltDay:
+    """The day's datasets from ``source_in``'s rows (given the day's scratch folder)."""
+    store, day, settings = job.store, job.day, job.settings
+    eraser = Eraser(tokens_for(store, day.key, job.pseudonyms), job.pseudonyms)
 
     def shared(table: pa.Table, name: str = "cdr") -> pa.Table:
-        return share(table, name, pseudonyms)
+        return share(table, name, job.pseudonyms)
 
     sharing = shared if store.shared is not None else None
     timings: dict[str, float] = {}
     clock = _Clock()
     with day_scratch(store, day.key) as scratch, DayTransaction(store, day.key) as txn:
-        builder = DayBuilder(day.start, day.end, tz, expected_records=expected, spill_dir=scratch)
+        source = source_in(scratch)
         try:
-            deduplicate(read(decoded_batches(store, day.key, manifest), tz), builder)
+            rows = source.rows()
             clock.lap("read_check", timings)
             after_read = _Clock()
-            spills = builder.spill_folder is not None
-            gathered = Gathered(day, tz, settings, scratch, expected_rows=expected, spills=spills)
-            enricher = Enricher(tz, settings.default_region, grouping=settings.number_grouping)
-            rows = map(eraser, enrich(builder.iter_cdr(), enricher))
-            write_cdr(txn, rows, gathered.add, sharing)
-            rejects = eraser.rejects(builder.rejects_table())
-            accounting = _erased(builder.accounting(), eraser.dropped, rejects, manifest)
-            accounting["raw_records"] = expected
+            gathered = Gathered(
+                day, job.tz, settings, scratch, expected_rows=source.expected, spills=source.spills
+            )
+            write_cdr(txn, map(eraser, rows), gathered.add, sharing)
+            rejects, accounting = source.finish(eraser)
             clock = _Clock()  # the aggregates' lap starts here
-            tables = aggregate(gathered, accounting, rejects, registry, settings)
+            tables = aggregate(gathered, accounting, rejects, job.registry, settings)
             clock.lap("analytics", timings)
-            source = manifest_source(manifest)
             record = {
                 "date": day.key,
-                "source": source,
-                "fetch": manifest["totals"],
+                "source": source.origin,
+                "fetch": source.fetch,
                 "accounting": accounting,
+                **facts,
             }
             valid = accounting["valid"]
             paths = publish(
                 txn,
                 tables,
                 record,
-                lambda: shrink_guard(store, day.key, valid, max_shrink),
+                lambda: shrink_guard(store, day.key, valid, job.max_shrink),
                 sharing,
             )
         finally:
-            builder.close()
+            source.close()
         after_read.lap("dedup_sort_write", timings)
-    return BuiltDay(accounting, source, tables, paths, txn.shared_paths, timings)
+    return BuiltDay(
+        accounting,
+        source.origin,
+        tables,
+        paths,
+        txn.shared_paths,
+        timings,
+        from_published=isinstance(source, FromPublished),
+    )

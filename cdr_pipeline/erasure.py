@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import phonenumbers
 import pyarrow as pa
@@ -26,11 +27,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, decode_body
-from cdr_pipeline.layout import ERASURES_KEY, StorageError
+from cdr_pipeline.layout import ERASURES_KEY, Day, StorageError
 from cdr_pipeline.privacy import Pseudonyms, canonical, canonical_column
 from cdr_pipeline.publish import DayTransaction, read_day_table, read_state
-from cdr_pipeline.raw import body_name, read_raw_body, read_raw_manifest, write_raw_day
+from cdr_pipeline.raw import (
+    Page,
+    body_name,
+    manifest_digest,
+    read_raw_body,
+    read_raw_manifest,
+    write_raw_day,
+)
 from cdr_pipeline.store import Store
+from cdr_pipeline.transform.dedup import DayBuilder
+from cdr_pipeline.transform.read import parse_pages
 
 ERASURES_SCHEMA = pa.schema(
     [
@@ -119,35 +129,53 @@ def tokens_for(store: Store, day: str, pseudonyms: Pseudonyms) -> frozenset[str]
 
 
 def _tokens_of(numbers: pa.Array, e164: pa.Array | None, p: Pseudonyms) -> pa.Array:
-    return p.tokens(canonical_column(numbers, e164, p.region))
+    """Each row's token, each distinct number's made once (a day's numbers repeat)."""
+    forms = canonical_column(numbers, e164, p.region)
+    if isinstance(forms, pa.ChunkedArray):
+        forms = forms.combine_chunks()
+    distinct = forms.dictionary_encode()
+    return p.tokens(distinct.dictionary).take(distinct.indices)
 
 
-def erased_rows(part: pa.Table, tokens: frozenset[str], p: Pseudonyms) -> pa.Array:
+def erased_rows(
+    part: pa.Table, tokens: frozenset[str], p: Pseudonyms, form: str | None = None
+) -> pa.Array:
     """Which rows a caller or callee of ``tokens`` made (a boolean mask), by the numbers of
-    ``cdr`` or ``caller_risk_daily``, or by their tokens where a day was cleared of them."""
+    ``cdr`` or ``caller_risk_daily``, or by their tokens where a day was cleared of them.
+    ``form``: the number's canonical form, when it is known (the erase command's), compared
+    as it is, without the key's work."""
     wanted = pa.array(sorted(tokens), pa.string())
     names = set(part.column_names)
     hit = pa.nulls(len(part), pa.bool_())
     for c in ("src", "dst"):
         if f"{c}_token" in names:
-            found = part.column(f"{c}_token")
+            found = pc.is_in(part.column(f"{c}_token"), value_set=wanted)
         elif c in names:
             e164 = part.column(f"{c}_e164") if f"{c}_e164" in names else None
-            found = _tokens_of(part.column(c), e164, p)
+            if form is not None:
+                found = pc.equal(canonical_column(part.column(c), e164, p.region), form)
+            else:
+                found = pc.is_in(_tokens_of(part.column(c), e164, p), value_set=wanted)
         else:
             continue
-        hit = pc.or_kleene(hit, pc.is_in(found, value_set=wanted))
+        hit = pc.or_kleene(hit, found)
     return pc.fill_null(hit, False)
 
 
-def _matches(rec: Any, tokens: frozenset[str], p: Pseudonyms) -> bool:
+def _matches(rec: Any, tokens: frozenset[str], p: Pseudonyms, needle: Needle | None = None) -> bool:
+    """Whether a record's caller or callee has one of ``tokens``; with ``needle``
+    (:func:`needle_of`), only a number whose text has it is tokenised."""
     if not isinstance(rec, dict):
         return False
     for field in ("src", "dst"):
         value = rec.get(field)
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
-        if isinstance(value, str) and value.strip() and p.token(value) in tokens:
+        if not isinstance(value, str) or not value.strip():
+            continue
+        if needle is not None and not needle.in_value(value):
+            continue
+        if p.token(value) in tokens:
             return True
     return False
 
@@ -164,8 +192,7 @@ def erased_rejects(rejects: pa.Table, tokens: frozenset[str], p: Pseudonyms) -> 
     return pa.array(found, pa.bool_())
 
 
-def _encoded(text: str, encoding: str) -> bytes:
-    data = text.encode()
+def _encoded(data: bytes, encoding: str) -> bytes:
     if encoding == "zlib":
         return zlib.compress(data)
     return gzip.compress(data, mtime=0) if encoding == "gzip" else data
@@ -206,9 +233,12 @@ class Found:
 _NUMBERS = ["src", "dst", "src_e164", "dst_e164"]
 
 
-def find(store: Store, days: Iterable[str], tokens: frozenset[str], p: Pseudonyms) -> list[Found]:
-    """The published days that hold a record of ``tokens`` (the dry run; and which days an
-    erasure rebuilds)."""
+def find(
+    store: Store, days: Iterable[str], number: str, tokens: frozenset[str], p: Pseudonyms
+) -> list[Found]:
+    """The published days that hold a record of ``number`` (whose token is in ``tokens``):
+    the dry run; and which days an erasure rebuilds."""
+    form = canonical(number, p.region)
     out = []
     for day in days:
         try:
@@ -220,7 +250,7 @@ def find(store: Store, days: Iterable[str], tokens: frozenset[str], p: Pseudonym
             except (StorageError, pa.ArrowInvalid):  # none at all: removed
                 continue
             rejects = None
-        calls = pc.sum(erased_rows(cdr, tokens, p)).as_py() or 0
+        calls = pc.sum(erased_rows(cdr, tokens, p, form)).as_py() or 0
         bad = 0 if rejects is None else pc.sum(erased_rejects(rejects, tokens, p)).as_py() or 0
         if calls or bad:
             out.append(Found(day, calls, bad, cleared=rejects is None))
@@ -254,65 +284,130 @@ def erase_cleared(store: Store, day: str, tokens: frozenset[str], p: Pseudonyms)
     return removed
 
 
-_SEPARATOR = rb"(?:[ ()\-]|\\t)*"  # what normalise() removes, as JSON text spells it
+_DROPPED = str.maketrans("", "", " \t-()")  # what normalise() removes
 
 
-def number_pattern(number: str, region: str = "CN") -> re.Pattern[bytes]:
-    """What any spelling of ``number`` has in a page's JSON text: the digits of its national
-    significant number (of its text, when it is no possible number) in order, with only the
-    contract's separators between them. A page without it holds no record of the number."""
+@dataclass(frozen=True)
+class Needle:
+    """What any spelling of a number leaves once the separators :func:`normalise` removes are
+    gone: the digits of its national significant number, in order (its text, when it has no
+    digit). A page or a value without it holds no record of the number; the test is a
+    deletion and a substring search, quicker than a regular expression (the erase figures of
+    docs/performance.md)."""
+
+    text: str
+
+    def in_value(self, value: str) -> bool:
+        return self.text in value.translate(_DROPPED)
+
+    def in_page(self, page: bytes) -> bool:
+        """``page``'s JSON text, where a separator may be escaped (``\\t``, deleted here as
+        its two characters: a deletion only joins digits, so no spelling is missed) and a
+        page with an escaped ASCII character (``\\u00..``, maybe a digit) is parsed."""
+        drop = b" -()"
+        if b"\\" in page:  # rare, and found at memchr's speed
+            if b"\\u00" in page:
+                return True
+            drop += b"\\t"
+        bare = page.translate(None, drop)
+        return any(t.translate(None, drop) in bare for t in self._spellings)
+
+    @property
+    def _spellings(self) -> set[bytes]:
+        return {json.dumps(self.text, ensure_ascii=a)[1:-1].encode() for a in (False, True)}
+
+
+def needle_of(number: str, region: str = "CN") -> Needle:
     form = canonical(number, region)
     digits = re.sub(r"\D", "", form)
     if form.startswith("+"):
         with contextlib.suppress(phonenumbers.NumberParseException):
             digits = phonenumbers.national_significant_number(phonenumbers.parse(form)) or digits
-    if not digits:
-        return re.compile(re.escape(json.dumps(form, ensure_ascii=False)[1:-1].encode()))
-    return re.compile(_SEPARATOR.join(re.escape(d.encode()) for d in digits))
+    return Needle(digits or form)
+
+
+# What the records an erasure took out of the raw bodies were, had they stayed: a build that
+# re-uses the published day (day.py) moves them to ``erased`` without reading the raw layer.
+REMOVED_BUCKETS = (
+    "valid",
+    "rejected",
+    "duplicates_dropped",
+    "overlap_copies",
+    "outside_day",
+    "duplicates_exact",
+    "duplicates_conflicting",
+)
+
+
+def _classified(pages: list[Page], day: Day, tz: ZoneInfo) -> dict[str, int]:
+    """The accounting of the removed records alone, by the day's own rules: every copy of a
+    record holds the same number, so it is their share of the day's accounting (unless a
+    call's versions disagree on it, when day.py reads the raw layer again)."""
+    builder = DayBuilder(day.start, day.end, tz)
+    try:
+        if pages:
+            builder.add_parsed(pages, parse_pages(pages, tz.key))
+        accounting = builder.accounting()
+    finally:
+        builder.close()
+    return {b: accounting[b] for b in REMOVED_BUCKETS}
 
 
 def erase_raw(
-    store: Store, day: str, tokens: frozenset[str], p: Pseudonyms, needle: re.Pattern[bytes]
+    store: Store, day: Day, tz: ZoneInfo, tokens: frozenset[str], p: Pseudonyms, needle: Needle
 ) -> int:
     """Re-write ``day``'s raw bodies without the records of ``tokens``; the count removed.
-    Only a page whose text has ``needle`` (:func:`number_pattern`) is parsed, and rewritten
+    Only a page whose text may hold ``needle`` (:func:`needle_of`) is parsed, and rewritten
     when it holds such a record; the manifest's ``totals.erased`` keeps the count, so the
-    day's accounting still balances against what was fetched."""
+    day's accounting still balances against what was fetched, and its ``erasure`` says which
+    version it changed, what the records were and which bodies were renamed."""
     try:
-        manifest = read_raw_manifest(store, day)
-    except StorageError:
+        manifest = read_raw_manifest(store, day.key)
+        before = manifest_digest(store, day.key)
+    except (StorageError, FileNotFoundError):
         return 0  # pruned: the datasets alone hold the day
-    bodies, removed = [], 0
+    bodies, gone, renamed, count = [], [], {}, 0
     max_bytes = manifest.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
     for entry in manifest["requests"]:
-        body = read_raw_body(store, day, entry)
+        body = read_raw_body(store, day.key, entry)
         text, encoding = decode_body(body, max_bytes=max_bytes)
-        if not needle.search(text):
-            bodies.append((body, encoding))
-            continue
-        try:
-            page = json.loads(text)
-        except (ValueError, RecursionError):  # kept whole: every build still drops them
-            bodies.append((body, encoding))
-            continue
-        records = page.get("cdr") if isinstance(page, dict) else None
-        kept = (
-            [r for r in records if not _matches(r, tokens, p)]
-            if isinstance(records, list)
-            else None
-        )
-        if kept is None or len(kept) == len(records):
-            bodies.append((body, encoding))
-            continue
-        removed += len(records) - len(kept)
-        page["cdr"] = kept
-        body = _encoded(json.dumps(page, ensure_ascii=False, separators=(",", ":")), encoding)
-        name, digest = body_name(body, encoding)
-        entry.update(file=name, sha256=digest, bytes=len(body), records=len(kept))
         bodies.append((body, encoding))
-    if removed:
-        totals = manifest["totals"]
-        totals["records"] -= removed
-        totals["erased"] = totals.get("erased", 0) + removed
-        write_raw_day(store, day, bodies, manifest)
-    return removed
+        page = _page(text) if needle.in_page(text) else None
+        if page is None:  # no record of it; or kept whole: every build still drops them
+            continue
+        records = page["cdr"]
+        kept = [r for r in records if not _matches(r, tokens, p, needle)]
+        if len(kept) == len(records):
+            continue
+        removed = [r for r in records if _matches(r, tokens, p, needle)]
+        count += len(removed)
+        gone.append((_dumps(page | {"cdr": removed}), entry["file"], entry["window"]))
+        body = _encoded(_dumps(page | {"cdr": kept}), encoding)
+        name, digest = body_name(body, encoding)
+        renamed[entry["file"]] = name
+        entry.update(file=name, sha256=digest, bytes=len(body), records=len(kept))
+        bodies[-1] = (body, encoding)
+    if not gone:
+        return 0
+    totals = manifest["totals"]
+    totals["records"] -= count
+    totals["erased"] = totals.get("erased", 0) + count
+    manifest["erasure"] = {
+        "from": before,
+        "removed": _classified(gone, day, tz),
+        "renamed": renamed,
+    }
+    write_raw_day(store, day.key, bodies, manifest)
+    return count
+
+
+def _page(text: bytes) -> dict[str, Any] | None:
+    try:
+        page = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return page if isinstance(page, dict) and isinstance(page.get("cdr"), list) else None
+
+
+def _dumps(page: dict[str, Any]) -> bytes:
+    return json.dumps(page, ensure_ascii=False, separators=(",", ":")).encode()

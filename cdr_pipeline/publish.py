@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -240,6 +240,14 @@ def read_day_table(
 ) -> pa.Table:
     with _open_part(store, dataset, day) as source:
         return pq.read_table(source, columns=columns)
+
+
+def day_row_groups(store: Store, dataset: str, day: str) -> Iterator[pa.Table]:
+    """A day's file a row group at a time, so memory holds one."""
+    with _open_part(store, dataset, day) as source:
+        parquet = pq.ParquetFile(source)
+        for group in range(parquet.num_row_groups):
+            yield parquet.read_row_group(group)
 
 
 def day_rows(store: Store, dataset: str, day: str) -> int:

@@ -232,6 +232,12 @@ def read_raw_manifest(store: Store, day: str) -> dict:
         ) from None
 
 
+def manifest_digest(store: Store, day: str) -> str:
+    """The sha256 of the day's manifest as stored: which version of the raw layer a build
+    read (an erasure names the version it changed)."""
+    return hashlib.sha256(store.read_bytes(manifest_key(day))).hexdigest()
+
+
 def read_raw_body(store: Store, day: str, entry: dict) -> bytes:
     """One body the manifest lists, checked against its sha256 (thread-safe)."""
     name = entry["file"]

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 
 from cdr_pipeline import cli
-from cdr_pipeline.erasure import number_pattern
+from cdr_pipeline.erasure import needle_of
 from cdr_pipeline.layout import StorageError
 from cdr_pipeline.privacy import Pseudonyms, canonical, canonical_column, mask, mask_column
 from cdr_pipeline.publish import DayTransaction, recover_day
@@ -401,10 +401,20 @@ def test_retention_clears_exactly_the_old_days_and_erasure_still_reaches_them(
     assert f"would have cleared 1 day(s) of clear numbers ({days[2]} to {days[2]})" in said
 
 
-def test_a_page_holding_any_spelling_of_a_number_is_found_by_its_pattern():
-    """erase parses only the raw pages this pattern finds: every spelling must be found."""
-    pattern = number_pattern("+86 136-3123-4568")
-    for spelled in ("13631234568", "+86 136-3123-4568", "008613631234568", "(136) 3123\t4568"):
-        page = json.dumps({"cdr": [{"src": spelled, "dst": "10086"}]}).encode()
-        assert pattern.search(page), spelled
-    assert not pattern.search(json.dumps({"cdr": [{"src": "13631234569"}]}).encode())
+def test_a_page_holding_any_spelling_of_a_number_is_found_by_its_needle():
+    """erase parses only the raw pages (and tokenises only the values) its needle finds:
+    every spelling must be found, however the page's JSON escapes it."""
+    needle = needle_of("+86 136-3123-4568")
+    spellings = ("13631234568", "+86 136-3123-4568", "008613631234568", "(136) 3123\t4568")
+    for spelled in spellings:
+        assert needle.in_value(spelled), spelled
+        for ascii_only in (False, True):
+            page = json.dumps({"cdr": [{"src": spelled, "dst": "10086"}]}, ensure_ascii=ascii_only)
+            assert needle.in_page(page.encode()), spelled
+            escaped = page.replace("3", "\\u0033", 1)  # a digit of the number, escaped
+            assert json.loads(escaped) == json.loads(page)
+            assert needle.in_page(escaped.encode()), spelled
+    assert not needle.in_value("13631234569")
+    assert not needle.in_page(json.dumps({"cdr": [{"src": "13631234569"}]}).encode())
+    assert needle_of("anonymous").in_page(b'{"src":"anon ymous"}')
+    assert needle_of("张三").in_page(json.dumps({"src": "张三"}).encode())

@@ -1,0 +1,134 @@
+"""A day re-built from its published version, for a build after an erasure: its rows are
+those of the published ``cdr`` less the erased ones, and its accounting moves what the raw
+layer lost to ``erased`` (the manifest's ``erasure``, :func:`cdr_pipeline.erasure.erase_raw`),
+so it publishes the files a build from the raw layer would, without reading the raw layer.
+:func:`reuse_refusal` says when the published day can stand in for it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import phonenumbers
+import pyarrow as pa
+
+from cdr_pipeline.erasure import REMOVED_BUCKETS, Eraser
+from cdr_pipeline.layout import Day, StorageError
+from cdr_pipeline.publish import day_row_groups, read_day_table
+from cdr_pipeline.raw import manifest_source
+from cdr_pipeline.store import Store
+from cdr_pipeline.transform import TRANSFORM_VERSION
+from cdr_pipeline.transform.dedup import SPILL_ABOVE_ROWS
+from cdr_pipeline.transform.validate import REJECT_REASONS
+
+
+def by_reason_of(rejects: pa.Table) -> dict[str, int]:
+    left = Counter(rejects.column("reason").to_pylist())
+    return {r: left[r] for r in REJECT_REASONS if left[r]}
+
+
+class NotReusable(StorageError):
+    """The published day cannot stand in for its raw layer (why, in the message)."""
+
+
+def built_by(tz: ZoneInfo, default_region: str) -> dict[str, str]:
+    """What a day's rows depend on beside its raw layer: a published day built by the same
+    may be re-used for an erasure instead of its raw layer."""
+    return {
+        "transform": TRANSFORM_VERSION,
+        "timezone": tz.key,
+        "default_region": default_region,
+        "phonenumbers": phonenumbers.__version__,
+    }
+
+
+def reuse_refusal(
+    record: dict[str, Any] | None,
+    manifest: dict[str, Any] | None,
+    digest: str | None,
+    built: dict[str, str],
+) -> str | None:
+    """Why the published day (its validation ``record``) cannot stand in for the raw layer
+    (``manifest``, whose stored bytes have ``digest``) in a build; ``None`` when it can: it
+    was built by the same code and settings from this raw layer, or from the one the last
+    erasure changed, and no call's versions disagree (an erasure could then let another
+    version of a call through, which only the raw layer has); or the raw layer was pruned
+    (``manifest`` is None), and the published day is all there is."""
+    if record is None:
+        return "nothing is published for the day"
+    if record.get("cleared"):
+        return "the day was cleared of its numbers"
+    if manifest is None:
+        return None
+    if record.get("built") != built:
+        return "the published day was built by other code or settings"
+    erasure = manifest.get("erasure") or {}
+    if record.get("raw") not in (digest, erasure.get("from")):
+        return "the raw layer changed since the published day was built"
+    if record["accounting"].get("duplicates_conflicting"):
+        return "some calls' versions disagree"
+    return None
+
+
+class FromPublished:
+    """The day's rows as its published version holds them, for a build after an erasure
+    (:func:`reuse_refusal` says when): only the erased rows are dropped, and the accounting
+    moves what the raw layer lost (the manifest's ``erasure``) to ``erased``."""
+
+    def __init__(
+        self,
+        store: Store,
+        day: Day,
+        manifest: dict[str, Any] | None,
+        record: dict[str, Any],
+        digest: str | None,
+    ) -> None:
+        """``manifest`` None: the raw layer was pruned; the day keeps what it was fetched
+        as."""
+        self.store, self.day, self.record = store, day, record
+        self.origin = record["source"] if manifest is None else manifest_source(manifest)
+        self.fetch = record["fetch"] if manifest is None else manifest["totals"]
+        self.expected = self.fetch["records"]
+        erasure = (manifest or {}).get("erasure") or {}
+        changed = manifest is not None and record["raw"] != digest
+        self.removed = erasure["removed"] if changed else dict.fromkeys(REMOVED_BUCKETS, 0)
+        self.renamed = erasure["renamed"] if changed else {}
+        self.spills = self.expected > SPILL_ABOVE_ROWS
+
+    def rows(self) -> Iterator[pa.Table]:
+        return day_row_groups(self.store, "cdr", self.day.key)
+
+    def finish(self, eraser: Eraser) -> tuple[pa.Table, dict[str, Any]]:
+        rejects = read_day_table(self.store, "cdr_rejects", self.day.key)
+        if self.renamed:  # a reject names its body, which the erasure re-wrote
+            source = [self.renamed.get(s, s) for s in rejects.column("source").to_pylist()]
+            index = rejects.schema.get_field_index("source")
+            rejects = rejects.set_column(
+                index, rejects.schema.field(index), pa.array(source, pa.string())
+            )
+        rejects = eraser.rejects(rejects)
+        old, removed = self.record["accounting"], self.removed
+        gone = old["rejected"] - len(rejects)
+        if eraser.dropped < removed["valid"] or gone < removed["rejected"]:
+            raise NotReusable("the published day lacks records the erasure took from raw")
+        others = ("duplicates_dropped", "overlap_copies", "outside_day")
+        accounting = (
+            old
+            | {b: old[b] - removed[b] for b in REMOVED_BUCKETS[2:]}
+            | {
+                "valid": old["valid"] - eraser.dropped,
+                "rejected": len(rejects),
+                "rejects_by_reason": by_reason_of(rejects) if gone else old["rejects_by_reason"],
+                "erased": old.get("erased", 0)
+                + eraser.dropped
+                + gone
+                + sum(removed[b] for b in others),
+                "raw_records": self.expected,
+            }
+        )
+        return rejects, accounting
+
+    def close(self) -> None:
+        pass

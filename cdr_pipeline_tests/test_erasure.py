@@ -1,0 +1,138 @@
+"""A build after an erasure re-uses the published day: the same files a build from the raw
+layer makes, or a build from the raw layer where the published day cannot stand in."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+
+from cdr_pipeline import erasure
+from cdr_pipeline.day import build_day
+from cdr_pipeline.erasure import needle_of
+from cdr_pipeline.layout import StorageError
+from cdr_pipeline.privacy import Pseudonyms, canonical
+from cdr_pipeline.raw import prune_raw_day
+from cdr_pipeline.rebuild import built_by, reuse_refusal
+from cdr_pipeline.settings import AnalyticsSettings
+from cdr_pipeline.store import open_store
+from cdr_pipeline_tests.conftest import Env
+
+KEY = "k3y-0f-the-erasure-tests-" + "x" * 16
+DAY = "2024-03-01"
+
+
+def _files(root) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.parent.name != "erasures"  # the audit holds the time of asking
+    }
+
+
+def _victim(root) -> str:
+    """A caller of the day with calls, copies and a rejected record: the hardest to erase."""
+    rejects = pq.read_table(root / "cdr_rejects" / f"date={DAY}" / "part-0.parquet")
+    in_rejects = set()
+    for raw in rejects.column("raw").to_pylist():
+        rec = json.loads(raw) if raw and raw.startswith("{") else None
+        if isinstance(rec, dict) and isinstance(rec.get("src"), str) and canonical(rec["src"]):
+            in_rejects.add(canonical(rec["src"]))
+    cdr = pq.read_table(root / "cdr" / f"date={DAY}" / "part-0.parquet", columns=["src_e164"])
+    calls = Counter(cdr.column("src_e164").to_pylist())
+    return max(in_rejects & set(calls), key=lambda n: (calls[n], n))
+
+
+def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_files(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    env = Env(
+        monkeypatch,
+        tmp_path,
+        sim_server(calls_per_day=500, bad_record_rate=0.08, duplicate_rate=0.4, abuse=True),
+        CDR_PSEUDONYM_KEY=KEY,
+        CDR_SHARED_DATA_DIR=str(tmp_path / "shared"),
+    )
+    assert env.run(instance, DAY).success
+    number = _victim(env.root)
+    p = Pseudonyms(KEY)
+    tokens = frozenset({p.token(number)})
+    built = {}
+    for name, reuse in (("reused", True), ("from_raw", False)):
+        shutil.copytree(env.root, tmp_path / name / "data")
+        shutil.copytree(tmp_path / "shared", tmp_path / name / "shared")
+        store = open_store(tmp_path / name / "data")
+        store.shared = open_store(tmp_path / name / "shared")
+        erasure.record(store, p.token(number), p.key_id, None, None)
+        removed = erasure.erase_raw(store, env.day(DAY), env.tz, tokens, p, needle_of(number))
+        assert removed > 0
+        built[name] = build_day(store, env.day(DAY), env.tz, pseudonyms=p, reuse=reuse)
+    assert built["reused"].from_published, built["reused"].reuse_refused
+    assert not built["from_raw"].from_published
+    accounting = built["reused"].accounting
+    assert accounting == built["from_raw"].accounting
+    manifest = json.loads(
+        (tmp_path / "reused/data/raw/cdr" / f"date={DAY}/manifest.json").read_text()
+    )
+    gone = manifest["erasure"]["removed"]
+    assert (
+        gone["valid"] and gone["rejected"] and gone["duplicates_dropped"] + gone["overlap_copies"]
+    )
+    assert accounting["erased"] == removed
+    buckets = ("valid", "rejected", "duplicates_dropped", "overlap_copies", "outside_day")
+    assert accounting["fetched"] == sum(accounting[b] for b in buckets) + accounting["erased"]
+    for zone in ("data", "shared"):  # every file of both zones, byte for byte
+        reused, from_raw = _files(tmp_path / "reused" / zone), _files(tmp_path / "from_raw" / zone)
+        assert reused.keys() == from_raw.keys()
+        assert [k for k in reused if reused[k] != from_raw[k]] == []
+
+    # the published day stands in only for the raw layer and settings it was built from
+    store = open_store(tmp_path / "reused" / "data")
+    store.shared = open_store(tmp_path / "reused" / "shared")
+    again = build_day(
+        store,
+        env.day(DAY),
+        env.tz,
+        pseudonyms=p,
+        reuse=True,
+        analytics=AnalyticsSettings(default_region="US"),
+    )
+    assert not again.from_published
+    assert again.reuse_refused == "the published day was built by other code or settings"
+
+    # with its raw layer pruned, the published day is all there is: still erasable
+    assert prune_raw_day(store, DAY)
+    with pytest.raises(StorageError, match="no raw CDRs"):
+        build_day(store, env.day(DAY), env.tz, pseudonyms=p)
+    cdr = pq.read_table(tmp_path / "reused/data/cdr" / f"date={DAY}" / "part-0.parquet")
+    second = Counter(cdr.column("dst_e164").to_pylist()).most_common(1)[0][0]
+    erasure.record(store, p.token(second), p.key_id, None, None)
+    last = build_day(store, env.day(DAY), env.tz, pseudonyms=p, reuse=True)
+    assert last.from_published
+    after = pq.read_table(tmp_path / "reused/data/cdr" / f"date={DAY}" / "part-0.parquet")
+    assert second not in set(after.column("dst_e164").to_pylist())
+    acc = last.accounting
+    assert acc["valid"] == after.num_rows < cdr.num_rows
+    assert acc["fetched"] == sum(acc[b] for b in buckets) + acc["erased"]
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({}, None),
+        ({"raw": "0" * 64}, "the raw layer changed since the published day was built"),
+        ({"built": {"transform": "0"}}, "the published day was built by other code or settings"),
+        ({"cleared": {"mode": "remove"}}, "the day was cleared of its numbers"),
+        ({"accounting": {"duplicates_conflicting": 1}}, "some calls' versions disagree"),
+    ],
+)
+def test_the_published_day_stands_in_only_for_what_it_was_built_from(change, why):
+    built = built_by(__import__("zoneinfo").ZoneInfo("Asia/Shanghai"), "CN")
+    record = {"raw": "a" * 64, "built": built, "accounting": {"duplicates_conflicting": 0}}
+    erased = {"erasure": {"from": "a" * 64}}  # the raw layer the last erasure changed
+    assert reuse_refusal(record | change, erased, "b" * 64, built) == why
+    assert reuse_refusal(record | change, {}, "a" * 64, built) == why  # no erasure since
+    assert reuse_refusal(None, {}, "a" * 64, built) == "nothing is published for the day"
