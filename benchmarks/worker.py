@@ -118,6 +118,23 @@ def ours_private(root: Store, _limit: int | None) -> int:
     return int(result.accounting["fetched"])
 
 
+def ours_private_plain(root: Store, limit: int | None) -> int:
+    """``ours_private`` with the tokens and masks replaced by empty columns (the shared zone
+    still written): the difference is what tokens and masks cost inside the transform, as
+    ``ours_unenriched`` measures the enrichment's."""
+    import pyarrow as pa
+
+    from cdr_pipeline import privacy
+
+    def nothing(raw: Any, *_args: object) -> Any:
+        return pa.nulls(len(raw), pa.string())
+
+    privacy.canonical_column = nothing  # type: ignore[assignment]
+    privacy.mask_column = nothing  # type: ignore[assignment]
+    privacy.Pseudonyms.tokens = lambda _self, forms: nothing(forms)  # type: ignore[method-assign]
+    return ours_private(root, limit)
+
+
 def erase(root: Store, _limit: int | None) -> int:
     """Erasing the day's busiest caller, as ``cdr-pipeline erase`` does it, on a copy of the
     day with a shared zone (built first, untimed): finding the day, re-writing its raw
@@ -598,6 +615,7 @@ TASKS: dict[str, tuple[Callable[[Store, int | None], int], Callable[[], None] | 
     "enrich": (enrich, None),
     "ours_unenriched": (ours_unenriched, ours_warmup),
     "ours_private": (ours_private, ours_warmup),
+    "ours_private_plain": (ours_private_plain, ours_warmup),
     "erase": (erase, None),
     "pandas": (naive_pandas, _warm(naive_pandas)),
     "dlt": (dlt_filesystem, _warm(dlt_filesystem)),

@@ -31,7 +31,6 @@ from cdr_pipeline.store import Store, StoreError, check_key, is_tmp_of, json_byt
 PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
     "compression_level": 1,
-    "write_statistics": True,
 }
 # Columns whose values are nearly all different: stored plain (then compressed).
 HIGH_CARDINALITY = frozenset(
@@ -52,6 +51,9 @@ HIGH_CARDINALITY = frozenset(
         "dst_token",
     }
 )
+# Columns whose min and max prune nothing (keyed hashes, masks of random numbers): written
+# without statistics, which cost a third of their write (docs/performance.md).
+NO_STATISTICS = frozenset({"src_token", "dst_token", "src_masked", "dst_masked"})
 ROW_GROUP_ROWS = 1 << 16
 
 # What a day's dataset file is made from: a whole table, or a stream of slices of one.
@@ -70,9 +72,16 @@ def write_parquet(sink: Any, content: Content) -> int:
         for f in schema
         if f.name not in HIGH_CARDINALITY and not pa.types.is_timestamp(f.type)
     ]
+    statistics = [f.name for f in schema if f.name not in NO_STATISTICS]
     rows, pending, pending_rows = 0, [], 0
     with (
-        pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS, use_dictionary=dictionary) as writer,
+        pq.ParquetWriter(
+            sink,
+            schema,
+            **PARQUET_OPTIONS,
+            use_dictionary=dictionary,
+            write_statistics=statistics,
+        ) as writer,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet") as encoder,
     ):
         last: Future[None] | None = None

@@ -10,7 +10,9 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from cdr_pipeline import day as daily
 from cdr_pipeline import erasure
+from cdr_pipeline.cli.erase import _runs_of
 from cdr_pipeline.day import build_day
 from cdr_pipeline.erasure import needle_of
 from cdr_pipeline.layout import StorageError
@@ -31,6 +33,15 @@ def _files(root) -> dict[str, bytes]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.parent.name != "erasures"  # the audit holds the time of asking
     }
+
+
+def _published(root) -> dict[str, bytes]:
+    """A zone's datasets and records, without the raw layer (which the erasure re-writes)."""
+    return {k: v for k, v in _files(root).items() if not k.startswith("raw/")}
+
+
+def _power_cut(*_args: object, **_kwargs: object) -> None:
+    raise OSError("power cut")
 
 
 def _victim(root) -> str:
@@ -60,6 +71,7 @@ def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_fi
     number = _victim(env.root)
     p = Pseudonyms(KEY)
     tokens = frozenset({p.token(number)})
+    published = {z: _published(r) for z, r in (("data", env.root), ("shared", tmp_path / "shared"))}
     built = {}
     for name, reuse in (("reused", True), ("from_raw", False)):
         shutil.copytree(env.root, tmp_path / name / "data")
@@ -69,6 +81,13 @@ def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_fi
         erasure.record(store, p.token(number), p.key_id, None, None)
         removed = erasure.erase_raw(store, env.day(DAY), env.tz, tokens, p, needle_of(number))
         assert removed > 0
+        if reuse:  # interrupted first: each zone keeps its whole published version
+            with monkeypatch.context() as m:
+                m.setattr(daily, "aggregate", _power_cut)
+                with pytest.raises(OSError, match="power cut"):
+                    build_day(store, env.day(DAY), env.tz, pseudonyms=p, reuse=True)
+            for zone, was in published.items():
+                assert _published(tmp_path / name / zone) == was
         built[name] = build_day(store, env.day(DAY), env.tz, pseudonyms=p, reuse=reuse)
     assert built["reused"].from_published, built["reused"].reuse_refused
     assert not built["from_raw"].from_published
@@ -136,3 +155,14 @@ def test_the_published_day_stands_in_only_for_what_it_was_built_from(change, why
     assert reuse_refusal(record | change, erased, "b" * 64, built) == why
     assert reuse_refusal(record | change, {}, "a" * 64, built) == why  # no erasure since
     assert reuse_refusal(None, {}, "a" * 64, built) == "nothing is published for the day"
+
+
+def test_consecutive_days_are_rebuilt_in_one_run():
+    found = [erasure.Found(d, 1, 0) for d in ("2024-02-28", "2024-02-29", "2024-03-01")]
+    found += [erasure.Found("2024-03-03", 2, 0), erasure.Found("2024-03-04", 0, 1)]
+    runs = _runs_of(found)
+    assert [[f.day for f in run] for run in runs] == [
+        ["2024-02-28", "2024-02-29", "2024-03-01"],
+        ["2024-03-03", "2024-03-04"],
+    ]
+    assert _runs_of([]) == []
