@@ -22,7 +22,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Full, Queue
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -126,20 +125,6 @@ def enrich(
 # --- 4. write cdr ---------------------------------------------------------------------------
 
 
-_END = object()  # the last slice has passed
-
-
-def _put(queue: Queue, item: object, writer: Future) -> None:
-    """Hand ``item`` to the shared zone's writer, raising its error if it has stopped."""
-    while True:
-        try:
-            return queue.put(item, timeout=0.05)
-        except Full:
-            if writer.done():
-                writer.result()
-                raise RuntimeError("the shared zone's writer stopped early") from None
-
-
 def write_cdr(
     txn: DayTransaction,
     rows: Iterable[pa.Table],
@@ -148,48 +133,26 @@ def write_cdr(
 ) -> None:
     """``cdr``'s file of the day, staged from the rows; each slice is also handed to
     ``gather`` on a thread of its own (its work is in numpy and Arrow, which release the
-    GIL), at most one slice behind, so the aggregates' inputs are complete with the file; and,
-    with ``share``, to the shared zone's writer on a third thread, a slice behind at most."""
-    queue: Queue = Queue(maxsize=1)
+    GIL), at most one slice behind, so the aggregates' inputs are complete with the file.
+    With ``share``, the shared zone's ``cdr`` is then made from the staged file a row group
+    at a time: written beside the first, it held half as much memory again at the peak, for
+    about the same time (docs/performance.md)."""
 
-    def shared_rows() -> Iterator[pa.Table]:
-        while (part := queue.get()) is not _END:
-            if isinstance(part, BaseException):
-                raise part
-            assert share is not None
-            yield share(part)
-
-    def passing(pool: ThreadPoolExecutor, writer: Future | None) -> Iterator[pa.Table]:
+    def passing(pool: ThreadPoolExecutor) -> Iterator[pa.Table]:
         pending: deque[Future[None]] = deque()
         for part in rows:
             pending.append(pool.submit(gather, part))
             if len(pending) > 1:
                 pending.popleft().result()
-            if writer is not None:
-                _put(queue, part, writer)
             yield part
         while pending:
             pending.popleft().result()
 
-    with (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary") as pool,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="shared") as sharing,
-    ):
-        writer = None
-        if share is not None:
-            schema = share(CDR_SCHEMA.empty_table()).schema
-            writer = sharing.submit(txn.stage, "cdr", (schema, shared_rows()), shared=True)
-        try:
-            txn.stage("cdr", (CDR_SCHEMA, passing(pool, writer)))
-        except BaseException as exc:
-            if writer is not None and not writer.done():
-                while not queue.empty():  # make room for the stop
-                    queue.get_nowait()
-                queue.put(RuntimeError(f"the day stopped: {type(exc).__name__}"))
-            raise
-        if writer is not None:
-            _put(queue, _END, writer)
-            writer.result()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary") as pool:
+        txn.stage("cdr", (CDR_SCHEMA, passing(pool)))
+    if share is not None:
+        schema = share(CDR_SCHEMA.empty_table()).schema
+        txn.stage("cdr", (schema, map(share, txn.staged_row_groups("cdr"))), shared=True)
 
 
 # --- 5. aggregate ---------------------------------------------------------------------------

@@ -302,6 +302,11 @@ def shared_schema(schema: pa.Schema, dataset: str) -> pa.Schema:
     return described(pa.schema(fields, metadata=schema.metadata), dataset)
 
 
+# Rows given their tokens and masks at once: their scratch arrays, freed but kept by the
+# allocator, set the shared zone's peak memory (docs/performance.md).
+SHARE_ROWS = 16_384
+
+
 def share(table: pa.Table, dataset: str, pseudonyms: Pseudonyms) -> pa.Table:
     """``table`` as the shared zone holds it (:func:`shared_schema`): no clear number."""
     personal = PERSONAL.get(dataset)
@@ -311,11 +316,15 @@ def share(table: pa.Table, dataset: str, pseudonyms: Pseudonyms) -> pa.Table:
     for f in table.schema:
         kind = personal.get(f.name)
         if kind == NUMBER:
-            raw, region = table.column(f.name), pseudonyms.region
             read = f"{f.name}_e164"
             e164 = table.column(read) if read in table.schema.names else None
-            columns.append(pseudonyms.tokens(canonical_column(raw, e164, region)))
-            columns.append(mask_column(raw, e164, region))
+            tokens, masks = [], []
+            for start in range(0, max(len(table), 1), SHARE_ROWS):
+                raw = table.column(f.name).slice(start, SHARE_ROWS)
+                e = None if e164 is None else e164.slice(start, SHARE_ROWS)
+                tokens.append(pseudonyms.tokens(canonical_column(raw, e, pseudonyms.region)))
+                masks.append(mask_column(raw, e, pseudonyms.region))
+            columns += [pa.chunked_array(tokens), pa.chunked_array(masks)]
         elif kind is None:
             columns.append(table.column(f.name))
     return pa.Table.from_arrays(columns, schema=shared_schema(table.schema, dataset))

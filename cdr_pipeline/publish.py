@@ -167,6 +167,18 @@ class DayTransaction:
         paths = self.shared_paths if shared else self.paths
         paths[dataset] = zone(self.store, SHARED if shared else None).uri(target)
 
+    def staged_row_groups(self, dataset: str) -> Iterator[pa.Table]:
+        """The file staged for ``dataset`` in the data directory, a row group at a time."""
+        [tmp] = [
+            t
+            for t, target, name in self.staged
+            if name is None and target == part_key(dataset, self.day)
+        ]
+        with self.store.open_input(tmp) as source:
+            parquet = pq.ParquetFile(source)
+            for group in range(parquet.num_row_groups):
+                yield parquet.read_row_group(group)
+
     def stage_record(self, kind: str, record: Any) -> None:
         """A JSON record of the day (the accounting) that is published with the files."""
         self._stage(state_key(kind, self.day), partial(_write_all, data=json_bytes(record)), None)
@@ -254,9 +266,13 @@ def read_day_table(
 def day_row_groups(store: Store, dataset: str, day: str) -> Iterator[pa.Table]:
     """A day's file a row group at a time, so memory holds one."""
     with _open_part(store, dataset, day) as source:
-        parquet = pq.ParquetFile(source)
-        for group in range(parquet.num_row_groups):
-            yield parquet.read_row_group(group)
+        yield from _row_groups(source)
+
+
+def _row_groups(source: Any) -> Iterator[pa.Table]:
+    parquet = pq.ParquetFile(source)
+    for group in range(parquet.num_row_groups):
+        yield parquet.read_row_group(group)
 
 
 def day_rows(store: Store, dataset: str, day: str) -> int:
