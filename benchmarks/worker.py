@@ -139,7 +139,7 @@ def erase(root: Store, _limit: int | None) -> int:
     """Erasing the day's busiest caller, as ``cdr-pipeline erase`` does it, on a copy of the
     day with a shared zone (built first, untimed): finding the day, re-writing its raw
     bodies and re-building it from its published version."""
-    import collections
+    import pyarrow.compute as pc
 
     from cdr_pipeline import erasure
     from cdr_pipeline.day import build_day
@@ -154,8 +154,10 @@ def erase(root: Store, _limit: int | None) -> int:
         store.shared = open_store(Path(tmp) / "shared")
         build_day(store, the_day, tz, pseudonyms=p)
         cdr = publish.read_day_table(store, "cdr", DAY, columns=["src_e164"])
-        number = collections.Counter(cdr.column("src_e164").to_pylist()).most_common(2)
-        number = next(n for n, _ in number if n)
+        counts = cdr.column("src_e164").drop_null().value_counts()
+        number = counts.field(0)[pc.index(counts.field(1), pc.max(counts.field(1))).as_py()]
+        number = number.as_py()
+        del cdr, counts
         tokens = frozenset({p.token(number)})
         start, cpu = time.perf_counter(), time.process_time()
         [found] = erasure.find(store, [DAY], number, tokens, p)

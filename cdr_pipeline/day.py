@@ -31,7 +31,7 @@ from cdr_pipeline import memory
 from cdr_pipeline.datasets import DATASETS, Dataset, queries
 from cdr_pipeline.erasure import Eraser, tokens_for
 from cdr_pipeline.layout import SPILL_KEY, Day, StorageError
-from cdr_pipeline.privacy import CLEAR, Pseudonyms, share
+from cdr_pipeline.privacy import CLEAR, Pseudonyms, share, share_reads
 from cdr_pipeline.publish import DayTransaction, read_state, shrink_guard
 from cdr_pipeline.raw import (
     Page,
@@ -151,8 +151,10 @@ def write_cdr(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary") as pool:
         txn.stage("cdr", (CDR_SCHEMA, passing(pool)))
     if share is not None:
+        memory.release()  # the first pass's buffers: the second would not reuse them
         schema = share(CDR_SCHEMA.empty_table()).schema
-        txn.stage("cdr", (schema, map(share, txn.staged_row_groups("cdr"))), shared=True)
+        groups = txn.staged_row_groups("cdr", share_reads(CDR_SCHEMA, "cdr"))
+        txn.stage("cdr", (schema, map(share, groups)), shared=True)
 
 
 # --- 5. aggregate ---------------------------------------------------------------------------
@@ -290,6 +292,7 @@ class FromRaw:
     def rows(self) -> Iterator[pa.Table]:
         pages = decoded_batches(self.store, self.day.key, self.manifest)
         deduplicate(read(pages, self.tz), self.builder)
+        memory.release()  # the parsed pages' buffers: the rows' would not reuse them
         return enrich(self.builder.iter_cdr(), self.enricher)
 
     @property
@@ -396,6 +399,7 @@ def build_day(
 def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]) -> BuiltDay:
     """The day's datasets from ``source_in``'s rows (given the day's scratch folder)."""
     store, day, settings = job.store, job.day, job.settings
+    memory.release()  # what an earlier day or step of this process left freed
     eraser = Eraser(tokens_for(store, day.key, job.pseudonyms), job.pseudonyms)
 
     def shared(table: pa.Table, name: str = "cdr") -> pa.Table:
@@ -415,6 +419,7 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
             )
             write_cdr(txn, map(eraser, rows), gathered.add, sharing)
             rejects, accounting = source.finish(eraser)
+            memory.release()  # DuckDB allocates on its own: not from what malloc keeps
             clock = _Clock()  # the aggregates' lap starts here
             tables = aggregate(gathered, accounting, rejects, job.registry, settings)
             clock.lap("analytics", timings)

@@ -29,14 +29,14 @@ import pyarrow.parquet as pq
 from cdr_pipeline.api.wire import DEFAULT_MAX_BODY_BYTES, decode_body
 from cdr_pipeline.layout import ERASURES_KEY, Day, StorageError
 from cdr_pipeline.privacy import Pseudonyms, canonical, canonical_column
-from cdr_pipeline.publish import DayTransaction, read_day_table, read_state
+from cdr_pipeline.publish import DayTransaction, day_row_groups, read_day_table, read_state
 from cdr_pipeline.raw import (
     Page,
     body_name,
     manifest_digest,
     read_raw_body,
     read_raw_manifest,
-    write_raw_day,
+    replace_raw_bodies,
 )
 from cdr_pipeline.store import Store
 from cdr_pipeline.transform.dedup import DayBuilder
@@ -242,19 +242,27 @@ def find(
     out = []
     for day in days:
         try:
-            cdr = read_day_table(store, "cdr", day, columns=_NUMBERS)
+            calls = _count(store, day, _NUMBERS, tokens, p, form)
             rejects = read_day_table(store, "cdr_rejects", day, columns=["raw"])
         except (StorageError, pa.ArrowInvalid):  # pa: a day cleared of its numbers
             try:
-                cdr = read_day_table(store, "cdr", day, columns=["src_token", "dst_token"])
+                calls = _count(store, day, ["src_token", "dst_token"], tokens, p, form)
             except (StorageError, pa.ArrowInvalid):  # none at all: removed
                 continue
             rejects = None
-        calls = pc.sum(erased_rows(cdr, tokens, p, form)).as_py() or 0
         bad = 0 if rejects is None else pc.sum(erased_rejects(rejects, tokens, p)).as_py() or 0
         if calls or bad:
             out.append(Found(day, calls, bad, cleared=rejects is None))
     return out
+
+
+def _count(
+    store: Store, day: str, columns: list[str], tokens: frozenset[str], p: Pseudonyms, form: str
+) -> int:
+    """The rows of ``day``'s ``cdr`` a caller or callee of ``tokens`` made, a row group at a
+    time (a day of millions of calls is not held)."""
+    groups = day_row_groups(store, "cdr", day, columns)
+    return sum(pc.sum(erased_rows(g, tokens, p, form)).as_py() or 0 for g in groups)
 
 
 def erase_cleared(store: Store, day: str, tokens: frozenset[str], p: Pseudonyms) -> int:
@@ -366,12 +374,12 @@ def erase_raw(
         before = manifest_digest(store, day.key)
     except (StorageError, FileNotFoundError):
         return 0  # pruned: the datasets alone hold the day
-    bodies, gone, renamed, count = [], [], {}, 0
+    changed: dict[str, tuple[bytes, str]] = {}
+    gone: list[Page] = []
+    count = 0
     max_bytes = manifest.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
     for entry in manifest["requests"]:
-        body = read_raw_body(store, day.key, entry)
-        text, encoding = decode_body(body, max_bytes=max_bytes)
-        bodies.append((body, encoding))
+        text, encoding = decode_body(read_raw_body(store, day.key, entry), max_bytes=max_bytes)
         page = _page(text) if needle.in_page(text) else None
         if page is None:  # no record of it; or kept whole: every build still drops them
             continue
@@ -384,9 +392,8 @@ def erase_raw(
         gone.append((_dumps(page | {"cdr": removed}), entry["file"], entry["window"]))
         body = _encoded(_dumps(page | {"cdr": kept}), encoding)
         name, digest = body_name(body, encoding)
-        renamed[entry["file"]] = name
+        changed[entry["file"]] = (body, encoding)
         entry.update(file=name, sha256=digest, bytes=len(body), records=len(kept))
-        bodies[-1] = (body, encoding)
     if not gone:
         return 0
     totals = manifest["totals"]
@@ -395,9 +402,9 @@ def erase_raw(
     manifest["erasure"] = {
         "from": before,
         "removed": _classified(gone, day, tz),
-        "renamed": renamed,
+        "renamed": {old: body_name(*new)[0] for old, new in changed.items()},
     }
-    write_raw_day(store, day.key, bodies, manifest)
+    replace_raw_bodies(store, day.key, changed, manifest)
     return count
 
 

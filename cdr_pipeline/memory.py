@@ -42,6 +42,16 @@ def cap_malloc_arenas() -> bool:
         return False
 
 
+def release() -> bool:
+    """Hand the memory malloc holds freed back to the system (glibc's ``malloc_trim``),
+    between passes of a day whose buffers another pass would not reuse (docs/performance.md);
+    False where that is not glibc's to do."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 @cache
 def setup() -> str:
     """Both of the above, once per process; the allocator in use."""

@@ -302,6 +302,13 @@ def shared_schema(schema: pa.Schema, dataset: str) -> pa.Schema:
     return described(pa.schema(fields, metadata=schema.metadata), dataset)
 
 
+def share_reads(schema: pa.Schema, dataset: str) -> list[str]:
+    """The columns of ``dataset`` that :func:`share` reads (the DROPPED ones it does not)."""
+    personal = PERSONAL.get(dataset, {})
+    e164 = {f"{name}_e164" for name, kind in personal.items() if kind == NUMBER}
+    return [f.name for f in schema if personal.get(f.name) in (None, NUMBER) or f.name in e164]
+
+
 # Rows given their tokens and masks at once: their scratch arrays, freed but kept by the
 # allocator, set the shared zone's peak memory (docs/performance.md).
 SHARE_ROWS = 16_384

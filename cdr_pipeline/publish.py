@@ -167,17 +167,14 @@ class DayTransaction:
         paths = self.shared_paths if shared else self.paths
         paths[dataset] = zone(self.store, SHARED if shared else None).uri(target)
 
-    def staged_row_groups(self, dataset: str) -> Iterator[pa.Table]:
+    def staged_row_groups(
+        self, dataset: str, columns: list[str] | None = None
+    ) -> Iterator[pa.Table]:
         """The file staged for ``dataset`` in the data directory, a row group at a time."""
-        [tmp] = [
-            t
-            for t, target, name in self.staged
-            if name is None and target == part_key(dataset, self.day)
-        ]
+        target = part_key(dataset, self.day)
+        [tmp] = [t for t, key, name in self.staged if name is None and key == target]
         with self.store.open_input(tmp) as source:
-            parquet = pq.ParquetFile(source)
-            for group in range(parquet.num_row_groups):
-                yield parquet.read_row_group(group)
+            yield from _row_groups(source, columns)
 
     def stage_record(self, kind: str, record: Any) -> None:
         """A JSON record of the day (the accounting) that is published with the files."""
@@ -263,16 +260,18 @@ def read_day_table(
         return pq.read_table(source, columns=columns)
 
 
-def day_row_groups(store: Store, dataset: str, day: str) -> Iterator[pa.Table]:
+def day_row_groups(
+    store: Store, dataset: str, day: str, columns: list[str] | None = None
+) -> Iterator[pa.Table]:
     """A day's file a row group at a time, so memory holds one."""
     with _open_part(store, dataset, day) as source:
-        yield from _row_groups(source)
+        yield from _row_groups(source, columns)
 
 
-def _row_groups(source: Any) -> Iterator[pa.Table]:
+def _row_groups(source: Any, columns: list[str] | None = None) -> Iterator[pa.Table]:
     parquet = pq.ParquetFile(source)
     for group in range(parquet.num_row_groups):
-        yield parquet.read_row_group(group)
+        yield parquet.read_row_group(group, columns=columns)
 
 
 def day_rows(store: Store, dataset: str, day: str) -> int:

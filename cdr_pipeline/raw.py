@@ -196,6 +196,33 @@ def write_raw_day(store: Store, day: str, bodies: list[tuple[bytes, str]], manif
     return store.uri(folder)
 
 
+def replace_raw_bodies(
+    store: Store, day: str, changed: dict[str, tuple[bytes, str]], manifest: dict
+) -> None:
+    """Replace some bodies of a committed day (an erasure's: old name -> new body): the new
+    ones stored under their hash, the day committed by replacing ``manifest.json``, then the
+    old ones no entry names any more removed; the others are never read or held."""
+    folder = raw_day_key(day)
+    present = set(store.list(folder))
+    added: list[str] = []
+    try:
+        for body, encoding in changed.values():
+            name, _ = body_name(body, encoding)
+            if name not in present:
+                store.put(f"{folder}/{name}", body)
+                present.add(name)
+                added.append(name)
+        store.put(manifest_key(day), json_bytes(manifest))
+    except BaseException:  # the old manifest still names the old bodies: the day is whole
+        for name in added:
+            store.delete(f"{folder}/{name}")
+        raise
+    named = {entry["file"] for entry in manifest["requests"]}
+    for old in set(changed) - named:
+        if _is_ours(old):
+            store.delete(f"{folder}/{old}")
+
+
 def raw_days(store: Store) -> list[str]:
     """The days the raw layer holds a folder for (with or without a manifest)."""
     return [name.removeprefix("date=") for name in store.folders(RAW_ROOT) if is_day(name)]

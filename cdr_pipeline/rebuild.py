@@ -23,6 +23,8 @@ from cdr_pipeline.transform import TRANSFORM_VERSION
 from cdr_pipeline.transform.dedup import SPILL_ABOVE_ROWS
 from cdr_pipeline.transform.validate import REJECT_REASONS
 
+SLICE_ROWS = 16_384
+
 
 def by_reason_of(rejects: pa.Table) -> dict[str, int]:
     left = Counter(rejects.column("reason").to_pylist())
@@ -98,7 +100,11 @@ class FromPublished:
         self.spills = self.expected > SPILL_ABOVE_ROWS
 
     def rows(self) -> Iterator[pa.Table]:
-        return day_row_groups(self.store, "cdr", self.day.key)
+        """A row group at a time, in slices as small as the raw layer's: fewer rows wait in
+        the writer and the aggregates' thread at once (docs/performance.md)."""
+        for group in day_row_groups(self.store, "cdr", self.day.key):
+            for start in range(0, len(group), SLICE_ROWS):
+                yield group.slice(start, SLICE_ROWS)
 
     def finish(self, eraser: Eraser) -> tuple[pa.Table, dict[str, Any]]:
         rejects = read_day_table(self.store, "cdr_rejects", self.day.key)
