@@ -364,7 +364,8 @@ def build_day(
         raise StorageError("the shared zone needs CDR_PSEUDONYM_KEY to make its tokens")
     job = _Job(store, day, tz, settings, registry, pseudonyms, max_shrink)
     try:
-        manifest, digest = read_raw_manifest(store, day.key), manifest_digest(store, day.key)
+        manifest = read_raw_manifest(store, day.key)
+        digest = manifest_digest(manifest)
     except StorageError:
         if not reuse:
             raise

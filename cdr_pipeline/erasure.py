@@ -371,9 +371,9 @@ def erase_raw(
     version it changed, what the records were and which bodies were renamed."""
     try:
         manifest = read_raw_manifest(store, day.key)
-        before = manifest_digest(store, day.key)
-    except (StorageError, FileNotFoundError):
+    except StorageError:
         return 0  # pruned: the datasets alone hold the day
+    before = manifest_digest(manifest)
     changed: dict[str, tuple[bytes, str]] = {}
     gone: list[Page] = []
     count = 0

@@ -259,10 +259,12 @@ def read_raw_manifest(store: Store, day: str) -> dict:
         ) from None
 
 
-def manifest_digest(store: Store, day: str) -> str:
-    """The sha256 of the day's manifest as stored: which version of the raw layer a build
-    read (an erasure names the version it changed)."""
-    return hashlib.sha256(store.read_bytes(manifest_key(day))).hexdigest()
+def manifest_digest(manifest: dict) -> str:
+    """Which version of the raw layer a build read (an erasure names the version it
+    changed): the sha256 of its manifest without the time it was fetched, so the same
+    answers fetched twice, or into another store, are the same version."""
+    content = {k: v for k, v in manifest.items() if k != "fetched_at"}
+    return hashlib.sha256(json_bytes(content)).hexdigest()
 
 
 def read_raw_body(store: Store, day: str, entry: dict) -> bytes:
