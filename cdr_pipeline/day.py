@@ -135,8 +135,8 @@ def write_cdr(
     ``gather`` on a thread of its own (its work is in numpy and Arrow, which release the
     GIL), at most one slice behind, so the aggregates' inputs are complete with the file.
     With ``share``, the shared zone's ``cdr`` is then made from the staged file a row group
-    at a time: written beside the first, it held half as much memory again at the peak, for
-    about the same time (docs/performance.md)."""
+    at a time: written beside the first, it held more memory at the peak for about the same
+    time (docs/performance.md, "Pseudonyms and the shared zone")."""
 
     def passing(pool: ThreadPoolExecutor) -> Iterator[pa.Table]:
         pending: deque[Future[None]] = deque()

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -320,7 +321,7 @@ class Needle:
         bare = page.translate(None, drop)
         return any(t.translate(None, drop) in bare for t in self._spellings)
 
-    @property
+    @cached_property
     def _spellings(self) -> set[bytes]:
         return {json.dumps(self.text, ensure_ascii=a)[1:-1].encode() for a in (False, True)}
 
@@ -384,10 +385,11 @@ def erase_raw(
         if page is None:  # no record of it; or kept whole: every build still drops them
             continue
         records = page["cdr"]
-        kept = [r for r in records if not _matches(r, tokens, p, needle)]
-        if len(kept) == len(records):
+        hits = [_matches(r, tokens, p, needle) for r in records]
+        if not any(hits):
             continue
-        removed = [r for r in records if _matches(r, tokens, p, needle)]
+        kept = [r for r, hit in zip(records, hits, strict=True) if not hit]
+        removed = [r for r, hit in zip(records, hits, strict=True) if hit]
         count += len(removed)
         gone.append((_dumps(page | {"cdr": removed}), entry["file"], entry["window"]))
         body = _encoded(_dumps(page | {"cdr": kept}), encoding)

@@ -52,7 +52,7 @@ HIGH_CARDINALITY = frozenset(
     }
 )
 # Columns whose min and max prune nothing (keyed hashes, masks of random numbers): written
-# without statistics, which cost a third of their write (docs/performance.md).
+# without statistics, a good part of their write (docs/performance.md).
 NO_STATISTICS = frozenset({"src_token", "dst_token", "src_masked", "dst_masked"})
 ROW_GROUP_ROWS = 1 << 16
 

@@ -7,6 +7,7 @@ import json
 import re
 import zlib
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import hypothesis.strategies as st
@@ -129,19 +130,21 @@ def _numbers(root, days) -> set[str]:
     return {n for t in cdr for c in ("src", "dst") for n in t.column(c).to_pylist() if n}
 
 
+def _private_env(monkeypatch, tmp_path, server) -> tuple[Env, Path]:
+    """A project with the key and its shared zone, and Dagster's home of its own (the erase
+    command opens the instance)."""
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    env = Env(monkeypatch, tmp_path, server, CDR_PSEUDONYM_KEY=KEY, CDR_SHARED_DATA_DIR=str(shared))
+    return env, shared
+
+
 @pytest.mark.slow
 def test_the_shared_zone_holds_no_clear_number_and_erasure_survives_a_refetch(
     monkeypatch, tmp_path, sim_server, instance, capsys
 ):
-    shared = tmp_path / "shared"
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    env = Env(
-        monkeypatch,
-        tmp_path,
-        sim_server(calls_per_day=400, bad_record_rate=0.05, duplicate_rate=0.05),
-        CDR_PSEUDONYM_KEY=KEY,
-        CDR_SHARED_DATA_DIR=str(shared),
-    )
+    server = sim_server(calls_per_day=400, bad_record_rate=0.05, duplicate_rate=0.05)
+    env, shared = _private_env(monkeypatch, tmp_path, server)
     days = ["2024-03-01", "2024-03-02"]
     assert env.run(instance, *days).success
     # the shared zone: every dataset, the same layout, no clear number in any value
@@ -313,15 +316,7 @@ def test_the_key_and_the_shared_zone_go_together(tmp_path):
 def test_retention_clears_exactly_the_old_days_and_erasure_still_reaches_them(
     monkeypatch, tmp_path, sim_server, instance, capsys
 ):
-    shared = tmp_path / "shared"
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    env = Env(
-        monkeypatch,
-        tmp_path,
-        sim_server(calls_per_day=300, abuse=True),
-        CDR_PSEUDONYM_KEY=KEY,
-        CDR_SHARED_DATA_DIR=str(shared),
-    )
+    env, shared = _private_env(monkeypatch, tmp_path, sim_server(calls_per_day=300, abuse=True))
     days = ["2024-03-01", "2024-03-02", "2024-03-03"]
     assert env.run(instance, days[0], days[-1]).success
     store, ours = open_store(env.root), Pseudonyms(KEY)

@@ -25,8 +25,8 @@ def _published(store, start: str | None, end: str | None) -> list[str]:
 
 
 def _runs_of(found: list) -> list[list]:
-    """The days in runs of consecutive dates: each re-built by one Dagster run (a run's own
-    cost is about half a second a day's, measured on the simulator's days)."""
+    """The days in runs of consecutive dates: each re-built by one Dagster run, whose own
+    cost weighs on a small day (docs/performance.md, "Erasure")."""
     runs: list[list] = []
     for f in found:
         if runs and date.fromisoformat(f.day) - date.fromisoformat(runs[-1][-1].day) == ONE_DAY:
