@@ -141,7 +141,7 @@ class DayTransaction:
         self.staged: list[tuple[str, str, str | None]] = []  # (temporary, target, zone)
         self.paths: dict[str, str] = {}  # dataset -> where its file will be
         self.shared_paths: dict[str, str] = {}  # the same, in the shared zone
-        recover_day(store, day)
+        recover_day(store, day, writer=True)
 
     def __enter__(self) -> DayTransaction:
         return self
@@ -200,14 +200,17 @@ class DayTransaction:
         return self.paths
 
 
-def recover_day(store: Store, day: str) -> bool:
-    """Finish a publish of ``day`` that a crash interrupted; True if there was one."""
+def recover_day(store: Store, day: str, *, writer: bool = False) -> bool:
+    """Finish a publish of ``day`` that a crash interrupted, or that its writer is making
+    right now (a reader cannot tell them apart, and rolling forward is right for both); True
+    if there was one. Only a ``writer``, who holds the day, sweeps debris: a reader could
+    otherwise delete what another run is staging."""
     journal = state_key("journal", day)
     try:
         moves = json.loads(store.read_bytes(journal))["moves"]
     except FileNotFoundError:
         return False
-    _apply_moves(store, moves)
+    _apply_moves(store, moves, sweep=writer)
     store.delete(journal)
     return True
 
@@ -220,16 +223,22 @@ def _checked(rel: str) -> str:
         raise StorageError(f"journal names a path outside the data directory: {rel!r}") from None
 
 
-def _apply_moves(store: Store, moves: list[list[str]]) -> None:
+def _apply_moves(store: Store, moves: list[list[str]], *, sweep: bool = True) -> None:
+    """Make a journal's moves; a move whose temporary is gone was made already (before a
+    crash, or by a reader and the writer of the same journal at once, both rolling forward)."""
     checked = [
         (zone(store, name[0] if name else None), _checked(tmp), _checked(target))
         for tmp, target, *name in moves
     ]
     for where, tmp, target in checked:
-        if where.exists(tmp):  # absent: this move was made before the crash
+        try:
             where.move(tmp, target)
-    for where, _, target in checked:
-        _sweep_debris(where, target)
+        except OSError:  # a local disk's FileNotFoundError; an object store's own error
+            if where.exists(tmp):
+                raise
+    if sweep:
+        for where, _, target in checked:
+            _sweep_debris(where, target)
 
 
 def _sweep_debris(store: Store, target: str) -> None:

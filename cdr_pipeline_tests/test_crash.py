@@ -220,3 +220,31 @@ def test_an_interrupted_publish_is_rolled_forward_by_the_next_reader(tmp_path):
     assert publish.read_day_table(store, "cdr_rejects", DAY).num_rows == 2
     assert not (root / layout.state_key("journal", DAY)).exists()
     assert [p for p in root.rglob("*") if p.name.startswith(".")] == []
+
+
+def test_a_reader_rolling_forward_a_publish_under_way_fails_neither(tmp_path):
+    """A reader that finds the journal of a live writer's commit (another run's check reading
+    the day) makes the same moves: the writer's own moves then find their files gone, and
+    that is success. Only the writer, who holds the day, sweeps temporaries."""
+    import pyarrow as pa
+
+    store = open_store(tmp_path)
+    publish_tables(store, DAY, {"cdr": pa.table({"x": [1]})}, state={"validation": {"v": 1}})
+    folder = tmp_path / "cdr" / f"date={DAY}"
+    other = folder / ".part-0.parquet.0123456789abcdef0123456789abcdef.tmp"
+    journal = layout.state_key("journal", DAY)
+    real_put, seen = store.put, {}
+
+    def put(key, data):
+        real_put(key, data)
+        if key == journal:  # the writer is about to move: a reader gets there first
+            other.write_bytes(b"being staged")
+            seen["read"] = publish.read_state(store, "validation", DAY)
+            seen["kept"] = other.exists()
+
+    store.put = put
+    publish_tables(store, DAY, {"cdr": pa.table({"x": [2, 2]})}, state={"validation": {"v": 2}})
+    assert seen == {"read": {"v": 2}, "kept": True}
+    assert publish.day_rows(store, "cdr", DAY) == 2
+    assert not (tmp_path / journal).exists()
+    assert not other.exists()  # the writer's sweep: it holds the day
