@@ -31,7 +31,7 @@ from cdr_pipeline import memory
 from cdr_pipeline.datasets import DATASETS, Dataset, queries
 from cdr_pipeline.erasure import Eraser, tokens_for
 from cdr_pipeline.layout import SPILL_KEY, Day, StorageError
-from cdr_pipeline.privacy import CLEAR, Pseudonyms, share, share_reads
+from cdr_pipeline.privacy import CLEAR, Pseudonyms, share, share_reads, shared_schema
 from cdr_pipeline.publish import DayTransaction, read_state, shrink_guard
 from cdr_pipeline.raw import (
     Page,
@@ -129,13 +129,13 @@ def write_cdr(
     txn: DayTransaction,
     rows: Iterable[pa.Table],
     gather: Callable[[pa.Table], None],
-    share: Callable[[pa.Table], pa.Table] | None = None,
+    shared: Callable[[], Iterable[pa.Table]] | None = None,
 ) -> None:
     """``cdr``'s file of the day, staged from the rows; each slice is also handed to
     ``gather`` on a thread of its own (its work is in numpy and Arrow, which release the
     GIL), at most one slice behind, so the aggregates' inputs are complete with the file.
-    With ``share``, the shared zone's ``cdr`` is then made from the staged file a row group
-    at a time: written beside the first, it held more memory at the peak for about the same
+    With ``shared``, the shared zone's ``cdr`` is then staged from its rows, asked for once
+    the first file is: written beside it, it held more memory at the peak for about the same
     time (docs/performance.md, "Pseudonyms and the shared zone")."""
 
     def passing(pool: ThreadPoolExecutor) -> Iterator[pa.Table]:
@@ -150,11 +150,15 @@ def write_cdr(
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary") as pool:
         txn.stage("cdr", (CDR_SCHEMA, passing(pool)))
-    if share is not None:
+    if shared is not None:
         memory.release()  # the first pass's buffers: the second would not reuse them
-        schema = share(CDR_SCHEMA.empty_table()).schema
-        groups = txn.staged_row_groups("cdr", share_reads(CDR_SCHEMA, "cdr"))
-        txn.stage("cdr", (schema, map(share, groups)), shared=True)
+        txn.stage("cdr", (shared_schema(CDR_SCHEMA, "cdr"), shared()), shared=True)
+
+
+def shared_from_staged(txn: DayTransaction, pseudonyms: Pseudonyms) -> Iterator[pa.Table]:
+    """The shared zone's ``cdr`` rows, made from the staged ``cdr`` a row group at a time."""
+    groups = txn.staged_row_groups("cdr", share_reads(CDR_SCHEMA, "cdr"))
+    return (share(group, "cdr", pseudonyms) for group in groups)
 
 
 # --- 5. aggregate ---------------------------------------------------------------------------
@@ -162,7 +166,8 @@ def write_cdr(
 
 class Gathered:
     """What the aggregates need of ``cdr``'s rows, gathered as they pass: the outcome and KPI
-    sums (exact, in flat memory), the hourly load and the narrow rows DuckDB queries."""
+    sums (exact, in flat memory), the hourly load and, on an object store, the narrow rows
+    DuckDB queries."""
 
     def __init__(
         self,
@@ -173,12 +178,16 @@ class Gathered:
         *,
         expected_rows: int,
         spills: bool,
+        keep_rows: bool = True,
     ) -> None:
-        """``spills``: the day is large; the distinct counts keep their keys in ``scratch``."""
+        """``spills``: the day is large; the distinct counts keep their keys in ``scratch``.
+        ``keep_rows`` False: the aggregates will read ``cdr``'s staged file, a local one."""
         self.outcome = OutcomeSummary()
         spill = scratch if spills else None
         self.kpis = KpiSummary(tz, expected_rows=expected_rows, spill_folder=spill)
-        self.analytics = DayAnalytics(scratch, day.start, day.end, tz, settings)
+        self.analytics = DayAnalytics(
+            scratch, day.start, day.end, tz, settings, keep_rows=keep_rows
+        )
 
     def add(self, part: pa.Table) -> None:
         self.outcome.add(part)
@@ -192,11 +201,13 @@ def aggregate(
     rejects: pa.Table,
     registry: tuple[Dataset, ...],
     settings: AnalyticsSettings,
+    cdr_file: Path | None = None,
 ) -> dict[str, pa.Table]:
     """Every dataset but ``cdr``, by name: the query datasets asked of DuckDB in one
-    connection over the day's rows (once ``cdr``'s file is closed, so DuckDB's memory does
-    not add to its writer's), the rest from what was gathered."""
-    found = gathered.analytics.finish(CDR_SCHEMA, queries(registry, settings))
+    connection over the day's rows (``cdr``'s staged file where it is local, else the rows
+    gathered; once the file is closed, so DuckDB's memory does not add to its writer's), the
+    rest from what was gathered."""
+    found = gathered.analytics.finish(CDR_SCHEMA, queries(registry, settings), cdr_file)
     made = {
         "rejects": rejects,
         "outcome": gathered.outcome.table().combine_chunks(),
@@ -289,11 +300,14 @@ class FromRaw:
             day.start, day.end, tz, expected_records=self.expected, spill_dir=scratch
         )
 
-    def rows(self) -> Iterator[pa.Table]:
+    def rows(self, eraser: Eraser) -> Iterator[pa.Table]:
         pages = decoded_batches(self.store, self.day.key, self.manifest)
         deduplicate(read(pages, self.tz), self.builder)
         memory.release()  # the parsed pages' buffers: the rows' would not reuse them
-        return enrich(self.builder.iter_cdr(), self.enricher)
+        return map(eraser, enrich(self.builder.iter_cdr(), self.enricher))
+
+    def shared_cdr(self) -> None:
+        """Its shared rows are made from the staged ``cdr``."""
 
     @property
     def spills(self) -> bool:
@@ -370,7 +384,12 @@ def build_day(
         if not reuse:
             raise
         manifest = digest = None  # pruned: the published day may be all there is
-    facts = {"built": built_by(tz, settings.default_region), "raw": digest}
+    facts = {
+        "built": built_by(tz, settings.default_region),
+        "raw": digest,
+        # the key the shared zone's tokens were made under: a re-build may take them as made
+        "shared_key_id": pseudonyms.key_id if store.shared is not None else None,
+    }
     why = None
     if reuse:
         record = _published_record(store, day.key)
@@ -378,9 +397,10 @@ def build_day(
         if why is None:
             assert record is not None
             if manifest is None:  # its rows stay as they were built
-                facts = {"built": record.get("built"), "raw": record.get("raw")}
+                facts |= {"built": record.get("built"), "raw": record.get("raw")}
             try:
-                published = FromPublished(store, day, manifest, record, digest)
+                key_id = pseudonyms.key_id if pseudonyms.enabled else None
+                published = FromPublished(store, day, manifest, record, digest, key_id)
                 return _build(job, lambda _scratch: published, facts)
             except NotReusable as exc:
                 why = str(exc)
@@ -403,8 +423,11 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
     memory.release()  # what an earlier day or step of this process left freed
     eraser = Eraser(tokens_for(store, day.key, job.pseudonyms), job.pseudonyms)
 
-    def shared(table: pa.Table, name: str = "cdr") -> pa.Table:
+    def shared(table: pa.Table, name: str) -> pa.Table:
         return share(table, name, job.pseudonyms)
+
+    def shared_cdr() -> Iterable[pa.Table]:
+        return source.shared_cdr() or shared_from_staged(txn, job.pseudonyms)
 
     sharing = shared if store.shared is not None else None
     timings: dict[str, float] = {}
@@ -412,17 +435,24 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
     with day_scratch(store, day.key) as scratch, DayTransaction(store, day.key) as txn:
         source = source_in(scratch)
         try:
-            rows = source.rows()
+            rows = source.rows(eraser)
             clock.lap("read_check", timings)
             after_read = _Clock()
             gathered = Gathered(
-                day, job.tz, settings, scratch, expected_rows=source.expected, spills=source.spills
+                day,
+                job.tz,
+                settings,
+                scratch,
+                expected_rows=source.expected,
+                spills=source.spills,
+                keep_rows=not store.local,
             )
-            write_cdr(txn, map(eraser, rows), gathered.add, sharing)
+            write_cdr(txn, rows, gathered.add, shared_cdr if sharing else None)
             rejects, accounting = source.finish(eraser)
             memory.release()  # DuckDB allocates on its own: not from what malloc keeps
             clock = _Clock()  # the aggregates' lap starts here
-            tables = aggregate(gathered, accounting, rejects, job.registry, settings)
+            cdr_file = txn.staged_file("cdr")
+            tables = aggregate(gathered, accounting, rejects, job.registry, settings, cdr_file)
             clock.lap("analytics", timings)
             record = {
                 "date": day.key,

@@ -207,13 +207,21 @@ class Eraser:
         self.tokens, self.pseudonyms, self.dropped = tokens, pseudonyms, 0
 
     def __call__(self, part: pa.Table) -> pa.Table:
-        if not self.tokens or not len(part):
+        return self.drop(part, self.hits(part))
+
+    def hits(self, numbers: pa.Table) -> pa.Array | None:
+        """Which rows are erased, by their numbers or their tokens (as the shared zone's
+        ``cdr`` holds them: no key's work); None when none is."""
+        if not self.tokens or not len(numbers):
+            return None
+        hit = erased_rows(numbers, self.tokens, self.pseudonyms)
+        return hit if pc.any(hit).as_py() else None
+
+    def drop(self, part: pa.Table, hit: pa.Array | None) -> pa.Table:
+        if hit is None:
             return part
-        hit = erased_rows(part, self.tokens, self.pseudonyms)
-        if dropped := pc.sum(hit).as_py():
-            self.dropped += dropped
-            part = part.filter(pc.invert(hit))
-        return part
+        self.dropped += pc.sum(hit).as_py()
+        return part.filter(pc.invert(hit))
 
     def rejects(self, table: pa.Table) -> pa.Table:
         if not self.tokens or not len(table):

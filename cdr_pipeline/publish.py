@@ -17,13 +17,22 @@ import posixpath
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdr_pipeline.layout import StorageError, check_day, part_key, state_key
-from cdr_pipeline.store import Store, StoreError, check_key, is_tmp_of, json_bytes, tmp_key
+from cdr_pipeline.store import (
+    LocalStore,
+    Store,
+    StoreError,
+    check_key,
+    is_tmp_of,
+    json_bytes,
+    tmp_key,
+)
 
 # Fixed writer settings and fixed row-group size: the same rows always give the same bytes,
 # whatever slices they arrive in. zstd level 1, and dictionaries only where values repeat (a
@@ -171,10 +180,20 @@ class DayTransaction:
         self, dataset: str, columns: list[str] | None = None
     ) -> Iterator[pa.Table]:
         """The file staged for ``dataset`` in the data directory, a row group at a time."""
+        with self.store.open_input(self._staged(dataset)) as source:
+            yield from _row_groups(source, columns)
+
+    def staged_file(self, dataset: str) -> Path | None:
+        """The local file staged for ``dataset`` in the data directory (None on an object
+        store), for a reader that takes a path (DuckDB)."""
+        if not isinstance(self.store, LocalStore):
+            return None
+        return self.store.path(self._staged(dataset))
+
+    def _staged(self, dataset: str) -> str:
         target = part_key(dataset, self.day)
         [tmp] = [t for t, key, name in self.staged if name is None and key == target]
-        with self.store.open_input(tmp) as source:
-            yield from _row_groups(source, columns)
+        return tmp
 
     def stage_record(self, kind: str, record: Any) -> None:
         """A JSON record of the day (the accounting) that is published with the files."""

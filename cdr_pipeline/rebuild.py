@@ -13,9 +13,10 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cdr_pipeline.erasure import REMOVED_BUCKETS, Eraser
-from cdr_pipeline.layout import Day, StorageError
+from cdr_pipeline.layout import Day, StorageError, part_key
 from cdr_pipeline.publish import day_row_groups, read_day_table
 from cdr_pipeline.raw import manifest_source
 from cdr_pipeline.store import Store
@@ -24,6 +25,12 @@ from cdr_pipeline.transform.dedup import SPILL_ABOVE_ROWS
 from cdr_pipeline.transform.validate import REJECT_REASONS
 
 SLICE_ROWS = 16_384
+
+
+def _slices(groups: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    for group in groups:
+        for start in range(0, len(group), SLICE_ROWS):
+            yield group.slice(start, SLICE_ROWS)
 
 
 def by_reason_of(rejects: pa.Table) -> dict[str, int]:
@@ -86,10 +93,17 @@ class FromPublished:
         manifest: dict[str, Any] | None,
         record: dict[str, Any],
         digest: str | None,
+        key_id: str | None = None,
     ) -> None:
         """``manifest`` None: the raw layer was pruned; the day keeps what it was fetched
-        as."""
+        as. ``key_id``: the key of the build's tokens; where the shared zone's ``cdr`` was
+        made under it, its tokens say which rows are erased and its rows, less those, are
+        the new shared ``cdr`` (no number is tokenised or masked again)."""
         self.store, self.day, self.record = store, day, record
+        tokens_key, shared = record.get("shared_key_id"), store.shared
+        usable = shared is not None and shared.exists(part_key("cdr", day.key))
+        self.shared = shared if usable and tokens_key is not None and tokens_key == key_id else None
+        self.masks: list[pa.Array | None] = []  # each slice's erased rows, for the shared
         self.origin = record["source"] if manifest is None else manifest_source(manifest)
         self.fetch = record["fetch"] if manifest is None else manifest["totals"]
         self.expected = self.fetch["records"]
@@ -99,12 +113,31 @@ class FromPublished:
         self.renamed = erasure["renamed"] if changed else {}
         self.spills = self.expected > SPILL_ABOVE_ROWS
 
-    def rows(self) -> Iterator[pa.Table]:
+    def rows(self, eraser: Eraser) -> Iterator[pa.Table]:
         """A row group at a time, in slices as small as the raw layer's: fewer rows wait in
         the writer and the aggregates' thread at once (docs/performance.md)."""
-        for group in day_row_groups(self.store, "cdr", self.day.key):
-            for start in range(0, len(group), SLICE_ROWS):
-                yield group.slice(start, SLICE_ROWS)
+        groups = day_row_groups(self.store, "cdr", self.day.key)
+        if self.shared is None:
+            yield from map(eraser, _slices(groups))
+            return
+        tokens = day_row_groups(self.shared, "cdr", self.day.key, ["src_token", "dst_token"])
+        for part, numbers in zip(_slices(groups), _slices(tokens), strict=True):
+            if len(part) != len(numbers):
+                raise NotReusable("the shared zone's cdr is not the restricted one's rows")
+            hit = eraser.hits(numbers)
+            self.masks.append(hit)
+            yield eraser.drop(part, hit)
+
+    def shared_cdr(self) -> Iterator[pa.Table] | None:
+        """The shared zone's new ``cdr``: its published rows less the erased ones (after
+        :meth:`rows`); None when it cannot serve (made under another key, or none)."""
+        if self.shared is None:
+            return None
+        masks = iter(self.masks)
+        parts = _slices(day_row_groups(self.shared, "cdr", self.day.key))
+        return (
+            part if (hit := next(masks)) is None else part.filter(pc.invert(hit)) for part in parts
+        )
 
     def finish(self, eraser: Eraser) -> tuple[pa.Table, dict[str, Any]]:
         rejects = read_day_table(self.store, "cdr_rejects", self.day.key)

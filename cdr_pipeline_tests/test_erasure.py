@@ -44,6 +44,10 @@ def _power_cut(*_args: object, **_kwargs: object) -> None:
     raise OSError("power cut")
 
 
+def _not_called(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("not expected to be called")
+
+
 def _victim(root) -> str:
     """A caller of the day with calls, copies and a rejected record: the hardest to erase."""
     rejects = pq.read_table(root / "cdr_rejects" / f"date={DAY}" / "part-0.parquet")
@@ -88,7 +92,10 @@ def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_fi
                     build_day(store, env.day(DAY), env.tz, pseudonyms=p, reuse=True)
             for zone, was in published.items():
                 assert _published(tmp_path / name / zone) == was
-        built[name] = build_day(store, env.day(DAY), env.tz, pseudonyms=p, reuse=reuse)
+        with monkeypatch.context() as m:
+            if reuse:  # the shared cdr is its published rows less the erased: no key's work
+                m.setattr(daily, "shared_from_staged", _not_called)
+            built[name] = build_day(store, env.day(DAY), env.tz, pseudonyms=p, reuse=reuse)
     assert built["reused"].from_published, built["reused"].reuse_refused
     assert not built["from_raw"].from_published
     accounting = built["reused"].accounting
@@ -166,3 +173,29 @@ def test_consecutive_days_are_rebuilt_in_one_run():
         ["2024-03-03", "2024-03-04"],
     ]
     assert _runs_of([]) == []
+
+
+@pytest.mark.parametrize(
+    ("made_under", "present", "takes_tokens"),
+    [
+        ("this", True, True),
+        ("other", True, False),  # another key: its tokens would not match the requests'
+        (None, True, False),  # made before the record said under which key
+        ("this", False, False),  # the shared zone was configured after the day was built
+    ],
+)
+def test_the_shared_zones_tokens_are_taken_as_made_only_under_this_key(
+    tmp_path, made_under, present, takes_tokens
+):
+    from cdr_pipeline.layout import Day, part_key
+    from cdr_pipeline.rebuild import FromPublished
+
+    p = Pseudonyms(KEY)
+    store = open_store(tmp_path / "data")
+    store.shared = open_store(tmp_path / "shared")
+    if present:
+        store.shared.put(part_key("cdr", DAY), b"PAR1")
+    key_id = {"this": p.key_id, "other": Pseudonyms(KEY + "!").key_id, None: None}[made_under]
+    record = {"source": "simulator", "fetch": {"records": 1}, "shared_key_id": key_id}
+    source = FromPublished(store, Day(DAY, 0, 86400), None, record, None, p.key_id)
+    assert (source.shared is not None) is takes_tokens

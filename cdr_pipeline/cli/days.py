@@ -125,9 +125,6 @@ def local_home(demo: bool | None = None) -> Path:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    import dagster as dg
-    from tqdm import tqdm
-
     from cdr_pipeline.definitions import defs
     from cdr_pipeline.defs.schedules import DAILY_JOB
 
@@ -153,36 +150,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         run_config["ops"] = {"cdr_day": {"config": {"allow_shrink": True}}}
     store = settings.store
     published = {d for d in days if store.exists(state_key("validation", d))}
-    failed: list[str] = []
-    skipped: list[str] = []
-    interrupted = False
-    with dg.DagsterInstance.get() as instance:
-        bar = tqdm(days, unit="day", file=sys.stderr, ascii=True, ncols=100)
-        try:
-            with _retries_shown(bar):
-                for i, day in enumerate(bar):
-                    bar.set_description(day)
-                    result = job.execute_in_process(
-                        instance=instance,
-                        partition_key=day,
-                        run_config=run_config,
-                        raise_on_error=False,
-                    )
-                    bar.set_postfix_str("")
-                    if args.verbose:
-                        _write_log(instance, result.run_id, bar.write)
-                    if result.success:
-                        continue
-                    failed.append(day)
-                    ending = _report_failure(result, day, bar.write, args.verbose)
-                    interrupted = ending == "interrupted"
-                    if ending:
-                        skipped = days[i + 1 :] if ending == "stops" else []
-                        break
-        except KeyboardInterrupt:  # between the steps of a run, or between runs
-            interrupted = True
-        finally:
-            bar.close()
+    failed, skipped, interrupted = _run_days(job, days, run_config, args.verbose)
     if interrupted:
         left = days[days.index(failed[-1]) if failed else 0 :]
         print(
@@ -205,6 +173,48 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         print(f"failed partitions: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_days(
+    job: Any, days: list[str], run_config: dict, verbose: bool
+) -> tuple[list[str], list[str], bool]:
+    """One Dagster run per day, in order, under a progress bar: the days that failed, those
+    not attempted after a failure no other day can get past, and whether it was
+    interrupted."""
+    import dagster as dg
+    from tqdm import tqdm
+
+    failed: list[str] = []
+    skipped: list[str] = []
+    interrupted = False
+    with dg.DagsterInstance.get() as instance:
+        bar = tqdm(days, unit="day", file=sys.stderr, ascii=True, ncols=100)
+        try:
+            with _retries_shown(bar):
+                for i, day in enumerate(bar):
+                    bar.set_description(day)
+                    result = job.execute_in_process(
+                        instance=instance,
+                        partition_key=day,
+                        run_config=run_config,
+                        raise_on_error=False,
+                    )
+                    bar.set_postfix_str("")
+                    if verbose:
+                        _write_log(instance, result.run_id, bar.write)
+                    if result.success:
+                        continue
+                    failed.append(day)
+                    ending = _report_failure(result, day, bar.write, verbose)
+                    interrupted = ending == "interrupted"
+                    if ending:
+                        skipped = days[i + 1 :] if ending == "stops" else []
+                        break
+        except KeyboardInterrupt:  # between the steps of a run, or between runs
+            interrupted = True
+        finally:
+            bar.close()
+    return failed, skipped, interrupted
 
 
 def _span(days: Sequence[str]) -> str:

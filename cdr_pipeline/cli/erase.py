@@ -37,13 +37,7 @@ def _runs_of(found: list) -> list[list]:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    import dagster as dg
-
     from cdr_pipeline import erasure
-    from cdr_pipeline.definitions import defs
-    from cdr_pipeline.defs.schedules import REBUILD_JOB
-    from cdr_pipeline.layout import Day
-    from cdr_pipeline.lease import run_leases
     from cdr_pipeline.privacy import pseudonyms_of
 
     settings = load_settings()
@@ -63,7 +57,6 @@ def cmd_erase(args: argparse.Namespace) -> int:
     except ValueError:
         raise SystemExit("give the number to erase (it is empty)") from None
     store, tokens = settings.store, frozenset({token})
-    needle = erasure.needle_of(args.number, p.region)
     shown = p.shown(args.number)
     found = erasure.find(store, _published(store, start, end), args.number, tokens, p)
     rows = [(f.day, f.calls, f.rejects) for f in found]
@@ -75,19 +68,50 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     index = erasure.record(store, token, p.key_id, start, end)  # first: later fetches drop them
-    owner = f"erase-{uuid.uuid4().hex}"
+    needle = erasure.needle_of(args.number, p.region)
+    removed = _take_out(settings, found, tokens, p, needle)
+    rebuilt, failed = _rebuild(settings, [f for f in found if not f.cleared])
+    if failed:
+        print(
+            f"failed to re-build {', '.join(failed)}: the erasure is kept, and the next build "
+            "of those days (cdr-pipeline erase again, or any materialization) applies it"
+        )
+        return 1
+    erasure.finish(store, index, removed | rebuilt)
+    print(f"erased {shown} from {len(removed | rebuilt)} days; recorded in {store.uri('erasures')}")
+    return 0
+
+
+def _take_out(settings, found: list, tokens: frozenset[str], p, needle) -> dict[str, int]:
+    """Each day's records out of its raw bodies, under the day's lease; a day cleared of its
+    numbers has none left to re-build from, so it is erased in place: those days' counts."""
+    from cdr_pipeline import erasure
+    from cdr_pipeline.layout import Day
+    from cdr_pipeline.lease import run_leases
+
+    store, ops, owner = settings.store, settings.publish, f"erase-{uuid.uuid4().hex}"
     removed: dict[str, int] = {}
-    ops = settings.publish
     for f in found:
         with run_leases(
             store, [f.day], owner, ttl_s=ops.lease_ttl_s, wait_s=ops.lock_wait_s
         ) as held:
             held.take(f.day)
-            if f.cleared:  # no raw bodies left to re-build from: erased in place
+            if f.cleared:
                 removed[f.day] = erasure.erase_cleared(store, f.day, tokens, p)
             else:
                 day = Day.from_key(f.day, settings.tz)
                 erasure.erase_raw(store, day, settings.tz, tokens, p, needle)
+    return removed
+
+
+def _rebuild(settings, found: list) -> tuple[dict[str, int], list[str]]:
+    """The days re-built from their published versions through Dagster, one run per stretch
+    of consecutive days: the records each lost, and the days that failed (each said)."""
+    import dagster as dg
+
+    from cdr_pipeline.definitions import defs
+    from cdr_pipeline.defs.schedules import REBUILD_JOB
+
     local_home(settings.uses_simulator)
     job = defs().resolve_job_def(REBUILD_JOB)
     run_config = {
@@ -95,9 +119,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
         # the erased calls may be many of a day's: no shrink guard stands in the way
         "ops": {"cdr_day": {"config": {"allow_shrink": True, "reuse_published": True}}},
     }
-    failed = []
+    removed: dict[str, int] = {}
+    failed: list[str] = []
     with dg.DagsterInstance.get() as instance:
-        for days in _runs_of([f for f in found if not f.cleared]):
+        for days in _runs_of(found):
             first, last = days[0].day, days[-1].day
             tags = {RANGE_START: first, RANGE_END: last}
             result = job.execute_in_process(
@@ -110,12 +135,4 @@ def cmd_erase(args: argparse.Namespace) -> int:
                 _report_failure(
                     result, first if first == last else f"{first}..{last}", print, False
                 )
-    if failed:
-        print(
-            f"failed to re-build {', '.join(failed)}: the erasure is kept, and the next build "
-            "of those days (cdr-pipeline erase again, or any materialization) applies it"
-        )
-        return 1
-    erasure.finish(store, index, removed)
-    print(f"erased {shown} from {len(removed)} days; recorded in {store.uri('erasures')}")
-    return 0
+    return removed, failed

@@ -5,8 +5,10 @@ whose traffic looks like abuse (``caller_risk_daily``).
 
 The day's rows pass by slice by slice (:meth:`DayAnalytics.add`). The hourly load is gathered
 as they pass, in a per-second difference array of the day (:class:`_Load`: flat memory, no
-sort). The rest are kept in a narrow local Parquet file; :meth:`DayAnalytics.finish` then asks
-DuckDB, under a memory limit and with a spill folder, so the per-caller work runs out of core:
+sort). The rest DuckDB reads from the day's ``cdr`` file once it is written, when it is on a
+local disk, else from a narrow local Parquet file of the rows kept as they pass;
+:meth:`DayAnalytics.finish` asks it under a memory limit and with a spill folder, so the
+per-caller work runs out of core:
 memory stays flat however many callers and numbers a day holds. The SQL below is the
 contract's wording, clause by clause.
 """
@@ -115,7 +117,7 @@ RISK_SCHEMA = described(
 # milliseconds (s start, a answer, e end, r callee's ring) and the local start hour (lh).
 _CALLS_VIEW = """
 create view calls as
-    select *, epoch_ms(start_src_call_time) as s, epoch_ms(dst_accept_time) as a,
+    select {columns}, epoch_ms(start_src_call_time) as s, epoch_ms(dst_accept_time) as a,
            epoch_ms(end_call_time) as e, epoch_ms(start_dst_ring_time) as r,
            hour(start_local) as lh
     from read_parquet('{path}')
@@ -325,10 +327,20 @@ class DayAnalytics:
     """The analytics of one day, from its ``cdr`` rows in slices."""
 
     def __init__(
-        self, scratch: Path, day_start: int, day_end: int, tz: ZoneInfo, settings: AnalyticsSettings
+        self,
+        scratch: Path,
+        day_start: int,
+        day_end: int,
+        tz: ZoneInfo,
+        settings: AnalyticsSettings,
+        *,
+        keep_rows: bool = True,
     ) -> None:
+        """``keep_rows`` False: :meth:`finish` will be given the day's ``cdr`` file, so the
+        rows are not kept a second time (writing them cost more than DuckDB reading the
+        zstd file: docs/performance.md)."""
         self.scratch, self.day_start, self.day_end = scratch, day_start, day_end
-        self.tz, self.settings = tz, settings
+        self.tz, self.settings, self.keep_rows = tz, settings, keep_rows
         self.path = scratch / "analytics-rows.parquet"
         self._writer: pq.ParquetWriter | None = None
         self._load = _Load(day_start, day_end)
@@ -336,6 +348,8 @@ class DayAnalytics:
 
     def add(self, part: pa.Table) -> None:
         self._load.add(part)
+        if not self.keep_rows:
+            return
         rows = part.select(COLUMNS)
         if self._writer is None:
             self._writer = pq.ParquetWriter(
@@ -343,16 +357,27 @@ class DayAnalytics:
             )
         self._writer.write_table(rows)
 
-    def finish(self, schema: pa.Schema, queries: dict[str, Query]) -> Analytics:
+    def finish(
+        self, schema: pa.Schema, queries: dict[str, Query], cdr_file: Path | None = None
+    ) -> Analytics:
         """The hourly load, each query dataset and the billing figures of the day
-        (``schema``: ``cdr``'s, for a day with no rows)."""
-        if self._writer is None:
+        (``schema``: ``cdr``'s, for a day with no rows), from ``cdr_file`` (the day's rows,
+        all of them added) or the rows kept."""
+        if cdr_file is None and not self.keep_rows:
+            raise ValueError("the rows were not kept: finish needs the day's cdr file")
+        if cdr_file is not None:
+            path = cdr_file
+        elif self._writer is None:
             pq.write_table(schema.empty_table().select(COLUMNS), self.path)
+            path = self.path
         else:
             self._writer.close()
+            path = self.path
         con = _connect(self.scratch)
         try:
-            con.execute(_CALLS_VIEW.format(path=str(self.path).replace("'", "''")))
+            con.execute(
+                _CALLS_VIEW.format(columns=", ".join(COLUMNS), path=str(path).replace("'", "''"))
+            )
             queried = {
                 name: self._query(con, sql, **params).cast(result_schema)
                 for name, (sql, params, result_schema) in queries.items()
