@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pyarrow.fs as pafs
 import pytest
+from hypothesis import settings
 
 from cdr_pipeline.api.client import CdrApiClient
 from cdr_pipeline.layout import Day
@@ -22,6 +23,13 @@ from cdr_pipeline.settings import ClientSettings
 from cdr_pipeline.simulator import SimConfig, SimulatorServer, serve
 from cdr_pipeline.store import Store, open_store
 from cdr_pipeline_tests.servers import accepts, server_process
+
+# Property tests run the same examples every time (derandomized); `make test-fast` asks for a
+# quarter of them (--hypothesis-profile=fast). A test that needs more asks for a multiple of
+# the profile's count (``settings.default.max_examples``), so the fast profile scales it too.
+settings.register_profile("full", max_examples=100, derandomize=True, deadline=None)
+settings.register_profile("fast", settings.get_profile("full"), max_examples=25)
+settings.load_profile("full")
 
 API_ID = "ID-s3cr3t-4f9a77"
 APP_ID = "APP-s3cr3t-b81c02"

@@ -92,7 +92,7 @@ def _samples(seed: int) -> list[str]:
 
 
 @given(st.lists(st.none() | st.text(alphabet="0123456789+ -é\u0660", max_size=24), max_size=40))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=2 * settings.default.max_examples)
 def test_plain_numbers_are_read_off_the_buffers_as_python_reads_them(values):
     from cdr_pipeline.transform.phones import MAX_DIGITS, MIN_GROUPED, read_digits
 
@@ -212,7 +212,7 @@ def test_numbers_written_with_separators_are_grouped_not_parsed_one_by_one():
     assert parse_number.cache_info().misses < 10
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=3 * settings.default.max_examples)
 @given(
     st.lists(
         st.one_of(

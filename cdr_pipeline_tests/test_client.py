@@ -309,7 +309,10 @@ def _outcome(body: bytes, max_bytes: int) -> object:
         return exc.kind, str(exc).split(":")[0]
 
 
-@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hypothesis_settings(
+    max_examples=3 * hypothesis_settings.default.max_examples,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     doc=st.binary(max_size=3000),
     wrap=st.sampled_from(["zlib", "gzip", "plain"]),

@@ -229,7 +229,7 @@ def test_the_shared_zone_holds_no_clear_number_and_erasure_survives_a_refetch(
     assert not [r for r in _shared_digits(shared) if e164[3:] in r]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=2 * settings.default.max_examples)
 @given(
     st.lists(
         st.one_of(

@@ -354,9 +354,7 @@ records = st.one_of(
     ),
 )
 PROPERTY = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
+    max_examples=3 * settings.default.max_examples,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
