@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from itertools import zip_longest
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -120,10 +121,12 @@ class FromPublished:
         if self.shared is None:
             yield from map(eraser, _slices(groups))
             return
-        tokens = day_row_groups(self.shared, "cdr", self.day.key, ["src_token", "dst_token"])
-        for part, numbers in zip(_slices(groups), _slices(tokens), strict=True):
-            if len(part) != len(numbers):
-                raise NotReusable("the shared zone's cdr is not the restricted one's rows")
+        columns = ["call_id", "src_token", "dst_token"]
+        tokens = day_row_groups(self.shared, "cdr", self.day.key, columns)
+        for part, numbers in zip_longest(_slices(groups), _slices(tokens)):
+            # the tokens decide which rows go: only those of the very same calls may
+            if part is None or numbers is None or not part["call_id"].equals(numbers["call_id"]):
+                raise NotReusable("the shared zone's cdr does not hold the restricted one's calls")
             hit = eraser.hits(numbers)
             self.masks.append(hit)
             yield eraser.drop(part, hit)

@@ -199,3 +199,37 @@ def test_the_shared_zones_tokens_are_taken_as_made_only_under_this_key(
     record = {"source": "simulator", "fetch": {"records": 1}, "shared_key_id": key_id}
     source = FromPublished(store, Day(DAY, 0, 86400), None, record, None, p.key_id)
     assert (source.shared is not None) is takes_tokens
+
+
+def test_a_shared_cdr_of_other_calls_does_not_decide_what_is_erased(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    """Its tokens say which rows go only where it holds the restricted file's calls, row for
+    row; another version copied in (here: its rows in another order) sends the build to the
+    raw layer."""
+    shared = tmp_path / "shared"
+    env = Env(
+        monkeypatch,
+        tmp_path,
+        sim_server(calls_per_day=300),
+        CDR_PSEUDONYM_KEY=KEY,
+        CDR_SHARED_DATA_DIR=str(shared),
+    )
+    assert env.run(instance, DAY).success
+    copied = shared / "cdr" / f"date={DAY}" / "part-0.parquet"
+    table = pq.read_table(copied)
+    pq.write_table(table.take(list(range(table.num_rows - 1, -1, -1))), copied)
+    cdr = pq.read_table(env.root / "cdr" / f"date={DAY}" / "part-0.parquet")
+    number = Counter(cdr.column("src_e164").to_pylist()).most_common(1)[0][0]
+    p = Pseudonyms(KEY)
+    tokens = frozenset({p.token(number)})
+    store = open_store(env.root)
+    store.shared = open_store(shared)
+    erasure.record(store, p.token(number), p.key_id, None, None)
+    erasure.erase_raw(store, env.day(DAY), env.tz, tokens, p, needle_of(number))
+    built = build_day(store, env.day(DAY), env.tz, pseudonyms=p, reuse=True)
+    assert not built.from_published
+    assert built.reuse_refused == "the shared zone's cdr does not hold the restricted one's calls"
+    after = pq.read_table(copied)
+    assert len(after) == built.accounting["valid"] < len(table)
+    assert tokens.isdisjoint(after["src_token"].to_pylist() + after["dst_token"].to_pylist())
