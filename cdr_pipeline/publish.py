@@ -186,8 +186,9 @@ class DayTransaction:
     def staged_file(self, dataset: str) -> Path | None:
         """The local file staged for ``dataset`` in the data directory (None on an object
         store), for a reader that takes a path (DuckDB)."""
-        if not isinstance(self.store, LocalStore):
+        if not self.store.local:
             return None
+        assert isinstance(self.store, LocalStore)
         return self.store.path(self._staged(dataset))
 
     def _staged(self, dataset: str) -> str:
