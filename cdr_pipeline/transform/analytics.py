@@ -147,8 +147,8 @@ order by calls desc, dst_country nulls last, dst_type
 # caller (over every caller of a 1M-call day it ran out of DuckDB's memory limit on 2
 # threads). A caller with fewer calls than every call-count threshold can be flagged neither
 # for burst, fan_out nor repeat_target (each counts some of its calls), so the first stage
-# counts only what could flag a caller alone: three counts of every caller, not nine, cut the
-# query's CPU by a third (docs/performance.md).
+# counts only what could flag a caller alone: three counts of every caller, the other six only
+# of those past it (`more`), cut the query's CPU by a third (docs/performance.md).
 RISK_SQL = f"""
 with c as not materialized ({_CALLS} where src is not null),
 few as (
@@ -167,8 +167,8 @@ mc as (
            or short_ring_unanswered_calls >= $short_ring or premium_night_calls >= $premium_night
     ) using (src)
 ),
-maybe as (
-    select src, min(src_country) as src_country, count(*) as calls,
+more as (
+    select src, min(src_country) as src_country,
            count(*) filter (where a is null) / count(*) as unanswered_share,
            count(*) filter (where call_end_status = 1 and duration_s < 10) / count(*)
                as short_call_share,
@@ -176,14 +176,10 @@ maybe as (
                             and dst_country <> src_country) / count(*) as international_share,
            count(*) filter (where dst_type = 'premium_rate') as premium_rate_calls,
            count(*) filter (where lh between {NIGHT_HOURS[0]} and {NIGHT_HOURS[1]})
-               as night_calls,
-           count(*) filter (where dst_type = 'premium_rate'
-                            and lh between {NIGHT_HOURS[0]} and {NIGHT_HOURS[1]})
-               as premium_night_calls,
-           count(*) filter (where r is not null and a is null and e is not null
-                            and e - r <= $short_ring_ms) as short_ring_unanswered_calls
+               as night_calls
     from mc group by src
 ),
+maybe as (select * from few join more using (src)),
 pairs as (select src, dst, count(*) as n from mc group by src, dst),
 numbers as (
     select src, count(*) filter (where dst is not null) as distinct_destinations,
