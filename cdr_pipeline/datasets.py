@@ -207,13 +207,6 @@ NAMES = tuple(d.name for d in DATASETS)
 STAGES = ("cdr", "rejects", "outcome", "kpis", "hourly", "query")
 
 
-def by_name(name: str, registry: tuple[Dataset, ...] = DATASETS) -> Dataset:
-    for dataset in registry:
-        if dataset.name == name:
-            return dataset
-    raise KeyError(f"unknown dataset {name!r}; known: {', '.join(d.name for d in registry)}")
-
-
 def queries(
     registry: tuple[Dataset, ...], settings: AnalyticsSettings
 ) -> dict[str, analytics.Query]:

@@ -219,13 +219,6 @@ def _code_table(size: int) -> np.ndarray:
 _CODES = {size: _code_table(size) for size in (1, 2, 3)}
 
 
-def _buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    n = len(array)
-    offsets = np.frombuffer(array.buffers()[1], np.int32, n + 1, array.offset).astype(np.int64)
-    data = array.buffers()[2]
-    return offsets, np.frombuffer(data, np.uint8) if data else np.zeros(0, np.uint8)
-
-
 def _bulk_masks(e164: pa.Array) -> pa.Array:
     """:func:`mask` of E.164 numbers with a national part of three digits or more, written
     in bulk on a (rows, 17) array of bytes (a mask is as long as its number, plus the space
