@@ -22,6 +22,22 @@ REJECT_RATE_WARN = 0.05
 FAILED_DAYS = "failed_days"  # in every check's metadata: the days it failed (alerts name them)
 
 
+def _result(
+    failed: list[str],
+    metadata: dict[str, Any],
+    *,
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.WARN,
+    description: str | None = None,
+) -> dg.AssetCheckResult:
+    """A check's result: passed when no day ``failed``, which its metadata names."""
+    return dg.AssetCheckResult(
+        passed=not failed,
+        severity=severity,
+        description=description,
+        metadata={**metadata, FAILED_DAYS: ",".join(failed)},
+    )
+
+
 def _days(context: dg.AssetCheckExecutionContext) -> list[str]:
     return list(context.partition_keys)
 
@@ -74,16 +90,9 @@ def accounting_balances(
             else f"{acc['fetched']} = " + " + ".join(str(acc.get(b, 0)) for b in ACCOUNTING_BUCKETS)
         )
         failures += [f"{day}: {p}" for p in problems]
-    return dg.AssetCheckResult(
-        passed=not failures,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "days": len(meta),
-            **meta,
-            "failures": "\n".join(failures) or "none",
-            FAILED_DAYS: ",".join(sorted({f.split(":")[0] for f in failures})),
-        },
-    )
+    failed = sorted({f.split(":")[0] for f in failures})
+    metadata = {"days": len(meta), **meta, "failures": "\n".join(failures) or "none"}
+    return _result(failed, metadata, severity=dg.AssetCheckSeverity.ERROR)
 
 
 @dg.asset_check(
@@ -132,11 +141,7 @@ def billing_reconciliation(
                 )
             )
         meta[day] = cap(said, MAX_VALUE)
-    return dg.AssetCheckResult(
-        passed=not warned,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={**meta, FAILED_DAYS: ",".join(warned)},
-    )
+    return _result(warned, meta)
 
 
 @dg.asset_check(
@@ -160,12 +165,11 @@ def flagged_callers(
             )
             more = f"; and {len(risk) - 20} more" if len(risk) > 20 else ""
             meta[day] = cap(said + more, MAX_VALUE)
-    return dg.AssetCheckResult(
-        passed=not meta,
-        severity=dg.AssetCheckSeverity.WARN,
+    return _result(
+        list(meta),
+        {"flagged_days": len(meta), **meta},
         # the data directory holds the deployment's source alone (raw.claim_source)
         description=_flagged_said(len(meta), cdr_api.uses_simulator) if meta else None,
-        metadata={"flagged_days": len(meta), **meta, FAILED_DAYS: ",".join(meta)},
     )
 
 
@@ -198,11 +202,7 @@ def volume(
 ) -> dg.AssetCheckResult:
     days = _days(context)
     said = volume_findings(cdr_storage.store, days, cdr_analytics.volume_warn_share)
-    return dg.AssetCheckResult(
-        passed=not said,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={**said, FAILED_DAYS: ",".join(said)},
-    )
+    return _result(list(said), said)
 
 
 @dg.asset_check(
@@ -223,13 +223,4 @@ def reject_rate(
         if rate > REJECT_RATE_WARN:
             high.append(day)
         meta[day] = f"{rate:.2%} ({acc['rejected']} of {denom})"
-    return dg.AssetCheckResult(
-        passed=worst <= REJECT_RATE_WARN,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "worst_rate": worst,
-            "threshold": REJECT_RATE_WARN,
-            **meta,
-            FAILED_DAYS: ",".join(high),
-        },
-    )
+    return _result(high, {"worst_rate": worst, "threshold": REJECT_RATE_WARN, **meta})
