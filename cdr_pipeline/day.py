@@ -399,7 +399,7 @@ def build_day(
             if manifest is None:  # its rows stay as they were built
                 facts |= {"built": record.get("built"), "raw": record.get("raw")}
             try:
-                key_id = pseudonyms.key_id if pseudonyms.enabled else None
+                key_id = facts["shared_key_id"]  # the key the new shared zone is made under
                 published = FromPublished(store, day, manifest, record, digest, key_id)
                 return _build(job, lambda _scratch: published, facts)
             except NotReusable as exc:

@@ -384,6 +384,7 @@ def erase_raw(
         return 0  # pruned: the datasets alone hold the day
     before = manifest_digest(manifest)
     changed: dict[str, tuple[bytes, str]] = {}
+    renamed: dict[str, str] = {}
     gone: list[Page] = []
     count = 0
     max_bytes = manifest.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
@@ -402,7 +403,7 @@ def erase_raw(
         gone.append((_dumps(page | {"cdr": removed}), entry["file"], entry["window"]))
         body = _encoded(_dumps(page | {"cdr": kept}), encoding)
         name, digest = body_name(body, encoding)
-        changed[entry["file"]] = (body, encoding)
+        changed[entry["file"]], renamed[entry["file"]] = (body, encoding), name
         entry.update(file=name, sha256=digest, bytes=len(body), records=len(kept))
     if not gone:
         return 0
@@ -412,7 +413,7 @@ def erase_raw(
     manifest["erasure"] = {
         "from": before,
         "removed": _classified(gone, day, tz),
-        "renamed": {old: body_name(*new)[0] for old, new in changed.items()},
+        "renamed": renamed,
     }
     replace_raw_bodies(store, day.key, changed, manifest)
     return count
