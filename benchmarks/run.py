@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmarks import fetch
 from benchmarks.data import DIRTY, ensure_day
+from benchmarks.worker import ERASE_WORKERS
 
 HERE = Path(__file__).resolve().parent
 
@@ -180,8 +181,9 @@ NAMES = {
     "zone with tokens and masks for numbers",
     "private_plain": "the same, its tokens and masks replaced by empty columns",
     "private_big": "the same, on the 5M day",
-    "erase": "cdr-pipeline erase of the day's busiest caller (find, raw re-written, the day "
-    "re-built from its published version, both zones)",
+    "erase": "cdr-pipeline erase of the day's busiest caller from two copies of the day at "
+    "once, a worker process each (find, raw re-written, the day re-built from its published "
+    "version, both zones); RSS: the larger worker's own",
 }
 # The baselines the transform is compared with, in the order the summary line names them;
 # dlt fed dicts is measured and tabled, not named there.
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("number intelligence alone, on the 1M day's published rows")
     enrich = repeat("enrich", small, args.rounds)
-    print("erase: one number from the 1M day, as cdr-pipeline erase does it")
+    print("erase: one number from two copies of the 1M day, as cdr-pipeline erase does it")
     erased = repeat("erase", small, args.rounds)
     print("floors: inflate, JSON to Arrow, Parquet write")
     floors = [worker(t, small) for t in ("floor_inflate", "floor_json", "floor_parquet")]
@@ -327,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
     peak = max(ours["rss_mb"], ours_big["rss_mb"])
     private_peak = max(summaries["private"]["rss_mb"], private_big["rss_mb"])
+    erase_30 = 30 * erased["seconds"] / ERASE_WORKERS  # the workers erase a day each at once
     fetch_ratio = max(f["ratio"] for f in fetches[:2])
     small_day = fetches[2]
     shape = {(f["concurrency"], f["split"]): f["wall_s"] for f in fetches[4:]}
@@ -495,11 +498,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{ours['records']:,} calls and {private_big['rss_mb']:.0f} MB at "
         f"{ours_big['records']:,} (goal <= {GOALS['rss_mb']:.0f} MB: "
         f"{_met(private_peak, GOALS['rss_mb'], at_most=True)})",
-        f"- erasing one number (the busiest caller) from the day of {erased['records']:,} "
-        f"calls, with a shared zone: **{erased['seconds']:.2f} s** ({erased['cores']:.2f} "
-        f"cores busy), so 30 such days take about **{30 * erased['seconds']:.0f} s** (goal "
-        f"under {GOALS['erase_30_days_s']:.0f} s: "
-        f"{_met(30 * erased['seconds'], GOALS['erase_30_days_s'], at_most=True)})",
+        f"- erasing one number (the busiest caller) from {ERASE_WORKERS} days of "
+        f"{erased['records'] // ERASE_WORKERS:,} calls with a shared zone, at once in worker "
+        f"processes as `cdr-pipeline erase` runs them: **{erased['seconds']:.2f} s** "
+        f"({erased['cores']:.2f} cores busy), so 30 such days take about **{erase_30:.0f} s** "
+        f"(goal under {GOALS['erase_30_days_s']:.0f} s: "
+        f"{_met(erase_30, GOALS['erase_30_days_s'], at_most=True)}); each "
+        f"worker's own peak extra RSS {erased['rss_mb']:.0f} MB",
         f"- the analytics (destinations, hourly load, billing, caller risk; DuckDB over the "
         f"day's rows, out of core): **{_median_key(runs['ours'], 'analytics_s'):.2f} s** at "
         f"{ours['records']:,} records/day, **{ours_big_run['analytics_s']:.2f} s** at "

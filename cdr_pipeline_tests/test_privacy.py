@@ -191,7 +191,7 @@ def test_the_shared_zone_holds_no_clear_number_and_erasure_survives_a_refetch(
     said = capsys.readouterr().out
     assert "would erase" in said and days[0] in said and e164 not in said
     assert holding(env.root) == had  # a dry run changes nothing
-    assert cli.main(["erase", number]) == 0
+    assert cli.main(["erase", number, "--workers", "2"]) == 0  # a day a worker process
     assert capsys.readouterr().out.count("erased") >= 1
     assert set(holding(env.root).values()) == {0}
     token = ours.token(number)
@@ -227,6 +227,52 @@ def test_the_shared_zone_holds_no_clear_number_and_erasure_survives_a_refetch(
     acc = json.loads((env.root / "_state" / "validation" / f"date={days[0]}.json").read_text())
     assert acc["accounting"]["erased"] >= had[days[0]]
     assert not [r for r in _shared_digits(shared) if e164[3:] in r]
+
+
+@pytest.mark.slow
+def test_an_erase_whose_worker_cannot_take_a_day_says_which_and_is_finished_later(
+    monkeypatch, tmp_path, sim_server, instance, capsys
+):
+    """Each worker process erases its own days: one refused (another run holds the day) says
+    so and leaves the request open; the other's day is erased; erase again finishes it."""
+    from cdr_pipeline import lease
+
+    env, _ = _private_env(monkeypatch, tmp_path, sim_server(calls_per_day=200))
+    monkeypatch.setenv("CDR_LOCK_WAIT_S", "0")
+    days = ["2024-03-01", "2024-03-02"]
+    assert env.run(instance, *days).success
+    tables = {d: pq.read_table(env.root / "cdr" / f"date={d}" / "part-0.parquet") for d in days}
+    number = next(
+        n
+        for n in tables[days[0]].column("src_e164").to_pylist()
+        if n and n in set(tables[days[1]].column("src_e164").to_pylist())
+    )
+
+    def held() -> dict[str, int]:
+        return {
+            d: pq.read_table(
+                env.root / "cdr" / f"date={d}" / "part-0.parquet", columns=["src_e164"]
+            )
+            .column("src_e164")
+            .to_pylist()
+            .count(number)
+            for d in days
+        }
+
+    store = open_store(env.root)
+    lease.take_lease(store, days[1], "run-elsewhere", ttl_s=600, wait_s=0)
+    assert cli.main(["erase", number, "--workers", "2"]) == 4
+    said = capsys.readouterr().err
+    assert f"{days[1]} is being materialized by another run" in said and number not in said
+    assert held()[days[0]] == 0 and held()[days[1]] > 0
+    [request] = pq.read_table(env.root / "erasures" / "part-0.parquet").to_pylist()
+    assert request["done_at"] is None  # open: every later build of the day still applies it
+
+    lease.release_lease(store, days[1], "run-elsewhere")
+    assert cli.main(["erase", number, "--workers", "2"]) == 0
+    assert set(held().values()) == {0}
+    audit = pq.read_table(env.root / "erasures" / "part-0.parquet").to_pylist()
+    assert [a["done_at"] is None for a in audit] == [True, False] and audit[1]["days"] == [days[1]]
 
 
 @settings(max_examples=2 * settings.default.max_examples)
@@ -355,7 +401,7 @@ def test_retention_clears_exactly_the_old_days_and_erasure_still_reaches_them(
     both = set(srcs) & set(before[days[1]].column("src_e164").to_pylist()) - {None}
     e164 = max(both, key=srcs.count)
     token = ours.token(e164)
-    assert cli.main(["erase", e164]) == 0
+    assert cli.main(["erase", e164, "--workers", "1"]) == 0  # in this process
     capsys.readouterr()
 
     def tokens_in(table: pa.Table) -> set[str]:

@@ -5,8 +5,14 @@ through the day's one atomic publish."""
 from __future__ import annotations
 
 import argparse
+import sys
 import uuid
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import partial
+from multiprocessing import get_context
 
 from tabulate import tabulate
 
@@ -68,18 +74,60 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     index = erasure.record(store, token, p.key_id, start, end)  # first: later fetches drop them
-    needle = erasure.needle_of(args.number, p.region)
-    removed = _take_out(settings, found, tokens, p, needle)
-    rebuilt, failed = _rebuild(settings, [f for f in found if not f.cleared])
+    local_home(settings.uses_simulator)  # the workers' Dagster instance, in their environment
+    shares = _shares(found, args.workers)
+    work = partial(_erase_share, tokens=tokens, needle=erasure.needle_of(args.number, p.region))
+    if len(shares) > 1:  # processes: a re-build leaves a core idle (docs/performance.md)
+        try:
+            with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn")) as pool:
+                done = list(pool.map(work, shares))
+        except BrokenProcessPool:
+            raise SystemExit(
+                "a worker process died (out of memory?): the erasure is kept and every later "
+                "build of its days applies it; run erase again, with fewer --workers"
+            ) from None
+    else:
+        done = [work(share) for share in shares]
+    erased = {day: n for d in done for day, n in d.erased.items()}
+    failed = [day for d in done for day in d.failed]
+    for line in (line for d in done for line in d.said):
+        print(line, file=sys.stderr)
     if failed:
         print(
             f"failed to re-build {', '.join(failed)}: the erasure is kept, and the next build "
             "of those days (cdr-pipeline erase again, or any materialization) applies it"
         )
         return 1
-    erasure.finish(store, index, removed | rebuilt)
-    print(f"erased {shown} from {len(removed | rebuilt)} days; recorded in {store.uri('erasures')}")
+    erasure.finish(store, index, erased)
+    print(f"erased {shown} from {len(erased)} days; recorded in {store.uri('erasures')}")
     return 0
+
+
+def _shares(found: list, workers: int) -> list[list]:
+    """The days split into at most ``workers`` stretches of about as many days each, in
+    order (each stretch's consecutive days are then re-built by one Dagster run)."""
+    n = min(workers, len(found))
+    return [found[i * len(found) // n : (i + 1) * len(found) // n] for i in range(n)]
+
+
+@dataclass
+class _Done:
+    erased: dict[str, int]  # the records each day lost
+    failed: list[str]  # the days whose re-build failed
+    said: list[str]  # why, a line each
+
+
+def _erase_share(found: list, tokens: frozenset[str], needle) -> _Done:
+    """Take the records out of ``found``'s days and re-build them, in this process or a
+    worker of its own (which reads the settings from the same environment)."""
+    from cdr_pipeline.privacy import pseudonyms_of
+
+    settings = load_settings()
+    p = pseudonyms_of(settings)
+    removed = _take_out(settings, found, tokens, p, needle)
+    said: list[str] = []
+    rebuilt, failed = _rebuild(settings, [f for f in found if not f.cleared], said)
+    return _Done(removed | rebuilt, failed, said)
 
 
 def _take_out(settings, found: list, tokens: frozenset[str], p, needle) -> dict[str, int]:
@@ -104,15 +152,15 @@ def _take_out(settings, found: list, tokens: frozenset[str], p, needle) -> dict[
     return removed
 
 
-def _rebuild(settings, found: list) -> tuple[dict[str, int], list[str]]:
+def _rebuild(settings, found: list, said: list[str]) -> tuple[dict[str, int], list[str]]:
     """The days re-built from their published versions through Dagster, one run per stretch
-    of consecutive days: the records each lost, and the days that failed (each said)."""
+    of consecutive days: the records each lost, and the days that failed (each said in
+    ``said``)."""
     import dagster as dg
 
     from cdr_pipeline.definitions import defs
     from cdr_pipeline.defs.schedules import REBUILD_JOB
 
-    local_home(settings.uses_simulator)
     job = defs().resolve_job_def(REBUILD_JOB)
     run_config = {
         "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
@@ -132,7 +180,6 @@ def _rebuild(settings, found: list) -> tuple[dict[str, int], list[str]]:
                 removed |= {f.day: f.calls + f.rejects for f in days}
             else:
                 failed += [f.day for f in days]
-                _report_failure(
-                    result, first if first == last else f"{first}..{last}", print, False
-                )
+                label = first if first == last else f"{first}..{last}"
+                _report_failure(result, label, lambda text, **_: said.append(text), False)
     return removed, failed
