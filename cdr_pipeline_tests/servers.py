@@ -138,12 +138,27 @@ def webserver(env: Mapping[str, str], log: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
+# dagster-daemon's own entry point, its backfill loop's fixed 30 s pause (Dagster 1.13,
+# dagster/_daemon/backfill.py, which reads the constant on each start) cut to 2 s: a backfill
+# takes two of its iterations, a minute of waiting per test otherwise. The constant must exist:
+# a Dagster that renamed it fails here rather than silently waiting again.
+_DAEMON = """
+import sys
+import dagster._daemon.controller as controller
+assert controller.DEFAULT_DAEMON_INTERVAL_SECONDS == 30
+controller.DEFAULT_DAEMON_INTERVAL_SECONDS = 2
+from dagster._daemon.cli import main
+sys.argv[0] = "dagster-daemon"
+sys.exit(main())
+"""
+
+
 def daemon_process(env: Mapping[str, str], log: Path) -> subprocess.Popen:
-    """``dagster-daemon`` for the project's workspace, its output in ``log``; the caller stops
-    it with :func:`stop`."""
+    """``dagster-daemon`` for the project's workspace (with a short backfill loop), its output
+    in ``log``; the caller stops it with :func:`stop`."""
     with log.open("wb") as out:
         return subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+            [sys.executable, "-c", _DAEMON, "run", "-w", str(ROOT / "workspace.yaml")],
             env=env,
             cwd=ROOT,
             stdout=out,
