@@ -4,6 +4,7 @@ and the HTML report show a masked number and its token, never the number."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import zlib
 from datetime import UTC, datetime
@@ -273,6 +274,76 @@ def test_an_erase_whose_worker_cannot_take_a_day_says_which_and_is_finished_late
     assert set(held().values()) == {0}
     audit = pq.read_table(env.root / "erasures" / "part-0.parquet").to_pylist()
     assert [a["done_at"] is None for a in audit] == [True, False] and audit[1]["days"] == [days[1]]
+
+
+@pytest.mark.slow
+def test_an_erase_interrupted_while_its_workers_wait_says_so_and_changes_nothing(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    """Ctrl-C (SIGINT to the command's process group) while both workers wait for days
+    another run holds: a plain message, exit 130, the request kept, every day as it was."""
+    import signal
+    import subprocess
+    import threading
+
+    from cdr_pipeline import lease
+    from cdr_pipeline_tests.servers import BIN
+
+    env, _ = _private_env(monkeypatch, tmp_path, sim_server(calls_per_day=200))
+    monkeypatch.setenv("CDR_LOCK_WAIT_S", "600")
+    days = ["2024-03-01", "2024-03-02"]
+    assert env.run(instance, *days).success
+    number = (
+        pq.read_table(env.root / "cdr" / f"date={days[0]}" / "part-0.parquet", columns=["src_e164"])
+        .column("src_e164")[0]
+        .as_py()
+    )
+    before = _published_bytes(env.root)
+    store = open_store(env.root)
+    for d in days:
+        lease.take_lease(store, d, "run-elsewhere", ttl_s=600, wait_s=0)
+    printed = tmp_path / "erase.out"
+    with printed.open("w") as sink:  # the command's stdout: its own copy of the file
+        erase = subprocess.Popen(
+            [str(BIN / "cdr-pipeline"), "erase", number, "--workers", "2"],
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    said: list[str] = []
+    waiting = threading.Event()
+
+    def read() -> None:
+        for line in erase.stderr:
+            said.append(line)
+            if sum("waiting up to" in s for s in said) == len(days):
+                waiting.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert waiting.wait(180), "".join(said)
+        os.killpg(erase.pid, signal.SIGINT)
+        assert erase.wait(120) == 130, "".join(said)
+    finally:
+        if erase.poll() is None:
+            os.killpg(erase.pid, signal.SIGKILL)
+    reader.join(10)
+    text = printed.read_text() + "".join(said)
+    assert "interrupted: the erasure is kept" in text and "Traceback" not in text
+    assert number not in text
+    [request] = pq.read_table(env.root / "erasures" / "part-0.parquet").to_pylist()
+    assert request["done_at"] is None
+    assert _published_bytes(env.root) == before
+
+
+def _published_bytes(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*.parquet"))
+        if p.parent.name != "erasures"
+    }
 
 
 @settings(max_examples=2 * settings.default.max_examples)

@@ -77,17 +77,16 @@ def cmd_erase(args: argparse.Namespace) -> int:
     local_home(settings.uses_simulator)  # the workers' Dagster instance, in their environment
     shares = _shares(found, args.workers)
     work = partial(_erase_share, tokens=tokens, needle=erasure.needle_of(args.number, p.region))
-    if len(shares) > 1:  # processes: a re-build leaves a core idle (docs/performance.md)
-        try:
-            with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn")) as pool:
-                done = list(pool.map(work, shares))
-        except BrokenProcessPool:
-            raise SystemExit(
-                "a worker process died (out of memory?): the erasure is kept and every later "
-                "build of its days applies it; run erase again, with fewer --workers"
-            ) from None
-    else:
-        done = [work(share) for share in shares]
+    try:
+        done = _in_workers(work, shares)
+    except KeyboardInterrupt:
+        print(f"interrupted: {KEPT}; run erase again to finish", file=sys.stderr)
+        return 130
+    except BrokenProcessPool:
+        raise SystemExit(
+            f"a worker process died (out of memory?): {KEPT}; run erase again, with fewer "
+            "--workers"
+        ) from None
     erased = {day: n for d in done for day, n in d.erased.items()}
     failed = [day for d in done for day in d.failed]
     for line in (line for d in done for line in d.said):
@@ -101,6 +100,18 @@ def cmd_erase(args: argparse.Namespace) -> int:
     erasure.finish(store, index, erased)
     print(f"erased {shown} from {len(erased)} days; recorded in {store.uri('erasures')}")
     return 0
+
+
+KEPT = "the erasure is kept, every day is whole (old or new), and every later build applies it"
+
+
+def _in_workers(work, shares: list[list]) -> list[_Done]:
+    """``work`` done on each share: in worker processes where there are several (a re-build
+    leaves a core idle, docs/performance.md), else here."""
+    if len(shares) <= 1:
+        return [work(share) for share in shares]
+    with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn")) as pool:
+        return list(pool.map(work, shares))
 
 
 def _shares(found: list, workers: int) -> list[list]:
