@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 
 from cdr_pipeline_tests.servers import ROOT, answers, server_process
@@ -224,10 +225,12 @@ def test_pointing_it_at_the_real_api(project, sim_server, tmp_path):
 
 
 # Every command block of docs/*.md, by its first line: the test that runs it as written.
+PRIVACY_DEMO = "export CDR_PSEUDONYM_KEY=the-demos-key-never-a-real-one-0123456789"
 DOC_RUNNERS = {
     "export DAGSTER_HOME=$PWD/.dagster_home/live": "test_operators_command_line_block",
     "export CDR_DATA_DIR=s3://cdr-lake/cdr-pipeline": "test_object_storage_block",
     ".venv/bin/cdr-pipeline simulate-api --port 8787": "test_simulator_block",
+    PRIVACY_DEMO: "test_privacy_demo_block",
 }
 
 
@@ -253,6 +256,21 @@ def test_operators_command_line_block(project, sim_server):
     out = _run(block, project, _env(**_real_api(sim_server())))
     assert "Started sensor cdr_freshness_sensor" in out, out
     assert (project / "data" / "live" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_privacy_demo_block(project):
+    """The privacy page's walk through the demo: both zones, the busiest caller erased from
+    every day, the request in the audit by token, the number nowhere in what it printed."""
+    block = _doc_block(PRIVACY_DEMO)
+    out = _run(block + '\necho "number: $NUMBER"\n', project, _env())
+    number = out.rsplit("number: ", 1)[1].strip()
+    assert number.startswith("+86") and "would erase" in out and "erased +86 " in out, out
+    assert out.count(number) == 1, out  # only where the test itself echoed it
+    cdr = pq.read_table(project / "data" / "demo" / "cdr")
+    assert number not in set(cdr.column("src_e164").to_pylist())
+    shared = pq.read_table(project / "data" / "demo-shared" / "cdr")
+    assert shared.num_rows == cdr.num_rows
 
 
 @pytest.mark.slow
