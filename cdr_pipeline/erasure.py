@@ -92,10 +92,13 @@ def record(store: Store, token: str, key_id: str, start: str | None, end: str | 
     return len(rows) - 1
 
 
-def finish(store: Store, index: int, days: dict[str, int]) -> None:
+def finish(store: Store, index: int, days: dict[str, int], done: bool = True) -> None:
+    """The days a request erased and their records; ``done`` False: some of its days are
+    still to do (it has no ``done_at``), and an erase again takes them in a request of its
+    own."""
     rows = requests(store)
     rows[index] |= {
-        "done_at": datetime.now(UTC).replace(microsecond=0),
+        "done_at": datetime.now(UTC).replace(microsecond=0) if done else None,
         "days": sorted(days),
         "records": sum(days.values()),
     }

@@ -235,7 +235,8 @@ def test_an_erase_whose_worker_cannot_take_a_day_says_which_and_is_finished_late
     monkeypatch, tmp_path, sim_server, instance, capsys
 ):
     """Each worker process erases its own days: one refused (another run holds the day) says
-    so and leaves the request open; the other's day is erased; erase again finishes it."""
+    so and leaves the request open; the other's day is erased, and kept in the audit; erase
+    again finishes it."""
     from cdr_pipeline import lease
 
     env, _ = _private_env(monkeypatch, tmp_path, sim_server(calls_per_day=200))
@@ -268,6 +269,7 @@ def test_an_erase_whose_worker_cannot_take_a_day_says_which_and_is_finished_late
     assert held()[days[0]] == 0 and held()[days[1]] > 0
     [request] = pq.read_table(env.root / "erasures" / "part-0.parquet").to_pylist()
     assert request["done_at"] is None  # open: every later build of the day still applies it
+    assert request["days"] == [days[0]] and request["records"] > 0  # what the other did
 
     lease.release_lease(store, days[1], "run-elsewhere")
     assert cli.main(["erase", number, "--workers", "2"]) == 0

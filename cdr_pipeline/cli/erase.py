@@ -77,27 +77,27 @@ def cmd_erase(args: argparse.Namespace) -> int:
     local_home(settings.uses_simulator)  # the workers' Dagster instance, in their environment
     shares = _shares(found, args.workers)
     work = partial(_erase_share, tokens=tokens, needle=erasure.needle_of(args.number, p.region))
-    try:
-        done = _in_workers(work, shares)
-    except KeyboardInterrupt:
-        print(f"interrupted: {KEPT}; run erase again to finish", file=sys.stderr)
-        return 130
-    except BrokenProcessPool:
-        raise SystemExit(
-            f"a worker process died (out of memory?): {KEPT}; run erase again, with fewer "
-            "--workers"
-        ) from None
+    done, raised = _in_workers(work, shares)
     erased = {day: n for d in done for day, n in d.erased.items()}
     failed = [day for d in done for day in d.failed]
     for line in (line for d in done for line in d.said):
         print(line, file=sys.stderr)
+    erasure.finish(store, index, erased, done=not (failed or raised))
+    if any(isinstance(e, KeyboardInterrupt) for e in raised):
+        print(f"interrupted: {KEPT}; run erase again to finish", file=sys.stderr)
+        return 130
+    if any(isinstance(e, BrokenProcessPool) for e in raised):
+        raise SystemExit(
+            f"a worker process died (out of memory?): {KEPT}; run erase again, with fewer --workers"
+        )
+    if raised:
+        raise raised[0]  # said by main as what it is (a day another run holds: storage)
     if failed:
         print(
             f"failed to re-build {', '.join(failed)}: the erasure is kept, and the next build "
             "of those days (cdr-pipeline erase again, or any materialization) applies it"
         )
         return 1
-    erasure.finish(store, index, erased)
     print(f"erased {shown} from {len(erased)} days; recorded in {store.uri('erasures')}")
     return 0
 
@@ -105,13 +105,26 @@ def cmd_erase(args: argparse.Namespace) -> int:
 KEPT = "the erasure is kept, every day is whole (old or new), and every later build applies it"
 
 
-def _in_workers(work, shares: list[list]) -> list[_Done]:
-    """``work`` done on each share: in worker processes where there are several (a re-build
-    leaves a core idle, docs/performance.md), else here."""
+def _in_workers(work, shares: list[list]) -> tuple[list[_Done], list[BaseException]]:
+    """``work`` done on each share, in worker processes where there are several (a re-build
+    leaves a core idle, docs/performance.md), else here: what each did, and what each that
+    failed raised. One failing does not stop the others, so that every day erased is kept in
+    the audit."""
     if len(shares) <= 1:
-        return [work(share) for share in shares]
+        return _outcomes([partial(work, share) for share in shares])
     with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn")) as pool:
-        return list(pool.map(work, shares))
+        return _outcomes([pool.submit(work, share).result for share in shares])
+
+
+def _outcomes(calls: list) -> tuple[list[_Done], list[BaseException]]:
+    done: list[_Done] = []
+    raised: list[BaseException] = []
+    for call in calls:
+        try:
+            done.append(call())
+        except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C: the others' days still count
+            raised.append(exc)
+    return done, raised
 
 
 def _shares(found: list, workers: int) -> list[list]:
