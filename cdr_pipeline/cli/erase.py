@@ -112,6 +112,10 @@ def _in_workers(work, shares: list[list]) -> tuple[list[_Done], list[BaseExcepti
     the audit."""
     if len(shares) <= 1:
         return _outcomes([partial(work, share) for share in shares])
+    import dagster as dg
+
+    with dg.DagsterInstance.get():  # a new instance's storage made here, not raced for by two
+        pass
     with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn")) as pool:
         return _outcomes([pool.submit(work, share).result for share in shares])
 
