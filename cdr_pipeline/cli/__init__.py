@@ -134,8 +134,8 @@ def _operator_commands(command: Command) -> None:
         "--workers",
         type=_between(1, 64),
         default=min(2, os.cpu_count() or 1),
-        help="days erased at once, each worker a process of its own (about 200 MB at a "
-        "million calls a day; docs/privacy.md)",
+        help="days erased at once, each worker a process of its own with about a day's "
+        "build's memory (docs/privacy.md)",
     )
     s.set_defaults(func=cmd_erase)
 

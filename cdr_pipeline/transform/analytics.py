@@ -148,7 +148,7 @@ order by calls desc, dst_country nulls last, dst_type
 # threads). A caller with fewer calls than every call-count threshold can be flagged neither
 # for burst, fan_out nor repeat_target (each counts some of its calls), so the first stage
 # counts only what could flag a caller alone: three counts of every caller, the other six only
-# of those past it (`more`), cut the query's CPU by a third (docs/performance.md).
+# of those past it (`more`; what that saves: docs/performance.md).
 RISK_SQL = f"""
 with c as not materialized ({_CALLS} where src is not null),
 few as (
