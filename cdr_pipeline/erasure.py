@@ -22,6 +22,7 @@ from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -166,6 +167,22 @@ def erased_rows(
     return pc.fill_null(hit, False)
 
 
+# Rows erased from a slice beyond which it is filtered, not cut into pieces: each piece is a
+# chunk the Parquet writer takes on its own (docs/performance.md, "Erasure").
+FEW_ERASED = 16
+
+
+def without(part: pa.Table, hit: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """``part`` less the rows ``hit`` marks (a boolean mask without nulls). A few rows go by
+    joining slices of the rest, so nothing is copied: a filter copies every column."""
+    gone = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
+    if len(gone) > FEW_ERASED:
+        return part.filter(pc.invert(hit))
+    starts, ends = [0, *(gone + 1).tolist()], [*gone.tolist(), len(part)]
+    pieces = [part.slice(a, b - a) for a, b in zip(starts, ends, strict=True) if b > a]
+    return pa.concat_tables(pieces) if pieces else part.slice(0, 0)
+
+
 def _matches(rec: Any, tokens: frozenset[str], p: Pseudonyms, needle: Needle | None = None) -> bool:
     """Whether a record's caller or callee has one of ``tokens``; with ``needle``
     (:func:`needle_of`), only a number whose text has it is tokenised."""
@@ -224,7 +241,7 @@ class Eraser:
         if hit is None:
             return part
         self.dropped += pc.sum(hit).as_py()
-        return part.filter(pc.invert(hit))
+        return without(part, hit)
 
     def rejects(self, table: pa.Table) -> pa.Table:
         if not self.tokens or not len(table):
@@ -295,7 +312,7 @@ def erase_cleared(store: Store, day: str, tokens: frozenset[str], p: Pseudonyms)
                 hit = erased_rows(table, tokens, p)
                 if name == "cdr" and not shared:
                     removed = pc.sum(hit).as_py() or 0
-                txn.stage(name, table.filter(pc.invert(hit)), shared=shared)
+                txn.stage(name, without(table, hit), shared=shared)
         acc = record["accounting"]
         acc["valid"] -= removed
         acc["erased"] = acc.get("erased", 0) + removed

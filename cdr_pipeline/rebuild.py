@@ -14,9 +14,8 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from cdr_pipeline.erasure import REMOVED_BUCKETS, Eraser
+from cdr_pipeline.erasure import REMOVED_BUCKETS, Eraser, without
 from cdr_pipeline.layout import Day, StorageError, part_key
 from cdr_pipeline.publish import day_row_groups, read_day_table
 from cdr_pipeline.raw import manifest_source
@@ -138,9 +137,7 @@ class FromPublished:
             return None
         masks = iter(self.masks)
         parts = _slices(day_row_groups(self.shared, "cdr", self.day.key))
-        return (
-            part if (hit := next(masks)) is None else part.filter(pc.invert(hit)) for part in parts
-        )
+        return (part if (hit := next(masks)) is None else without(part, hit) for part in parts)
 
     def finish(self, eraser: Eraser) -> tuple[pa.Table, dict[str, Any]]:
         rejects = read_day_table(self.store, "cdr_rejects", self.day.key)
