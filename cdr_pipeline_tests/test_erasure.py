@@ -15,7 +15,7 @@ import pytest
 
 from cdr_pipeline import day as daily
 from cdr_pipeline import erasure, publish
-from cdr_pipeline.cli.erase import _runs_of
+from cdr_pipeline.cli.erase import RUN_DAYS, _runs_of
 from cdr_pipeline.day import build_day
 from cdr_pipeline.erasure import FEW_ERASED, needle_of, without
 from cdr_pipeline.layout import StorageError
@@ -167,7 +167,7 @@ def test_the_published_day_stands_in_only_for_what_it_was_built_from(change, why
     assert reuse_refusal(None, {}, "a" * 64, built) == "nothing is published for the day"
 
 
-def test_consecutive_days_are_rebuilt_in_one_run():
+def test_consecutive_days_are_rebuilt_in_runs_of_a_week_at_most():
     found = [erasure.Found(d, 1, 0) for d in ("2024-02-28", "2024-02-29", "2024-03-01")]
     found += [erasure.Found("2024-03-03", 2, 0), erasure.Found("2024-03-04", 0, 1)]
     runs = _runs_of(found)
@@ -176,6 +176,11 @@ def test_consecutive_days_are_rebuilt_in_one_run():
         ["2024-03-03", "2024-03-04"],
     ]
     assert _runs_of([]) == []
+    # a run ends after RUN_DAYS days, so that a long erase says how far it is
+    month = [erasure.Found(f"2024-03-{d:02d}", 1, 0) for d in range(1, 18)]
+    sizes = [len(run) for run in _runs_of(month)]
+    assert sizes == [RUN_DAYS, RUN_DAYS, 17 - 2 * RUN_DAYS]
+    assert [f for run in _runs_of(month) for f in run] == month
 
 
 @pytest.mark.parametrize(

@@ -30,13 +30,23 @@ def _published(store, start: str | None, end: str | None) -> list[str]:
     return [d for d in days if (start is None or d >= start) and (end is None or d <= end)]
 
 
-def _runs_of(found: list) -> list[list]:
-    """The days in runs of consecutive dates: each re-built by one Dagster run, whose own
-    cost weighs on a small day (docs/performance.md, "Erasure")."""
+# Days re-built by one Dagster run at most: each run ends with a line of progress, at a cost of
+# about half a second a run (docs/performance.md, "Erasure").
+RUN_DAYS = 7
+
+
+def _runs_of(found: list, most: int = RUN_DAYS) -> list[list]:
+    """The days in runs of at most ``most`` consecutive dates: each taken out of the raw
+    layer, then re-built by one Dagster run, whose own cost weighs on a small day."""
     runs: list[list] = []
     for f in found:
-        if runs and date.fromisoformat(f.day) - date.fromisoformat(runs[-1][-1].day) == ONE_DAY:
-            runs[-1].append(f)
+        last = runs[-1] if runs else None
+        if (
+            last
+            and len(last) < most
+            and date.fromisoformat(f.day) - date.fromisoformat(last[-1].day) == ONE_DAY
+        ):
+            last.append(f)
         else:
             runs.append([f])
     return runs
@@ -146,16 +156,26 @@ class _Done:
 
 
 def _erase_share(found: list, tokens: frozenset[str], needle) -> _Done:
-    """Take the records out of ``found``'s days and re-build them, in this process or a
-    worker of its own (which reads the settings from the same environment)."""
+    """Take the records out of ``found``'s days and re-build them, a run of consecutive days
+    at a time, each said done on stderr as it is, in this process or a worker of its own
+    (which reads the settings from the same environment)."""
+    import dagster as dg
+
     from cdr_pipeline.privacy import pseudonyms_of
 
     settings = load_settings()
     p = pseudonyms_of(settings)
-    removed = _take_out(settings, found, tokens, p, needle)
-    said: list[str] = []
-    rebuilt, failed = _rebuild(settings, [f for f in found if not f.cleared], said)
-    return _Done(removed | rebuilt, failed, said)
+    done = _Done({}, [], [])
+    with dg.DagsterInstance.get() as instance:
+        for days in _runs_of(found):
+            removed = _take_out(settings, days, tokens, p, needle)
+            rebuilt, failed = _rebuild(instance, [f for f in days if not f.cleared], done.said)
+            done.erased |= removed | rebuilt
+            done.failed += failed
+            erased = sum(f.calls + f.rejects for f in days)
+            outcome = "failed" if failed else f"done, {erased} records erased"
+            print(f"erase: {_label(days)} {outcome}", file=sys.stderr, flush=True)
+    return done
 
 
 def _take_out(settings, found: list, tokens: frozenset[str], p, needle) -> dict[str, int]:
@@ -180,12 +200,10 @@ def _take_out(settings, found: list, tokens: frozenset[str], p, needle) -> dict[
     return removed
 
 
-def _rebuild(settings, found: list, said: list[str]) -> tuple[dict[str, int], list[str]]:
+def _rebuild(instance, found: list, said: list[str]) -> tuple[dict[str, int], list[str]]:
     """The days re-built from their published versions through Dagster, one run per stretch
     of consecutive days: the records each lost, and the days that failed (each said in
     ``said``)."""
-    import dagster as dg
-
     from cdr_pipeline.definitions import defs
     from cdr_pipeline.defs.schedules import REBUILD_JOB
 
@@ -197,17 +215,20 @@ def _rebuild(settings, found: list, said: list[str]) -> tuple[dict[str, int], li
     }
     removed: dict[str, int] = {}
     failed: list[str] = []
-    with dg.DagsterInstance.get() as instance:
-        for days in _runs_of(found):
-            first, last = days[0].day, days[-1].day
-            tags = {RANGE_START: first, RANGE_END: last}
-            result = job.execute_in_process(
-                instance=instance, run_config=run_config, tags=tags, raise_on_error=False
-            )
-            if result.success:
-                removed |= {f.day: f.calls + f.rejects for f in days}
-            else:
-                failed += [f.day for f in days]
-                label = first if first == last else f"{first}..{last}"
-                _report_failure(result, label, lambda text, **_: said.append(text), False)
+    for days in _runs_of(found):
+        first, last = days[0].day, days[-1].day
+        tags = {RANGE_START: first, RANGE_END: last}
+        result = job.execute_in_process(
+            instance=instance, run_config=run_config, tags=tags, raise_on_error=False
+        )
+        if result.success:
+            removed |= {f.day: f.calls + f.rejects for f in days}
+        else:
+            failed += [f.day for f in days]
+            _report_failure(result, _label(days), lambda text, **_: said.append(text), False)
     return removed, failed
+
+
+def _label(days: list) -> str:
+    first, last = days[0].day, days[-1].day
+    return first if first == last else f"{first}..{last}"
