@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install run test test-fast bench screenshot ui ui-live lint format clean
+.PHONY: install run test test-fast bench bench-erase screenshot ui ui-live lint format clean
 
 # $(call install,EXTRAS,WHAT): install the project (with EXTRAS) into .venv, with uv when it is
 # on the PATH, else pip; refuse a Python older than 3.11 before anything is installed; and
@@ -70,6 +70,11 @@ $(BENCH_STAMP): $(TEST_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run
+
+## The erase command end to end on a month of days of a million calls (generated and
+## published once: about 6 GB under benchmarks/.data); writes benchmarks/RESULTS-erase.md.
+bench-erase: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.erase_month
 
 ## Regenerate docs/partitions.png (the README's screenshot) with the webserver and headless Chromium.
 screenshot: $(TEST_STAMP)

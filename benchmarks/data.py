@@ -81,10 +81,15 @@ def ensure_day(calls_per_day: int, variant: str = "clean") -> Path:
     """The data directory holding the day's raw layer for this size and variant (one of
     :data:`VARIANTS`), generated if missing."""
     root = DATA / f"day-{calls_per_day}{'' if variant == 'clean' else '-' + variant}"
-    if (root / layout.raw_day_key(DAY) / "manifest.json").exists():
-        return root
-    d = day()
-    hours = range(d.start // 3600, d.end // 3600)
+    if not (root / layout.raw_day_key(DAY) / "manifest.json").exists():
+        write_day(root, day(), calls_per_day, variant)
+    return root
+
+
+def write_day(root: Path, the_day: Day, calls_per_day: int, variant: str = "clean") -> None:
+    """``the_day``'s raw layer in ``root``, as the fetch keeps it: the simulator's listing of
+    each hour in pages of :data:`PAGE` records (two processes make the hours)."""
+    hours = range(the_day.start // 3600, the_day.end // 3600)
     bodies, requests = [], []
     with ProcessPoolExecutor(max_workers=2) as pool:
         for pages in pool.map(_hour_pages, [(calls_per_day, h, variant) for h in hours]):
@@ -96,8 +101,8 @@ def ensure_day(calls_per_day: int, variant: str = "clean") -> Path:
                 )
     manifest = {
         "manifest_version": 1,
-        "date": DAY,
-        "day_window": [d.start, d.end],
+        "date": the_day.key,
+        "day_window": [the_day.start, the_day.end],
         "requests": requests,
         "totals": {
             "pages": len(requests),
@@ -106,8 +111,7 @@ def ensure_day(calls_per_day: int, variant: str = "clean") -> Path:
         },
         "generated_at": datetime.now().isoformat(timespec="seconds"),
     }
-    raw.write_raw_day(open_store(root), DAY, bodies, manifest)
-    return root
+    raw.write_raw_day(open_store(root), the_day.key, bodies, manifest)
 
 
 @contextmanager

@@ -102,11 +102,13 @@ def ours(root: Store, _limit: int | None) -> int:
     return int(result.accounting["fetched"])
 
 
+BENCH_KEY = "bench-" + "k" * 32  # the pseudonym key of the bench's shared zones
+
+
 def _bench_key() -> Any:
-    """The pseudonym key of the bench's shared zones."""
     from cdr_pipeline.privacy import Pseudonyms
 
-    return Pseudonyms("bench-" + "k" * 32)
+    return Pseudonyms(BENCH_KEY)
 
 
 def ours_private(root: Store, _limit: int | None) -> int:

@@ -1,0 +1,169 @@
+"""The erase command end to end, as an operator runs it: one subscriber out of a month of
+days of a million calls each (``cdr-pipeline erase NUMBER``, two workers, a shared zone),
+against issue 26's goal of under a minute. ``make bench`` measures two days erased at once
+and multiplies; this runs the real command over the real month, with what the multiplying
+leaves out: finding the days in the command's own process, starting the workers, loading
+the definitions and one Dagster run per stretch of days.
+
+``python -m benchmarks.erase_month [--days 30] [--calls 1000000] [--rounds 2]`` writes
+``benchmarks/RESULTS-erase.md``. The month is generated and published once, under
+``benchmarks/.data`` (about 210 MB a day of a million calls); each round erases from a copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from multiprocessing import get_context
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from benchmarks.data import DATA, TZ, write_day
+from benchmarks.worker import BENCH_KEY, _bench_key
+from cdr_pipeline.layout import Day
+from cdr_pipeline.store import open_store
+
+FIRST = date(2024, 5, 1)
+RESULTS = Path(__file__).resolve().parent / "RESULTS-erase.md"
+WORKERS = 2  # as `cdr-pipeline erase` runs on two cores
+
+
+def _days(n: int) -> list[Day]:
+    tz = ZoneInfo(TZ)
+    return [Day.from_key((FIRST + timedelta(days=i)).isoformat(), tz) for i in range(n)]
+
+
+def _publish(args: tuple[Path, Day]) -> None:
+    """One day built with a shared zone, in a worker process of its own (memory)."""
+    from cdr_pipeline.day import build_day
+
+    root, the_day = args
+    store = open_store(root / "data")
+    store.shared = open_store(root / "shared")
+    build_day(store, the_day, ZoneInfo(TZ), pseudonyms=_bench_key())
+
+
+def _busiest(root: Path, days: list[Day]) -> str:
+    """The number that called on the most days, then the most calls: the one whose erasure
+    touches the most."""
+    import pyarrow.parquet as pq
+
+    on_days: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    for d in days:
+        path = root / "data" / "cdr" / f"date={d.key}" / "part-0.parquet"
+        numbers = pq.read_table(path, columns=["src_e164"]).column("src_e164").to_pylist()
+        counted = Counter(n for n in numbers if n)
+        calls.update(counted)
+        on_days.update(counted.keys())
+    return max(on_days, key=lambda n: (on_days[n], calls[n], n))
+
+
+def ensure_month(n: int, calls: int) -> Path:
+    """The month's days generated and published (with a shared zone) once; its folder."""
+    root = DATA / f"month-{n}x{calls}"
+    done = root / "number.txt"
+    if done.exists():
+        return root
+    days = _days(n)
+    for i, d in enumerate(days):
+        print(f"  generating {d.key} ({i + 1} of {n})", flush=True)
+        write_day(root / "data", d, calls)
+    with ProcessPoolExecutor(WORKERS, mp_context=get_context("spawn")) as pool:
+        list(pool.map(_publish, [(root, d) for d in days]))
+    done.write_text(_busiest(root, days))
+    return root
+
+
+def _erase(month: Path, number: str, *extra: str) -> tuple[float, str, str]:
+    """The command on a copy of the month (on the month itself for a dry run, which changes
+    nothing): its wall seconds, stdout and stderr."""
+    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+        work = month if "--dry-run" in extra else Path(tmp)
+        if work != month:
+            for zone in ("data", "shared"):
+                shutil.copytree(month / zone, work / zone)
+        env = os.environ | {
+            "CDR_DATA_DIR": str(work / "data"),
+            "CDR_SHARED_DATA_DIR": str(work / "shared"),
+            "CDR_PSEUDONYM_KEY": BENCH_KEY,
+            "CDR_TIMEZONE": TZ,
+            "DAGSTER_HOME": tmp,  # erase needs no API: it reads and writes the data only
+        }
+        cli = str(Path(sys.executable).parent / "cdr-pipeline")
+        began = time.perf_counter()
+        done = subprocess.run(
+            [cli, "erase", number, "--workers", str(WORKERS), *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.perf_counter() - began
+    if done.returncode:
+        raise SystemExit(f"erase failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return seconds, done.stdout, done.stderr
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+    print(f"a month of {args.days} days of {args.calls:,} calls (generated once)", flush=True)
+    month = ensure_month(args.days, args.calls)
+    number = (month / "number.txt").read_text()
+    dry, said, _ = _erase(month, number, "--dry-run")
+    found = re.search(r"would erase (\d+) records of .* from (\d+) published days", said)
+    assert found, said
+    records, days = int(found[1]), int(found[2])
+    walls, runs = [], 0
+    for i in range(args.rounds):
+        seconds, out, err = _erase(month, number)
+        assert f"from {days} days" in out, out
+        runs = len(re.findall(r"^erase: \S+ done", err, re.M))  # a line per Dagster run
+        walls.append(seconds)
+        print(f"  round {i + 1}: {seconds:.1f} s", flush=True)
+    wall = statistics.median(walls)
+    goal_size = args.days >= 30 and args.calls >= 1_000_000
+    verdict = ("met" if wall < 60 else "missed") if goal_size else "not the goal's month"
+    rounds = ", ".join(f"{w:.1f}" for w in walls)
+    lines = [
+        "# Erasing a subscriber from a month",
+        "",
+        f"Written by `make bench-erase` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in "
+        f"{time.perf_counter() - began:.0f} s.",
+        "",
+        f"Machine: {os.cpu_count()} cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}.",
+        "",
+        f"- `cdr-pipeline erase NUMBER --workers {WORKERS}` on {args.days} days of "
+        f"{args.calls:,} calls each, with a shared zone, the number that called on the most "
+        f"days ({days} of them, {records} records), re-built in {runs} Dagster runs: "
+        f"**{wall:.1f} s** (goal under 60 s: **{verdict}**); rounds: {rounds} s",
+        f"- of it, finding the days alone (`--dry-run`, in the command's own process): {dry:.1f} s",
+        "",
+        "Each round erases from a fresh copy of the published month; the seconds are the "
+        "command's, from its start to its exit, as an operator waits for them.",
+        "",
+    ]
+    RESULTS.write_text("\n".join(lines))
+    print(lines[6])
+    print(f"erase: month {wall:.1f} s ({verdict}), written to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
