@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 from benchmarks.data import DATA, TZ, write_day
 from benchmarks.worker import BENCH_KEY, _bench_key
-from cdr_pipeline.layout import Day
+from cdr_pipeline.layout import Day, raw_day_key
 from cdr_pipeline.store import open_store
 
 FIRST = date(2024, 5, 1)
@@ -78,6 +78,8 @@ def ensure_month(n: int, calls: int) -> Path:
         return root
     days = _days(n)
     for i, d in enumerate(days):
+        if (root / "data" / raw_day_key(d.key) / "manifest.json").exists():
+            continue  # made by a run that stopped before the end
         print(f"  generating {d.key} ({i + 1} of {n})", flush=True)
         write_day(root / "data", d, calls)
     with ProcessPoolExecutor(WORKERS, mp_context=get_context("spawn")) as pool:
