@@ -72,7 +72,8 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run
 
 ## The erase command end to end on a month of days of a million calls (generated and
-## published once: about 6 GB under benchmarks/.data); writes benchmarks/RESULTS-erase.md.
+## published once: about 5 GB under benchmarks/.data, and as much again for the copy each
+## round erases from); writes benchmarks/RESULTS-erase.md.
 bench-erase: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.erase_month
 

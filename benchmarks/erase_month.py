@@ -7,7 +7,8 @@ the definitions and one Dagster run per stretch of days.
 
 ``python -m benchmarks.erase_month [--days 30] [--calls 1000000] [--rounds 2]`` writes
 ``benchmarks/RESULTS-erase.md``. The month is generated and published once, under
-``benchmarks/.data`` (about 210 MB a day of a million calls); each round erases from a copy.
+``benchmarks/.data`` (about 150 MB a day of a million calls); each round erases from a copy
+of it.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def main(argv: list[str]) -> int:
         f"{args.calls:,} calls each, with a shared zone, the number that called on the most "
         f"days ({days} of them, {records} records), re-built in {runs} Dagster runs: "
         f"**{wall:.1f} s** (goal under 60 s: **{verdict}**); rounds: {rounds} s",
-        f"- of it, finding the days alone (`--dry-run`, in the command's own process): {dry:.1f} s",
+        f"- of it, the command's start and finding the days (its `--dry-run`): {dry:.1f} s",
         "",
         "Each round erases from a fresh copy of the published month; the seconds are the "
         "command's, from its start to its exit, as an operator waits for them.",
