@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from itertools import zip_longest
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import phonenumbers
 import pyarrow as pa
 
@@ -36,6 +36,40 @@ def _slices(groups: Iterator[pa.Table]) -> Iterator[pa.Table]:
 def by_reason_of(rejects: pa.Table) -> dict[str, int]:
     left = Counter(rejects.column("reason").to_pylist())
     return {r: left[r] for r in REJECT_REASONS if left[r]}
+
+
+class _Rows:
+    """A stream of tables taken a given number of rows at a time, whatever its own slicing."""
+
+    def __init__(self, tables: Iterator[pa.Table]) -> None:
+        self.tables, self.left = tables, None
+
+    def take(self, n: int) -> pa.Table:
+        """The next ``n`` rows (fewer at the end), as slices of the stream's tables."""
+        pieces, wanted = [], n
+        while wanted:
+            if self.left is None or not len(self.left):
+                self.left = next(self.tables, None)
+                if self.left is None:
+                    break
+                continue
+            pieces.append(self.left.slice(0, wanted))
+            wanted -= len(pieces[-1])
+            self.left = self.left.slice(len(pieces[-1]))
+        return pa.concat_tables(pieces) if pieces else pa.table({})
+
+
+def _less(parts: Iterator[pa.Table], gone: np.ndarray) -> Iterator[pa.Table]:
+    """``parts`` (a day's rows in order) less the rows at the positions ``gone`` (sorted)."""
+    at = 0
+    for part in parts:
+        lo, hi = np.searchsorted(gone, [at, at + len(part)])
+        rows, at = gone[lo:hi] - at, at + len(part)
+        if len(rows):
+            hit = np.zeros(len(part), dtype=bool)
+            hit[rows] = True
+            part = without(part, pa.array(hit))
+        yield part
 
 
 class NotReusable(StorageError):
@@ -103,7 +137,7 @@ class FromPublished:
         tokens_key, shared = record.get("shared_key_id"), store.shared
         usable = shared is not None and shared.exists(part_key("cdr", day.key))
         self.shared = shared if usable and tokens_key is not None and tokens_key == key_id else None
-        self.masks: list[pa.Array | None] = []  # each slice's erased rows, for the shared
+        self.gone: list[np.ndarray] = []  # the erased rows' positions in the day, for the shared
         self.origin = record["source"] if manifest is None else manifest_source(manifest)
         self.fetch = record["fetch"] if manifest is None else manifest["totals"]
         self.expected = self.fetch["records"]
@@ -121,23 +155,28 @@ class FromPublished:
             yield from map(eraser, _slices(groups))
             return
         columns = ["call_id", "src_token", "dst_token"]
-        tokens = day_row_groups(self.shared, "cdr", self.day.key, columns)
-        for part, numbers in zip_longest(_slices(groups), _slices(tokens)):
+        tokens = _Rows(day_row_groups(self.shared, "cdr", self.day.key, columns))
+        at = 0
+        for part in _slices(groups):
+            numbers = tokens.take(len(part))  # the same rows, however each file is grouped
             # the tokens decide which rows go: only those of the very same calls may
-            if part is None or numbers is None or not part["call_id"].equals(numbers["call_id"]):
+            if len(numbers) < len(part) or not part["call_id"].equals(numbers["call_id"]):
                 raise NotReusable("the shared zone's cdr does not hold the restricted one's calls")
             hit = eraser.hits(numbers)
-            self.masks.append(hit)
+            if hit is not None:
+                self.gone.append(np.flatnonzero(hit.to_numpy(zero_copy_only=False)) + at)
+            at += len(part)
             yield eraser.drop(part, hit)
+        if len(tokens.take(1)):
+            raise NotReusable("the shared zone's cdr holds calls the restricted one does not")
 
     def shared_cdr(self) -> Iterator[pa.Table] | None:
         """The shared zone's new ``cdr``: its published rows less the erased ones (after
         :meth:`rows`); None when it cannot serve (made under another key, or none)."""
         if self.shared is None:
             return None
-        masks = iter(self.masks)
-        parts = _slices(day_row_groups(self.shared, "cdr", self.day.key))
-        return (part if (hit := next(masks)) is None else without(part, hit) for part in parts)
+        gone = np.concatenate(self.gone) if self.gone else np.zeros(0, np.int64)
+        return _less(_slices(day_row_groups(self.shared, "cdr", self.day.key)), gone)
 
     def finish(self, eraser: Eraser) -> tuple[pa.Table, dict[str, Any]]:
         rejects = read_day_table(self.store, "cdr_rejects", self.day.key)

@@ -209,12 +209,20 @@ def test_the_shared_zones_tokens_are_taken_as_made_only_under_this_key(
     assert (source.shared is not None) is takes_tokens
 
 
-def test_a_shared_cdr_of_other_calls_does_not_decide_what_is_erased(
-    monkeypatch, tmp_path, sim_server, instance
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        ("reversed", "the shared zone's cdr does not hold the restricted one's calls"),
+        ("one more", "the shared zone's cdr holds calls the restricted one does not"),
+        ("regrouped", None),  # the same rows in row groups of another size: still taken
+    ],
+)
+def test_a_shared_cdr_decides_what_is_erased_only_where_it_holds_the_same_calls(
+    monkeypatch, tmp_path, sim_server, instance, change, refused
 ):
     """Its tokens say which rows go only where it holds the restricted file's calls, row for
-    row; another version copied in (here: its rows in another order) sends the build to the
-    raw layer."""
+    row, however its row groups fall; another version copied in sends the build to the raw
+    layer."""
     shared = tmp_path / "shared"
     env = Env(
         monkeypatch,
@@ -226,7 +234,12 @@ def test_a_shared_cdr_of_other_calls_does_not_decide_what_is_erased(
     assert env.run(instance, DAY).success
     copied = shared / "cdr" / f"date={DAY}" / "part-0.parquet"
     table = pq.read_table(copied)
-    pq.write_table(table.take(list(range(table.num_rows - 1, -1, -1))), copied)
+    if change == "reversed":
+        pq.write_table(table.take(list(range(table.num_rows - 1, -1, -1))), copied)
+    elif change == "one more":
+        pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), copied)
+    else:
+        pq.write_table(table, copied, row_group_size=37)
     cdr = pq.read_table(env.root / "cdr" / f"date={DAY}" / "part-0.parquet")
     number = Counter(cdr.column("src_e164").to_pylist()).most_common(1)[0][0]
     p = Pseudonyms(KEY)
@@ -235,12 +248,19 @@ def test_a_shared_cdr_of_other_calls_does_not_decide_what_is_erased(
     store.shared = open_store(shared)
     erasure.record(store, p.token(number), p.key_id, None, None)
     erasure.erase_raw(store, env.day(DAY), env.tz, tokens, p, needle_of(number))
-    built = build_day(store, env.day(DAY), env.tz, pseudonyms=p, reuse=True)
-    assert not built.from_published
-    assert built.reuse_refused == "the shared zone's cdr does not hold the restricted one's calls"
+    with monkeypatch.context() as m:
+        if refused is None:  # the shared cdr is its rows less the erased: no key's work
+            m.setattr(daily, "shared_from_staged", _not_called)
+        built = build_day(store, env.day(DAY), env.tz, pseudonyms=p, reuse=True)
+    assert built.from_published is (refused is None)
+    assert built.reuse_refused == refused
     after = pq.read_table(copied)
-    assert len(after) == built.accounting["valid"] < len(table)
+    assert len(after) == built.accounting["valid"] < len(cdr)
     assert tokens.isdisjoint(after["src_token"].to_pylist() + after["dst_token"].to_pylist())
+    if refused is None:  # every other row as it was, in its order
+        src, dst = table["src_token"].to_pylist(), table["dst_token"].to_pylist()
+        kept = [s not in tokens and d not in tokens for s, d in zip(src, dst, strict=True)]
+        assert after.equals(table.filter(kept))
 
 
 @pytest.mark.parametrize("erased", [0, 1, 3, FEW_ERASED, FEW_ERASED + 1, "all"])
