@@ -143,7 +143,7 @@ def _outcomes(calls: list) -> tuple[list[_Done], list[BaseException]]:
 
 def _shares(found: list, workers: int) -> list[list]:
     """The days split into at most ``workers`` stretches of about as many days each, in
-    order (each stretch's consecutive days are then re-built by one Dagster run)."""
+    order (a worker then takes its stretch a run of consecutive days at a time)."""
     n = min(workers, len(found))
     return [found[i * len(found) // n : (i + 1) * len(found) // n] for i in range(n)]
 
@@ -161,15 +161,19 @@ def _erase_share(found: list, tokens: frozenset[str], needle) -> _Done:
     (which reads the settings from the same environment)."""
     import dagster as dg
 
+    from cdr_pipeline.definitions import defs
+    from cdr_pipeline.defs.schedules import REBUILD_JOB
     from cdr_pipeline.privacy import pseudonyms_of
 
     settings = load_settings()
     p = pseudonyms_of(settings)
+    job = defs().resolve_job_def(REBUILD_JOB)  # once for every run: the definitions are built
     done = _Done({}, [], [])
     with dg.DagsterInstance.get() as instance:
         for days in _runs_of(found):
             removed = _take_out(settings, days, tokens, p, needle)
-            rebuilt, failed = _rebuild(instance, [f for f in days if not f.cleared], done.said)
+            stays = [f for f in days if not f.cleared]  # a cleared day is erased in place
+            rebuilt, failed = _rebuild(instance, job, stays, done.said)
             done.erased |= removed | rebuilt
             done.failed += failed
             erased = sum(f.calls + f.rejects for f in days)
@@ -200,26 +204,25 @@ def _take_out(settings, found: list, tokens: frozenset[str], p, needle) -> dict[
     return removed
 
 
-def _rebuild(instance, found: list, said: list[str]) -> tuple[dict[str, int], list[str]]:
-    """The days re-built from their published versions through Dagster, one run per stretch
-    of consecutive days: the records each lost, and the days that failed (each said in
-    ``said``)."""
-    from cdr_pipeline.definitions import defs
-    from cdr_pipeline.defs.schedules import REBUILD_JOB
+# The re-build's run: the erased calls may be many of a day's, so no shrink guard stands in
+# the way; the day's rows come from its published version.
+_REBUILD_CONFIG = {
+    "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+    "ops": {"cdr_day": {"config": {"allow_shrink": True, "reuse_published": True}}},
+}
 
-    job = defs().resolve_job_def(REBUILD_JOB)
-    run_config = {
-        "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
-        # the erased calls may be many of a day's: no shrink guard stands in the way
-        "ops": {"cdr_day": {"config": {"allow_shrink": True, "reuse_published": True}}},
-    }
+
+def _rebuild(instance, job, found: list, said: list[str]) -> tuple[dict[str, int], list[str]]:
+    """The days re-built from their published versions by ``job``, one run per stretch of
+    consecutive days: the records each lost, and the days that failed (each said in
+    ``said``)."""
     removed: dict[str, int] = {}
     failed: list[str] = []
     for days in _runs_of(found):
         first, last = days[0].day, days[-1].day
         tags = {RANGE_START: first, RANGE_END: last}
         result = job.execute_in_process(
-            instance=instance, run_config=run_config, tags=tags, raise_on_error=False
+            instance=instance, run_config=_REBUILD_CONFIG, tags=tags, raise_on_error=False
         )
         if result.success:
             removed |= {f.day: f.calls + f.rejects for f in days}
