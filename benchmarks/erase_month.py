@@ -7,8 +7,8 @@ the definitions and one Dagster run per stretch of days.
 
 ``python -m benchmarks.erase_month [--days 30] [--calls 1000000] [--rounds 2]`` writes
 ``benchmarks/RESULTS-erase.md``. The month is generated and published once, under
-``benchmarks/.data`` (about 150 MB a day of a million calls); each round erases from a copy
-of it.
+``benchmarks/.data`` (its size and time: docs/performance.md); each round erases from a
+copy of it.
 """
 
 from __future__ import annotations
@@ -31,13 +31,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from benchmarks.data import DATA, TZ, write_day
-from benchmarks.worker import BENCH_KEY, _bench_key
+from benchmarks.worker import BENCH_KEY, ERASE_WORKERS, publish_private
 from cdr_pipeline.layout import Day, raw_day_key
-from cdr_pipeline.store import open_store
 
 FIRST = date(2024, 5, 1)
 RESULTS = Path(__file__).resolve().parent / "RESULTS-erase.md"
-WORKERS = 2  # as `cdr-pipeline erase` runs on two cores
 
 
 def _days(n: int) -> list[Day]:
@@ -47,12 +45,7 @@ def _days(n: int) -> list[Day]:
 
 def _publish(args: tuple[Path, Day]) -> None:
     """One day built with a shared zone, in a worker process of its own (memory)."""
-    from cdr_pipeline.day import build_day
-
-    root, the_day = args
-    store = open_store(root / "data")
-    store.shared = open_store(root / "shared")
-    build_day(store, the_day, ZoneInfo(TZ), pseudonyms=_bench_key())
+    publish_private(*args)
 
 
 def _busiest(root: Path, days: list[Day]) -> str:
@@ -83,7 +76,7 @@ def ensure_month(n: int, calls: int) -> Path:
             continue  # made by a run that stopped before the end
         print(f"  generating {d.key} ({i + 1} of {n})", flush=True)
         write_day(root / "data", d, calls)
-    with ProcessPoolExecutor(WORKERS, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(ERASE_WORKERS, mp_context=get_context("spawn")) as pool:
         list(pool.map(_publish, [(root, d) for d in days]))
     done.write_text(_busiest(root, days))
     return root
@@ -107,7 +100,7 @@ def _erase(month: Path, number: str, *extra: str) -> tuple[float, str, str]:
         cli = str(Path(sys.executable).parent / "cdr-pipeline")
         began = time.perf_counter()
         done = subprocess.run(
-            [cli, "erase", number, "--workers", str(WORKERS), *extra],
+            [cli, "erase", number, "--workers", str(ERASE_WORKERS), *extra],
             env=env,
             capture_output=True,
             text=True,
@@ -152,7 +145,7 @@ def main(argv: list[str]) -> int:
         f"Machine: {os.cpu_count()} cores, Linux {platform.release()}, "
         f"Python {platform.python_version()}.",
         "",
-        f"- `cdr-pipeline erase NUMBER --workers {WORKERS}` on {args.days} days of "
+        f"- `cdr-pipeline erase NUMBER --workers {ERASE_WORKERS}` on {args.days} days of "
         f"{args.calls:,} calls each, with a shared zone, the number that called on the most "
         f"days ({days} of them, {records} records), re-built in {runs} Dagster runs: "
         f"**{wall:.1f} s** (goal under 60 s: **{verdict}**); rounds: {rounds} s",

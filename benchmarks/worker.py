@@ -143,16 +143,23 @@ def ours_private_plain(root: Store, limit: int | None) -> int:
     return ours_private(root, limit)
 
 
+def publish_private(folder: Path, the_day: Any) -> Store:
+    """``the_day`` built from ``folder/data``'s raw layer with its shared zone in
+    ``folder/shared``, under the bench's key; the data directory."""
+    from cdr_pipeline.day import build_day
+
+    store = open_store(folder / "data")
+    store.shared = open_store(folder / "shared")
+    build_day(store, the_day, ZoneInfo(TZ), pseudonyms=_bench_key())
+    return store
+
+
 def _publish_for_erase(folder: str) -> None:
     """The erase's starting point, in a child process (its memory is not the erase's): the
     day published with a shared zone, and its busiest caller written to ``number.txt``."""
     import pyarrow.compute as pc
 
-    from cdr_pipeline.day import build_day
-
-    store = open_store(Path(folder) / "data")
-    store.shared = open_store(Path(folder) / "shared")
-    build_day(store, day(), ZoneInfo(TZ), pseudonyms=_bench_key())
+    store = publish_private(Path(folder), day())
     cdr = publish.read_day_table(store, "cdr", DAY, columns=["src_e164"])
     counts = cdr.column("src_e164").drop_null().value_counts()
     number = counts.field(0)[pc.index(counts.field(1), pc.max(counts.field(1))).as_py()]
