@@ -32,7 +32,7 @@ from cdr_pipeline.datasets import DATASETS, Dataset, queries
 from cdr_pipeline.erasure import Eraser, tokens_for
 from cdr_pipeline.layout import SPILL_KEY, Day, StorageError
 from cdr_pipeline.privacy import CLEAR, Pseudonyms, share, share_reads, shared_schema
-from cdr_pipeline.publish import DayTransaction, read_state, shrink_guard
+from cdr_pipeline.publish import Content, DayTransaction, Kept, Spliced, read_state, shrink_guard
 from cdr_pipeline.raw import (
     Page,
     decoded_batches,
@@ -127,21 +127,22 @@ def enrich(
 
 def write_cdr(
     txn: DayTransaction,
-    rows: Iterable[pa.Table],
+    rows: Content,
     gather: Callable[[pa.Table], None],
-    shared: Callable[[], Iterable[pa.Table]] | None = None,
+    shared: Callable[[], Content] | None = None,
 ) -> None:
-    """``cdr``'s file of the day, staged from the rows; each slice is also handed to
-    ``gather`` on a thread of its own (its work is in numpy and Arrow, which release the
-    GIL), at most one slice behind, so the aggregates' inputs are complete with the file.
-    With ``shared``, the shared zone's ``cdr`` is then staged from its rows, asked for once
-    the first file is: written beside it, it held more memory at the peak for about the same
-    time (docs/performance.md, "Pseudonyms and the shared zone")."""
+    """``cdr``'s file of the day, staged from the rows (a stream of slices, or a splice of
+    the published file's row groups with new ones); each slice is also handed to ``gather``
+    on a thread of its own (its work is in numpy and Arrow, which release the GIL), at most
+    one slice behind, so the aggregates' inputs are complete with the file. With ``shared``,
+    the shared zone's ``cdr`` is then staged from its content, asked for once the first file
+    is: written beside it, it held more memory at the peak for about the same time
+    (docs/performance.md, "Pseudonyms and the shared zone")."""
 
-    def passing(pool: ThreadPoolExecutor) -> Iterator[pa.Table]:
+    def passing(pool: ThreadPoolExecutor, parts: Iterable[Any]) -> Iterator[Any]:
         pending: deque[Future[None]] = deque()
-        for part in rows:
-            pending.append(pool.submit(gather, part))
+        for part in parts:
+            pending.append(pool.submit(gather, part.rows if isinstance(part, Kept) else part))
             if len(pending) > 1:
                 pending.popleft().result()
             yield part
@@ -149,16 +150,20 @@ def write_cdr(
             pending.popleft().result()
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary") as pool:
-        txn.stage("cdr", (CDR_SCHEMA, passing(pool)))
+        if isinstance(rows, Spliced):
+            txn.stage("cdr", Spliced(rows.layout, passing(pool, rows.parts)))
+        else:
+            schema, parts = rows
+            txn.stage("cdr", (schema, passing(pool, parts)))
     if shared is not None:
         memory.release()  # the first pass's buffers: the second would not reuse them
-        txn.stage("cdr", (shared_schema(CDR_SCHEMA, "cdr"), shared()), shared=True)
+        txn.stage("cdr", shared(), shared=True)
 
 
-def shared_from_staged(txn: DayTransaction, pseudonyms: Pseudonyms) -> Iterator[pa.Table]:
+def shared_from_staged(txn: DayTransaction, pseudonyms: Pseudonyms) -> Content:
     """The shared zone's ``cdr`` rows, made from the staged ``cdr`` a row group at a time."""
     groups = txn.staged_row_groups("cdr", share_reads(CDR_SCHEMA, "cdr"))
-    return (share(group, "cdr", pseudonyms) for group in groups)
+    return shared_schema(CDR_SCHEMA, "cdr"), (share(g, "cdr", pseudonyms) for g in groups)
 
 
 # --- 5. aggregate ---------------------------------------------------------------------------
@@ -300,11 +305,11 @@ class FromRaw:
             day.start, day.end, tz, expected_records=self.expected, spill_dir=scratch
         )
 
-    def rows(self, eraser: Eraser) -> Iterator[pa.Table]:
+    def rows(self, eraser: Eraser) -> Content:
         pages = decoded_batches(self.store, self.day.key, self.manifest)
         deduplicate(read(pages, self.tz), self.builder)
         memory.release()  # the parsed pages' buffers: the rows' would not reuse them
-        return map(eraser, enrich(self.builder.iter_cdr(), self.enricher))
+        return CDR_SCHEMA, map(eraser, enrich(self.builder.iter_cdr(), self.enricher))
 
     def shared_cdr(self) -> None:
         """Its shared rows are made from the staged ``cdr``."""
@@ -426,7 +431,7 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
     def shared(table: pa.Table, name: str) -> pa.Table:
         return share(table, name, job.pseudonyms)
 
-    def shared_cdr() -> Iterable[pa.Table]:
+    def shared_cdr() -> Content:
         return source.shared_cdr() or shared_from_staged(txn, job.pseudonyms)
 
     sharing = shared if store.shared is not None else None

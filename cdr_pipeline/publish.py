@@ -12,10 +12,13 @@ rolled forward by the next reader or writer of the day, so a day is never left m
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cdr_pipeline import footer
 from cdr_pipeline.layout import StorageError, check_day, part_key, state_key
 from cdr_pipeline.store import (
     LocalStore,
@@ -35,8 +39,10 @@ from cdr_pipeline.store import (
 )
 
 # Fixed writer settings and fixed row-group size: the same rows always give the same bytes,
-# whatever slices they arrive in. zstd level 1, and dictionaries only where values repeat (a
-# dictionary per row group of ids, numbers and URLs is mostly overhead: benchmarks/RESULTS.md).
+# whatever slices they arrive in (but for a re-build after an erasure, which keeps the row
+# groups without an erased row as they were: :class:`Spliced`). zstd level 1, and
+# dictionaries only where values repeat (a dictionary per row group of ids, numbers and URLs
+# is mostly overhead: benchmarks/RESULTS.md).
 PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
     "compression_level": 1,
@@ -65,16 +71,83 @@ HIGH_CARDINALITY = frozenset(
 NO_STATISTICS = frozenset({"src_token", "dst_token", "src_masked", "dst_masked"})
 ROW_GROUP_ROWS = 1 << 16
 
-# What a day's dataset file is made from: a whole table, or a stream of slices of one.
-Content = pa.Table | tuple[pa.Schema, Iterable[pa.Table]]
+
+@dataclass(frozen=True)
+class Kept:
+    """A row group of a published file, to be copied into the new one as it is encoded;
+    ``rows``, where they were read, for whoever else the stream serves."""
+
+    source: Any  # the published file, open
+    group: footer.Group
+    rows: pa.Table | None = None
+
+
+@dataclass(frozen=True)
+class Spliced:
+    """A file made of a published file's row groups (:class:`Kept`, copied) and of tables
+    (each encoded as row groups of its own), in order, under that file's ``layout`` (its
+    footer: schema, writer and metadata)."""
+
+    layout: footer.Struct
+    parts: Iterable[pa.Table | Kept]
+
+
+# What a day's dataset file is made from: a whole table, a stream of slices of one, or a
+# published file's row groups with new ones.
+Content = pa.Table | tuple[pa.Schema, Iterable[pa.Table]] | Spliced
+
+
+def open_spliceable(store: Store, dataset: str, day: str, schema: pa.Schema) -> Any | None:
+    """The published file of ``dataset`` open, with its footer and groups, when its row
+    groups can be copied into a file of ``schema`` written now (same schema and writer, no
+    page indexes); else None."""
+    source = _open_part(store, dataset, day)
+    try:
+        layout = footer.read_footer(source, source.size())
+        groups = footer.groups(layout)
+        if footer.same_layout(layout, _layout_of(schema.serialize().to_pybytes())):
+            return source, layout, groups
+    except footer.FooterError:
+        pass
+    source.close()
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _layout_of(schema: bytes) -> footer.Struct:
+    """The footer of a file of the (serialized) ``schema`` written now, as a splice's rows
+    will be."""
+    blank = pa.BufferOutputStream()
+    write_parquet(blank, pa.ipc.read_schema(pa.py_buffer(schema)).empty_table())
+    data = blank.getvalue()
+    return footer.read_footer(pa.BufferReader(data), len(data))
+
+
+def _write_spliced(sink: Any, content: Spliced) -> int:
+    def pieces() -> Iterator[footer.Piece]:
+        for part in content.parts:
+            if isinstance(part, Kept):
+                yield footer.Piece(part.source, part.group)
+            elif len(part):
+                encoded = pa.BufferOutputStream()
+                write_parquet(encoded, part)
+                reader = pa.BufferReader(encoded.getvalue())
+                meta = footer.read_footer(reader, reader.size())
+                yield from (footer.Piece(reader, g) for g in footer.groups(meta))
+
+    with ExitStack() as stack:
+        out = stack.enter_context(open(sink, "wb")) if isinstance(sink, str) else sink
+        return footer.splice(out, content.layout, pieces())
 
 
 def write_parquet(sink: Any, content: Content) -> int:
-    """Write a table, or stream slices, into ``sink`` (a path or an output stream); return
-    the row count.
+    """Write a table, streamed slices or a splice into ``sink`` (a path or an output
+    stream); return the row count.
 
     Row groups are encoded on a second thread while the next one is being produced (Arrow
     releases the GIL while it compresses), at most one waiting, so memory stays flat."""
+    if isinstance(content, Spliced):
+        return _write_spliced(sink, content)
     schema, parts = (content.schema, [content]) if isinstance(content, pa.Table) else content
     dictionary = [
         f.name

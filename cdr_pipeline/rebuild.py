@@ -8,21 +8,31 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import phonenumbers
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cdr_pipeline.erasure import REMOVED_BUCKETS, Eraser, without
 from cdr_pipeline.layout import Day, StorageError, part_key
-from cdr_pipeline.publish import day_row_groups, read_day_table
+from cdr_pipeline.privacy import shared_schema
+from cdr_pipeline.publish import (
+    Content,
+    Kept,
+    Spliced,
+    day_row_groups,
+    open_spliceable,
+    read_day_table,
+)
 from cdr_pipeline.raw import manifest_source
 from cdr_pipeline.store import Store
 from cdr_pipeline.transform import TRANSFORM_VERSION
 from cdr_pipeline.transform.dedup import SPILL_ABOVE_ROWS
-from cdr_pipeline.transform.validate import REJECT_REASONS
+from cdr_pipeline.transform.validate import CDR_SCHEMA, REJECT_REASONS
 
 SLICE_ROWS = 16_384
 
@@ -59,17 +69,19 @@ class _Rows:
         return pa.concat_tables(pieces) if pieces else pa.table({})
 
 
-def _less(parts: Iterator[pa.Table], gone: np.ndarray) -> Iterator[pa.Table]:
-    """``parts`` (a day's rows in order) less the rows at the positions ``gone`` (sorted)."""
-    at = 0
-    for part in parts:
-        lo, hi = np.searchsorted(gone, [at, at + len(part)])
-        rows, at = gone[lo:hi] - at, at + len(part)
-        if len(rows):
-            hit = np.zeros(len(part), dtype=bool)
-            hit[rows] = True
-            part = without(part, pa.array(hit))
-        yield part
+def _in(gone: np.ndarray, at: int, rows: int) -> np.ndarray:
+    """Of the positions ``gone`` (sorted), those of rows ``at`` to ``at + rows``, from ``at``."""
+    lo, hi = np.searchsorted(gone, [at, at + rows])
+    return gone[lo:hi] - at
+
+
+def _less(part: pa.Table, rows: np.ndarray) -> pa.Table:
+    """``part`` less the rows at the positions ``rows``."""
+    if not len(rows):
+        return part
+    hit = np.zeros(len(part), dtype=bool)
+    hit[rows] = True
+    return without(part, pa.array(hit))
 
 
 class NotReusable(StorageError):
@@ -138,6 +150,7 @@ class FromPublished:
         usable = shared is not None and shared.exists(part_key("cdr", day.key))
         self.shared = shared if usable and tokens_key is not None and tokens_key == key_id else None
         self.gone: list[np.ndarray] = []  # the erased rows' positions in the day, for the shared
+        self.opened = ExitStack()  # the published files whose row groups are copied
         self.origin = record["source"] if manifest is None else manifest_source(manifest)
         self.fetch = record["fetch"] if manifest is None else manifest["totals"]
         self.expected = self.fetch["records"]
@@ -147,36 +160,93 @@ class FromPublished:
         self.renamed = erasure["renamed"] if changed else {}
         self.spills = self.expected > SPILL_ABOVE_ROWS
 
-    def rows(self, eraser: Eraser) -> Iterator[pa.Table]:
-        """A row group at a time, in slices as small as the raw layer's: fewer rows wait in
-        the writer and the aggregates' thread at once (docs/performance.md)."""
-        groups = day_row_groups(self.store, "cdr", self.day.key)
-        if self.shared is None:
-            yield from map(eraser, _slices(groups))
-            return
-        columns = ["call_id", "src_token", "dst_token"]
-        tokens = _Rows(day_row_groups(self.shared, "cdr", self.day.key, columns))
+    def _spliceable(self, store: Store, schema: pa.Schema) -> Any | None:
+        """The published ``cdr`` of ``store`` open, its row groups ready to be copied into
+        the new file (where its layout allows: :func:`open_spliceable`)."""
+        opened = open_spliceable(store, "cdr", self.day.key, schema)
+        if opened is not None:
+            self.opened.callback(opened[0].close)
+        return opened
+
+    def rows(self, eraser: Eraser) -> Content:
+        """``cdr``'s rows less the erased: the published file's row groups without an erased
+        row copied as they are encoded (read still, for the aggregates), the others less
+        theirs; or, where its groups cannot be copied, every row in slices as small as the
+        raw layer's, so fewer rows wait in the writer and the aggregates' thread at once
+        (docs/performance.md, "Erasure")."""
+        tokens = None
+        if self.shared is not None:
+            columns = ["call_id", "src_token", "dst_token"]
+            tokens = _Rows(day_row_groups(self.shared, "cdr", self.day.key, columns))
+        opened = self._spliceable(self.store, CDR_SCHEMA)
+        if opened is None:
+            slices = _slices(day_row_groups(self.store, "cdr", self.day.key))
+            cut = self._hits(slices, eraser, tokens)
+            return CDR_SCHEMA, (eraser.drop(part, hit) for part, hit in cut)
+        source, layout, groups = opened
+        parquet = pq.ParquetFile(source)
+        read = (parquet.read_row_group(i) for i in range(len(groups)))
+
+        def parts() -> Iterator[pa.Table | Kept]:
+            for (part, hit), group in zip(self._hits(read, eraser, tokens), groups, strict=True):
+                yield Kept(source, group, part) if hit is None else eraser.drop(part, hit)
+
+        return Spliced(layout, parts())
+
+    def _hits(
+        self, parts: Iterator[pa.Table], eraser: Eraser, tokens: _Rows | None
+    ) -> Iterator[tuple[pa.Table, pa.Array | None]]:
+        """Each part with its erased rows (None when none is), by its numbers, or by the
+        shared zone's ``tokens`` where they were made under this key (no key's work)."""
         at = 0
-        for part in _slices(groups):
-            numbers = tokens.take(len(part))  # the same rows, however each file is grouped
-            # the tokens decide which rows go: only those of the very same calls may
-            if len(numbers) < len(part) or not part["call_id"].equals(numbers["call_id"]):
-                raise NotReusable("the shared zone's cdr does not hold the restricted one's calls")
-            hit = eraser.hits(numbers)
+        for part in parts:
+            if tokens is None:
+                hit = eraser.hits(part)
+            else:
+                numbers = tokens.take(len(part))  # the same rows, however each file is grouped
+                # the tokens decide which rows go: only those of the very same calls may
+                if len(numbers) < len(part) or not part["call_id"].equals(numbers["call_id"]):
+                    raise NotReusable(
+                        "the shared zone's cdr does not hold the restricted one's calls"
+                    )
+                hit = eraser.hits(numbers)
             if hit is not None:
                 self.gone.append(np.flatnonzero(hit.to_numpy(zero_copy_only=False)) + at)
             at += len(part)
-            yield eraser.drop(part, hit)
-        if len(tokens.take(1)):
+            yield part, hit
+        if tokens is not None and len(tokens.take(1)):
             raise NotReusable("the shared zone's cdr holds calls the restricted one does not")
 
-    def shared_cdr(self) -> Iterator[pa.Table] | None:
+    def shared_cdr(self) -> Content | None:
         """The shared zone's new ``cdr``: its published rows less the erased ones (after
-        :meth:`rows`); None when it cannot serve (made under another key, or none)."""
+        :meth:`rows`), its row groups without one copied as they are encoded; None when it
+        cannot serve (made under another key, or none)."""
         if self.shared is None:
             return None
         gone = np.concatenate(self.gone) if self.gone else np.zeros(0, np.int64)
-        return _less(_slices(day_row_groups(self.shared, "cdr", self.day.key)), gone)
+        schema = shared_schema(CDR_SCHEMA, "cdr")
+        opened = self._spliceable(self.shared, schema)
+        if opened is None:
+            slices = _slices(day_row_groups(self.shared, "cdr", self.day.key))
+
+            def cut() -> Iterator[pa.Table]:
+                at = 0
+                for part in slices:
+                    yield _less(part, _in(gone, at, len(part)))
+                    at += len(part)
+
+            return schema, cut()
+        source, layout, groups = opened
+        parquet = pq.ParquetFile(source)
+
+        def parts() -> Iterator[pa.Table | Kept]:
+            at = 0
+            for i, group in enumerate(groups):
+                rows = _in(gone, at, group.rows)
+                at += group.rows
+                yield _less(parquet.read_row_group(i), rows) if len(rows) else Kept(source, group)
+
+        return Spliced(layout, parts())
 
     def finish(self, eraser: Eraser) -> tuple[pa.Table, dict[str, Any]]:
         rejects = read_day_table(self.store, "cdr_rejects", self.day.key)
@@ -209,4 +279,4 @@ class FromPublished:
         return rejects, accounting
 
     def close(self) -> None:
-        pass
+        self.opened.close()

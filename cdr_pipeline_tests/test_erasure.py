@@ -3,6 +3,7 @@ layer makes, or a build from the raw layer where the published day cannot stand 
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections import Counter
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdr_pipeline import day as daily
-from cdr_pipeline import erasure, publish
+from cdr_pipeline import erasure, footer, publish
 from cdr_pipeline.cli.erase import RUN_DAYS, _runs_of
 from cdr_pipeline.day import build_day
 from cdr_pipeline.erasure import FEW_ERASED, needle_of, without
@@ -64,9 +65,18 @@ def _victim(root) -> str:
     return max(in_rejects & set(calls), key=lambda n: (calls[n], n))
 
 
+def _groups(data: bytes) -> list[bytes]:
+    """A Parquet file's row groups, as their bytes."""
+    found = footer.groups(footer.read_footer(io.BytesIO(data), len(data)))
+    return [data[g.start : g.end] for g in found]
+
+
 def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_files(
     monkeypatch, tmp_path, sim_server, instance
 ):
+    """The same rows and files as a build from the raw layer; ``cdr``'s row groups without
+    an erased row copied as they were (groups of 64 rows, so a day has several)."""
+    monkeypatch.setattr(publish, "ROW_GROUP_ROWS", 64)
     env = Env(
         monkeypatch,
         tmp_path,
@@ -113,10 +123,23 @@ def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_fi
     assert accounting["erased"] == removed
     buckets = ("valid", "rejected", "duplicates_dropped", "overlap_copies", "outside_day")
     assert accounting["fetched"] == sum(accounting[b] for b in buckets) + accounting["erased"]
-    for zone in ("data", "shared"):  # every file of both zones, byte for byte
+    cdr = f"cdr/date={DAY}/part-0.parquet"
+    shared = pq.ParquetFile(io.BytesIO(published["shared"][cdr]))
+    untouched = 0  # groups no erased row is in
+    for i in range(shared.num_row_groups):
+        group = shared.read_row_group(i, columns=["src_token", "dst_token"])
+        untouched += tokens.isdisjoint(
+            group["src_token"].to_pylist() + group["dst_token"].to_pylist()
+        )
+    assert 0 < untouched < shared.num_row_groups
+    for zone in ("data", "shared"):  # every file of both zones byte for byte, but cdr's
         reused, from_raw = _files(tmp_path / "reused" / zone), _files(tmp_path / "from_raw" / zone)
         assert reused.keys() == from_raw.keys()
-        assert [k for k in reused if reused[k] != from_raw[k]] == []
+        assert [k for k in reused if reused[k] != from_raw[k] and k != cdr] == []
+        rows = [pq.read_table(io.BytesIO(f[cdr])) for f in (reused, from_raw)]
+        assert rows[0].equals(rows[1])
+        was = set(_groups(published[zone][cdr]))
+        assert sum(g in was for g in _groups(reused[cdr])) == untouched
 
     # the published day stands in only for the raw layer and settings it was built from
     store = open_store(tmp_path / "reused" / "data")
