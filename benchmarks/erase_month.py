@@ -90,6 +90,7 @@ def _erase(month: Path, number: str, *extra: str) -> tuple[float, str, str]:
         if work != month:
             for zone in ("data", "shared"):
                 shutil.copytree(month / zone, work / zone)
+            os.sync()  # the copy's 5 GB on disk first: its writeback is not the erase's
         env = os.environ | {
             "CDR_DATA_DIR": str(work / "data"),
             "CDR_SHARED_DATA_DIR": str(work / "shared"),
