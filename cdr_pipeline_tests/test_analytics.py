@@ -131,7 +131,7 @@ def test_large_groups_analysed_by_their_prefix_agree_with_libphonenumber():
     """Many numbers sharing all but their last six digits, in every region: the prefix analysis
     (key_safe) groups them by whichever tail it proves. Each must get exactly what
     libphonenumber says of it alone."""
-    from cdr_pipeline.transform.phones import key_safe
+    from cdr_pipeline.transform.patterns import key_safe
 
     key_safe.cache_clear()
     rng = random.Random(11)

@@ -1,7 +1,8 @@
 """Every setting, declared once: name, type, default, bounds, variable and meaning.
 
 A setting is a pydantic field made with :func:`knob` (``fields.py``), which records its
-environment variable. Seven models hold them (``models.py``), among them
+environment variable. Seven models hold them (``models.py``; the client's and the simulator's
+in ``client.py``), among them
 :class:`StorageSettings` (where data goes, the day boundary; the deployment's, never a run's),
 :class:`ProjectSettings` (the partitions, the schedules, the endpoint), :class:`ClientSettings`
 (how the client fetches; fields of the API resource too) and :class:`SimulatorSettings`.
