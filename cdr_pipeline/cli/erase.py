@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import partial
+from functools import cache, partial
 from multiprocessing import get_context
 
 from tabulate import tabulate
@@ -74,20 +76,19 @@ def cmd_erase(args: argparse.Namespace) -> int:
         raise SystemExit("give the number to erase (it is empty)") from None
     store, tokens = settings.store, frozenset({token})
     shown = p.shown(args.number)
-    found = erasure.find(store, _published(store, start, end), args.number, tokens, p)
-    rows = [(f.day, f.calls, f.rejects) for f in found]
-    total = sum(f.calls + f.rejects for f in found)
-    if rows:
-        print(tabulate(rows, headers=("day", "calls", "rejects"), tablefmt="simple"))
-    verb = "would erase" if args.dry_run else "erasing"
-    print(f"{verb} {total} records of {shown} from {len(found)} published days")
+    days = _published(store, start, end)
     if args.dry_run:
+        _say(erasure.find(store, days, args.number, tokens, p), shown, "would erase")
         return 0
-    index = erasure.record(store, token, p.key_id, start, end)  # first: later fetches drop them
     local_home(settings.uses_simulator)  # the workers' Dagster instance, in their environment
-    shares = _shares(found, args.workers)
-    work = partial(_erase_share, tokens=tokens, needle=erasure.needle_of(args.number, p.region))
-    done, raised = _in_workers(work, shares)
+    workers = min(args.workers, len(days))
+    with _pool(workers) as pool:
+        found = _find(pool, workers, days, args.number)
+        _say(found, shown, "erasing")
+        index = erasure.record(store, token, p.key_id, start, end)  # later fetches drop them
+        shares = _shares(found, args.workers)
+        work = partial(_erase_share, tokens=tokens, needle=erasure.needle_of(args.number, p.region))
+        done, raised = _in_workers(pool, work, shares)
     erased = {day: n for d in done for day, n in d.erased.items()}
     failed = [day for d in done for day in d.failed]
     for line in (line for d in done for line in d.said):
@@ -112,22 +113,68 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(found: list, shown: str, verb: str) -> None:
+    rows = [(f.day, f.calls, f.rejects) for f in found]
+    if rows:
+        print(tabulate(rows, headers=("day", "calls", "rejects"), tablefmt="simple"))
+    total = sum(f.calls + f.rejects for f in found)
+    print(f"{verb} {total} records of {shown} from {len(found)} published days")
+
+
 KEPT = "the erasure is kept, every day is whole (old or new), and every later build applies it"
 
 
-def _in_workers(work, shares: list[list]) -> tuple[list[_Done], list[BaseException]]:
-    """``work`` done on each share, in worker processes where there are several (a re-build
-    leaves a core idle, docs/performance.md), else here: what each did, and what each that
-    failed raised. One failing does not stop the others, so that every day erased is kept in
-    the audit."""
-    if len(shares) <= 1:
-        return _outcomes([partial(work, share) for share in shares])
+@contextmanager
+def _pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """The worker processes (None: one worker, which is this process). They start before
+    the days are found, and find them: their start and the search take the cores at once,
+    not one after the other (docs/performance.md, "Erasure")."""
+    if workers <= 1:
+        yield None
+        return
     import dagster as dg
 
     with dg.DagsterInstance.get():  # a new instance's storage made here, not raced for by two
         pass
-    with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn")) as pool:
-        return _outcomes([pool.submit(work, share).result for share in shares])
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        yield pool
+
+
+def _find(pool: ProcessPoolExecutor | None, workers: int, days: list[str], number: str) -> list:
+    """The published ``days`` holding a record of ``number``, in order, found by the
+    ``workers`` processes of ``pool`` (every n-th day each) where there are some."""
+    if pool is None:
+        return _find_in(days, number, warm=False)
+    parts = [days[i::workers] for i in range(workers)]
+    found = pool.map(partial(_find_in, number=number), parts)
+    return sorted((f for part in found for f in part), key=lambda f: f.day)
+
+
+def _find_in(days: list[str], number: str, warm: bool = True) -> list:
+    """What :func:`cdr_pipeline.erasure.find` says of ``days``, in this process; ``warm``: a
+    worker's, which then loads what re-building needs (Dagster, the definitions) while the
+    others still search."""
+    from cdr_pipeline import erasure
+    from cdr_pipeline.privacy import pseudonyms_of
+
+    settings = load_settings()
+    p = pseudonyms_of(settings)
+    found = erasure.find(settings.store, days, number, frozenset({p.token(number)}), p)
+    if warm:
+        _rebuild_job()
+    return found
+
+
+def _in_workers(
+    pool: ProcessPoolExecutor | None, work, shares: list[list]
+) -> tuple[list[_Done], list[BaseException]]:
+    """``work`` done on each share, in the worker processes where there are some (a
+    re-build leaves a core idle, docs/performance.md), else here: what each did, and what
+    each that failed raised. One failing does not stop the others, so that every day erased
+    is kept in the audit."""
+    if pool is None:
+        return _outcomes([partial(work, share) for share in shares])
+    return _outcomes([pool.submit(work, share).result for share in shares])
 
 
 def _outcomes(calls: list) -> tuple[list[_Done], list[BaseException]]:
@@ -161,13 +208,11 @@ def _erase_share(found: list, tokens: frozenset[str], needle) -> _Done:
     (which reads the settings from the same environment)."""
     import dagster as dg
 
-    from cdr_pipeline.definitions import defs
-    from cdr_pipeline.defs.schedules import REBUILD_JOB
     from cdr_pipeline.privacy import pseudonyms_of
 
     settings = load_settings()
     p = pseudonyms_of(settings)
-    job = defs().resolve_job_def(REBUILD_JOB)  # once for every run: the definitions are built
+    job = _rebuild_job()
     done = _Done({}, [], [])
     with dg.DagsterInstance.get() as instance:
         for days in _runs_of(found):
@@ -180,6 +225,15 @@ def _erase_share(found: list, tokens: frozenset[str], needle) -> _Done:
             outcome = "failed" if failed else f"done, {erased} records erased"
             print(f"erase: {_label(days)} {outcome}", file=sys.stderr, flush=True)
     return done
+
+
+@cache
+def _rebuild_job():
+    """The re-build job, resolved once a process: the definitions are built for it."""
+    from cdr_pipeline.definitions import defs
+    from cdr_pipeline.defs.schedules import REBUILD_JOB
+
+    return defs().resolve_job_def(REBUILD_JOB)
 
 
 def _take_out(settings, found: list, tokens: frozenset[str], p, needle) -> dict[str, int]:
