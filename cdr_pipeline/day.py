@@ -194,6 +194,12 @@ class Gathered:
             scratch, day.start, day.end, tz, settings, keep_rows=keep_rows
         )
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns of ``cdr`` :meth:`add` reads."""
+        wanted = (*OutcomeSummary.COLUMNS, *KpiSummary.COLUMNS, *self.analytics.columns)
+        return tuple(dict.fromkeys(wanted))
+
     def add(self, part: pa.Table) -> None:
         self.outcome.add(part)
         self.kpis.add(part)
@@ -305,7 +311,7 @@ class FromRaw:
             day.start, day.end, tz, expected_records=self.expected, spill_dir=scratch
         )
 
-    def rows(self, eraser: Eraser) -> Content:
+    def rows(self, eraser: Eraser, _gathered: tuple[str, ...] = ()) -> Content:
         pages = decoded_batches(self.store, self.day.key, self.manifest)
         deduplicate(read(pages, self.tz), self.builder)
         memory.release()  # the parsed pages' buffers: the rows' would not reuse them
@@ -440,9 +446,6 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
     with day_scratch(store, day.key) as scratch, DayTransaction(store, day.key) as txn:
         source = source_in(scratch)
         try:
-            rows = source.rows(eraser)
-            clock.lap("read_check", timings)
-            after_read = _Clock()
             gathered = Gathered(
                 day,
                 job.tz,
@@ -452,6 +455,9 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
                 spills=source.spills,
                 keep_rows=not store.local,
             )
+            rows = source.rows(eraser, gathered.columns)
+            clock.lap("read_check", timings)
+            after_read = _Clock()
             write_cdr(txn, rows, gathered.add, shared_cdr if sharing else None)
             rejects, accounting = source.finish(eraser)
             memory.release()  # DuckDB allocates on its own: not from what malloc keeps

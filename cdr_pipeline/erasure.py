@@ -259,7 +259,7 @@ class Found:
     cleared: bool = False  # of its numbers (retention.py): erased in place
 
 
-_NUMBERS = ["src", "dst", "src_e164", "dst_e164"]
+NUMBER_COLUMNS = ("src", "dst", "src_e164", "dst_e164")  # what finds a number in cdr
 
 
 def find(
@@ -271,7 +271,7 @@ def find(
     out = []
     for day in days:
         try:
-            calls = _count(store, day, _NUMBERS, tokens, p, form)
+            calls = _count(store, day, list(NUMBER_COLUMNS), tokens, p, form)
             rejects = read_day_table(store, "cdr_rejects", day, columns=["raw"])
         except (StorageError, pa.ArrowInvalid):  # pa: a day cleared of its numbers
             try:

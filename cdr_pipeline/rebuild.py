@@ -17,7 +17,7 @@ import phonenumbers
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cdr_pipeline.erasure import REMOVED_BUCKETS, Eraser, without
+from cdr_pipeline.erasure import NUMBER_COLUMNS, REMOVED_BUCKETS, Eraser, without
 from cdr_pipeline.layout import Day, StorageError, part_key
 from cdr_pipeline.privacy import shared_schema
 from cdr_pipeline.publish import (
@@ -168,12 +168,12 @@ class FromPublished:
             self.opened.callback(opened[0].close)
         return opened
 
-    def rows(self, eraser: Eraser) -> Content:
+    def rows(self, eraser: Eraser, gathered: tuple[str, ...] = ()) -> Content:
         """``cdr``'s rows less the erased: the published file's row groups without an erased
-        row copied as they are encoded (read still, for the aggregates), the others less
-        theirs; or, where its groups cannot be copied, every row in slices as small as the
-        raw layer's, so fewer rows wait in the writer and the aggregates' thread at once
-        (docs/performance.md, "Erasure")."""
+        row copied as they are encoded (only the ``gathered`` columns read, for the
+        aggregates), the others less theirs; or, where its groups cannot be copied, every row
+        in slices as small as the raw layer's, so fewer rows wait in the writer and the
+        aggregates' thread at once (docs/performance.md, "Erasure")."""
         tokens = None
         if self.shared is not None:
             columns = ["call_id", "src_token", "dst_token"]
@@ -185,11 +185,28 @@ class FromPublished:
             return CDR_SCHEMA, (eraser.drop(part, hit) for part, hit in cut)
         source, layout, groups = opened
         parquet = pq.ParquetFile(source)
-        read = (parquet.read_row_group(i) for i in range(len(groups)))
+        # only what the aggregates and the search for erased rows read (15 of 24 columns); a
+        # group losing rows has the rest read too (decoding every column of the kept groups
+        # cost a third more: docs/performance.md, "Erasure")
+        needed = {*gathered, "call_id", *(NUMBER_COLUMNS if tokens is None else ())}
+        narrow = [c for c in CDR_SCHEMA.names if c in needed]
+        rest = [c for c in CDR_SCHEMA.names if c not in needed]
+        read = (parquet.read_row_group(i, columns=narrow) for i in range(len(groups)))
+
+        def whole(i: int, part: pa.Table) -> pa.Table:
+            if not rest:
+                return part
+            more = parquet.read_row_group(i, columns=rest)
+            columns = [part[c] if c in needed else more[c] for c in CDR_SCHEMA.names]
+            return pa.Table.from_arrays(columns, schema=CDR_SCHEMA)
 
         def parts() -> Iterator[pa.Table | Kept]:
-            for (part, hit), group in zip(self._hits(read, eraser, tokens), groups, strict=True):
-                yield Kept(source, group, part) if hit is None else eraser.drop(part, hit)
+            cut = self._hits(read, eraser, tokens)
+            for i, ((part, hit), group) in enumerate(zip(cut, groups, strict=True)):
+                if hit is None:
+                    yield Kept(source, group, part)
+                else:
+                    yield eraser.drop(whole(i, part), hit)
 
         return Spliced(layout, parts())
 

@@ -1,5 +1,6 @@
-"""The models of settings (with the client's and the simulator's, ``client.py``), each field made by :func:`knob` with its variable, default,
-bounds and meaning (the docs' table and ``.env.example`` are made from them)."""
+"""The models of settings (the client's and the simulator's are in ``client.py``), each
+field made by :func:`knob` with its variable, default, bounds and meaning (the docs' table and
+``.env.example`` are made from them)."""
 
 from __future__ import annotations
 

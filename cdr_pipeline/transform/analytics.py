@@ -255,6 +255,8 @@ class _Load:
     number of calls talking in each second (times are whole seconds), so an hour's talk is
     its sum and the hour's peak its maximum: the exact sweep, without sorting the day."""
 
+    COLUMNS = ("start_src_call_time", "call_end_status", "dst_accept_time", "end_call_time")
+
     def __init__(self, day_start: int, day_end: int) -> None:
         self.start, self.seconds = day_start, max(0, day_end - day_start)
         hours = -(-self.seconds // 3600)
@@ -353,6 +355,11 @@ class DayAnalytics:
         self._writer: pq.ParquetWriter | None = None
         self._load = _Load(day_start, day_end)
         self.memory_retries = 0  # queries asked again under the larger limit
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns of ``cdr`` :meth:`add` reads."""
+        return (*_Load.COLUMNS, *(COLUMNS if self.keep_rows else ()))
 
     def add(self, part: pa.Table) -> None:
         self._load.add(part)

@@ -86,6 +86,8 @@ _OUTCOME_KEYS = ["call_type", "call_end_status", "call_end_status_label"]
 class OutcomeSummary:
     """``call_outcome_daily`` accumulated over a day's rows in any slices."""
 
+    COLUMNS = (*_OUTCOME_KEYS, "call_id", "duration_s")  # what :meth:`add` reads
+
     def __init__(self) -> None:
         self._partial: list[pa.Table] = []
 
@@ -177,6 +179,9 @@ class _Distinct:
 class KpiSummary:
     """``call_kpis_daily`` accumulated over a day's rows in any slices: the same values
     whatever the slicing (sums are of whole seconds, medians exact histograms)."""
+
+    # what :meth:`add` reads
+    COLUMNS = ("call_end_status", "duration_s", "record_url", *TIME_COLUMNS, "src", "dst")
 
     def __init__(
         self, tz: ZoneInfo, *, expected_rows: int = 0, spill_folder: Path | None = None
