@@ -142,9 +142,10 @@ def write_cdr(
     def passing(pool: ThreadPoolExecutor, parts: Iterable[Any]) -> Iterator[Any]:
         pending: deque[Future[None]] = deque()
         for part in parts:
-            pending.append(pool.submit(gather, part.rows if isinstance(part, Kept) else part))
-            if len(pending) > 1:
-                pending.popleft().result()
+            for rows in part.rows if isinstance(part, Kept) else (part,):
+                pending.append(pool.submit(gather, rows))
+                if len(pending) > 1:
+                    pending.popleft().result()
             yield part
         while pending:
             pending.popleft().result()

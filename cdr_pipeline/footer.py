@@ -56,6 +56,7 @@ class Struct:
 
     def __init__(self, fields: list[list[Any]]) -> None:
         self.fields = fields
+        self.end: int | None = None  # of a file's footer: where the row groups' bytes end
 
     def get(self, fid: int, default: Any = None) -> Any:
         for f in self.fields:
@@ -209,7 +210,10 @@ class _Writer:
 def decode(data: bytes) -> Struct:
     """A Thrift struct (a footer's ``FileMetaData``), every field kept as it came."""
     reader = _Reader(data)
-    found = reader.struct()
+    try:
+        found = reader.struct()
+    except RecursionError:
+        raise FooterError("structs nested too deep") from None
     if reader.pos != len(data):
         raise FooterError(f"{len(data) - reader.pos} bytes after the footer's struct")
     return found
@@ -231,7 +235,9 @@ def read_footer(source: BinaryIO, size: int) -> Struct:
     if tail[4:] != MAGIC or length > size - 12:
         raise FooterError("not a Parquet file with a plain footer")
     source.seek(size - 8 - length)
-    return decode(source.read(length))
+    meta = decode(source.read(length))
+    meta.end = size - 8 - length
+    return meta
 
 
 @dataclass(frozen=True)
@@ -250,7 +256,21 @@ class Group:
 def groups(meta: Struct) -> list[Group]:
     """Each row group's byte range (its column chunks, back to back), refused where the file
     keeps anything of a group outside it (page indexes, bloom filters, other files,
-    encryption), which a copy of the range would leave behind."""
+    encryption), which a copy of the range would leave behind, or where the footer is not
+    one this module understands (a field of another type, a range outside the file)."""
+    try:
+        found = _groups(meta)
+    except (AttributeError, TypeError, IndexError):
+        raise FooterError("the footer's row groups are not as parquet.thrift has them") from None
+    last = len(MAGIC)
+    for g in found:
+        if g.start < last or (meta.end is not None and g.end > meta.end):
+            raise FooterError("a row group's bytes lie outside the file or over another's")
+        last = g.end
+    return found
+
+
+def _groups(meta: Struct) -> list[Group]:
     found = []
     for group in meta.get(_FILE_GROUPS).items:
         if not group.get(_GROUP_ROWS):
@@ -262,8 +282,11 @@ def groups(meta: Struct) -> list[Group]:
             cm = chunk.get(_CHUNK_META)
             if cm.has(_META_BLOOM) or cm.has(_META_INDEX_PAGE):
                 raise FooterError("a column chunk has a bloom filter or an index page")
-            start = cm.get(_META_DICT_PAGE) or cm.get(_META_DATA_PAGE)
-            spans.append((start, start + cm.get(_META_SIZE)))
+            data = cm.get(_META_DATA_PAGE)
+            start, size = cm.get(_META_DICT_PAGE) or data, cm.get(_META_SIZE)
+            if not start <= data < start + size:  # its pages must lie in what is copied
+                raise FooterError("a column chunk's data pages lie outside it")
+            spans.append((start, start + size))
         spans.sort()
         if any(a[1] != b[0] for a, b in pairwise(spans)):
             raise FooterError("a row group's column chunks are not back to back")

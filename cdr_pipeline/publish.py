@@ -75,11 +75,11 @@ ROW_GROUP_ROWS = 1 << 16
 @dataclass(frozen=True)
 class Kept:
     """A row group of a published file, to be copied into the new one as it is encoded;
-    ``rows``, where they were read, for whoever else the stream serves."""
+    ``rows``, its rows in slices where whoever else the stream serves reads them."""
 
     source: Any  # the published file, open
     group: footer.Group
-    rows: pa.Table | None = None
+    rows: Iterable[pa.Table] = ()
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,14 @@ class _Rows:
         return pa.concat_tables(pieces) if pieces else pa.table({})
 
 
+def _sliced(
+    parquet: pq.ParquetFile, group: int, columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """A row group of ``parquet`` read a slice at a time (:data:`SLICE_ROWS`)."""
+    batches = parquet.iter_batches(SLICE_ROWS, row_groups=[group], columns=columns)
+    return (pa.Table.from_batches([b]) for b in batches)
+
+
 def _in(gone: np.ndarray, at: int, rows: int) -> np.ndarray:
     """Of the positions ``gone`` (sorted), those of rows ``at`` to ``at + rows``, from ``at``."""
     lo, hi = np.searchsorted(gone, [at, at + rows])
@@ -185,28 +193,24 @@ class FromPublished:
             return CDR_SCHEMA, (eraser.drop(part, hit) for part, hit in cut)
         source, layout, groups = opened
         parquet = pq.ParquetFile(source)
-        # only what the aggregates and the search for erased rows read (15 of 24 columns); a
-        # group losing rows has the rest read too (decoding every column of the kept groups
-        # cost a third more: docs/performance.md, "Erasure")
-        needed = {*gathered, "call_id", *(NUMBER_COLUMNS if tokens is None else ())}
-        narrow = [c for c in CDR_SCHEMA.names if c in needed]
-        rest = [c for c in CDR_SCHEMA.names if c not in needed]
-        read = (parquet.read_row_group(i, columns=narrow) for i in range(len(groups)))
-
-        def whole(i: int, part: pa.Table) -> pa.Table:
-            if not rest:
-                return part
-            more = parquet.read_row_group(i, columns=rest)
-            columns = [part[c] if c in needed else more[c] for c in CDR_SCHEMA.names]
-            return pa.Table.from_arrays(columns, schema=CDR_SCHEMA)
+        # which rows go is read first, from what finds them; the rest a slice at a time: of a
+        # kept group only what the aggregates read (15 of 24 columns; decoding every column
+        # cost a third more), a group losing rows whole, written again as groups of a slice
+        # each (whole groups held half as much again at the peak: docs/performance.md, "Erasure")
+        finds = ["call_id", *(NUMBER_COLUMNS if tokens is None else ())]
+        narrow = [c for c in CDR_SCHEMA.names if c in {*gathered, *finds}]
+        ids = (parquet.read_row_group(i, columns=finds) for i in range(len(groups)))
 
         def parts() -> Iterator[pa.Table | Kept]:
-            cut = self._hits(read, eraser, tokens)
-            for i, ((part, hit), group) in enumerate(zip(cut, groups, strict=True)):
+            cut = self._hits(ids, eraser, tokens)
+            for i, ((_, hit), group) in enumerate(zip(cut, groups, strict=True)):
                 if hit is None:
-                    yield Kept(source, group, part)
-                else:
-                    yield eraser.drop(whole(i, part), hit)
+                    yield Kept(source, group, _sliced(parquet, i, narrow))
+                    continue
+                at = 0
+                for part in _sliced(parquet, i):
+                    yield eraser.drop(part, hit.slice(at, len(part)))
+                    at += len(part)
 
         return Spliced(layout, parts())
 
@@ -259,9 +263,13 @@ class FromPublished:
         def parts() -> Iterator[pa.Table | Kept]:
             at = 0
             for i, group in enumerate(groups):
-                rows = _in(gone, at, group.rows)
-                at += group.rows
-                yield _less(parquet.read_row_group(i), rows) if len(rows) else Kept(source, group)
+                if not len(_in(gone, at, group.rows)):
+                    yield Kept(source, group)
+                    at += group.rows
+                    continue
+                for part in _sliced(parquet, i):  # as the restricted cdr's (rows)
+                    yield _less(part, _in(gone, at, len(part)))
+                    at += len(part)
 
         return Spliced(layout, parts())
 

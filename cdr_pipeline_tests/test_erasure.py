@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdr_pipeline import day as daily
-from cdr_pipeline import erasure, footer, publish
+from cdr_pipeline import erasure, footer, publish, rebuild
 from cdr_pipeline.cli.erase import RUN_DAYS, _runs_of
 from cdr_pipeline.day import build_day
 from cdr_pipeline.erasure import FEW_ERASED, needle_of, without
@@ -75,8 +75,10 @@ def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_fi
     monkeypatch, tmp_path, sim_server, instance
 ):
     """The same rows and files as a build from the raw layer; ``cdr``'s row groups without
-    an erased row copied as they were (groups of 64 rows, so a day has several)."""
+    an erased row copied as they were (groups of 64 rows, so a day has several; the others
+    written again a slice of 16 rows at a time)."""
     monkeypatch.setattr(publish, "ROW_GROUP_ROWS", 64)
+    monkeypatch.setattr(rebuild, "SLICE_ROWS", 16)
     env = Env(
         monkeypatch,
         tmp_path,
@@ -138,8 +140,9 @@ def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_fi
         assert [k for k in reused if reused[k] != from_raw[k] and k != cdr] == []
         rows = [pq.read_table(io.BytesIO(f[cdr])) for f in (reused, from_raw)]
         assert rows[0].equals(rows[1])
-        was = set(_groups(published[zone][cdr]))
-        assert sum(g in was for g in _groups(reused[cdr])) == untouched
+        was, now = set(_groups(published[zone][cdr])), _groups(reused[cdr])
+        assert sum(g in was for g in now) == untouched
+        assert len(now) > shared.num_row_groups  # the others in slices of 16 rows at most
 
     # the published day stands in only for the raw layer and settings it was built from
     store = open_store(tmp_path / "reused" / "data")

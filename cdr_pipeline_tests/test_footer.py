@@ -214,3 +214,42 @@ def test_a_splice_goes_through_an_object_store(monkeypatch):
     source.close()
     want = pa.concat_tables([table.slice(0, 160), table.slice(200)])
     assert publish.read_day_table(store, "cdr", DAY).equals(want)
+
+
+def _rewritten(data: bytes, change) -> bytes:
+    """``data`` (a Parquet file) with its footer changed by ``change`` (the tree, in place)."""
+    meta = footer.read_footer(io.BytesIO(data), len(data))
+    change(meta)
+    raw = footer.encode(meta)
+    body = data[: meta.end]
+    return body + raw + len(raw).to_bytes(4, "little") + footer.MAGIC
+
+
+def _far(meta: Struct) -> None:  # a chunk that says it lies past the end of the file
+    chunk = meta.get(4).items[-1].get(1).items[0].get(3)
+    chunk.set(9, chunk.get(9) + 10**9)
+
+
+def _not_a_list(meta: Struct) -> None:  # the row groups as a number
+    meta.set(4, 7)
+    meta.fields[[f[0] for f in meta.fields].index(4)][1] = I32
+
+
+@pytest.mark.parametrize("change", [_far, _not_a_list])
+def test_a_footer_out_of_its_file_or_its_types_is_refused_not_copied(tmp_path, change):
+    """Whatever a published footer says, a splice copies nothing from outside its file: such
+    a file is not spliced (the re-build then reads its rows, and fails there if they are
+    broken)."""
+    data = _rewritten(_written(_table(300), row_group_size=100), change)
+    with pytest.raises(footer.FooterError):
+        _groups_of(data)
+    path = tmp_path / "cdr" / f"date={DAY}" / "part-0.parquet"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    assert publish.open_spliceable(open_store(tmp_path), "cdr", DAY, _table(1).schema) is None
+
+
+def test_a_footer_nested_past_the_interpreters_stack_is_refused():
+    deep = bytes([0x0C]) * 100_000  # field 0, a struct, within a struct ...
+    with pytest.raises(footer.FooterError, match="nested"):
+        footer.decode(bytes([0x1C]) + deep)
