@@ -22,7 +22,7 @@ _INTEGERS = (I16, I32, I64)
 
 # parquet.thrift's field ids, for the fields an offset or a count is moved in.
 _FILE_SCHEMA, _FILE_ROWS, _FILE_GROUPS = 2, 3, 4
-_GROUP_COLUMNS, _GROUP_ROWS, _GROUP_OFFSET, _GROUP_SIZE, _GROUP_ORDINAL = 1, 3, 5, 6, 7
+_GROUP_COLUMNS, _GROUP_ROWS, _GROUP_OFFSET, _GROUP_ORDINAL = 1, 3, 5, 7
 _CHUNK_PATH, _CHUNK_OFFSET, _CHUNK_META = 1, 2, 3
 _CHUNK_INDEXES = (4, 6, 8, 9)  # page indexes (written after the groups) and encryption
 _META_SIZE, _META_DATA_PAGE, _META_INDEX_PAGE, _META_DICT_PAGE = 7, 9, 10, 11
