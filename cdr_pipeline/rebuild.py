@@ -83,13 +83,17 @@ def _in(gone: np.ndarray, at: int, rows: int) -> np.ndarray:
     return gone[lo:hi] - at
 
 
-def _less(part: pa.Table, rows: np.ndarray) -> pa.Table:
-    """``part`` less the rows at the positions ``rows``."""
-    if not len(rows):
-        return part
-    hit = np.zeros(len(part), dtype=bool)
-    hit[rows] = True
-    return without(part, pa.array(hit))
+def _cut(parts: Iterator[pa.Table], gone: np.ndarray, at: int = 0) -> Iterator[pa.Table]:
+    """``parts`` (a day's rows in order, from row ``at``) less the rows at the positions
+    ``gone`` (sorted)."""
+    for part in parts:
+        rows = _in(gone, at, len(part))
+        at += len(part)
+        if len(rows):
+            hit = np.zeros(len(part), dtype=bool)
+            hit[rows] = True
+            part = without(part, pa.array(hit))
+        yield part
 
 
 class NotReusable(StorageError):
@@ -248,28 +252,18 @@ class FromPublished:
         schema = shared_schema(CDR_SCHEMA, "cdr")
         opened = self._spliceable(self.shared, schema)
         if opened is None:
-            slices = _slices(day_row_groups(self.shared, "cdr", self.day.key))
-
-            def cut() -> Iterator[pa.Table]:
-                at = 0
-                for part in slices:
-                    yield _less(part, _in(gone, at, len(part)))
-                    at += len(part)
-
-            return schema, cut()
+            return schema, _cut(_slices(day_row_groups(self.shared, "cdr", self.day.key)), gone)
         source, layout, groups = opened
         parquet = pq.ParquetFile(source)
 
         def parts() -> Iterator[pa.Table | Kept]:
             at = 0
             for i, group in enumerate(groups):
-                if not len(_in(gone, at, group.rows)):
+                if len(_in(gone, at, group.rows)):  # a slice at a time, as the restricted cdr's
+                    yield from _cut(_sliced(parquet, i), gone, at)
+                else:
                     yield Kept(source, group)
-                    at += group.rows
-                    continue
-                for part in _sliced(parquet, i):  # as the restricted cdr's (rows)
-                    yield _less(part, _in(gone, at, len(part)))
-                    at += len(part)
+                at += group.rows
 
         return Spliced(layout, parts())
 

@@ -241,6 +241,7 @@ def test_the_shared_zones_tokens_are_taken_as_made_only_under_this_key(
         ("reversed", "the shared zone's cdr does not hold the restricted one's calls"),
         ("one more", "the shared zone's cdr holds calls the restricted one does not"),
         ("regrouped", None),  # the same rows in row groups of another size: still taken
+        ("indexed", None),  # with page indexes, which a splice would leave behind: re-written
     ],
 )
 def test_a_shared_cdr_decides_what_is_erased_only_where_it_holds_the_same_calls(
@@ -264,6 +265,8 @@ def test_a_shared_cdr_decides_what_is_erased_only_where_it_holds_the_same_calls(
         pq.write_table(table.take(list(range(table.num_rows - 1, -1, -1))), copied)
     elif change == "one more":
         pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), copied)
+    elif change == "indexed":
+        pq.write_table(table, copied, row_group_size=37, write_page_index=True)
     else:
         pq.write_table(table, copied, row_group_size=37)
     cdr = pq.read_table(env.root / "cdr" / f"date={DAY}" / "part-0.parquet")
