@@ -1,4 +1,5 @@
-"""How this process allocates: set once, when the first day is built in it.
+"""How this process allocates and collects garbage: set once, when the first day is built
+in it.
 
 Arrow allocates with the C library's malloc (the package sets ``ARROW_DEFAULT_MEMORY_POOL``
 before pyarrow loads) and glibc's malloc arenas are capped: a day's peak memory is about a
@@ -9,6 +10,7 @@ An operator's own ``ARROW_DEFAULT_MEMORY_POOL`` or ``MALLOC_ARENA_MAX`` wins.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 from functools import cache
 
@@ -52,8 +54,18 @@ def release() -> bool:
         return False
 
 
+def freeze_loaded() -> None:
+    """Leave what the process holds now (its libraries, Dagster's definitions, which live as
+    long as it does) out of the garbage collector's later passes, which otherwise walk it
+    time and again while a day's footers and metadata are made (docs/performance.md,
+    "Erasure")."""
+    gc.collect()
+    gc.freeze()
+
+
 @cache
 def setup() -> str:
-    """Both of the above, once per process; the allocator in use."""
+    """The above, once per process; the allocator in use."""
     cap_malloc_arenas()
+    freeze_loaded()
     return prefer_allocator()

@@ -251,24 +251,25 @@ def test_a_pipeline_process_allocates_with_malloc_unless_told(tmp_path, variable
     """The C library's malloc, its arenas capped, keeps less memory than Arrow's default
     (the benchmark shows the difference); an operator's ARROW_DEFAULT_MEMORY_POOL still wins.
     Loading the definitions changes nothing; a day's transform (``validate_day``) makes the
-    switch."""
+    switch, and leaves what was loaded out of the garbage collector's later passes."""
     env = _env(tmp_path) | {"DAGSTER_HOME": str(tmp_path)}
     env.pop("ARROW_DEFAULT_MEMORY_POOL", None)
     if variable:
         env["ARROW_DEFAULT_MEMORY_POOL"] = variable
     code = (
-        "import pyarrow as pa; print(pa.default_memory_pool().backend_name); "
+        "import gc, pyarrow as pa; print(pa.default_memory_pool().backend_name); "
         "from cdr_pipeline.definitions import defs; defs(); "
-        "print(pa.default_memory_pool().backend_name); "
-        "from cdr_pipeline.memory import prefer_allocator; print(prefer_allocator())"
+        "print(pa.default_memory_pool().backend_name, gc.get_freeze_count()); "
+        "from cdr_pipeline.memory import setup; print(setup(), gc.get_freeze_count())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    before, loaded, switched = out.stdout.strip().splitlines()[-3:]
-    assert loaded == before  # no side effect at load
-    assert switched == expected
+    before, loaded, switched = (line.split() for line in out.stdout.strip().splitlines()[-3:])
+    assert loaded == [*before, "0"]  # no side effect at load
+    assert switched[0] == expected
+    assert int(switched[1]) > 10_000  # Dagster's objects, frozen
 
 
 @pytest.mark.slow

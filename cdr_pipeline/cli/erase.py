@@ -229,11 +229,15 @@ def _erase_share(found: list, tokens: frozenset[str], needle) -> _Done:
 
 @cache
 def _rebuild_job():
-    """The re-build job, resolved once a process: the definitions are built for it."""
+    """The re-build job, resolved once a process: the definitions are built for it, and the
+    process set up as a day's build sets it (``memory.setup``) before any day is erased."""
+    from cdr_pipeline import memory
     from cdr_pipeline.definitions import defs
     from cdr_pipeline.defs.schedules import REBUILD_JOB
 
-    return defs().resolve_job_def(REBUILD_JOB)
+    job = defs().resolve_job_def(REBUILD_JOB)
+    memory.setup()
+    return job
 
 
 def _take_out(settings, found: list, tokens: frozenset[str], p, needle) -> dict[str, int]:
