@@ -202,7 +202,7 @@ class FromPublished:
         # cost a third more), a group losing rows whole, written again as groups of a slice
         # each (whole groups held half as much again at the peak: docs/performance.md, "Erasure")
         finds = ["call_id", *(NUMBER_COLUMNS if tokens is None else ())]
-        narrow = [c for c in CDR_SCHEMA.names if c in {*gathered, *finds}]
+        narrow = [c for c in CDR_SCHEMA.names if c in gathered]
         ids = (parquet.read_row_group(i, columns=finds) for i in range(len(groups)))
 
         def parts() -> Iterator[pa.Table | Kept]:
