@@ -198,9 +198,9 @@ class FromPublished:
         source, layout, groups = opened
         parquet = pq.ParquetFile(source)
         # which rows go is read first, from what finds them; the rest a slice at a time: of a
-        # kept group only what the aggregates read (15 of 24 columns; decoding every column
-        # cost a third more), a group losing rows whole, written again as groups of a slice
-        # each (whole groups held half as much again at the peak: docs/performance.md, "Erasure")
+        # kept group only what the aggregates read, a group losing rows whole, written again
+        # as groups of a slice each (every column decoded, and whole groups, cost more time
+        # and memory: docs/performance.md, "Erasure")
         finds = ["call_id", *(NUMBER_COLUMNS if tokens is None else ())]
         narrow = [c for c in CDR_SCHEMA.names if c in gathered]
         ids = (parquet.read_row_group(i, columns=finds) for i in range(len(groups)))
