@@ -57,7 +57,10 @@ class Dataset:
     """One dataset of the day. ``stage``: the :mod:`cdr_pipeline.day` stage that makes it
     (``cdr``, ``rejects``, ``outcome``, ``kpis``, ``hourly``), or ``query``: SQL over the
     view ``calls`` (the columns of :data:`analytics.COLUMNS`) with ``params`` from the
-    analytics settings, in DuckDB, out of core."""
+    analytics settings, in DuckDB, out of core. ``per_caller``: the ORDER BY of a query's
+    rows when each is one caller's (``src``), made from that caller's calls alone: a day
+    re-built after an erasure asks it only of the callers that lost calls, and keeps the
+    published rows of the others."""
 
     name: str
     schema: pa.Schema
@@ -66,10 +69,13 @@ class Dataset:
     query: str | None = None
     params: Callable[[AnalyticsSettings], dict[str, Any]] = field(default=lambda s: {})
     metadata: Metadata = field(default=lambda facts: {})
+    per_caller: str | None = None
 
     def __post_init__(self) -> None:
         if (self.stage == "query") != (self.query is not None):
             raise ValueError(f"{self.name}: a query dataset needs its query, and only it")
+        if self.per_caller is not None and "src" not in self.schema.names:
+            raise ValueError(f"{self.name}: a per-caller dataset has the caller's src")
 
 
 def _preview(rows: list[dict[str, Any]]) -> Markdown:
@@ -201,6 +207,7 @@ DATASETS: tuple[Dataset, ...] = (
         query=analytics.RISK_SQL,
         params=analytics.risk_params,
         metadata=_risk,
+        per_caller=analytics.RISK_ORDER,
     ),
 )
 NAMES = tuple(d.name for d in DATASETS)
@@ -212,7 +219,9 @@ def queries(
 ) -> dict[str, analytics.Query]:
     """The query datasets of ``registry`` as the analytics ask them."""
     return {
-        d.name: (d.query, d.params(settings), d.schema) for d in registry if d.query is not None
+        d.name: analytics.Query(d.query, d.params(settings), d.schema, d.per_caller)
+        for d in registry
+        if d.query is not None
     }
 
 

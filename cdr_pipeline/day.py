@@ -41,15 +41,17 @@ from cdr_pipeline.raw import (
     read_raw_manifest,
 )
 from cdr_pipeline.rebuild import (
+    NONE_PUBLISHED,
     FromPublished,
     NotReusable,
+    Published,
     built_by,
     by_reason_of,
     reuse_refusal,
 )
 from cdr_pipeline.settings import AnalyticsSettings
 from cdr_pipeline.store import Store
-from cdr_pipeline.transform.analytics import DayAnalytics
+from cdr_pipeline.transform.analytics import Amend, DayAnalytics
 from cdr_pipeline.transform.dedup import DayBuilder
 from cdr_pipeline.transform.enrich import Enricher
 from cdr_pipeline.transform.read import ParsedPages, parse_pages
@@ -185,12 +187,16 @@ class Gathered:
         expected_rows: int,
         spills: bool,
         keep_rows: bool = True,
+        distinct: bool = True,
     ) -> None:
         """``spills``: the day is large; the distinct counts keep their keys in ``scratch``.
-        ``keep_rows`` False: the aggregates will read ``cdr``'s staged file, a local one."""
+        ``keep_rows`` False: the aggregates will read ``cdr``'s staged file, a local one.
+        ``distinct`` False: the unique callers and callees are the published day's, amended."""
         self.outcome = OutcomeSummary()
         spill = scratch if spills else None
-        self.kpis = KpiSummary(tz, expected_rows=expected_rows, spill_folder=spill)
+        self.kpis = KpiSummary(
+            tz, expected_rows=expected_rows, spill_folder=spill, distinct=distinct
+        )
         self.analytics = DayAnalytics(
             scratch, day.start, day.end, tz, settings, keep_rows=keep_rows
         )
@@ -198,7 +204,7 @@ class Gathered:
     @property
     def columns(self) -> tuple[str, ...]:
         """The columns of ``cdr`` :meth:`add` reads."""
-        wanted = (*OutcomeSummary.COLUMNS, *KpiSummary.COLUMNS, *self.analytics.columns)
+        wanted = (*OutcomeSummary.COLUMNS, *self.kpis.columns, *self.analytics.columns)
         return tuple(dict.fromkeys(wanted))
 
     def add(self, part: pa.Table) -> None:
@@ -214,16 +220,21 @@ def aggregate(
     registry: tuple[Dataset, ...],
     settings: AnalyticsSettings,
     cdr_file: Path | None = None,
+    amend: tuple[Published, dict[str, list[str]]] = (NONE_PUBLISHED, {}),
 ) -> dict[str, pa.Table]:
     """Every dataset but ``cdr``, by name: the query datasets asked of DuckDB in one
     connection over the day's rows (``cdr``'s staged file where it is local, else the rows
     gathered; once the file is closed, so DuckDB's memory does not add to its writer's), the
-    rest from what was gathered."""
-    found = gathered.analytics.finish(CDR_SCHEMA, queries(registry, settings), cdr_file)
+    rest from what was gathered. ``amend``: what of the published day stays after an
+    erasure, and the erased rows' numbers (:meth:`Eraser.lost`)."""
+    published, lost = amend
+    asked = None if published is NONE_PUBLISHED else Amend(published.tables, lost)
+    found = gathered.analytics.finish(CDR_SCHEMA, queries(registry, settings), cdr_file, asked)
+    unique = None if gathered.kpis.distinct else published.unique_less(lost, found.still)
     made = {
         "rejects": rejects,
         "outcome": gathered.outcome.table().combine_chunks(),
-        "kpis": kpi_table(gathered.kpis.values(accounting) | found.billing),
+        "kpis": kpi_table(gathered.kpis.values(accounting, unique) | found.billing),
         "hourly": found.hourly,
     }
     return {
@@ -321,6 +332,10 @@ class FromRaw:
     def shared_cdr(self) -> None:
         """Its shared rows are made from the staged ``cdr``."""
 
+    def published(self, _params: dict[str, Any], _per_caller: list[str]) -> Published:
+        """Nothing: every aggregate is made from the rows."""
+        return NONE_PUBLISHED
+
     @property
     def spills(self) -> bool:
         return self.builder.spill_folder is not None
@@ -401,6 +416,8 @@ def build_day(
         "raw": digest,
         # the key the shared zone's tokens were made under: a re-build may take them as made
         "shared_key_id": pseudonyms.key_id if store.shared is not None else None,
+        # what the query datasets were asked with: a re-build may keep rows made with the same
+        "params": {name: q.params for name, q in queries(registry, settings).items()},
     }
     why = None
     if reuse:
@@ -447,6 +464,9 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
     with day_scratch(store, day.key) as scratch, DayTransaction(store, day.key) as txn:
         source = source_in(scratch)
         try:
+            asked = queries(job.registry, settings)
+            per_caller = [n for n, q in asked.items() if q.per_caller]
+            published = source.published({n: q.params for n, q in asked.items()}, per_caller)
             gathered = Gathered(
                 day,
                 job.tz,
@@ -455,6 +475,7 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
                 expected_rows=source.expected,
                 spills=source.spills,
                 keep_rows=not store.local,
+                distinct=published.unique is None,
             )
             rows = source.rows(eraser, gathered.columns)
             clock.lap("read_check", timings)
@@ -464,7 +485,15 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
             memory.release()  # DuckDB allocates on its own: not from what malloc keeps
             clock = _Clock()  # the aggregates' lap starts here
             cdr_file = txn.staged_file("cdr")
-            tables = aggregate(gathered, accounting, rejects, job.registry, settings, cdr_file)
+            tables = aggregate(
+                gathered,
+                accounting,
+                rejects,
+                job.registry,
+                settings,
+                cdr_file,
+                (published, eraser.lost()),
+            )
             clock.lap("analytics", timings)
             record = {
                 "date": day.key,

@@ -226,6 +226,7 @@ class Eraser:
 
     def __init__(self, tokens: frozenset[str], pseudonyms: Pseudonyms) -> None:
         self.tokens, self.pseudonyms, self.dropped = tokens, pseudonyms, 0
+        self.numbers: list[pa.Table] = []  # the dropped rows' callers and callees
 
     def __call__(self, part: pa.Table) -> pa.Table:
         return self.drop(part, self.hits(part))
@@ -242,7 +243,15 @@ class Eraser:
         if hit is None:
             return part
         self.dropped += pc.sum(hit).as_py()
+        self.numbers.append(part.select(["src", "dst"]).filter(hit))
         return without(part, hit)
+
+    def lost(self) -> dict[str, list[str]]:
+        """The distinct callers and callees (``src``, ``dst``) of the rows dropped."""
+        if not self.numbers:
+            return {"src": [], "dst": []}
+        rows = pa.concat_tables(self.numbers)
+        return {c: pc.unique(rows.column(c).drop_null()).to_pylist() for c in ("src", "dst")}
 
     def rejects(self, table: pa.Table) -> pa.Table:
         if not self.tokens or not len(table):

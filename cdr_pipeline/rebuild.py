@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -94,6 +95,29 @@ def _cut(parts: Iterator[pa.Table], gone: np.ndarray, at: int = 0) -> Iterator[p
             hit[rows] = True
             part = without(part, pa.array(hit))
         yield part
+
+
+@dataclass(frozen=True)
+class Published:
+    """What of a published day's aggregates a re-build after an erasure (which only takes
+    rows out) keeps: the per-caller datasets (``tables``, by name), whose rows of the
+    callers that lost no call stay as they are; and the unique callers and callees, less
+    those the erased rows held and the day no longer does."""
+
+    tables: dict[str, pa.Table]
+    unique: tuple[int, int] | None  # (callers, callees)
+
+    def unique_less(
+        self, lost: dict[str, list[str]], still: dict[str, set[str]]
+    ) -> tuple[int, int]:
+        """The unique callers and callees once the erased rows (their numbers ``lost``, by
+        column; ``still``: those the day still holds) are gone."""
+        assert self.unique is not None
+        gone = [len(set(lost[c]) - still[c]) for c in ("src", "dst")]
+        return self.unique[0] - gone[0], self.unique[1] - gone[1]
+
+
+NONE_PUBLISHED = Published({}, None)  # a build from the raw layer counts everything
 
 
 class NotReusable(StorageError):
@@ -266,6 +290,23 @@ class FromPublished:
                 at += group.rows
 
         return Spliced(layout, parts())
+
+    def published(self, params: dict[str, dict[str, Any]], per_caller: list[str]) -> Published:
+        """What of the published aggregates stays true of the day less the erased rows
+        (:class:`Published`): ``per_caller``, the per-caller datasets, whose published rows
+        were made with the query ``params`` (by name) they are asked with now."""
+        made_with = self.record.get("params") or {}
+        tables = {}
+        for name in per_caller:
+            if made_with.get(name) == params[name]:
+                with suppress(StorageError):
+                    tables[name] = read_day_table(self.store, name, self.day.key)
+        try:
+            kpis = read_day_table(self.store, "call_kpis_daily", self.day.key).to_pylist()
+        except StorageError:
+            kpis = []
+        unique = (kpis[0]["unique_callers"], kpis[0]["unique_callees"]) if kpis else None
+        return Published(tables, unique)
 
     def finish(self, eraser: Eraser) -> tuple[pa.Table, dict[str, Any]]:
         rejects = read_day_table(self.store, "cdr_rejects", self.day.key)

@@ -101,6 +101,8 @@ def test_a_registry_is_checked_before_a_day_is_built():
         check((*DATASETS, undescribed))
     with pytest.raises(ValueError, match="needs its query"):
         Dataset("x", TOY.schema, "a query dataset without its query")
+    with pytest.raises(ValueError, match="has the caller's src"):  # its rows are by src
+        Dataset("x", TOY.schema, "per caller, but no src", query="select 1", per_caller="n")
 
 
 @pytest.mark.slow

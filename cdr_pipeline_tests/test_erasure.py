@@ -25,6 +25,7 @@ from cdr_pipeline.raw import prune_raw_day
 from cdr_pipeline.rebuild import built_by, reuse_refusal
 from cdr_pipeline.settings import AnalyticsSettings
 from cdr_pipeline.store import open_store
+from cdr_pipeline.transform import analytics, summarize
 from cdr_pipeline_tests.conftest import Env
 
 KEY = "k3y-0f-the-erasure-tests-" + "x" * 16
@@ -172,6 +173,90 @@ def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_fi
     acc = last.accounting
     assert acc["valid"] == after.num_rows < cdr.num_rows
     assert acc["fetched"] == sum(acc[b] for b in buckets) + acc["erased"]
+
+
+def _erased_both(monkeypatch, env: Env, number: str, settings: AnalyticsSettings, patch):
+    """Erase ``number`` from copies of the day, then build each again: from the published
+    day (under ``patch``, a monkeypatch context taking it) and from the raw layer."""
+    p = Pseudonyms(KEY)
+    tokens = frozenset({p.token(number)})
+    for name, reuse in (("reused", True), ("from_raw", False)):
+        root = env.root.parent / name
+        shutil.copytree(env.root, root / "data")
+        shutil.copytree(env.root.parent / "shared", root / "shared")
+        store = open_store(root / "data")
+        store.shared = open_store(root / "shared")
+        erasure.record(store, p.token(number), p.key_id, None, None)
+        assert erasure.erase_raw(store, env.day(DAY), env.tz, tokens, p, needle_of(number))
+        with monkeypatch.context() as m:
+            if reuse:
+                patch(m)
+            built = build_day(
+                store, env.day(DAY), env.tz, pseudonyms=p, reuse=reuse, analytics=settings
+            )
+        assert built.from_published is reuse, built.reuse_refused
+    for zone in ("data", "shared"):
+        reused = _files(env.root.parent / "reused" / zone)
+        from_raw = _files(env.root.parent / "from_raw" / zone)
+        cdr = f"cdr/date={DAY}/part-0.parquet"
+        assert [k for k in reused if reused[k] != from_raw.get(k) and k != cdr] == []
+        assert pq.read_table(io.BytesIO(reused[cdr])).equals(
+            pq.read_table(io.BytesIO(from_raw[cdr]))
+        )
+
+
+@pytest.mark.parametrize("who", ["flagged caller", "callee of flagged callers", "new thresholds"])
+def test_a_rebuild_asks_the_risk_again_only_of_the_callers_that_lost_calls(
+    monkeypatch, tmp_path, sim_server, instance, who
+):
+    """After an erasure, ``caller_risk_daily`` keeps the published rows of the callers that
+    lost no call and asks the rest again, and the unique callers and callees are the
+    published counts less the numbers gone: the same files as a build from the raw layer,
+    whoever is erased. Asked with other thresholds than the published rows, every caller is
+    asked again and every number counted."""
+    env = Env(
+        monkeypatch,
+        tmp_path,
+        sim_server(calls_per_day=500, duplicate_rate=0.2, abuse=True),
+        CDR_PSEUDONYM_KEY=KEY,
+        CDR_SHARED_DATA_DIR=str(tmp_path / "shared"),
+    )
+    assert env.run(instance, DAY).success
+    risk_file = f"caller_risk_daily/date={DAY}/part-0.parquet"
+    risk = pq.read_table(env.root / risk_file)
+    flagged = risk.column("src").to_pylist()
+    calls = pq.read_table(env.root / f"cdr/date={DAY}/part-0.parquet", columns=["src", "dst"])
+    callees: dict[str, set[str]] = {}  # of each flagged caller
+    for s, d in zip(*calls.to_pydict().values(), strict=True):
+        if s in flagged and d:
+            callees.setdefault(s, set()).add(d)
+    fan = max(callees, key=lambda s: (len(callees[s]), s))  # it keeps calls to others
+    settings = AnalyticsSettings()
+    number = flagged[0] if who == "flagged caller" else min(callees[fan] - set(flagged))
+    if who == "new thresholds":
+        settings = AnalyticsSettings(fan_out_destinations=settings.fan_out_destinations + 1)
+    asked: list[str] = []
+    amended = analytics.DayAnalytics._amended
+
+    def counted(self, con, query, published, callers):
+        asked.append(len(callers))
+        return amended(self, con, query, published, callers)
+
+    def patch(m) -> None:
+        m.setattr(analytics.DayAnalytics, "_amended", counted)
+        if who != "new thresholds":  # the published counts are amended, not counted again
+            m.setattr(summarize._Distinct, "add", _not_called)
+
+    _erased_both(monkeypatch, env, number, settings, patch)
+    assert asked == ([] if who == "new thresholds" else [asked[0]])
+    assert not asked or 0 < asked[0] < len(set(calls.column("src").to_pylist()))
+    now = pq.read_table(tmp_path / "reused" / "data" / risk_file)
+    if who == "flagged caller":
+        assert number not in now.column("src").to_pylist()
+    elif who == "callee of flagged callers":  # its caller called one number fewer
+        row = {r["src"]: r for r in now.to_pylist()}[fan]
+        was = {r["src"]: r for r in risk.to_pylist()}[fan]
+        assert row["distinct_destinations"] == was["distinct_destinations"] - 1
 
 
 @pytest.mark.parametrize(

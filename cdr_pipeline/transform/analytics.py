@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -116,11 +117,11 @@ RISK_SCHEMA = described(
 # The day's calls as every query sees them: the columns of COLUMNS, and the times as epoch
 # milliseconds (s start, a answer, e end, r callee's ring) and the local start hour (lh).
 _CALLS_VIEW = """
-create view calls as
+create or replace view calls as
     select {columns}, epoch_ms(start_src_call_time) as s, epoch_ms(dst_accept_time) as a,
            epoch_ms(end_call_time) as e, epoch_ms(start_dst_ring_time) as r,
            hour(start_local) as lh
-    from read_parquet('{path}')
+    from read_parquet('{path}') {where}
 """
 _CALLS = "select * from calls"
 
@@ -149,6 +150,7 @@ order by calls desc, dst_country nulls last, dst_type
 # for burst, fan_out nor repeat_target (each counts some of its calls), so the first stage
 # counts only what could flag a caller alone: three counts of every caller, the other six only
 # of those past it (`more`; what that saves: docs/performance.md).
+RISK_ORDER = "len(flags) desc, calls desc, src"  # the most flags first
 RISK_SQL = f"""
 with c as not materialized ({_CALLS} where src is not null),
 few as (
@@ -216,7 +218,7 @@ select src, src_country, calls, distinct_destinations, unanswered_share, short_c
        international_share, premium_rate_calls, night_calls, max_calls_10min,
        max_calls_one_number, short_ring_unanswered_calls, flags
 from flagged where len(flags) > 0
-order by len(flags) desc, calls desc, src
+order by {RISK_ORDER}
 """
 
 # Connected calls with both times: what was billed against the talk rounded up to $inc.
@@ -246,6 +248,17 @@ select count(*) filter (where duration_s > 0 and dst_accept_time is null)
            as answered_without_billing
 from calls
 """
+
+
+def _still(con, column: str, values: list[str]) -> set[str]:
+    """Which of ``values`` the day's calls still hold in ``column``."""
+    if not values:
+        return set()
+    found = con.sql(
+        f"select distinct {column} as v from calls where {column} in (select unnest($values))",
+        params={"values": values},
+    )
+    return set(found.to_arrow_table().column("v").to_pylist())
 
 
 class _Load:
@@ -299,15 +312,37 @@ def _seconds(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray
 
 @dataclass
 class Analytics:
-    """A day's analytics: the hourly load, the query datasets by name, the billing figures."""
+    """A day's analytics: the hourly load, the query datasets by name, the billing figures;
+    after an :class:`Amend`, which of the erased rows' callers and callees the day still
+    holds (``still``, by column)."""
 
     hourly: pa.Table
     queried: dict[str, pa.Table] = field(default_factory=dict)
     billing: dict[str, Any] = field(default_factory=dict)
+    still: dict[str, set[str]] = field(default_factory=dict)
 
 
-# A query dataset as the analytics ask it: its SQL over ``calls``, the parameters, its schema.
-Query = tuple[str, dict[str, Any], pa.Schema]
+@dataclass(frozen=True)
+class Query:
+    """A query dataset as the analytics ask it: its SQL over ``calls``, the parameters, its
+    schema; ``per_caller``: the ORDER BY of its rows when each is one caller's (``src``),
+    made from that caller's calls alone."""
+
+    sql: str
+    params: dict[str, Any]
+    schema: pa.Schema
+    per_caller: str | None = None
+
+
+@dataclass(frozen=True)
+class Amend:
+    """A day re-built after an erasure, which only took rows out: its per-caller datasets as
+    published (``published``, by name), whose rows stay but those of the callers that lost
+    calls (``lost["src"]``), asked again; and the erased rows' callers and callees (``lost``,
+    by column), whom :attr:`Analytics.still` says the day still holds."""
+
+    published: dict[str, pa.Table]
+    lost: dict[str, list[str]]
 
 
 def risk_params(s: AnalyticsSettings) -> dict[str, Any]:
@@ -373,11 +408,16 @@ class DayAnalytics:
         self._writer.write_table(rows)
 
     def finish(
-        self, schema: pa.Schema, queries: dict[str, Query], cdr_file: Path | None = None
+        self,
+        schema: pa.Schema,
+        queries: dict[str, Query],
+        cdr_file: Path | None = None,
+        amend: Amend | None = None,
     ) -> Analytics:
         """The hourly load, each query dataset and the billing figures of the day
         (``schema``: ``cdr``'s, for a day with no rows), from ``cdr_file`` (the day's rows,
-        all of them added) or the rows kept."""
+        all of them added) or the rows kept; with ``amend``, its per-caller datasets asked
+        only of the callers that lost calls."""
         if cdr_file is None and not self.keep_rows:
             raise ValueError("the rows were not kept: finish needs the day's cdr file")
         if cdr_file is not None:
@@ -390,17 +430,41 @@ class DayAnalytics:
             path = self.path
         con = _connect(self.scratch)
         try:
-            con.execute(
-                _CALLS_VIEW.format(columns=", ".join(COLUMNS), path=str(path).replace("'", "''"))
+            view = partial(
+                _CALLS_VIEW.format, columns=", ".join(COLUMNS), path=str(path).replace("'", "''")
             )
-            queried = {
-                name: self._query(con, sql, **params).cast(result_schema)
-                for name, (sql, params, result_schema) in queries.items()
+            con.execute(view(where=""))
+            amended = {
+                n for n, q in queries.items() if amend and q.per_caller and n in amend.published
             }
-            return Analytics(self._hourly(), queried, self._billing(con))
+            queried = {
+                name: self._query(con, q.sql, **q.params).cast(q.schema)
+                for name, q in queries.items()
+                if name not in amended
+            }
+            found = Analytics(self._hourly(), queried, self._billing(con))
+            if amend is not None:
+                found.still = {c: _still(con, c, lost) for c, lost in amend.lost.items()}
+                callers = pa.array(amend.lost.get("src", []), pa.string())
+                con.register("lost_callers", pa.table({"src": callers}))
+                con.execute(view(where="where src in (select src from lost_callers)"))
+                for name in amended:
+                    found.queried[name] = self._amended(
+                        con, queries[name], amend.published[name], callers
+                    )
+            return found
         finally:
             con.close()
             self.path.unlink(missing_ok=True)
+
+    def _amended(self, con, query: Query, published: pa.Table, callers: pa.Array) -> pa.Table:
+        """``query``'s rows of ``callers`` (``calls`` holds theirs alone) in place of theirs
+        in ``published``, in the query's order."""
+        fresh = self._query(con, query.sql, **query.params).cast(query.schema)
+        kept = published.filter(pc.invert(pc.is_in(published.column("src"), value_set=callers)))
+        con.register("amended", pa.concat_tables([kept.cast(query.schema), fresh]))
+        ordered = con.sql(f"select * from amended order by {query.per_caller}")
+        return ordered.to_arrow_table().cast(query.schema)
 
     def _query(self, con, sql: str, **params: Any) -> pa.Table:
         import duckdb

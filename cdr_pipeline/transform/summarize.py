@@ -180,20 +180,26 @@ class KpiSummary:
     """``call_kpis_daily`` accumulated over a day's rows in any slices: the same values
     whatever the slicing (sums are of whole seconds, medians exact histograms)."""
 
-    # what :meth:`add` reads
-    COLUMNS = ("call_end_status", "duration_s", "record_url", *TIME_COLUMNS, "src", "dst")
+    NUMBERS = ("src", "dst")  # whose distinct values are counted
 
     def __init__(
-        self, tz: ZoneInfo, *, expected_rows: int = 0, spill_folder: Path | None = None
+        self,
+        tz: ZoneInfo,
+        *,
+        expected_rows: int = 0,
+        spill_folder: Path | None = None,
+        distinct: bool = True,
     ) -> None:
-        """``spill_folder``: where a large day keeps the distinct counts' keys."""
-        self.tz = tz
+        """``spill_folder``: where a large day keeps the distinct counts' keys. ``distinct``
+        False: the unique callers and callees are known otherwise (given to :meth:`values`),
+        and the numbers are not read."""
+        self.tz, self.distinct = tz, distinct
         self.counts = Counter[str]()
         self.sums = {"billed": 0, "billed_connected": 0, "talk": 0.0}
         self.medians = {"caller_pdd": _Median(), "callee_pdd": _Median(), "bridge": _Median()}
         self.hours = np.zeros(24, dtype=np.int64)
         self.callers, self.callees = (
-            _Distinct(KeyLog(expected_rows, spill_folder, name=name))
+            _Distinct(KeyLog(expected_rows, spill_folder if distinct else None, name=name))
             for name in ("callers", "callees")
         )
 
@@ -228,11 +234,24 @@ class KpiSummary:
         )
         local = np.array([_local_hour(int(q), self.tz) for q in quarters], dtype=np.int64)
         self.hours += np.bincount(local, weights=per_quarter, minlength=24).astype(np.int64)
-        self.callers.add(part["src"])
-        self.callees.add(part["dst"])
+        if self.distinct:
+            self.callers.add(part["src"])
+            self.callees.add(part["dst"])
 
-    def values(self, accounting: dict[str, Any]) -> dict[str, Any]:
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """What :meth:`add` reads."""
+        numbers = self.NUMBERS if self.distinct else ()
+        return ("call_end_status", "duration_s", "record_url", *TIME_COLUMNS, *numbers)
+
+    def values(
+        self, accounting: dict[str, Any], unique: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
+        """The KPIs; ``unique``: the unique callers and callees, where they are not counted
+        here."""
         counts, sums, medians = self.counts, self.sums, self.medians
+        if unique is None:
+            unique = (self.callers.count(), self.callees.count())
         n, n_conn = counts["total"], counts["connected"]
         return {
             "total_calls": n,
@@ -249,8 +268,8 @@ class KpiSummary:
             "median_bridge_s": medians["bridge"].value(),
             "short_call_ratio": _ratio(counts["short"], n_conn),
             "recording_coverage": _ratio(counts["recorded"], n_conn),
-            "unique_callers": self.callers.count(),
-            "unique_callees": self.callees.count(),
+            "unique_callers": unique[0],
+            "unique_callees": unique[1],
             # argmax returns the earliest hour on ties
             "peak_hour": int(np.argmax(self.hours)) if n else None,
             "rejected_records": int(accounting["rejected"]),
