@@ -65,13 +65,27 @@ def _busiest(root: Path, days: list[Day]) -> str:
     return max(on_days, key=lambda n: (on_days[n], calls[n], n))
 
 
+def _published_as_now(root: Path, day: Day) -> bool:
+    """Whether ``day`` was published as this code publishes it (its record's ``built`` and
+    ``params``): a re-build takes other paths over days published otherwise."""
+    from cdr_pipeline.day import made_with
+    from cdr_pipeline.publish import read_state
+    from cdr_pipeline.settings import AnalyticsSettings
+    from cdr_pipeline.store import open_store
+
+    record = read_state(open_store(root / "data"), "validation", day.key)
+    now = made_with(ZoneInfo(TZ), AnalyticsSettings())
+    return {k: record.get(k) for k in now} == now
+
+
 def ensure_month(n: int, calls: int) -> Path:
-    """The month's days generated and published (with a shared zone) once; its folder."""
+    """The month's days generated once, and published (with a shared zone) once for each
+    way this code publishes them; its folder."""
     root = DATA / f"month-{n}x{calls}"
     done = root / "number.txt"
-    if done.exists():
-        return root
     days = _days(n)
+    if done.exists() and _published_as_now(root, days[0]):
+        return root
     for i, d in enumerate(days):
         if (root / "data" / raw_day_key(d.key) / "manifest.json").exists():
             continue  # made by a run that stopped before the end

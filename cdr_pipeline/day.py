@@ -383,6 +383,18 @@ class _Job:
     max_shrink: float | None
 
 
+def made_with(
+    tz: ZoneInfo, settings: AnalyticsSettings, registry: tuple[Dataset, ...] = DATASETS
+) -> dict[str, Any]:
+    """What a day's datasets depend on beside its rows, as its record keeps it: the code and
+    settings of its rows (``built``: a re-build may re-use rows built by the same), and what
+    the query datasets were asked with (``params``: a re-build may keep rows asked the same)."""
+    return {
+        "built": built_by(tz, settings.default_region),
+        "params": {name: q.params for name, q in queries(registry, settings).items()},
+    }
+
+
 def build_day(
     store: Store,
     day: Day,
@@ -412,12 +424,10 @@ def build_day(
             raise
         manifest = digest = None  # pruned: the published day may be all there is
     facts = {
-        "built": built_by(tz, settings.default_region),
+        **made_with(tz, settings, registry),
         "raw": digest,
         # the key the shared zone's tokens were made under: a re-build may take them as made
         "shared_key_id": pseudonyms.key_id if store.shared is not None else None,
-        # what the query datasets were asked with: a re-build may keep rows made with the same
-        "params": {name: q.params for name, q in queries(registry, settings).items()},
     }
     why = None
     if reuse:
