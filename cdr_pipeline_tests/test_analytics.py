@@ -613,3 +613,66 @@ def test_the_internals_the_grouping_relies_on_are_as_it_reads_them():
     metadata = pn.PhoneMetadata.metadata_for_region("CN")
     assert _number_type_helper("13631234568", metadata) == pn.PhoneNumberType.MOBILE
     assert _number_type_helper("1063123456", metadata) == pn.PhoneNumberType.FIXED_LINE
+
+
+_CALL = st.tuples(
+    st.sampled_from([1, 1, 2, None]),  # call_end_status
+    st.sampled_from([None, 0, 0, 6, 30, 60, 90, 120]) | st.integers(0, 400),  # duration_s
+    st.none() | st.integers(0, 86_400_000),  # dst_accept_time, epoch milliseconds
+    # the talk, milliseconds (end - accept): none or less, at and beside whole increments
+    st.none()
+    | st.sampled_from([-1_000, 0, 1, 5_999, 6_000, 60_000, 60_001])
+    | st.integers(-5_000, 400_000),
+)
+
+
+@settings(max_examples=2 * settings.default.max_examples)
+@given(st.lists(_CALL, max_size=60), st.integers(0, 60))
+def test_the_billing_counts_gathered_in_slices_are_what_duckdb_counts(calls, cut):
+    """The billing figures gathered slice by slice are the contract's clauses asked of DuckDB
+    over the whole day, for every increment: bills on whole and odd milliseconds of talk,
+    talk of no or negative length, and every value missing."""
+    import duckdb
+
+    from cdr_pipeline.transform.analytics import _RECONCILE, INCREMENTS, _Billing
+
+    ts = pa.timestamp("ms", tz="UTC")
+    day = pa.table(
+        {
+            "call_id": [str(i) for i in range(len(calls))],
+            "call_end_status": pa.array([c[0] for c in calls], pa.int8()),
+            "duration_s": pa.array([c[1] for c in calls], pa.int32()),
+            "dst_accept_time": pa.array([c[2] for c in calls], pa.int64()).cast(ts),
+            "end_call_time": pa.array(
+                [None if c[2] is None or c[3] is None else c[2] + c[3] for c in calls], pa.int64()
+            ).cast(ts),
+        }
+    )
+    billing = _Billing()
+    for part in (day.slice(0, cut), day.slice(cut)):
+        billing.add(part)
+    con = duckdb.connect()
+    con.register("calls", day)
+    reconciled = "call_end_status = 1 and dst_accept_time is not null and end_call_time is not null"
+    billed = f"{reconciled} and duration_s > 0"
+    multiples = ", ".join(
+        f"count(*) filter (where {billed} and duration_s % {i} = 0)" for i in INCREMENTS
+    )
+    counts = con.sql(
+        f"""select count(*) filter (where {reconciled}), count(*) filter (where {billed}),
+               {multiples},
+               count(*) filter (where duration_s > 0 and dst_accept_time is null),
+               count(*) filter (where dst_accept_time is not null and end_call_time is not null
+                                and end_call_time > dst_accept_time and duration_s = 0)
+            from calls"""
+    ).fetchall()[0]
+    assert counts == (
+        billing.reconciled,
+        billing.billed,
+        *(billing.multiples[i] for i in INCREMENTS),
+        billing.billed_without_answer,
+        billing.answered_without_billing,
+    )
+    matched = f"select count(*) from ({_RECONCILE.format(source='calls')}) where billed = expected"
+    for inc in (*INCREMENTS, 1):
+        assert billing.matched[inc] == con.sql(matched, params={"inc": inc}).fetchall()[0][0]
