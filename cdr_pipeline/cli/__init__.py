@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from cdr_pipeline.api.errors import CdrApiError
 from cdr_pipeline.cli.api import cmd_check, cmd_fetch, cmd_lookup, cmd_simulate
 from cdr_pipeline.cli.days import cmd_kpis, cmd_materialize, cmd_report
-from cdr_pipeline.cli.erase import cmd_erase
+from cdr_pipeline.cli.erase import cmd_erase, default_workers
 from cdr_pipeline.cli.operate import _between, _limits, cmd_config, cmd_prune
 from cdr_pipeline.layout import StorageError
 from cdr_pipeline.settings import ConfigError, apply_dotenv, expanded_in_dotenv
@@ -133,7 +133,7 @@ def _operator_commands(command: Command) -> None:
     s.add_argument(
         "--workers",
         type=_between(1, 64),
-        default=min(2, os.cpu_count() or 1),
+        default=default_workers(),
         help="days erased at once, each worker a process of its own with about a day's "
         "build's memory (docs/privacy.md)",
     )

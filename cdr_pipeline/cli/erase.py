@@ -5,6 +5,7 @@ through the day's one atomic publish."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,13 @@ def _published(store, start: str | None, end: str | None) -> list[str]:
 
     days = sorted(n.removeprefix("date=") for n in store.folders("cdr") if is_day(n))
     return [d for d in days if (start is None or d >= start) and (end is None or d <= end)]
+
+
+def default_workers() -> int:
+    """One worker more than the cores, three at most: each leaves its core idle for about a
+    tenth of its time (files written, Dagster's events recorded), which another fills
+    (docs/performance.md, "Erasure"); each holds about a day's build's memory."""
+    return min(3, (os.cpu_count() or 1) + 1)
 
 
 # Days re-built by one Dagster run at most: each run ends with a line of progress, at a cost of
