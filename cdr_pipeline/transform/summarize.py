@@ -86,7 +86,7 @@ _OUTCOME_KEYS = ["call_type", "call_end_status", "call_end_status_label"]
 class OutcomeSummary:
     """``call_outcome_daily`` accumulated over a day's rows in any slices."""
 
-    COLUMNS = (*_OUTCOME_KEYS, "call_id", "duration_s")  # what :meth:`add` reads
+    COLUMNS = (*_OUTCOME_KEYS, "duration_s")  # what :meth:`add` reads (rows are counted)
 
     def __init__(self) -> None:
         self._partial: list[pa.Table] = []
@@ -94,9 +94,7 @@ class OutcomeSummary:
     def add(self, part: pa.Table) -> None:
         if part.num_rows:
             self._partial.append(
-                part.group_by(_OUTCOME_KEYS).aggregate(
-                    [("call_id", "count"), ("duration_s", "sum")]
-                )
+                part.group_by(_OUTCOME_KEYS).aggregate([([], "count_all"), ("duration_s", "sum")])
             )
 
     def table(self) -> pa.Table:
@@ -105,10 +103,10 @@ class OutcomeSummary:
         grouped = (
             pa.concat_tables(self._partial)
             .group_by(_OUTCOME_KEYS)
-            .aggregate([("call_id_count", "sum"), ("duration_s_sum", "sum")])
+            .aggregate([("count_all", "sum"), ("duration_s_sum", "sum")])
         )
         grouped = grouped.sort_by([("call_type", "ascending"), ("call_end_status", "ascending")])
-        calls = pc.cast(grouped["call_id_count_sum"], pa.int64())
+        calls = pc.cast(grouped["count_all_sum"], pa.int64())
         billed = pc.cast(grouped["duration_s_sum_sum"], pa.int64())
         total = float(pc.sum(calls).as_py())
         return pa.table(
