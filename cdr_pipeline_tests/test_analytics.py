@@ -634,7 +634,7 @@ def test_the_billing_counts_gathered_in_slices_are_what_duckdb_counts(calls, cut
     talk of no or negative length, and every value missing."""
     import duckdb
 
-    from cdr_pipeline.transform.analytics import _RECONCILE, INCREMENTS, _Billing
+    from cdr_pipeline.transform.analytics import _RECONCILE, INCREMENTS, Decoded, _Billing
 
     ts = pa.timestamp("ms", tz="UTC")
     day = pa.table(
@@ -650,7 +650,7 @@ def test_the_billing_counts_gathered_in_slices_are_what_duckdb_counts(calls, cut
     )
     billing = _Billing()
     for part in (day.slice(0, cut), day.slice(cut)):
-        billing.add(part)
+        billing.add(Decoded(part))
     con = duckdb.connect()
     con.register("calls", day)
     reconciled = "call_end_status = 1 and dst_accept_time is not null and end_call_time is not null"

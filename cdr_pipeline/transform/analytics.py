@@ -258,16 +258,17 @@ class _Load:
         self.connected = np.zeros(hours, dtype=np.int64)
         self.diff = np.zeros(self.seconds + 1, dtype=np.int64)
 
-    def add(self, part: pa.Table) -> None:
-        start, _ = _seconds(part.column("start_src_call_time"))
+    def add(self, part: Decoded) -> None:
+        start = part("start_src_call_time")[0] // 1000
         in_day = (start >= self.start) & (start < self.start + self.seconds)
         hour = (start[in_day] - self.start) // 3600
         size = len(self.attempts)
         self.attempts += np.bincount(hour, minlength=size)
-        status = part.column("call_end_status").to_numpy(zero_copy_only=False)[in_day]
+        status = part("call_end_status")[0][in_day]  # 0 where absent
         self.connected += np.bincount(hour[status == 1], minlength=size)
-        accept, answered = _seconds(part.column("dst_accept_time"))
-        end, ended = _seconds(part.column("end_call_time"))
+        accept, answered = part("dst_accept_time")
+        end, ended = part("end_call_time")
+        accept, end = accept // 1000, end // 1000  # whole seconds
         # an interval counts for the seconds it covers inside the day
         a = np.maximum(accept, self.start) - self.start
         e = np.minimum(end, self.start + self.seconds) - self.start
@@ -284,10 +285,20 @@ class _Load:
         return np.add.reduceat(level, edges), np.maximum.reduceat(level, edges)
 
 
-def _seconds(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(epoch seconds, present) of a timestamp column (0 where absent)."""
-    millis, valid = _values(column)
-    return millis // 1000, valid
+class Decoded:
+    """A slice's columns as numpy, each converted once for every sum that reads it: called
+    with a name, (its values as int64, epoch milliseconds for a timestamp, 0 where absent;
+    present)."""
+
+    def __init__(self, part: pa.Table) -> None:
+        self.part, self._done = part, {}
+
+    def __call__(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self._done:
+            ints = self.part.column(name).cast(pa.int64())
+            valid = ints.is_valid().to_numpy(zero_copy_only=False)
+            self._done[name] = (pc.fill_null(ints, 0).to_numpy(zero_copy_only=False), valid)
+        return self._done[name]
 
 
 class _Billing:
@@ -310,12 +321,12 @@ class _Billing:
         self.billed_without_answer = 0
         self.answered_without_billing = 0
 
-    def add(self, part: pa.Table) -> None:
-        status = part.column("call_end_status")
-        connected = pc.fill_null(pc.equal(status, 1), False).to_numpy(zero_copy_only=False)
-        duration, has_duration = _values(part.column("duration_s"))
-        accept, answered = _values(part.column("dst_accept_time"))
-        end, ended = _values(part.column("end_call_time"))
+    def add(self, part: Decoded) -> None:
+        status, has_status = part("call_end_status")
+        connected = has_status & (status == 1)
+        duration, has_duration = part("duration_s")
+        accept, answered = part("dst_accept_time")
+        end, ended = part("end_call_time")
         reconciled = connected & answered & ended
         self.reconciled += int(reconciled.sum())
         rows = reconciled & has_duration
@@ -346,14 +357,6 @@ class _Billing:
             "billed_without_answer": self.billed_without_answer,
             "answered_without_billing": self.answered_without_billing,
         }
-
-
-def _values(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(the values as int64, epoch milliseconds for a timestamp; present) of a column (0
-    where absent)."""
-    ints = column.cast(pa.int64())
-    valid = ints.is_valid().to_numpy(zero_copy_only=False)
-    return pc.fill_null(ints, 0).to_numpy(zero_copy_only=False), valid
 
 
 @dataclass
@@ -445,8 +448,9 @@ class DayAnalytics:
         return tuple(dict.fromkeys(wanted))
 
     def add(self, part: pa.Table) -> None:
-        self._load.add(part)
-        self._billing.add(part)
+        decoded = Decoded(part)
+        self._load.add(decoded)
+        self._billing.add(decoded)
         if not self.keep_rows:
             return
         rows = part.select(COLUMNS)
