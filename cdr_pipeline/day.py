@@ -42,6 +42,7 @@ from cdr_pipeline.raw import (
 )
 from cdr_pipeline.rebuild import (
     NONE_PUBLISHED,
+    SUMS_FORM,
     FromPublished,
     NotReusable,
     Published,
@@ -212,6 +213,30 @@ class Gathered:
         self.kpis.add(part)
         self.analytics.add(part)
 
+    def state(self) -> dict[str, Any]:
+        """The sums, as the day's ``sums`` record keeps them (JSON): a re-build after an
+        erasure takes the erased rows' out of them (:meth:`less`) instead of reading every
+        row again."""
+        return {
+            "outcome": self.outcome.state(),
+            "kpis": self.kpis.state(),
+            "load": self.analytics.load.state(),
+            "billing": self.analytics.billing.state(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.outcome.restore(state["outcome"])
+        self.kpis.restore(state["kpis"])
+        self.analytics.load.restore(state["load"])
+        self.analytics.billing.restore(state["billing"])
+
+    def less(self, other: Gathered) -> None:
+        """Take ``other``'s rows (some of those gathered here) out of the sums."""
+        self.outcome.less(other.outcome)
+        self.kpis.less(other.kpis)
+        self.analytics.load.less(other.analytics.load)
+        self.analytics.billing.less(other.analytics.billing)
+
 
 def aggregate(
     gathered: Gathered,
@@ -250,18 +275,19 @@ def aggregate(
 def publish(
     txn: DayTransaction,
     tables: dict[str, pa.Table],
-    record: dict[str, Any],
+    records: dict[str, Any],
     approve: Callable[[], None],
     share: Callable[[pa.Table, str], pa.Table] | None = None,
 ) -> dict[str, str]:
     """Stage the aggregates (and, with ``share``, their shared zone's form) and the day's
-    record beside ``cdr``, let ``approve`` refuse, then replace the published version at once;
-    where each file is."""
+    ``records`` (by kind) beside ``cdr``, let ``approve`` refuse, then replace the published
+    version at once; where each file is."""
     for name, table in tables.items():
         txn.stage(name, table)
         if share is not None:
             txn.stage(name, share(table, name), shared=True)
-    txn.stage_record("validation", record)
+    for kind, record in records.items():
+        txn.stage_record(kind, record)
     approve()
     return txn.commit()
 
@@ -387,11 +413,14 @@ def made_with(
     tz: ZoneInfo, settings: AnalyticsSettings, registry: tuple[Dataset, ...] = DATASETS
 ) -> dict[str, Any]:
     """What a day's datasets depend on beside its rows, as its record keeps it: the code and
-    settings of its rows (``built``: a re-build may re-use rows built by the same), and what
-    the query datasets were asked with (``params``: a re-build may keep rows asked the same)."""
+    settings of its rows (``built``: a re-build may re-use rows built by the same), what the
+    query datasets were asked with (``params``: a re-build may keep rows asked the same), and
+    the form of the day's ``sums`` record (a re-build takes the erased rows' out of sums of
+    its own form)."""
     return {
         "built": built_by(tz, settings.default_region),
         "params": {name: q.params for name, q in queries(registry, settings).items()},
+        "sums": SUMS_FORM,
     }
 
 
@@ -456,6 +485,42 @@ def build_day(
     return built
 
 
+def _nothing(_part: pa.Table) -> None:
+    """The rows are not gathered: the published sums stand for them."""
+
+
+def _gathered(
+    job: _Job, scratch: Path, source: Source, published: Published, eraser: Eraser
+) -> tuple[Gathered, Gathered | None]:
+    """What gathers the aggregates' sums from the day's rows; and, where the published day's
+    sums stand in for them (a re-build after an erasure, on a local disk), what gathers the
+    erased rows', which :meth:`Gathered.less` then takes out: the kept rows are not read
+    for the sums (docs/performance.md, "Erasure")."""
+
+    def new(rows: int, spills: bool, distinct: bool) -> Gathered:
+        return Gathered(
+            job.day,
+            job.tz,
+            job.settings,
+            scratch,
+            expected_rows=rows,
+            spills=spills,
+            keep_rows=not job.store.local,
+            distinct=distinct,
+        )
+
+    gathered = new(source.expected, source.spills, published.unique is None)
+    if published.sums is None or not job.store.local:
+        return gathered, None
+    try:
+        gathered.restore(published.sums)
+    except (KeyError, TypeError, ValueError):  # sums of another day or form: all rows read
+        return new(source.expected, source.spills, published.unique is None), None
+    erased = new(0, False, False)
+    eraser.gather = erased.add
+    return gathered, erased
+
+
 def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]) -> BuiltDay:
     """The day's datasets from ``source_in``'s rows (given the day's scratch folder)."""
     store, day, settings = job.store, job.day, job.settings
@@ -477,20 +542,14 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
             asked = queries(job.registry, settings)
             per_caller = [n for n, q in asked.items() if q.per_caller]
             published = source.published({n: q.params for n, q in asked.items()}, per_caller)
-            gathered = Gathered(
-                day,
-                job.tz,
-                settings,
-                scratch,
-                expected_rows=source.expected,
-                spills=source.spills,
-                keep_rows=not store.local,
-                distinct=published.unique is None,
-            )
-            rows = source.rows(eraser, gathered.columns)
+            gathered, sums_less = _gathered(job, scratch, source, published, eraser)
+            rows = source.rows(eraser, () if sums_less else gathered.columns)
             clock.lap("read_check", timings)
             after_read = _Clock()
-            write_cdr(txn, rows, gathered.add, shared_cdr if sharing else None)
+            gather = _nothing if sums_less else gathered.add
+            write_cdr(txn, rows, gather, shared_cdr if sharing else None)
+            if sums_less is not None:
+                gathered.less(sums_less)
             rejects, accounting = source.finish(eraser)
             memory.release()  # DuckDB allocates on its own: not from what malloc keeps
             clock = _Clock()  # the aggregates' lap starts here
@@ -516,7 +575,7 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
             paths = publish(
                 txn,
                 tables,
-                record,
+                {"validation": record, "sums": gathered.state()},
                 lambda: shrink_guard(store, day.key, valid, job.max_shrink),
                 sharing,
             )

@@ -16,7 +16,7 @@ import gzip
 import json
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -227,6 +227,7 @@ class Eraser:
     def __init__(self, tokens: frozenset[str], pseudonyms: Pseudonyms) -> None:
         self.tokens, self.pseudonyms, self.dropped = tokens, pseudonyms, 0
         self.numbers: list[pa.Table] = []  # the dropped rows' callers and callees
+        self.gather: Callable[[pa.Table], None] | None = None  # handed the rows dropped
 
     def __call__(self, part: pa.Table) -> pa.Table:
         return self.drop(part, self.hits(part))
@@ -244,6 +245,8 @@ class Eraser:
             return part
         self.dropped += pc.sum(hit).as_py()
         self.numbers.append(part.select(["src", "dst"]).filter(hit))
+        if self.gather is not None:
+            self.gather(part.filter(hit))
         return without(part, hit)
 
     def lost(self) -> dict[str, list[str]]:
@@ -323,6 +326,7 @@ def erase_cleared(store: Store, day: str, tokens: frozenset[str], p: Pseudonyms)
                 if name == "cdr" and not shared:
                     removed = pc.sum(hit).as_py() or 0
                 txn.stage(name, without(table, hit), shared=shared)
+        record.pop("sums", None)  # its rows changed without them: none stand for the day
         acc = record["accounting"]
         acc["valid"] -= removed
         acc["erased"] = acc.get("erased", 0) + removed

@@ -28,6 +28,7 @@ from cdr_pipeline.publish import (
     day_row_groups,
     open_spliceable,
     read_day_table,
+    read_state,
 )
 from cdr_pipeline.raw import manifest_source
 from cdr_pipeline.store import Store
@@ -106,6 +107,8 @@ class Published:
 
     tables: dict[str, pa.Table]
     unique: tuple[int, int] | None  # (callers, callees)
+    # the day's sums (``day.Gathered.state``), from which the erased rows' are taken out
+    sums: dict[str, Any] | None = None
 
     def unique_less(
         self, lost: dict[str, list[str]], still: dict[str, set[str]]
@@ -118,6 +121,9 @@ class Published:
 
 
 NONE_PUBLISHED = Published({}, None)  # a build from the raw layer counts everything
+# The form of the day's ``sums`` record, which its validation record names: a day published
+# with sums of another form (or none) has them gathered again from every row.
+SUMS_FORM = 1
 
 
 class NotReusable(StorageError):
@@ -233,7 +239,7 @@ class FromPublished:
             cut = self._hits(ids, eraser, tokens)
             for i, ((_, hit), group) in enumerate(zip(cut, groups, strict=True)):
                 if hit is None:
-                    yield Kept(source, group, _sliced(parquet, i, narrow))
+                    yield Kept(source, group, _sliced(parquet, i, narrow) if narrow else ())
                     continue
                 at = 0
                 for part in _sliced(parquet, i):
@@ -306,7 +312,11 @@ class FromPublished:
         except StorageError:
             kpis = []
         unique = (kpis[0]["unique_callers"], kpis[0]["unique_callees"]) if kpis else None
-        return Published(tables, unique)
+        sums = None
+        if unique is not None and self.record.get("sums") == SUMS_FORM:
+            with suppress(StorageError):
+                sums = read_state(self.store, "sums", self.day.key)
+        return Published(tables, unique, sums)
 
     def finish(self, eraser: Eraser) -> tuple[pa.Table, dict[str, Any]]:
         rejects = read_day_table(self.store, "cdr_rejects", self.day.key)

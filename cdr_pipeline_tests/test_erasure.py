@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +20,7 @@ from cdr_pipeline import erasure, footer, publish, rebuild
 from cdr_pipeline.cli.erase import RUN_DAYS, _runs_of
 from cdr_pipeline.day import build_day
 from cdr_pipeline.erasure import FEW_ERASED, needle_of, without
-from cdr_pipeline.layout import StorageError
+from cdr_pipeline.layout import StorageError, state_key
 from cdr_pipeline.privacy import Pseudonyms, canonical
 from cdr_pipeline.raw import prune_raw_day
 from cdr_pipeline.rebuild import built_by, reuse_refusal
@@ -175,11 +176,15 @@ def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_fi
     assert acc["fetched"] == sum(acc[b] for b in buckets) + acc["erased"]
 
 
-def _erased_both(monkeypatch, env: Env, number: str, settings: AnalyticsSettings, patch):
+def _erased_both(
+    monkeypatch, env: Env, number: str, settings: AnalyticsSettings, patch
+) -> dict[str, Any]:
     """Erase ``number`` from copies of the day, then build each again: from the published
-    day (under ``patch``, a monkeypatch context taking it) and from the raw layer."""
+    day (under ``patch``, a monkeypatch context taking it) and from the raw layer; the
+    former's accounting."""
     p = Pseudonyms(KEY)
     tokens = frozenset({p.token(number)})
+    accountings = {}
     for name, reuse in (("reused", True), ("from_raw", False)):
         root = env.root.parent / name
         shutil.copytree(env.root, root / "data")
@@ -195,6 +200,7 @@ def _erased_both(monkeypatch, env: Env, number: str, settings: AnalyticsSettings
                 store, env.day(DAY), env.tz, pseudonyms=p, reuse=reuse, analytics=settings
             )
         assert built.from_published is reuse, built.reuse_refused
+        accountings[reuse] = built.accounting
     for zone in ("data", "shared"):
         reused = _files(env.root.parent / "reused" / zone)
         from_raw = _files(env.root.parent / "from_raw" / zone)
@@ -203,17 +209,22 @@ def _erased_both(monkeypatch, env: Env, number: str, settings: AnalyticsSettings
         assert pq.read_table(io.BytesIO(reused[cdr])).equals(
             pq.read_table(io.BytesIO(from_raw[cdr]))
         )
+    return accountings[True]
 
 
-@pytest.mark.parametrize("who", ["flagged caller", "callee of flagged callers", "new thresholds"])
+@pytest.mark.parametrize(
+    "who", ["flagged caller", "callee of flagged callers", "new thresholds", "no sums"]
+)
 def test_a_rebuild_asks_the_risk_again_only_of_the_callers_that_lost_calls(
     monkeypatch, tmp_path, sim_server, instance, who
 ):
     """After an erasure, ``caller_risk_daily`` keeps the published rows of the callers that
-    lost no call and asks the rest again, and the unique callers and callees are the
-    published counts less the numbers gone: the same files as a build from the raw layer,
-    whoever is erased. Asked with other thresholds than the published rows, every caller is
-    asked again and every number counted."""
+    lost no call and asks the rest again, the unique callers and callees are the published
+    counts less the numbers gone, and the other aggregates' sums are the published ones less
+    the erased rows': the same files as a build from the raw layer, whoever is erased. Asked
+    with other thresholds than the published rows, every caller is asked again and every
+    number counted; a day published without sums (by older code) has them gathered again
+    from every row."""
     env = Env(
         monkeypatch,
         tmp_path,
@@ -235,6 +246,11 @@ def test_a_rebuild_asks_the_risk_again_only_of_the_callers_that_lost_calls(
     number = flagged[0] if who == "flagged caller" else min(callees[fan] - set(flagged))
     if who == "new thresholds":
         settings = AnalyticsSettings(fan_out_destinations=settings.fan_out_destinations + 1)
+    if who == "no sums":
+        (env.root / state_key("sums", DAY)).unlink()
+        record = json.loads((env.root / state_key("validation", DAY)).read_text())
+        del record["sums"]
+        (env.root / state_key("validation", DAY)).write_text(json.dumps(record))
     asked: list[str] = []
     amended = analytics.DayAnalytics._amended
 
@@ -242,12 +258,23 @@ def test_a_rebuild_asks_the_risk_again_only_of_the_callers_that_lost_calls(
         asked.append(len(callers))
         return amended(self, con, query, published, callers)
 
+    gathered: list[int] = []  # the rows the KPIs' sums were gathered from
+    add = summarize.KpiSummary.add
+
+    def gathering(self, part):
+        gathered.append(len(part))
+        return add(self, part)
+
     def patch(m) -> None:
         m.setattr(analytics.DayAnalytics, "_amended", counted)
+        m.setattr(summarize.KpiSummary, "add", gathering)
         if who != "new thresholds":  # the published counts are amended, not counted again
             m.setattr(summarize._Distinct, "add", _not_called)
 
-    _erased_both(monkeypatch, env, number, settings, patch)
+    erased = _erased_both(monkeypatch, env, number, settings, patch)
+    # the published sums less the erased rows': only those rows were read for them
+    assert sum(gathered) == (erased["valid"] if who == "no sums" else len(calls) - erased["valid"])
+    assert 0 < len(calls) - erased["valid"] < len(calls)
     assert asked == ([] if who == "new thresholds" else [asked[0]])
     assert not asked or 0 < asked[0] < len(set(calls.column("src").to_pylist()))
     now = pq.read_table(tmp_path / "reused" / "data" / risk_file)

@@ -81,6 +81,15 @@ def _ratio(num: float, den: float) -> float | None:
 
 TIME_COLUMNS = [col for _, col in TIME_FIELDS]
 _OUTCOME_KEYS = ["call_type", "call_end_status", "call_end_status_label"]
+_PARTIAL_SCHEMA = pa.schema(  # an outcome summary's partial sums
+    [
+        pa.field("call_type", pa.int8()),
+        pa.field("call_end_status", pa.int8()),
+        pa.field("call_end_status_label", pa.string()),
+        pa.field("count_all", pa.int64()),
+        pa.field("duration_s_sum", pa.int64()),
+    ]
+)
 
 
 class OutcomeSummary:
@@ -97,15 +106,39 @@ class OutcomeSummary:
                 part.group_by(_OUTCOME_KEYS).aggregate([([], "count_all"), ("duration_s", "sum")])
             )
 
-    def table(self) -> pa.Table:
-        if not self._partial:
-            return OUTCOME_SCHEMA.empty_table()
+    def _grouped(self) -> pa.Table:
+        """The day's calls and billed seconds by outcome; a group whose calls were all taken
+        out (:meth:`less`) is gone, as it is from a day that never had them."""
         grouped = (
             pa.concat_tables(self._partial)
             .group_by(_OUTCOME_KEYS)
             .aggregate([("count_all", "sum"), ("duration_s_sum", "sum")])
         )
-        grouped = grouped.sort_by([("call_type", "ascending"), ("call_end_status", "ascending")])
+        grouped = grouped.filter(pc.greater(grouped["count_all_sum"], 0))
+        return grouped.sort_by([("call_type", "ascending"), ("call_end_status", "ascending")])
+
+    def state(self) -> dict[str, list]:
+        """What :meth:`restore` takes back (JSON)."""
+        if not self._partial:
+            return _PARTIAL_SCHEMA.empty_table().to_pydict()
+        grouped = self._grouped().select([*_OUTCOME_KEYS, "count_all_sum", "duration_s_sum_sum"])
+        return grouped.rename_columns(_PARTIAL_SCHEMA.names).to_pydict()
+
+    def restore(self, state: dict[str, list]) -> None:
+        self._partial = [pa.table(state, schema=_PARTIAL_SCHEMA)]
+
+    def less(self, other: OutcomeSummary) -> None:
+        """Take ``other``'s rows (a part of this one's) out."""
+        for part in other._partial:
+            negated = {c: pc.negate(part[c]) for c in ("count_all", "duration_s_sum")}
+            self._partial.append(pa.table({**{k: part[k] for k in _OUTCOME_KEYS}, **negated}))
+
+    def table(self) -> pa.Table:
+        if not self._partial:
+            return OUTCOME_SCHEMA.empty_table()
+        grouped = self._grouped()
+        if not len(grouped):
+            return OUTCOME_SCHEMA.empty_table()
         calls = pc.cast(grouped["count_all_sum"], pa.int64())
         billed = pc.cast(grouped["duration_s_sum_sum"], pa.int64())
         total = float(pc.sum(calls).as_py())
@@ -142,6 +175,10 @@ class _Median:
         gap = later - earlier
         values, counts = np.unique(gap[~np.isnan(gap)], return_counts=True)
         self.counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+
+    def less(self, other: _Median) -> None:
+        self.counts.subtract(other.counts)
+        self.counts = +self.counts  # the gaps no call has left
 
     def value(self) -> float | None:
         total = sum(self.counts.values())
@@ -193,7 +230,7 @@ class KpiSummary:
         and the numbers are not read."""
         self.tz, self.distinct = tz, distinct
         self.counts = Counter[str]()
-        self.sums = {"billed": 0, "billed_connected": 0, "talk": 0.0}
+        self.sums = {"billed": 0, "billed_connected": 0, "talk_ms": 0}
         self.medians = {"caller_pdd": _Median(), "callee_pdd": _Median(), "bridge": _Median()}
         self.hours = np.zeros(24, dtype=np.int64)
         self.callers, self.callees = (
@@ -210,7 +247,11 @@ class KpiSummary:
         t = {name: _seconds(part[name]) for name in TIME_COLUMNS}
         connected = status == 1
         with_url = pc.is_valid(part["record_url"]).to_numpy(zero_copy_only=False)
-        talk = (t["end_call_time"] - t["dst_accept_time"])[connected]
+        # milliseconds, so the sum is exact however the rows are sliced or taken out
+        talk = pc.subtract(
+            part["end_call_time"].cast(pa.int64()), part["dst_accept_time"].cast(pa.int64())
+        )
+        talk = talk.to_numpy(zero_copy_only=False)[connected]
         talk = talk[~np.isnan(talk)]
         counts["total"] += part.num_rows
         counts["connected"] += int(connected.sum())
@@ -221,7 +262,7 @@ class KpiSummary:
         counts["short"] += int((connected & (duration < 10)).sum())
         counts["recorded"] += int((connected & with_url).sum())
         counts["talk"] += talk.size
-        sums["talk"] += float(talk.sum())
+        sums["talk_ms"] += int(talk.sum())
         sums["billed"] += int(duration.sum())
         sums["billed_connected"] += int(duration[connected].sum())
         medians["caller_pdd"].add(t["start_src_ring_time"], t["start_src_call_time"])
@@ -235,6 +276,31 @@ class KpiSummary:
         if self.distinct:
             self.callers.add(part["src"])
             self.callees.add(part["dst"])
+
+    def state(self) -> dict[str, Any]:
+        """What :meth:`restore` takes back (JSON), the distinct counts aside."""
+        return {
+            "counts": {name: n for name, n in self.counts.items() if n},
+            "sums": self.sums,
+            "medians": {n: sorted(m.counts.items()) for n, m in self.medians.items()},
+            "hours": self.hours.tolist(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.counts = Counter(state["counts"])
+        self.sums = dict(state["sums"])
+        for name, counts in state["medians"].items():
+            self.medians[name].counts = Counter(dict(counts))
+        self.hours = np.array(state["hours"], dtype=np.int64)
+
+    def less(self, other: KpiSummary) -> None:
+        """Take ``other``'s rows (a part of this one's) out, the distinct counts aside."""
+        self.counts.subtract(other.counts)
+        for name in self.sums:
+            self.sums[name] -= other.sums[name]
+        for name, median in self.medians.items():
+            median.less(other.medians[name])
+        self.hours -= other.hours
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -259,7 +325,7 @@ class KpiSummary:
             "callee_answer_rate": _ratio(counts["dst_accept"], counts["dst_call"]),
             "ner_proxy": _ratio(counts["ner"], n),
             "acd_s": _ratio(sums["billed_connected"], n_conn),
-            "aloc_s": sums["talk"] / counts["talk"] if counts["talk"] else None,
+            "aloc_s": sums["talk_ms"] / 1000 / counts["talk"] if counts["talk"] else None,
             "billed_minutes": float(sums["billed"]) / 60.0,
             "median_caller_pdd_s": medians["caller_pdd"].value(),
             "median_callee_pdd_s": medians["callee_pdd"].value(),
