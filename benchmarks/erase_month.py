@@ -32,6 +32,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from benchmarks.data import DATA, TZ, write_day
+from benchmarks.run import GOALS
 from benchmarks.worker import BENCH_KEY, ERASE_WORKERS, publish_private
 from cdr_pipeline.cli.erase import default_workers
 from cdr_pipeline.layout import Day, raw_day_key
@@ -158,7 +159,8 @@ def main(argv: list[str]) -> int:
         print(f"  round {i + 1}: {seconds:.1f} s, {cpu:.0f} CPU s", flush=True)
     wall = statistics.median(walls)
     goal_size = args.days >= 30 and args.calls >= 1_000_000
-    verdict = ("met" if wall < 60 else "missed") if goal_size else "not the goal's month"
+    goal = GOALS["erase_30_days_s"]
+    verdict = ("met" if wall < goal else "missed") if goal_size else "not the goal's month"
     rounds = ", ".join(f"{w:.1f}" for w in walls)
     lines = [
         "# Erasing a subscriber from a month",
@@ -173,7 +175,7 @@ def main(argv: list[str]) -> int:
         f"{args.days} days of "
         f"{args.calls:,} calls each, with a shared zone, the number that called on the most "
         f"days ({days} of them, {records} records), re-built in {runs} Dagster runs: "
-        f"**{wall:.1f} s** (goal under 60 s: **{verdict}**); rounds: {rounds} s",
+        f"**{wall:.1f} s** (goal under {goal:.0f} s: **{verdict}**); rounds: {rounds} s",
         f"- CPU seconds of the command's processes (user and system), each round: "
         f"{', '.join(f'{c:.0f}' for c in cpus)}; {statistics.median(cpus) / days:.2f} a day",
         f"- of it, the command's start and finding the days (its `--dry-run`): {dry:.1f} s",
