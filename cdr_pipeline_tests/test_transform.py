@@ -600,11 +600,12 @@ def test_the_plain_digit_shortcuts_decide_as_the_exact_path_does(recs):
 
 # Local text times read off Arrow's buffers: real ones near the ends of the accepted years
 # and around daylight-saving changes, and text that only looks like a date and time.
+real_times = st.datetimes(
+    min_value=__import__("datetime").datetime(1999, 12, 30),
+    max_value=__import__("datetime").datetime(2100, 1, 2),
+).map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S"))
 text_times = st.one_of(
-    st.datetimes(
-        min_value=__import__("datetime").datetime(1999, 12, 30),
-        max_value=__import__("datetime").datetime(2100, 1, 2),
-    ).map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S")),
+    real_times,
     st.sampled_from(
         [
             "2024-03-10 02:30:00",  # New York's gap
@@ -618,6 +619,12 @@ text_times = st.one_of(
         lambda v: f"{v[0] * 100 + v[1]:04d}-{v[2]:02d}-{v[3]:02d} {v[4]:02d}:{v[5]:02d}:00"
     ),
     st.sampled_from(["0", "", "1548235059", "1548235059123", "2024-05-07T10:00:00"]),
+    # a real one with one byte changed: a letter, a separator out of place, a digit's neighbours
+    st.tuples(
+        real_times,
+        st.integers(0, 18),
+        st.sampled_from(["a", "/", ":", "-", " ", "0", "9", "\x00", "\x7f", "(", "["]),
+    ).map(lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + 1 :]),
 )
 
 
