@@ -27,6 +27,7 @@ from cdr_pipeline.report import (
 from cdr_pipeline.settings import AnalyticsSettings
 from cdr_pipeline.transform import analytics
 from cdr_pipeline.transform.summarize import KPI_SCHEMA, OUTCOME_SCHEMA
+from cdr_pipeline.transform.sums import HOURLY_SCHEMA
 from cdr_pipeline.transform.validate import ACCOUNTING_BUCKETS, CDR_SCHEMA, REJECTS_SCHEMA
 
 PREVIEW_ROWS = 10
@@ -193,7 +194,7 @@ DATASETS: tuple[Dataset, ...] = (
     ),
     Dataset(
         "call_load_hourly",
-        analytics.HOURLY_SCHEMA,
+        HOURLY_SCHEMA,
         "The load of each clock hour of the local day: attempts, talk, Erlangs, peak "
         "simultaneous calls, the busy hour.",
         "hourly",

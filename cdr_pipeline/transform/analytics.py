@@ -3,9 +3,9 @@ them: where calls go (``call_destinations_daily``), the load of each clock hour
 (``call_load_hourly``), billing reconciliation (columns of ``call_kpis_daily``) and the callers
 whose traffic looks like abuse (``caller_risk_daily``).
 
-The day's rows pass by slice by slice (:meth:`DayAnalytics.add`). The hourly load is gathered
-as they pass, in a per-second difference array of the day (:class:`_Load`: flat memory, no
-sort), and so are the billing counts (:class:`_Billing`). The rest DuckDB reads from the
+The day's rows pass by slice by slice (:meth:`DayAnalytics.add`). The hourly load and the
+billing counts are gathered as they pass (:mod:`cdr_pipeline.transform.sums`). The rest
+DuckDB reads from the
 day's ``cdr`` file once it is written, when it is on a local disk, else from a narrow local
 Parquet file of the rows kept as they pass; :meth:`DayAnalytics.finish` asks it under a
 memory limit and with a spill folder, so the per-caller work runs out of core: memory stays
@@ -15,29 +15,24 @@ contract's wording, clause by clause.
 
 from __future__ import annotations
 
-import base64
-import zlib
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cdr_pipeline.dictionary import described
 from cdr_pipeline.settings import AnalyticsSettings
+from cdr_pipeline.transform.sums import Billing, Decoded, Load
 
 # DuckDB's own limit; it spills to the day's scratch folder past it. A query that cannot fit
 # (an operator that does not spill, on an odd day) is asked again once under the second.
 DUCKDB_MEMORY = ("64MB", "512MB")
 DUCKDB_THREADS = 2
-INCREMENTS = (60, 30, 6)  # billing increments tried, largest first; 1 when none fits
-INCREMENT_SHARE = 0.99  # of billed calls that must be multiples of an increment
 MATCH_WARN = 0.99  # billing_match_rate below this warns
 WORST_CALLS = 10
 NIGHT_HOURS = (0, 5)  # local hours, both included
@@ -79,21 +74,6 @@ DESTINATIONS_SCHEMA = described(
         ]
     ),
     "call_destinations_daily",
-)
-HOURLY_SCHEMA = described(
-    pa.schema(
-        [
-            pa.field("hour_start", pa.timestamp("ms", tz="UTC"), nullable=False),
-            pa.field("local_hour", pa.int8(), nullable=False),
-            pa.field("attempts", pa.int64(), nullable=False),
-            pa.field("connected_calls", pa.int64(), nullable=False),
-            pa.field("talk_seconds", pa.int64(), nullable=False),
-            pa.field("erlangs", pa.float64(), nullable=False),
-            pa.field("peak_concurrent_calls", pa.int64(), nullable=False),
-            pa.field("busy_hour", pa.bool_(), nullable=False),
-        ]
-    ),
-    "call_load_hourly",
 )
 RISK_SCHEMA = described(
     pa.schema(
@@ -244,173 +224,6 @@ def _still(con, column: str, values: list[str]) -> set[str]:
     return set(found.to_arrow_table().column("v").to_pylist())
 
 
-class _Load:
-    """``call_load_hourly``'s figures, gathered slice by slice in flat memory: attempts and
-    connected calls by the hour they start in, and the talk intervals ``[accept, end)`` (cut
-    at the day's end) as a difference array over the day's seconds. Its running sum is the
-    number of calls talking in each second (times are whole seconds), so an hour's talk is
-    its sum and the hour's peak its maximum: the exact sweep, without sorting the day."""
-
-    COLUMNS = ("start_src_call_time", "call_end_status", "dst_accept_time", "end_call_time")
-
-    def __init__(self, day_start: int, day_end: int) -> None:
-        self.start, self.seconds = day_start, max(0, day_end - day_start)
-        hours = -(-self.seconds // 3600)
-        self.attempts = np.zeros(hours, dtype=np.int64)
-        self.connected = np.zeros(hours, dtype=np.int64)
-        self.diff = np.zeros(self.seconds + 1, dtype=np.int64)
-
-    def add(self, part: Decoded) -> None:
-        start = part("start_src_call_time")[0] // 1000
-        in_day = (start >= self.start) & (start < self.start + self.seconds)
-        hour = (start[in_day] - self.start) // 3600
-        size = len(self.attempts)
-        self.attempts += np.bincount(hour, minlength=size)
-        status = part("call_end_status")[0][in_day]  # 0 where absent
-        self.connected += np.bincount(hour[status == 1], minlength=size)
-        accept, answered = part("dst_accept_time")
-        end, ended = part("end_call_time")
-        accept, end = accept // 1000, end // 1000  # whole seconds
-        # an interval counts for the seconds it covers inside the day
-        a = np.maximum(accept, self.start) - self.start
-        e = np.minimum(end, self.start + self.seconds) - self.start
-        talking = answered & ended & (e > a)
-        self.diff += np.bincount(a[talking], minlength=self.seconds + 1)
-        self.diff -= np.bincount(e[talking], minlength=self.seconds + 1)
-
-    def state(self) -> dict[str, Any]:
-        """What :meth:`restore` takes back (JSON): the difference array compressed, 70 KB
-        for the seconds of a day of a million calls."""
-        diff = base64.b64encode(zlib.compress(self.diff.astype("<i8").tobytes()))
-        return {
-            "attempts": self.attempts.tolist(),
-            "connected": self.connected.tolist(),
-            "diff": diff.decode(),
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        diff = np.frombuffer(zlib.decompress(base64.b64decode(state["diff"])), "<i8")
-        if len(diff) != len(self.diff) or len(state["attempts"]) != len(self.attempts):
-            raise ValueError("the load's sums are of a day of another length")
-        self.attempts = np.array(state["attempts"], dtype=np.int64)
-        self.connected = np.array(state["connected"], dtype=np.int64)
-        self.diff = diff.astype(np.int64)
-
-    def less(self, other: _Load) -> None:
-        self.attempts -= other.attempts
-        self.connected -= other.connected
-        self.diff -= other.diff
-
-    def hourly(self) -> tuple[np.ndarray, np.ndarray]:
-        """(talk seconds, peak concurrent calls) of each hour."""
-        if not self.seconds:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        level = np.cumsum(self.diff[:-1])
-        edges = np.arange(0, self.seconds, 3600)
-        return np.add.reduceat(level, edges), np.maximum.reduceat(level, edges)
-
-
-class Decoded:
-    """A slice's columns as numpy, each converted once for every sum that reads it: called
-    with a name, (its values as int64, epoch milliseconds for a timestamp, 0 where absent;
-    present)."""
-
-    def __init__(self, part: pa.Table) -> None:
-        self.part, self._done = part, {}
-
-    def __call__(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        if name not in self._done:
-            ints = self.part.column(name).cast(pa.int64())
-            valid = ints.is_valid().to_numpy(zero_copy_only=False)
-            self._done[name] = (pc.fill_null(ints, 0).to_numpy(zero_copy_only=False), valid)
-        return self._done[name]
-
-
-class _Billing:
-    """The billing reconciliation's counts (data contract, "Billing reconciliation"),
-    gathered slice by slice from the columns the other sums decode: for every increment tried,
-    how many reconciled calls' bills are a multiple of it and how many match the talk rounded
-    up to it, so the increment is chosen at the end without a second pass over the day (three
-    scans of its file in DuckDB took more: docs/performance.md). ``expected`` is computed as
-    :data:`_RECONCILE` computes it (the talk's milliseconds over ``1000.0 * inc`` in doubles,
-    rounded up), so both give the same calls."""
-
-    COLUMNS = ("call_end_status", "duration_s", "dst_accept_time", "end_call_time")
-    TRIED = (*INCREMENTS, 1)
-    _COUNTS = ("reconciled", "billed", "billed_without_answer", "answered_without_billing")
-
-    def __init__(self) -> None:
-        self.reconciled = 0  # connected calls with both times
-        self.billed = 0  # of those, with duration_s > 0
-        self.multiples = dict.fromkeys(INCREMENTS, 0)
-        self.matched = dict.fromkeys(self.TRIED, 0)
-        self.billed_without_answer = 0
-        self.answered_without_billing = 0
-
-    def add(self, part: Decoded) -> None:
-        status, has_status = part("call_end_status")
-        connected = has_status & (status == 1)
-        duration, has_duration = part("duration_s")
-        accept, answered = part("dst_accept_time")
-        end, ended = part("end_call_time")
-        reconciled = connected & answered & ended
-        self.reconciled += int(reconciled.sum())
-        rows = reconciled & has_duration
-        bill, talk_ms = duration[rows], end[rows] - accept[rows]
-        self.billed += int((bill > 0).sum())
-        for inc in INCREMENTS:
-            self.multiples[inc] += int(((bill > 0) & (bill % inc == 0)).sum())
-        for inc in self.TRIED:
-            expected = np.ceil(talk_ms / (1000.0 * inc)).astype(np.int64) * inc
-            self.matched[inc] += int((bill == expected).sum())
-        self.billed_without_answer += int((has_duration & (duration > 0) & ~answered).sum())
-        self.answered_without_billing += int(
-            (answered & ended & (end > accept) & has_duration & (duration == 0)).sum()
-        )
-
-    def state(self) -> dict[str, Any]:
-        """What :meth:`restore` takes back (JSON), each increment's counts in the order of
-        :data:`TRIED`."""
-        return {
-            "tried": list(self.TRIED),
-            **{name: getattr(self, name) for name in self._COUNTS},
-            "multiples": [self.multiples[i] for i in INCREMENTS],
-            "matched": [self.matched[i] for i in self.TRIED],
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        if state["tried"] != list(self.TRIED):
-            raise ValueError("the billing sums are of other increments")
-        for name in self._COUNTS:
-            setattr(self, name, state[name])
-        self.multiples = dict(zip(INCREMENTS, state["multiples"], strict=True))
-        self.matched = dict(zip(self.TRIED, state["matched"], strict=True))
-
-    def less(self, other: _Billing) -> None:
-        for name in self._COUNTS:
-            setattr(self, name, getattr(self, name) - getattr(other, name))
-        for inc in INCREMENTS:
-            self.multiples[inc] -= other.multiples[inc]
-        for inc in self.TRIED:
-            self.matched[inc] -= other.matched[inc]
-
-    def figures(self) -> dict[str, Any]:
-        inc = next(
-            (
-                i
-                for i in INCREMENTS
-                if self.billed and self.multiples[i] >= INCREMENT_SHARE * self.billed
-            ),
-            1,
-        )
-        return {
-            "billing_increment_s": inc,
-            "billing_match_rate": self.matched[inc] / self.reconciled if self.reconciled else None,
-            "billed_without_answer": self.billed_without_answer,
-            "answered_without_billing": self.answered_without_billing,
-        }
-
-
 @dataclass
 class Analytics:
     """A day's analytics: the hourly load, the query datasets by name, the billing figures;
@@ -489,14 +302,14 @@ class DayAnalytics:
         self.tz, self.settings, self.keep_rows = tz, settings, keep_rows
         self.path = scratch / "analytics-rows.parquet"
         self._writer: pq.ParquetWriter | None = None
-        self.load = _Load(day_start, day_end)
-        self.billing = _Billing()
+        self.load = Load(day_start, day_end)
+        self.billing = Billing()
         self.memory_retries = 0  # queries asked again under the larger limit
 
     @property
     def columns(self) -> tuple[str, ...]:
         """The columns of ``cdr`` :meth:`add` reads."""
-        wanted = (*_Load.COLUMNS, *_Billing.COLUMNS, *(COLUMNS if self.keep_rows else ()))
+        wanted = (*Load.COLUMNS, *Billing.COLUMNS, *(COLUMNS if self.keep_rows else ()))
         return tuple(dict.fromkeys(wanted))
 
     def add(self, part: pa.Table) -> None:
@@ -547,7 +360,7 @@ class DayAnalytics:
                 for name, q in queries.items()
                 if name not in amended
             }
-            found = Analytics(self._hourly(), queried, self.billing.figures())
+            found = Analytics(self.load.table(self.tz), queried, self.billing.figures())
             if amend is not None:
                 found.still = {c: _still(con, c, lost) for c, lost in amend.lost.items()}
                 callers = pa.array(amend.lost.get("src", []), pa.string())
@@ -581,24 +394,6 @@ class DayAnalytics:
             con.execute(f"set memory_limit = '{DUCKDB_MEMORY[1]}'")
             return con.sql(sql, params=params).to_arrow_table()
 
-    def _hourly(self) -> pa.Table:
-        starts = list(range(self.day_start, self.day_end, 3600))
-        talk, peak = self.load.hourly()
-        # the hour with the most talk, the earliest on ties; none on a day without talk
-        busiest = int(np.argmax(talk)) if talk.any() else None
-        return pa.table(
-            {
-                "hour_start": pa.array([v * 1000 for v in starts], pa.timestamp("ms", tz="UTC")),
-                "local_hour": [_local_hour(s, self.tz) for s in starts],
-                "attempts": self.load.attempts,
-                "connected_calls": self.load.connected,
-                "talk_seconds": talk,
-                "erlangs": talk / 3600,
-                "peak_concurrent_calls": peak,
-                "busy_hour": [i == busiest for i in range(len(starts))],
-            }
-        ).cast(HOURLY_SCHEMA)
-
 
 def worst_billed(cdr: pa.Table, increment: int, limit: int = WORST_CALLS) -> list[dict[str, Any]]:
     """The calls whose bill is furthest from their talk rounded up to ``increment`` (for the
@@ -620,7 +415,3 @@ def worst_billed(cdr: pa.Table, increment: int, limit: int = WORST_CALLS) -> lis
         )
     finally:
         con.close()
-
-
-def _local_hour(epoch_s: int, tz: ZoneInfo) -> int:
-    return datetime.fromtimestamp(epoch_s, tz).hour
