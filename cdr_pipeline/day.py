@@ -30,6 +30,7 @@ import pyarrow as pa
 from cdr_pipeline import memory
 from cdr_pipeline.datasets import DATASETS, Dataset, queries
 from cdr_pipeline.erasure import Eraser, tokens_for
+from cdr_pipeline.gathered import aggregate, gatherers
 from cdr_pipeline.layout import SPILL_KEY, Day, StorageError
 from cdr_pipeline.privacy import CLEAR, Pseudonyms, share, share_reads, shared_schema
 from cdr_pipeline.publish import Content, DayTransaction, Kept, Spliced, read_state, shrink_guard
@@ -52,11 +53,9 @@ from cdr_pipeline.rebuild import (
 )
 from cdr_pipeline.settings import AnalyticsSettings
 from cdr_pipeline.store import Store
-from cdr_pipeline.transform.analytics import Amend, DayAnalytics
 from cdr_pipeline.transform.dedup import DayBuilder
 from cdr_pipeline.transform.enrich import Enricher
 from cdr_pipeline.transform.read import ParsedPages, parse_pages
-from cdr_pipeline.transform.summarize import KpiSummary, OutcomeSummary, kpi_table
 from cdr_pipeline.transform.validate import CDR_SCHEMA
 
 __all__ = ["BuiltDay", "Day", "build_day"]
@@ -170,105 +169,7 @@ def shared_from_staged(txn: DayTransaction, pseudonyms: Pseudonyms) -> Content:
     return shared_schema(CDR_SCHEMA, "cdr"), (share(g, "cdr", pseudonyms) for g in groups)
 
 
-# --- 5. aggregate ---------------------------------------------------------------------------
-
-
-class Gathered:
-    """What the aggregates need of ``cdr``'s rows, gathered as they pass: the outcome and KPI
-    sums (exact, in flat memory), the hourly load and, on an object store, the narrow rows
-    DuckDB queries."""
-
-    def __init__(
-        self,
-        day: Day,
-        tz: ZoneInfo,
-        settings: AnalyticsSettings,
-        scratch: Path,
-        *,
-        expected_rows: int,
-        spills: bool,
-        keep_rows: bool = True,
-        distinct: bool = True,
-    ) -> None:
-        """``spills``: the day is large; the distinct counts keep their keys in ``scratch``.
-        ``keep_rows`` False: the aggregates will read ``cdr``'s staged file, a local one.
-        ``distinct`` False: the unique callers and callees are the published day's, amended."""
-        self.outcome = OutcomeSummary()
-        spill = scratch if spills else None
-        self.kpis = KpiSummary(
-            tz, expected_rows=expected_rows, spill_folder=spill, distinct=distinct
-        )
-        self.analytics = DayAnalytics(
-            scratch, day.start, day.end, tz, settings, keep_rows=keep_rows
-        )
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        """The columns of ``cdr`` :meth:`add` reads."""
-        wanted = (*OutcomeSummary.COLUMNS, *self.kpis.columns, *self.analytics.columns)
-        return tuple(dict.fromkeys(wanted))
-
-    def add(self, part: pa.Table) -> None:
-        self.outcome.add(part)
-        self.kpis.add(part)
-        self.analytics.add(part)
-
-    def state(self) -> dict[str, Any]:
-        """The sums, as the day's ``sums`` record keeps them (JSON): a re-build after an
-        erasure takes the erased rows' out of them (:meth:`less`) instead of reading every
-        row again."""
-        return {
-            "outcome": self.outcome.state(),
-            "kpis": self.kpis.state(),
-            "load": self.analytics.load.state(),
-            "billing": self.analytics.billing.state(),
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.outcome.restore(state["outcome"])
-        self.kpis.restore(state["kpis"])
-        self.analytics.load.restore(state["load"])
-        self.analytics.billing.restore(state["billing"])
-
-    def less(self, other: Gathered) -> None:
-        """Take ``other``'s rows (some of those gathered here) out of the sums."""
-        self.outcome.less(other.outcome)
-        self.kpis.less(other.kpis)
-        self.analytics.load.less(other.analytics.load)
-        self.analytics.billing.less(other.analytics.billing)
-
-
-def aggregate(
-    gathered: Gathered,
-    accounting: dict[str, Any],
-    rejects: pa.Table,
-    registry: tuple[Dataset, ...],
-    settings: AnalyticsSettings,
-    cdr_file: Path | None = None,
-    amend: tuple[Published, dict[str, list[str]]] = (NONE_PUBLISHED, {}),
-) -> dict[str, pa.Table]:
-    """Every dataset but ``cdr``, by name: the query datasets asked of DuckDB in one
-    connection over the day's rows (``cdr``'s staged file where it is local, else the rows
-    gathered; once the file is closed, so DuckDB's memory does not add to its writer's), the
-    rest from what was gathered. ``amend``: what of the published day stays after an
-    erasure, and the erased rows' numbers (:meth:`Eraser.lost`)."""
-    published, lost = amend
-    asked = None if published is NONE_PUBLISHED else Amend(published.tables, lost)
-    found = gathered.analytics.finish(CDR_SCHEMA, queries(registry, settings), cdr_file, asked)
-    unique = None if gathered.kpis.distinct else published.unique_less(lost, found.still)
-    made = {
-        "rejects": rejects,
-        "outcome": gathered.outcome.table().combine_chunks(),
-        "kpis": kpi_table(gathered.kpis.values(accounting, unique) | found.billing),
-        "hourly": found.hourly,
-    }
-    return {
-        d.name: found.queried[d.name] if d.stage == "query" else made[d.stage]
-        for d in registry
-        if d.stage != "cdr"
-    }
-
-
+# --- 5. aggregate: cdr_pipeline/gathered.py ------------------------------------------------
 # --- 6. publish -----------------------------------------------------------------------------
 
 
@@ -489,36 +390,8 @@ def _nothing(_part: pa.Table) -> None:
     """The rows are not gathered: the published sums stand for them."""
 
 
-def _gathered(
-    job: _Job, scratch: Path, source: Source, published: Published, eraser: Eraser
-) -> tuple[Gathered, Gathered | None]:
-    """What gathers the aggregates' sums from the day's rows; and, where the published day's
-    sums stand in for them (a re-build after an erasure, on a local disk), what gathers the
-    erased rows', which :meth:`Gathered.less` then takes out: the kept rows are not read
-    for the sums (docs/performance.md, "Erasure")."""
-
-    def new(rows: int, spills: bool, distinct: bool) -> Gathered:
-        return Gathered(
-            job.day,
-            job.tz,
-            job.settings,
-            scratch,
-            expected_rows=rows,
-            spills=spills,
-            keep_rows=not job.store.local,
-            distinct=distinct,
-        )
-
-    gathered = new(source.expected, source.spills, published.unique is None)
-    if published.sums is None or not job.store.local:
-        return gathered, None
-    try:
-        gathered.restore(published.sums)
-    except (KeyError, TypeError, ValueError):  # sums of another day or form: all rows read
-        return new(source.expected, source.spills, published.unique is None), None
-    erased = new(0, False, False)
-    eraser.gather = erased.add
-    return gathered, erased
+def _nothing(_part: pa.Table) -> None:
+    """The rows are not gathered: the published sums stand for them."""
 
 
 def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]) -> BuiltDay:
@@ -542,7 +415,17 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
             asked = queries(job.registry, settings)
             per_caller = [n for n, q in asked.items() if q.per_caller]
             published = source.published({n: q.params for n, q in asked.items()}, per_caller)
-            gathered, sums_less = _gathered(job, scratch, source, published, eraser)
+            gathered, sums_less = gatherers(
+                day,
+                job.tz,
+                settings,
+                scratch,
+                expected_rows=source.expected,
+                spills=source.spills,
+                local=store.local,
+                published=published,
+                eraser=eraser,
+            )
             rows = source.rows(eraser, () if sums_less else gathered.columns)
             clock.lap("read_check", timings)
             after_read = _Clock()

@@ -107,7 +107,7 @@ class Published:
 
     tables: dict[str, pa.Table]
     unique: tuple[int, int] | None  # (callers, callees)
-    # the day's sums (``day.Gathered.state``), from which the erased rows' are taken out
+    # the day's sums (``gathered.Gathered.state``), from which the erased rows' are taken out
     sums: dict[str, Any] | None = None
 
     def unique_less(

@@ -726,7 +726,7 @@ def test_the_sums_less_some_rows_are_the_sums_of_the_rest(tmp_path_factory, rows
     (kept as JSON) instead of reading the rest again: it must give what gathering the rest
     gives, every aggregate and the sums themselves, however the rows were sliced. The rows
     start around the day's edges and off whole seconds, with times absent."""
-    from cdr_pipeline.day import Gathered
+    from cdr_pipeline.gathered import Gathered
     from cdr_pipeline.layout import Day
     from cdr_pipeline.store import json_bytes
 

@@ -3,7 +3,7 @@ in flat memory: the hourly load (``call_load_hourly``, from a per-second differe
 the day: no sort) and the billing reconciliation's counts (columns of ``call_kpis_daily``).
 Like the outcome and KPI sums (:mod:`summarize`), each says its ``state`` as JSON, which
 the day keeps, and takes another's rows out of it (``less``): a re-build after an erasure,
-which only takes rows out, so reads no other row (``day.Gathered``).
+which only takes rows out, so reads no other row (``gathered.Gathered``).
 """
 
 from __future__ import annotations
