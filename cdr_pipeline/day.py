@@ -390,10 +390,6 @@ def _nothing(_part: pa.Table) -> None:
     """The rows are not gathered: the published sums stand for them."""
 
 
-def _nothing(_part: pa.Table) -> None:
-    """The rows are not gathered: the published sums stand for them."""
-
-
 def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]) -> BuiltDay:
     """The day's datasets from ``source_in``'s rows (given the day's scratch folder)."""
     store, day, settings = job.store, job.day, job.settings
@@ -415,7 +411,7 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
             asked = queries(job.registry, settings)
             per_caller = [n for n, q in asked.items() if q.per_caller]
             published = source.published({n: q.params for n, q in asked.items()}, per_caller)
-            gathered, sums_less = gatherers(
+            gathered, erased_sums = gatherers(
                 day,
                 job.tz,
                 settings,
@@ -426,13 +422,14 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
                 published=published,
                 eraser=eraser,
             )
-            rows = source.rows(eraser, () if sums_less else gathered.columns)
+            only_erased = erased_sums is not None  # the published sums stand for the rest
+            rows = source.rows(eraser, () if only_erased else gathered.columns)
             clock.lap("read_check", timings)
             after_read = _Clock()
-            gather = _nothing if sums_less else gathered.add
+            gather = _nothing if only_erased else gathered.add
             write_cdr(txn, rows, gather, shared_cdr if sharing else None)
-            if sums_less is not None:
-                gathered.less(sums_less)
+            if erased_sums is not None:
+                gathered.less(erased_sums)
             rejects, accounting = source.finish(eraser)
             memory.release()  # DuckDB allocates on its own: not from what malloc keeps
             clock = _Clock()  # the aggregates' lap starts here
