@@ -30,7 +30,7 @@ import pyarrow as pa
 from cdr_pipeline import memory
 from cdr_pipeline.datasets import DATASETS, Dataset, queries
 from cdr_pipeline.erasure import Eraser, tokens_for
-from cdr_pipeline.gathered import aggregate, gatherers
+from cdr_pipeline.gathered import Gathered, aggregate, less_published
 from cdr_pipeline.layout import SPILL_KEY, Day, StorageError
 from cdr_pipeline.privacy import CLEAR, Pseudonyms, share, share_reads, shared_schema
 from cdr_pipeline.publish import Content, DayTransaction, Kept, Spliced, read_state, shrink_guard
@@ -411,17 +411,17 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
             asked = queries(job.registry, settings)
             per_caller = [n for n, q in asked.items() if q.per_caller]
             published = source.published({n: q.params for n, q in asked.items()}, per_caller)
-            gathered, erased_sums = gatherers(
+            gathered = Gathered(
                 day,
                 job.tz,
                 settings,
                 scratch,
                 expected_rows=source.expected,
                 spills=source.spills,
-                local=store.local,
-                published=published,
-                eraser=eraser,
+                keep_rows=not store.local,
+                distinct=published.unique is None,
             )
+            gathered, erased_sums = less_published(gathered, published, eraser)
             only_erased = erased_sums is not None  # the published sums stand for the rest
             rows = source.rows(eraser, () if only_erased else gathered.columns)
             clock.lap("read_check", timings)

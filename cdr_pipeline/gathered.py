@@ -41,6 +41,16 @@ class Gathered:
         """``spills``: the day is large; the distinct counts keep their keys in ``scratch``.
         ``keep_rows`` False: the aggregates will read ``cdr``'s staged file, a local one.
         ``distinct`` False: the unique callers and callees are the published day's, amended."""
+        self._made = {
+            "day": day,
+            "tz": tz,
+            "settings": settings,
+            "scratch": scratch,
+            "expected_rows": expected_rows,
+            "spills": spills,
+            "keep_rows": keep_rows,
+            "distinct": distinct,
+        }
         self.outcome = OutcomeSummary()
         spill = scratch if spills else None
         self.kpis = KpiSummary(
@@ -49,6 +59,10 @@ class Gathered:
         self.analytics = DayAnalytics(
             scratch, day.start, day.end, tz, settings, keep_rows=keep_rows
         )
+
+    def twin(self, **changes: Any) -> Gathered:
+        """An empty gatherer made as this one was, but for ``changes``."""
+        return Gathered(**(self._made | changes))
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -117,43 +131,20 @@ def aggregate(
     }
 
 
-def gatherers(
-    day: Day,
-    tz: ZoneInfo,
-    settings: AnalyticsSettings,
-    scratch: Path,
-    *,
-    expected_rows: int,
-    spills: bool,
-    local: bool,
-    published: Published,
-    eraser: Eraser,
+def less_published(
+    gathered: Gathered, published: Published, eraser: Eraser
 ) -> tuple[Gathered, Gathered | None]:
-    """What gathers the aggregates' sums from the day's rows; and, where the published day's
-    sums stand in for them (a re-build after an erasure, on a ``local`` disk), what gathers
-    the erased rows (handed them by ``eraser``), which :meth:`Gathered.less` then takes out:
-    the kept rows are not read for the sums (docs/performance.md, "Erasure").
-    ``expected_rows``, ``spills``: the day's size (:class:`Gathered`)."""
-
-    def new(rows: int, spills: bool, distinct: bool) -> Gathered:
-        return Gathered(
-            day,
-            tz,
-            settings,
-            scratch,
-            expected_rows=rows,
-            spills=spills,
-            keep_rows=not local,
-            distinct=distinct,
-        )
-
-    gathered = new(expected_rows, spills, published.unique is None)
-    if published.sums is None or not local:
+    """What gathers the aggregates' sums: ``gathered``; or, where the published day's sums
+    stand in for the rows (a re-build after an erasure, on a local disk), ``gathered`` holding
+    them, and what gathers the erased rows (handed them by ``eraser``), which
+    :meth:`Gathered.less` then takes out: the kept rows are not read for the sums
+    (docs/performance.md, "Erasure")."""
+    if published.sums is None or gathered.analytics.keep_rows:  # DuckDB reads rows gathered
         return gathered, None
     try:
         gathered.restore(published.sums)
     except (KeyError, TypeError, ValueError):  # sums of another day or form: all rows read
-        return new(expected_rows, spills, published.unique is None), None
-    erased = new(0, False, False)
+        return gathered.twin(), None
+    erased = gathered.twin(expected_rows=0, spills=False, distinct=False)
     eraser.gather = erased.add
     return gathered, erased
