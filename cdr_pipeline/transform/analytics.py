@@ -3,13 +3,12 @@ them: where calls go (``call_destinations_daily``), the load of each clock hour
 (``call_load_hourly``), billing reconciliation (columns of ``call_kpis_daily``) and the callers
 whose traffic looks like abuse (``caller_risk_daily``).
 
-The day's rows pass by slice by slice (:meth:`DayAnalytics.add`). The hourly load and the
+The day's rows pass slice by slice (:meth:`DayAnalytics.add`). The hourly load and the
 billing counts are gathered as they pass (:mod:`cdr_pipeline.transform.sums`). The rest
-DuckDB reads from the
-day's ``cdr`` file once it is written, when it is on a local disk, else from a narrow local
-Parquet file of the rows kept as they pass; :meth:`DayAnalytics.finish` asks it under a
-memory limit and with a spill folder, so the per-caller work runs out of core: memory stays
-flat however many callers and numbers a day holds. The SQL below is the
+DuckDB reads from the day's ``cdr`` file once it is written, when it is on a local disk, else
+from a narrow local Parquet file of the rows kept as they pass; :meth:`DayAnalytics.finish`
+asks it under a memory limit and with a spill folder, so the per-caller work runs out of
+core: memory stays flat however many callers and numbers a day holds. The SQL below is the
 contract's wording, clause by clause.
 """
 

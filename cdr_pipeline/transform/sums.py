@@ -1,9 +1,9 @@
 """The analytics that are sums over a day's rows, gathered slice by slice as the rows pass,
 in flat memory: the hourly load (``call_load_hourly``, from a per-second difference array of
 the day: no sort) and the billing reconciliation's counts (columns of ``call_kpis_daily``).
-Like the outcome and KPI sums (:mod:`summarize`), each says its ``state`` as JSON, which
-the day keeps, and takes another's rows out of it (``less``): a re-build after an erasure,
-which only takes rows out, so reads no other row (``gathered.Gathered``).
+Like the outcome and KPI sums (:mod:`summarize`), each gives its ``state`` as JSON, which
+the day keeps, and takes another's rows out of itself (``less``): a re-build after an
+erasure, which only takes rows out, then reads only those rows (``gathered.Gathered``).
 """
 
 from __future__ import annotations
