@@ -3,9 +3,9 @@
 One odd record (a string where an object belongs, a number where a string does) stops
 Arrow's JSON reader for its whole page, and about one page in ten of a dirty day holds one.
 Reading such a page with Python costs ten times what Arrow does. Instead the page is cut at
-its ``cdr`` array's element boundaries: Arrow reads the objects as lines and Python only the
-few odd elements, each on its own. The same cut gives the exact rules the few records they
-must decide without parsing the rest of the page.
+its ``cdr`` array's element boundaries: the odd elements stand in as ``{}`` for Arrow, which
+reads the page whole again, and Python reads only those, each on its own. The same cut gives
+the exact rules the few records they must decide without parsing the rest of the page.
 
 The cut is found with numpy over the bytes (quotes, escapes, brackets and commas outside
 strings); whatever it cannot vouch for (a second array at the top level, an unbalanced

@@ -46,7 +46,6 @@ PAGE_SCHEMA = pa.schema(
         pa.field("result", pa.string()),
     ]
 )
-LINE_SCHEMA = pa.schema(list(_RECORD))  # one record per line
 # What Python's str.strip() removes among ASCII characters (str.isspace() is also true for
 # the four separators \x1c-\x1f, which Unicode's White_Space leaves out).
 _ASCII_SPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
@@ -66,10 +65,9 @@ def one_line(page: bytes) -> bytes:
     return page
 
 
-def read_pages(decoded: list[bytes], schema: pa.Schema = PAGE_SCHEMA) -> pa.Table:
-    """Decoded page documents to one table, a row per page (or records to a row per record,
-    with ``schema`` :data:`LINE_SCHEMA`); raises NotFastPath when Arrow cannot type them (a
-    non-string value, an invalid escape, a repeated key ...)."""
+def read_pages(decoded: list[bytes]) -> pa.Table:
+    """Decoded page documents to one table, a row per page; raises NotFastPath when Arrow
+    cannot type them (a non-string value, an invalid escape, a repeated key ...)."""
     lines = b"\n".join(one_line(d) for d in decoded)
     # One block, one thread: the caller parses several batches at once, and Arrow's own
     # threads cost about half as much CPU again per record for the same wall time (measured:
@@ -82,7 +80,7 @@ def read_pages(decoded: list[bytes], schema: pa.Schema = PAGE_SCHEMA) -> pa.Tabl
             # slow way either way, and inferring a deeply nested one takes time quadratic in
             # its depth, then overflows the stack (a hostile page could crash the worker)
             parse_options=pj.ParseOptions(
-                explicit_schema=schema, unexpected_field_behavior="error"
+                explicit_schema=PAGE_SCHEMA, unexpected_field_behavior="error"
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

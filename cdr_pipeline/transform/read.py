@@ -2,8 +2,9 @@
 
 Pages go through the fast path (:mod:`columnar`) where Arrow can type them, and record by
 record through :func:`validate.validate_record` where it cannot (:class:`ParsedPages` says
-which records need which). A batch Arrow cannot read whole is cut at its elements first
-(:mod:`spans`). Runs on worker threads, ahead of the de-duplication that takes its result.
+which records need which). A batch Arrow cannot read whole is read again with its pages' odd
+elements standing in as ``{}`` (found by :mod:`spans`). Runs on worker threads, ahead of the
+de-duplication that takes its result.
 """
 
 from __future__ import annotations
@@ -16,17 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdr_pipeline.api.errors import MalformedResponseError, error_for_code
+from cdr_pipeline.api.errors import error_for_code
 from cdr_pipeline.api.spans import Spans, cdr_spans
 from cdr_pipeline.api.wire import parse_document
 from cdr_pipeline.transform.columnar import (
-    LINE_SCHEMA,
     PAGE_SCHEMA,
     WIRE_FIELDS,
     CheckedRecords,
     NotFastPath,
     check_records,
-    one_line,
     read_pages,
 )
 from cdr_pipeline.transform.parse import is_valid_unicode
@@ -88,96 +87,82 @@ def _read_whole(decoded: bytes, source: str) -> pa.StructArray | None:
 
 
 @dataclass
-class _Cut:
-    """A page cut at its elements (:mod:`spans`): its objects as lines for Arrow, and the
-    other elements (not objects) as Python reads them, each standing in as ``{}``."""
+class _Mended:
+    """A page whose ``cdr`` elements that are not objects (found by :mod:`spans`) stand in
+    as ``{}``, so that Arrow reads it whole, each record at its own place; the elements
+    replaced are kept as Python reads them."""
 
-    lines: bytes
+    page: bytes
     odd: dict[int, Any]  # by place
     spans: Spans  # where each element lies (the exact rules read their records through it)
-
-    @property
-    def count(self) -> int:
-        """Elements in all."""
-        return len(self.spans)
 
 
 _SPACE = b" \t"
 
 
-def _cut_page(decoded: bytes, source: str) -> _Cut | None:
+def _mend_page(decoded: bytes) -> _Mended | None:
     """None where the cut cannot vouch for the page's shape: then Python reads it whole."""
     spans = cdr_spans(decoded)
     if spans is None:
         return None
-    try:
-        top = parse_document(decoded[: spans.opens + 1] + decoded[spans.closes :])
-    except MalformedResponseError:
-        return None
-    if top.raw.get("cdr") != []:
-        return None
-    _check_code(top.error_code, source)
     if not len(spans):
-        return _Cut(b"", {}, spans)
-    # the array's bytes, one element a line (JSON has no newline inside a string)
-    body = np.frombuffer(one_line(decoded), dtype=np.uint8)[spans.opens + 1 : spans.closes]
-    body = body.copy()
-    starts, ends = spans.starts - spans.opens - 1, spans.ends - spans.opens - 1
-    body[starts[1:] - 1] = ord("\n")
-    lines = body.tobytes()
+        return _Mended(decoded, {}, spans)
+    starts = spans.starts
+    heads = np.frombuffer(decoded, dtype=np.uint8)[np.minimum(starts, len(decoded) - 1)]
     odd: dict[int, Any] = {}
-    maybe = np.flatnonzero(body[np.minimum(starts, len(body) - 1)] != ord("{")).tolist()
     keep, at = [], 0
     try:
-        for i in maybe:
-            if lines[starts[i] : ends[i]].lstrip(_SPACE)[:1] == b"{":
+        for i in np.flatnonzero(heads != ord("{")).tolist():
+            if decoded[starts[i] : spans.ends[i]].lstrip(_SPACE)[:1] == b"{":
                 continue
             odd[i] = spans.element(decoded, i)
-            keep += [lines[at : starts[i]], b"{}"]
-            at = int(ends[i])
+            keep += [decoded[at : starts[i]], b"{}"]
+            at = int(spans.ends[i])
     except (ValueError, RecursionError):
         return None
-    if odd:
-        lines = b"".join([*keep, lines[at:]])
-    return _Cut(lines, odd, spans)
+    return _Mended(b"".join([*keep, decoded[at:]]) if odd else decoded, odd, spans)
 
 
-def _read_cuts(cuts: list[_Cut]) -> pa.StructArray | None:
-    """Every line of the cut pages, read at once; None where Arrow cannot vouch for all."""
-    try:
-        table = read_pages([c.lines for c in cuts if c.count], LINE_SCHEMA)
-    except NotFastPath:
-        return None
-    if table.schema != LINE_SCHEMA or len(table) != sum(c.count for c in cuts):
-        return None
-    return table.to_struct_array().combine_chunks()
+def _flattened(lists: pa.ListArray) -> tuple[pa.StructArray, np.ndarray, np.ndarray]:
+    """The pages' records, and the page and place of each."""
+    records = lists.flatten()
+    parents = pc.list_parent_indices(lists).to_numpy()
+    positions = np.arange(len(records)) - lists.offsets.to_numpy()[parents]
+    return records, parents, positions
 
 
-def _read_batch_cut(
+def _read_batch_mended(
     pages: Sequence[tuple[bytes, str, Sequence[int]]],
-) -> tuple[pa.StructArray, np.ndarray, np.ndarray, list[_Cut]] | None:
-    """Every page cut, all their objects read by Arrow at once: (the objects, the page and
-    place of each, the cuts); None where any page resists."""
-    cuts = []
-    for decoded, source, _w in pages:
-        one = _cut_page(decoded, source)
+) -> tuple[pa.StructArray, np.ndarray, np.ndarray, list[_Mended]] | None:
+    """Every page mended, then read whole by Arrow at once: (the objects, the page and place
+    of each, the mended pages); None where any page resists or Arrow's count of a page's
+    records is not the cut's."""
+    mended = []
+    for decoded, _source, _w in pages:
+        one = _mend_page(decoded)
         if one is None:
             return None
-        cuts.append(one)
-    lines = _read_cuts(cuts)
-    if lines is None:
+        mended.append(one)
+    try:
+        table = read_pages([m.page for m in mended])
+    except NotFastPath:
         return None
-    counts = np.array([c.count for c in cuts], dtype=np.int64)
-    first = np.cumsum(counts) - counts
-    parents = np.repeat(np.arange(len(cuts)), counts)
-    positions = np.arange(len(parents)) - first[parents]
-    if any(c.odd for c in cuts):
-        typed = np.ones(len(parents), dtype=bool)
-        for page, c in enumerate(cuts):
-            typed[first[page] + np.array(list(c.odd), dtype=np.int64)] = False
-        lines = lines.filter(pa.array(typed))
+    if table.schema != PAGE_SCHEMA:
+        return None
+    _check_codes(table, [p[1] for p in pages])
+    lists = table.column("cdr").combine_chunks()
+    counts = pc.fill_null(pc.list_value_length(lists), -1).to_numpy()
+    if counts.tolist() != [len(m.spans) for m in mended]:
+        return None
+    records, parents, positions = _flattened(lists)
+    if any(m.odd for m in mended):
+        first = counts.cumsum() - counts
+        typed = np.ones(len(records), dtype=bool)
+        for page, m in enumerate(mended):
+            typed[first[page] + np.array(list(m.odd), dtype=np.int64)] = False
+        records = records.filter(pa.array(typed))
         parents, positions = parents[typed], positions[typed]
-    return lines, parents, positions, cuts
+    return records, parents, positions, mended
 
 
 def _check_codes(table: pa.Table, sources: list[str]) -> None:
@@ -199,11 +184,12 @@ def parse_pages(
 
     The whole batch goes through Arrow's JSON reader at once. If Arrow cannot type it (a
     record that is not an object, a number where a string belongs, an unknown field), its
-    pages are cut at their elements and Arrow reads all their objects at once; failing that,
-    each page is tried on its own, whole, then cut, then read by Python, whose records that
-    are all strings are still checked column-wise. Only the rest is left to the exact rules:
-    one odd record no longer sends its page the slow way. ``cut``: start with the cut (the
-    previous batch needed it; a failed read of a whole batch costs as much as a good one)."""
+    pages are cut at their elements, those that are not objects stand in as ``{}``, and Arrow
+    reads the pages whole again; failing that, each page is tried on its own, whole, then
+    mended, then read by Python, whose records that are all strings are still checked
+    column-wise. Only the rest is left to the exact rules: one odd record no longer sends its
+    page the slow way. ``cut``: start with the mended pages (the previous batch needed them;
+    a failed read of a whole batch costs as much as a good one)."""
     sources = [p[1] for p in pages]
     table = None
     if not cut:
@@ -217,15 +203,12 @@ def parse_pages(
     untyped: list[tuple[int, int]] = []
     if table is not None and table.schema == PAGE_SCHEMA:
         _check_codes(table, sources)
-        lists = table.column("cdr").combine_chunks()
-        records = lists.flatten()
-        parents = pc.list_parent_indices(lists).to_numpy()
-        positions = np.arange(len(records)) - lists.offsets.to_numpy()[parents]
+        records, parents, positions = _flattened(table.column("cdr").combine_chunks())
         total = len(records)
         needed_cut = False
-    elif (batch := _read_batch_cut(pages)) is not None:
-        records, parents, positions, cuts = batch
-        for page, one in enumerate(cuts):
+    elif (batch := _read_batch_mended(pages)) is not None:
+        records, parents, positions, mended = batch
+        for page, one in enumerate(mended):
             spans[page] = one.spans
             if one.odd:
                 odd[page] = one.odd
@@ -253,7 +236,7 @@ def _read_page_by_page(
     odd: dict[int, dict[int, Any]],
     spans: dict[int, Spans | None],
 ) -> tuple[pa.Array, np.ndarray, np.ndarray, int, list[tuple[int, int]]]:
-    """A batch Arrow could not read even cut: each page whole, else cut, else by Python
+    """A batch Arrow could not read even mended: each page whole, else mended, else by Python
     (filling ``documents``, ``odd`` and ``spans``). Its typed records with their pages and
     places, the count of all records, and the (page, place) of the untyped ones."""
     untyped: list[tuple[int, int]] = []
@@ -262,9 +245,9 @@ def _read_page_by_page(
         arrow = _read_whole(decoded, source)
         if arrow is not None:
             places, count = list(range(len(arrow))), len(arrow)
-        elif (alone := _read_batch_cut([pages[page]])) is not None:
+        elif (alone := _read_batch_mended([pages[page]])) is not None:
             arrow, _, at, (one,) = alone
-            places, count, spans[page] = at.tolist(), one.count, one.spans
+            places, count, spans[page] = at.tolist(), len(one.spans), one.spans
             odd[page] = one.odd
             untyped += [(page, i) for i in one.odd]
         else:
