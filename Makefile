@@ -46,11 +46,12 @@ ui-live: export DAGSTER_HOME ?= $(CURDIR)/.dagster_home/live
 run: $(RUN_STAMP)
 	$(BIN)/cdr-pipeline materialize --last 7
 
-## The whole suite: lint, then every test.
+## The whole suite: lint, then every test. Three workers on two cores: many tests wait on a
+## daemon's ticks or a server, and the third uses the time they leave.
 test: $(TEST_STAMP)
 	$(BIN)/ruff check cdr_pipeline cdr_pipeline_tests benchmarks docs
 	$(BIN)/ruff format --check cdr_pipeline cdr_pipeline_tests benchmarks docs
-	$(BIN)/pytest -n 2 -q -p no:cacheprovider
+	$(BIN)/pytest -n 3 -q -p no:cacheprovider
 
 ## The tests that start no process (the CLI, servers, Dagster's webserver and daemon are
 ## left out) nor wait out real deadlines, with a quarter of the property tests' examples, in
