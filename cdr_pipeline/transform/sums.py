@@ -91,8 +91,8 @@ class Load:
         self.diff -= np.bincount(e[talking], minlength=self.seconds + 1)
 
     def state(self) -> dict[str, Any]:
-        """What :meth:`restore` takes back (JSON): the difference array compressed, 70 KB
-        for the seconds of a day of a million calls."""
+        """What :meth:`restore` takes back (JSON): the difference array zlib-compressed (its
+        size: docs/performance.md, "Erasure")."""
         diff = base64.b64encode(zlib.compress(self.diff.astype("<i8").tobytes()))
         return {
             "attempts": self.attempts.tolist(),
