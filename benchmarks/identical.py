@@ -1,9 +1,10 @@
 """``python -m benchmarks.identical [REV]``: do two commits publish the same bytes?
 
 For a change that must not change behaviour: each tree transforms the same raw days (the
-bench's clean day of 1M calls, and a chaos day with every defect the simulator makes) into a
-data directory of its own, in a fresh process; then every published file (datasets and the
-day's state records) is compared by sha256. Without ``REV`` it prints this tree's digests.
+bench's clean and dirty days of 1M calls, and a chaos day with every defect the simulator
+makes) into a data directory of its own, in a fresh process; then every published file
+(datasets and the day's state records) is compared by sha256. Without ``REV`` it prints
+this tree's digests.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every defect at once, well above what a real day holds: duplicates, conflicting copies,
 # rejects of each reason, text and millisecond times, soft anomalies and abusive callers.
 CHAOS = "chaos"
-DAYS = {"bench": (1_000_000, "clean"), "chaos": (60_000, CHAOS)}
+DAYS = {"bench": (1_000_000, "clean"), "dirty": (1_000_000, "dirty"), "chaos": (60_000, CHAOS)}
 
 # Runs in the tree under test: publish the day, print the published files' digests.
 _WORKER = """

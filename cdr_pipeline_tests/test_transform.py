@@ -9,6 +9,7 @@ import zlib
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from cdr_pipeline import publish
 from cdr_pipeline.api import errors
-from cdr_pipeline.api.spans import cdr_spans
+from cdr_pipeline.api.spans import _Strings, cdr_spans
 from cdr_pipeline.api.wire import decode_body, parse_document
 from cdr_pipeline.datasets import DATASETS, queries
 from cdr_pipeline.simulator import CdrSimulator, SimConfig
@@ -527,6 +528,34 @@ def test_a_page_is_cut_into_exactly_its_elements(elements, top, cdr_first, inden
     cut = cdr_spans(page)
     assert cut is not None
     assert [cut.element(page, i) for i in range(len(cut))] == elements
+
+
+# Quotes and backslashes on both sides of the 64-byte words the bitmap is counted by
+# (Hypothesis's texts alone stay short).
+quotes_and_escapes = st.builds(
+    lambda pad, part, times: b"a" * pad + part * times,
+    st.integers(0, 130),
+    st.binary(max_size=40) | st.text(alphabet='"\\ab{', max_size=40).map(str.encode),
+    st.integers(1, 8),
+)
+
+
+@PROPERTY
+@given(quotes_and_escapes)
+def test_where_strings_lie_is_the_parity_of_the_unescaped_quotes_before(text):
+    """Read off a bitmap and a count per 64 bytes, against a walk over the bytes."""
+    b = np.frombuffer(text, dtype=np.uint8)
+    inside, escaped, expected = False, False, []
+    for byte in text:
+        expected.append(not inside)
+        if escaped:
+            escaped = False
+        elif byte == ord("\\"):
+            escaped = True
+        elif byte == ord('"'):
+            inside = not inside
+    strings = _Strings(text, b)
+    assert strings.outside(np.arange(len(text))).tolist() == expected
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Where each record of a page lies in its bytes, found without parsing the page.
 
 One odd record (a string where an object belongs, a number where a string does) stops
-Arrow's JSON reader for its whole page, and about one page in ten of a dirty day holds one.
+Arrow's JSON reader for its whole page, and most pages of a dirty day hold one.
 Reading such a page with Python costs ten times what Arrow does. Instead the page is cut at
 its ``cdr`` array's element boundaries: the odd elements stand in as ``{}`` for Arrow, which
 reads the page whole again, and Python reads only those, each on its own. The same cut gives
@@ -54,6 +54,7 @@ _QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
 _OBJECT, _ARRAY, _ARRAY_END = ord("{"), ord("["), ord("]")
 # { and [ are 0x7B and 0x5B, } and ] 0x7D and 0x5D: one bit apart
 _OPENER, _CLOSER, _CASE = 0x7B, 0x7D, 0x20
+_ONE = np.uint64(1)
 
 
 @dataclass(frozen=True)
@@ -73,26 +74,40 @@ class Spans:
         return parse_value(page[self.starts[i] : self.ends[i]])
 
 
-def _real_quotes(b: np.ndarray) -> np.ndarray:
-    """Positions of the quotes that open or close strings (not escaped ones)."""
-    quotes = np.flatnonzero(b == _QUOTE)
-    after_backslash = quotes[(quotes > 0) & (b[quotes - 1] == _BACKSLASH)]
-    if not after_backslash.size:
-        return quotes
-    # escaped when an odd run of backslashes ends just before it: few, counted one by one
-    escaped = []
-    for at in after_backslash.tolist():
-        run = 0
-        while at - run - 1 >= 0 and b[at - run - 1] == _BACKSLASH:
-            run += 1
-        if run % 2:
-            escaped.append(at)
-    return np.setdiff1d(quotes, np.array(escaped, dtype=quotes.dtype), assume_unique=True)
+class _Strings:
+    """Where a text's strings lie: a bitmap of the quotes that open or close them (not escaped
+    ones), with a count of them before every 64 bytes. A position lies outside strings when an
+    even number of those quotes come before it. Bits, because listing the positions of a
+    page's quotes was most of the cut's time (docs/performance.md)."""
+
+    def __init__(self, text: bytes, b: np.ndarray) -> None:
+        quote = b == _QUOTE
+        if b"\\" in text:  # a search in C; most pages have no escape at all
+            for at in (np.flatnonzero(quote[1:] & (b[:-1] == _BACKSLASH)) + 1).tolist():
+                # escaped when an odd run of backslashes ends just before it: few, one by one
+                run = 0
+                while at - run - 1 >= 0 and b[at - run - 1] == _BACKSLASH:
+                    run += 1
+                quote[at] = run % 2 == 0
+        bits = np.packbits(quote, bitorder="little")
+        self.words = np.concatenate([bits, np.zeros(-len(bits) % 8, np.uint8)]).view("<u8")
+        self.before = np.concatenate([[0], np.cumsum(np.bitwise_count(self.words))])
+        self.count = int(self.before[-1])
+
+    def outside(self, at: np.ndarray) -> np.ndarray:
+        """Which of the positions ``at`` lie outside strings."""
+        word = at >> 6
+        below = self.words[word] & ((_ONE << (at & 63).astype(np.uint64)) - _ONE)
+        return (self.before[word] + np.bitwise_count(below)) % 2 == 0
 
 
-def _outside(quotes: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """Which positions lie outside strings (an even number of real quotes before them)."""
-    return np.searchsorted(quotes, at) % 2 == 0
+def _brackets(b: np.ndarray) -> np.ndarray:
+    """Positions of the brackets, in strings or not: ``{}[]`` folded to ``{}`` are 0x7B and
+    0x7D, so 0 and 2 less 0x7B (modulo 256), worked in place on one copy of the bytes."""
+    folded = b | _CASE
+    np.subtract(folded, _OPENER, out=folded)
+    np.bitwise_and(folded, 0xFD, out=folded)
+    return np.flatnonzero(folded == 0)
 
 
 def cdr_spans(page: bytes) -> Spans | None:
@@ -104,12 +119,11 @@ def cdr_spans(page: bytes) -> Spans | None:
     (read as such when it is a single byte) or, rarely, other elements, split at the commas
     outside strings."""
     b = np.frombuffer(page, dtype=np.uint8)
-    quotes = _real_quotes(b)
-    if len(quotes) % 2:
+    strings = _Strings(page, b)
+    if strings.count % 2:
         return None
-    folded = b | _CASE
-    marks = np.flatnonzero((folded == _OPENER) | (folded == _CLOSER))
-    marks = marks[_outside(quotes, marks)]
+    marks = _brackets(b)
+    marks = marks[strings.outside(marks)]
     chars = b[marks]
     step = np.where((chars | _CASE) == _OPENER, 1, -1)
     after = np.cumsum(step)
@@ -134,7 +148,7 @@ def cdr_spans(page: bytes) -> Spans | None:
         if not gap.strip(b" \t\r\n"):
             continue
         found = np.flatnonzero(b[gap_starts[i] : gap_ends[i]] == _COMMA) + gap_starts[i]
-        commas.append(found[_outside(quotes, found)])
+        commas.append(found[strings.outside(found)])
     cuts = np.sort(np.concatenate(commas))
     starts = np.concatenate([[at + 1], cuts + 1])
     ends = np.concatenate([cuts, [end]])
@@ -154,10 +168,8 @@ def _array_start(page: bytes) -> int | None:
     """Just past the ``[`` of the top-level ``"cdr"`` array, if ``page`` (a beginning of a
     document) shows it; None where it cannot vouch for it."""
     b = np.frombuffer(page, dtype=np.uint8)
-    quotes = _real_quotes(b)
-    folded = b | _CASE
-    marks = np.flatnonzero((folded == _OPENER) | (folded == _CLOSER))
-    marks = marks[_outside(quotes, marks)]
+    marks = _brackets(b)
+    marks = marks[_Strings(page, b).outside(marks)]
     if not len(marks):
         return None
     chars = b[marks]
@@ -173,9 +185,8 @@ def _elements_end(tail: bytes) -> tuple[int | None, int | None]:
     """In ``tail`` (bytes of the array from an element's start): the last comma between
     elements, and where the array closes (its ``]``), each None if not there."""
     b = np.frombuffer(tail, dtype=np.uint8)
-    quotes = _real_quotes(b)
     marks = np.flatnonzero(np.isin(b, np.frombuffer(bytes(_COMMA_OR_BRACKET), np.uint8)))
-    marks = marks[_outside(quotes, marks)]
+    marks = marks[_Strings(tail, b).outside(marks)]
     chars = b[marks]
     folded = chars | _CASE
     depth = np.cumsum(np.where(folded == _OPENER, 1, np.where(folded == _CLOSER, -1, 0)))
