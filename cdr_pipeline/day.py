@@ -253,7 +253,8 @@ class FromRaw:
     def rows(self, eraser: Eraser, _gathered: tuple[str, ...] = ()) -> Content:
         pages = decoded_batches(self.store, self.day.key, self.manifest)
         deduplicate(read(pages, self.tz), self.builder)
-        memory.release()  # the parsed pages' buffers: the rows' would not reuse them
+        self.builder.settle()  # the copies decided, each bucket read once for them
+        memory.release()  # what the pages and the copies' reading freed: the rows' won't reuse it
         return CDR_SCHEMA, map(eraser, enrich(self.builder.iter_cdr(), self.enricher))
 
     def shared_cdr(self) -> None:
