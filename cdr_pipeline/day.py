@@ -434,14 +434,13 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
             rejects, accounting = source.finish(eraser)
             memory.release()  # DuckDB allocates on its own: not from what malloc keeps
             clock = _Clock()  # the aggregates' lap starts here
-            cdr_file = txn.staged_file("cdr")
             tables = aggregate(
                 gathered,
                 accounting,
                 rejects,
                 job.registry,
                 settings,
-                cdr_file,
+                txn.staged_file("cdr"),
                 (published, eraser.lost()),
             )
             clock.lap("analytics", timings)
@@ -452,12 +451,11 @@ def _build(job: _Job, source_in: Callable[[Path], Source], facts: dict[str, Any]
                 "accounting": accounting,
                 **facts,
             }
-            valid = accounting["valid"]
             paths = publish(
                 txn,
                 tables,
                 {"validation": record, "sums": gathered.state()},
-                lambda: shrink_guard(store, day.key, valid, job.max_shrink),
+                lambda: shrink_guard(store, day.key, accounting["valid"], job.max_shrink),
                 sharing,
             )
         finally:

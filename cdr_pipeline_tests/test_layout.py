@@ -118,3 +118,20 @@ def test_production_code_never_imports_the_simulator():
         tree = ast.parse((PACKAGE / name).read_text())
         top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
         assert not any("simulator" in (getattr(n, "module", "") or "") for n in top), name
+
+
+def test_no_module_over_500_lines_nor_function_over_80():
+    """The sizes the redesign set (issue 23): a module a maintainer can hold in mind, a
+    function that fits a screen or two. Counted as a reader sees them, every line."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        name = path.relative_to(PACKAGE)
+        if len(text.splitlines()) > 500:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    too_long.append(f"{name}:{node.lineno} {node.name}: {lines} lines")
+    assert not too_long, too_long
