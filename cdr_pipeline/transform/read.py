@@ -110,17 +110,18 @@ def _mend_page(decoded: bytes) -> _Mended | None:
     starts = spans.starts
     heads = np.frombuffer(decoded, dtype=np.uint8)[np.minimum(starts, len(decoded) - 1)]
     odd: dict[int, Any] = {}
+    view = memoryview(decoded)  # the pieces kept are joined once, not copied first
     keep, at = [], 0
     try:
         for i in np.flatnonzero(heads != ord("{")).tolist():
             if decoded[starts[i] : spans.ends[i]].lstrip(_SPACE)[:1] == b"{":
                 continue
             odd[i] = spans.element(decoded, i)
-            keep += [decoded[at : starts[i]], b"{}"]
+            keep += [view[at : starts[i]], b"{}"]
             at = int(spans.ends[i])
     except (ValueError, RecursionError):
         return None
-    return _Mended(b"".join([*keep, decoded[at:]]) if odd else decoded, odd, spans)
+    return _Mended(b"".join([*keep, view[at:]]) if odd else decoded, odd, spans)
 
 
 def _flattened(lists: pa.ListArray) -> tuple[pa.StructArray, np.ndarray, np.ndarray]:
