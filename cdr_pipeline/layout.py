@@ -88,6 +88,7 @@ def state_key(kind: str, day: str) -> str:
 SPILL_KEY = f"{STATE_ROOT}/spill"
 ERASURES_KEY = "erasures/part-0.parquet"  # the audit of erasures (cdr_pipeline/erasure.py)
 SOURCE_KEY = f"{STATE_ROOT}/source.json"  # where the data directory's calls come from
+REPORT_KEY = "report.html"  # where `cdr-pipeline report` writes by default (a local folder's)
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,28 @@ def test_prune_refuses_a_linked_day_folder_and_deletes_nothing_through_it(
     assert sorted(p.name for p in elsewhere.iterdir()) == before
 
 
+def test_the_report_is_never_written_through_a_link_in_the_data_directory(
+    monkeypatch, tmp_path, sim_server, instance, capsys
+):
+    env = _materialized(monkeypatch, tmp_path, sim_server, instance, "2024-03-01")
+    day = ["--start", "2024-03-01", "--end", "2024-03-01"]
+    assert cli.main(["report", *day]) == 0
+    ours = env.root / "report.html"
+    assert "<h1>Call KPIs 2024-03-01 to 2024-03-01</h1>" in ours.read_text()
+    assert f"wrote {ours} " in capsys.readouterr().out
+    theirs = tmp_path / "operators-notes.txt"
+    theirs.write_text("the operator's notes")
+    ours.unlink()
+    ours.symlink_to(theirs)
+    assert cli.main(["report", *day]) == 4
+    said = capsys.readouterr().err
+    assert f"{ours} is a symbolic link" in said and "Traceback" not in said
+    assert theirs.read_text() == "the operator's notes"
+    # a place the operator names is theirs to choose
+    assert cli.main(["report", *day, "--out", str(tmp_path / "elsewhere.html")]) == 0
+    assert (tmp_path / "elsewhere.html").read_text().startswith("<!doctype html>")
+
+
 def test_publishing_refuses_a_linked_dataset_folder_and_is_not_retried(
     monkeypatch, tmp_path, sim_server, instance
 ):

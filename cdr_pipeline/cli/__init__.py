@@ -172,7 +172,8 @@ def _day_commands(command: Command) -> None:
     report.add_argument(
         "--out",
         default=None,
-        help="where to write the HTML (default: report.html in the data directory)",
+        help="where to write the HTML (default: report.html in a local data directory, else "
+        "in this folder)",
     )
     kpis.add_argument(
         "--format", choices=("table", "csv", "json"), default="table", help="output format"

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from tabulate import tabulate
 
-from cdr_pipeline.layout import day_exists, parse_day, state_key
+from cdr_pipeline.layout import REPORT_KEY, day_exists, parse_day, state_key
 from cdr_pipeline.settings import (
     ConfigError,
     Settings,
@@ -382,9 +382,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     days = _day_range(args, settings)
     _data_present(settings)
     store = settings.store
-    default = Path(store.url) / "report.html" if store.local else Path("report.html")
-    out = Path(args.out) if args.out else default
-    shown = pseudonyms_of(settings).shown
-    out.write_text(html_report(store, days[0], days[-1], shown), encoding="utf-8")
+    page = html_report(store, days[0], days[-1], pseudonyms_of(settings).shown)
+    if args.out or not store.local:
+        out = Path(args.out or REPORT_KEY)
+        out.write_text(page, encoding="utf-8")
+    else:  # into the data directory as its own files are: never through a link
+        store.put(REPORT_KEY, page.encode())
+        out = Path(store.uri(REPORT_KEY))
     print(f"wrote {out} ({days[0]} to {days[-1]})")
     return 0
