@@ -235,6 +235,27 @@ def test_the_shared_zone_holds_no_clear_number_and_erasure_survives_a_refetch(
     assert not [r for r in _shared_digits(shared) if e164[3:] in r]
 
 
+def test_erase_refuses_what_is_not_digits_before_keeping_anything(
+    monkeypatch, tmp_path, sim_server, capsys
+):
+    env, _ = _private_env(monkeypatch, tmp_path, sim_server())
+    env.root.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    # libphonenumber reads "1380O138000" as +86 1380138000, another subscriber's number
+    assert canonical("1380O138000") == "+861380138000"
+    for typo in ("1380O138000", "notanumber", "+", "138²"):
+        with pytest.raises(SystemExit, match="a letter O for a zero"):
+            cli.main(["erase", typo])
+    with pytest.raises(SystemExit, match="it is empty"):
+        cli.main(["erase", " - "])
+    assert list(env.root.iterdir()) == []  # no request kept
+    # digits libphonenumber cannot place are taken as written, and said to be
+    assert cli.main(["erase", "+86 ", "--dry-run"]) == 0
+    assert "not a possible phone number in CN" in capsys.readouterr().err
+    assert cli.main(["erase", "０１０ 1234 5678", "--dry-run"]) == 0  # full-width digits
+    assert "not a possible" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_an_erase_whose_worker_cannot_take_a_day_says_which_and_is_finished_later(
     monkeypatch, tmp_path, sim_server, instance, capsys

@@ -78,10 +78,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     end = _date(args.end, "--end").isoformat() if args.end else None
     if start and end and start > end:
         raise SystemExit(f"--start {start} is after --end {end}")
-    try:
-        token = p.token(args.number)
-    except ValueError:
-        raise SystemExit("give the number to erase (it is empty)") from None
+    token = _token(args.number, p)
     store, tokens = settings.store, frozenset({token})
     shown = p.shown(args.number)
     days = _published(store, start, end)
@@ -119,6 +116,28 @@ def cmd_erase(args: argparse.Namespace) -> int:
         return 1
     print(f"erased {shown} from {len(erased)} days; recorded in {store.uri('erasures')}")
     return 0
+
+
+def _token(number: str, p) -> str:
+    """The token of the number to erase, refused before anything is kept unless it is digits
+    (libphonenumber would drop a stray letter and erase another subscriber's number)."""
+    from cdr_pipeline.transform.phones import normalise, parse_number
+
+    text = normalise(number)
+    if not text:
+        raise SystemExit("give the number to erase (it is empty)")
+    if not text.removeprefix("+").isdecimal():
+        raise SystemExit(
+            "the number to erase holds something other than digits, a leading + and the "
+            "separators ' -()' (a letter O for a zero?): nothing was kept or erased"
+        )
+    if parse_number(text, p.region).e164 is None:
+        print(
+            f"note: {p.shown(number)} is not a possible phone number in {p.region} to "
+            "libphonenumber: only records holding these digits as written match it",
+            file=sys.stderr,
+        )
+    return p.token(number)
 
 
 def _say(found: list, shown: str, verb: str) -> None:
