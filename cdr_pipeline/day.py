@@ -36,6 +36,7 @@ from cdr_pipeline.privacy import CLEAR, Pseudonyms, share, share_reads, shared_s
 from cdr_pipeline.publish import Content, DayTransaction, Kept, Spliced, read_state, shrink_guard
 from cdr_pipeline.raw import (
     Page,
+    check_cut,
     decoded_batches,
     manifest_digest,
     manifest_source,
@@ -377,6 +378,7 @@ def build_day(
         if manifest is None:
             raise StorageError(f"no raw CDRs for {day.key}, and no published day to use: {why}")
     assert manifest is not None
+    check_cut(manifest, day, tz.key)
 
     def from_raw(scratch: Path) -> FromRaw:
         enricher = Enricher(tz, settings.default_region, grouping=settings.number_grouping)

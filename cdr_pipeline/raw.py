@@ -56,10 +56,17 @@ def fetch_windows(day: Day, window_hours: int, margin_s: int) -> list[Window]:
 
 
 def fetch_raw_day(
-    client: CdrApiClient, store: Store, day: Day, *, src: str | None = None, endpoint: str
+    client: CdrApiClient,
+    store: Store,
+    day: Day,
+    *,
+    src: str | None = None,
+    endpoint: str,
+    timezone: str,
 ) -> dict[str, Any]:
-    """Fetch a day into ``raw/cdr/date=DAY/`` and return its manifest (nothing is written when
-    the data directory holds another source's calls)."""
+    """Fetch a day (local midnight to midnight in ``timezone``) into ``raw/cdr/date=DAY/`` and
+    return its manifest (nothing is written when the data directory holds another source's
+    calls, or days cut in another zone)."""
     settings = client.settings
     windows = fetch_windows(day, settings.window_hours, settings.margin_s)
     before = client.stats
@@ -108,7 +115,7 @@ def fetch_raw_day(
             **{k: delta.get(k, 0) for k in counted},
         },
     }
-    claim_source(store, endpoint)  # after the fetch: a refused credential is said as such
+    claim_source(store, endpoint, timezone)  # after the fetch: a refused credential first
     write_raw_day(store, day.key, bodies, manifest)
     return manifest
 
@@ -129,17 +136,19 @@ def manifest_source(manifest: dict[str, Any]) -> str:
 
 
 class OtherSource(StorageError):
-    """The data directory holds the calls of another source."""
+    """The data directory holds the calls of another source, or days cut in another zone."""
 
 
-def claim_source(store: Store, endpoint: str) -> None:
-    """A data directory holds the calls of one source: the first fetch records it, and a
-    fetch from another is refused before anything is written (demo data never mixes with
-    live data, nor one provider account's with another's)."""
+def claim_source(store: Store, endpoint: str, timezone: str) -> None:
+    """A data directory holds the calls of one source, cut into days in one zone: the first
+    fetch records both, and a fetch from another source or in another zone is refused before
+    anything is written (demo data never mixes with live data, nor one provider account's with
+    another's; days cut in two zones overlap, and a call would count twice or not at all)."""
     source = source_of(endpoint)
-    if store.create(SOURCE_KEY, json_bytes({"source": source})):
+    if store.create(SOURCE_KEY, json_bytes({"source": source, "timezone": timezone})):
         return
-    theirs = json.loads(store.read_bytes(SOURCE_KEY)).get("source")
+    recorded = json.loads(store.read_bytes(SOURCE_KEY))
+    theirs = recorded.get("source")
     if theirs != source:
         hint = ""
         if source == SIMULATOR:
@@ -150,6 +159,27 @@ def claim_source(store: Store, endpoint: str) -> None:
         raise OtherSource(
             f"{store.url} holds calls from {theirs}; this run fetches from {source}, and the "
             f"two never mix in one data directory: set CDR_DATA_DIR to another folder{hint}"
+        )
+    zone = recorded.get("timezone")
+    if zone is None:  # recorded before the zone was: the zone of its days from now on
+        store.put(SOURCE_KEY, json_bytes(recorded | {"timezone": timezone}))
+    elif zone != timezone:
+        raise OtherSource(
+            f"{store.url} holds days cut in {zone}; this run cuts them in {timezone} "
+            "(CDR_TIMEZONE), and days cut in two zones overlap, so a call would count in two "
+            f"days or in none: set CDR_TIMEZONE={zone}, or CDR_DATA_DIR to another folder"
+        )
+
+
+def check_cut(manifest: dict[str, Any], day: Day, timezone: str) -> None:
+    """A raw day is built as the day it was fetched for: the same window, so the same zone."""
+    window = manifest.get("day_window")  # (a manifest made by hand may not say)
+    if window is not None and window != [day.start, day.end]:
+        fetched = " to ".join(_iso(t) for t in window)
+        raise StorageError(
+            f"{day.key}: its raw layer was fetched for {fetched}, not for {day.key} in "
+            f"{timezone} ({_iso(day.start)} to {_iso(day.end)}): its days were cut in "
+            f"another CDR_TIMEZONE; set it back to the one {SOURCE_KEY} names"
         )
 
 

@@ -493,6 +493,40 @@ def test_a_data_directory_holds_one_source_and_refuses_another(
     assert sorted(p.name for p in live.root.rglob("*") if p.is_file()) == before
 
 
+def test_a_data_directory_cuts_its_days_in_one_zone(monkeypatch, tmp_path, sim_server, instance):
+    """Before, a changed CDR_TIMEZONE cut the days it ran anew: Berlin's 2024-03-02 begins
+    seven hours after Shanghai's 2024-03-01 ends, and the calls between were in no day. A day
+    re-built from its raw layer lost the calls outside its new window (with allow_shrink)."""
+    server = sim_server(calls_per_day=100)
+    assert Env(monkeypatch, tmp_path, server).run(instance, "2024-03-01").success
+    root = tmp_path / "data"
+    marker = json.loads((root / "_state" / "source.json").read_text())
+    assert marker == {"source": "http://127.0.0.1", "timezone": "Asia/Shanghai"}
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    berlin = Env(monkeypatch, tmp_path, server, tz="Europe/Berlin")
+    fetched = berlin.run(instance, "2024-03-02", raise_on_error=False)
+    rebuilt = berlin.defs.resolve_job_def("cdr_rebuild_job").execute_in_process(
+        instance=instance, partition_key="2024-03-01", raise_on_error=False
+    )
+    for result, said in (
+        (fetched, "holds days cut in Asia/Shanghai; this run cuts them in Europe/Berlin"),
+        (rebuilt, "2024-03-01: its raw layer was fetched for 2024-02-29T16:00:00Z to"),
+    ):
+        assert not result.success
+        (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert said in failure.step_failure_data.error.message
+    assert "set CDR_TIMEZONE=Asia/Shanghai" in str(fetched.all_events)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+    # a folder recorded before its zone was takes the zone of its next fetch
+    (root / "_state" / "source.json").write_text(json.dumps({"source": "http://127.0.0.1"}))
+    assert Env(monkeypatch, tmp_path, server).run(instance, "2024-03-02").success
+    assert json.loads((root / "_state" / "source.json").read_text())["timezone"] == (
+        "Asia/Shanghai"
+    )
+
+
 def test_without_an_endpoint_the_definitions_load_and_a_run_says_how_to_configure(
     monkeypatch, tmp_path, instance, capsys
 ):

@@ -449,7 +449,7 @@ def test_a_disk_that_fills_up_mid_day_leaves_no_orphan_bodies(tmp_path, sim_serv
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(LocalStore, "put", filling_up)
         with pytest.raises(OSError, match="No space left"):
-            fetch_raw_day(client, store, day, endpoint="test")
+            fetch_raw_day(client, store, day, endpoint="test", timezone="Asia/Shanghai")
     folder = tmp_path / layout.raw_day_key(day.key)
     assert len(puts) == 5 and list(folder.iterdir()) == []
 

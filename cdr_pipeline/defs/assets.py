@@ -162,7 +162,13 @@ def _fetch(
     """One day's raw layer, the day held for this run; every way it can fail, said once."""
     try:
         held.take(day.key)
-        return fetch_raw_day(client, cdr_storage.store, day, endpoint=cdr_api.endpoint_label())
+        return fetch_raw_day(
+            client,
+            cdr_storage.store,
+            day,
+            endpoint=cdr_api.endpoint_label(),
+            timezone=cdr_storage.timezone,
+        )
     except CdrApiError as exc:
         raise _api_failure(exc, day) from None
     except DayBusy as exc:
