@@ -72,11 +72,12 @@ def _published_as_now(root: Path, day: Day) -> bool:
     ``params``): a re-build takes other paths over days published otherwise."""
     from cdr_pipeline.day import made_with
     from cdr_pipeline.publish import read_state
-    from cdr_pipeline.settings import AnalyticsSettings
+    from cdr_pipeline.settings import AnalyticsSettings, StorageSettings
     from cdr_pipeline.store import open_store
 
     record = read_state(open_store(root / "data"), "validation", day.key)
-    now = made_with(ZoneInfo(TZ), AnalyticsSettings())
+    region = StorageSettings.model_fields["default_region"].default
+    now = made_with(ZoneInfo(TZ), region, AnalyticsSettings())
     return {k: record.get(k) for k in now} == now
 
 

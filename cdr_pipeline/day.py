@@ -313,7 +313,10 @@ class _Job:
 
 
 def made_with(
-    tz: ZoneInfo, settings: AnalyticsSettings, registry: tuple[Dataset, ...] = DATASETS
+    tz: ZoneInfo,
+    region: str,
+    settings: AnalyticsSettings,
+    registry: tuple[Dataset, ...] = DATASETS,
 ) -> dict[str, Any]:
     """What a day's datasets depend on beside its rows, as its record keeps it: the code and
     settings of its rows (``built``: a re-build may re-use rows built by the same), what the
@@ -321,7 +324,7 @@ def made_with(
     the form of the day's ``sums`` record (a re-build takes the erased rows' out of sums of
     its own form)."""
     return {
-        "built": built_by(tz, settings.default_region),
+        "built": built_by(tz, region),
         "params": {name: q.params for name, q in queries(registry, settings).items()},
         "sums": SUMS_FORM,
     }
@@ -342,7 +345,9 @@ def build_day(
     (unless :func:`shrink_guard` refuses it), and to the shared zone when there is one.
     ``reuse``: build from the published version where it can stand in for the raw layer
     (after an erasure: the same rows but the erased ones; the same files a build from the
-    raw layer makes, in a fraction of the time), else from the raw layer."""
+    raw layer makes, in a fraction of the time), else from the raw layer. ``pseudonyms``:
+    the deployment's key, and the region its national numbers are read in (tokens, and so
+    erasures, depend on it)."""
     settings = analytics or AnalyticsSettings()
     memory.setup()
     if store.shared is not None and not pseudonyms.enabled:
@@ -356,7 +361,7 @@ def build_day(
             raise
         manifest = digest = None  # pruned: the published day may be all there is
     facts = {
-        **made_with(tz, settings, registry),
+        **made_with(tz, pseudonyms.region, settings, registry),
         "raw": digest,
         # the key the shared zone's tokens were made under: a re-build may take them as made
         "shared_key_id": pseudonyms.key_id if store.shared is not None else None,
@@ -381,7 +386,7 @@ def build_day(
     check_cut(manifest, day, tz.key)
 
     def from_raw(scratch: Path) -> FromRaw:
-        enricher = Enricher(tz, settings.default_region, grouping=settings.number_grouping)
+        enricher = Enricher(tz, pseudonyms.region, grouping=settings.number_grouping)
         return FromRaw(store, day, tz, manifest, scratch, enricher)
 
     built = _build(job, from_raw, facts)

@@ -335,7 +335,7 @@ CLEAR = Pseudonyms(None)
 
 def pseudonyms_of(settings: Settings) -> Pseudonyms:
     """The deployment's: its key, and the region its national numbers are read in."""
-    return Pseudonyms(settings.storage.pseudonym_key, settings.analytics.default_region)
+    return Pseudonyms(settings.storage.pseudonym_key, settings.storage.default_region)
 
 
 Shown = Callable[[str | None], str | None]

@@ -153,9 +153,8 @@ def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_fi
         store,
         env.day(DAY),
         env.tz,
-        pseudonyms=p,
+        pseudonyms=Pseudonyms(KEY, region="US"),
         reuse=True,
-        analytics=AnalyticsSettings(default_region="US"),
     )
     assert not again.from_published
     assert again.reuse_refused == "the published day was built by other code or settings"

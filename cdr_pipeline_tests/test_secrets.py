@@ -175,6 +175,9 @@ def test_no_secret_in_raised_errors_or_dagster_failures(monkeypatch, tmp_path, s
         ("cdr_storage", {"data_dir": "s3://bucket/cdr?endpoint_override=ATTACKER"}),
         ("cdr_storage", {"home": {"store": "/tmp/elsewhere"}}),
         ("cdr_storage", {"timezone": "UTC"}),
+        # a national number read as another country's gets a token an erasure misses
+        ("cdr_analytics", {"default_region": "US"}),
+        ("cdr_storage", {"default_region": "US"}),
     ],
 )
 def test_a_run_config_cannot_repoint_the_endpoint_credentials_or_data(

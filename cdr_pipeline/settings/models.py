@@ -30,9 +30,10 @@ DEMO_DAYS = 30
 
 
 class StorageSettings(pydantic.BaseModel):
-    """Where the data goes and where a day begins and ends: the deployment's, never a run's
-    (a run config pointing the data elsewhere could hand the object store's credentials to
-    another host, or cut the days differently)."""
+    """Where the data goes, where a day begins and ends, and how a number is read: the
+    deployment's, never a run's (a run config pointing the data elsewhere could hand the
+    object store's credentials to another host, cut the days differently, or read a national
+    number as another country's, whose token an erasure would not recognise)."""
 
     model_config = pydantic.ConfigDict(frozen=True)
 
@@ -47,6 +48,14 @@ class StorageSettings(pydantic.BaseModel):
         "Asia/Shanghai",
         "CDR_TIMEZONE",
         "the day boundary of partitions, and the zone of yyyy-MM-dd HH:mm:ss values",
+    )
+
+    default_region: str = knob(
+        "CN",
+        "CDR_DEFAULT_REGION",
+        "the region (ISO 3166-1 alpha-2) of numbers written without a country code",
+        min_length=2,
+        max_length=2,
     )
 
     pseudonym_key: str | None = knob(
@@ -121,6 +130,19 @@ class StorageSettings(pydantic.BaseModel):
                 f"CDR_TIMEZONE={value!r} is not an IANA time zone (e.g. Asia/Shanghai, "
                 "Europe/Berlin)"
             ) from None
+        return value
+
+    @pydantic.field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        import phonenumbers
+
+        value = value.upper()
+        if value not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(
+                f"CDR_DEFAULT_REGION={value!r} is not a region libphonenumber knows (e.g. CN, "
+                "US, GB)"
+            )
         return value
 
     @property
@@ -273,18 +295,11 @@ class ProjectSettings(pydantic.BaseModel):
 
 
 class AnalyticsSettings(pydantic.BaseModel):
-    """How numbers are read, and the thresholds of the caller-risk flags (fields of the
+    """How numbers are grouped, and the thresholds of the caller-risk flags (fields of the
     analytics resource too, so a run can try other thresholds from the launchpad)."""
 
     model_config = pydantic.ConfigDict(frozen=True)
 
-    default_region: str = knob(
-        "CN",
-        "CDR_DEFAULT_REGION",
-        "the region (ISO 3166-1 alpha-2) of numbers written without a country code",
-        min_length=2,
-        max_length=2,
-    )
     number_grouping: bool = knob(
         True,
         "CDR_NUMBER_GROUPING",
@@ -350,19 +365,6 @@ class AnalyticsSettings(pydantic.BaseModel):
         ge=1,
         le=1_000_000,
     )
-
-    @pydantic.field_validator("default_region")
-    @classmethod
-    def _region(cls, value: str) -> str:
-        import phonenumbers
-
-        value = value.upper()
-        if value not in phonenumbers.SUPPORTED_REGIONS:
-            raise ValueError(
-                f"CDR_DEFAULT_REGION={value!r} is not a region libphonenumber knows (e.g. CN, "
-                "US, GB)"
-            )
-        return value
 
 
 class OperationsSettings(pydantic.BaseModel):
