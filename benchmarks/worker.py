@@ -193,7 +193,7 @@ def _erase_in(folder: Path) -> dict[str, Any]:
     tokens = frozenset({p.token(number)})
     start, cpu = time.perf_counter(), time.process_time()
     [found] = erasure.find(store, [DAY], number, tokens, p)
-    erasure.record(store, p.token(number), p.key_id, None, None)
+    erasure.record(store, p.token(number), p, None, None)
     erasure.erase_raw(store, the_day, tz, tokens, p, erasure.needle_of(number))
     built = build_day(store, the_day, tz, pseudonyms=p, reuse=True)
     if not built.from_published:

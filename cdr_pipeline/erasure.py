@@ -49,6 +49,7 @@ ERASURES_SCHEMA = pa.schema(
     [
         pa.field("token", pa.string(), nullable=False),
         pa.field("key_id", pa.string(), nullable=False),
+        pa.field("region", pa.string()),  # CDR_DEFAULT_REGION (null: kept before it was)
         pa.field("start", pa.string()),  # null: from the first day
         pa.field("end", pa.string()),  # null: to the last day
         pa.field("requested_at", pa.timestamp("s", tz="UTC"), nullable=False),
@@ -74,14 +75,17 @@ def _write(store: Store, rows: list[dict[str, Any]]) -> None:
     store.put(ERASURES_KEY, sink.getvalue().to_pybytes())
 
 
-def record(store: Store, token: str, key_id: str, start: str | None, end: str | None) -> int:
+def record(
+    store: Store, token: str, pseudonyms: Pseudonyms, start: str | None, end: str | None
+) -> int:
     """Keep a request before anything is removed (an interrupted erase is then still applied
     by every later build); its index."""
     rows = requests(store)
     rows.append(
         {
             "token": token,
-            "key_id": key_id,
+            "key_id": pseudonyms.key_id,
+            "region": pseudonyms.region,
             "start": start,
             "end": end,
             "requested_at": datetime.now(UTC).replace(microsecond=0),
@@ -109,7 +113,7 @@ def finish(store: Store, index: int, days: dict[str, int], done: bool = True) ->
 
 def tokens_for(store: Store, day: str, pseudonyms: Pseudonyms) -> frozenset[str]:
     """The tokens of the requests that cover ``day``; refused when they were kept under
-    another key (they would no longer match) or when no key is set."""
+    another key or another region (they would no longer match) or when no key is set."""
     covering = [
         r
         for r in requests(store)
@@ -130,6 +134,14 @@ def tokens_for(store: Store, day: str, pseudonyms: Pseudonyms) -> frozenset[str]
             f"{', '.join(sorted(other))}; this key's is {pseudonyms.key_id}): their records "
             "can no longer be recognised; set the key they were made under (docs/privacy.md, "
             "rotating the key)"
+        )
+    regions = {r.get("region") for r in covering} - {None, pseudonyms.region}
+    if regions:
+        raise StorageError(
+            f"{day}: erasures were made reading numbers without a country code in "
+            f"{', '.join(sorted(regions))}, and this deployment reads them in "
+            f"{pseudonyms.region} (CDR_DEFAULT_REGION): such a number would get another token, "
+            "and its records would no longer be recognised; set CDR_DEFAULT_REGION back"
         )
     return frozenset(r["token"] for r in covering)
 

@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from cdr_pipeline import erasure, footer, publish, rebuild
 from cdr_pipeline.cli.erase import RUN_DAYS, _runs_of
 from cdr_pipeline.day import build_day
 from cdr_pipeline.erasure import FEW_ERASED, needle_of, without
-from cdr_pipeline.layout import StorageError, state_key
+from cdr_pipeline.layout import ERASURES_KEY, StorageError, state_key
 from cdr_pipeline.privacy import Pseudonyms, canonical
 from cdr_pipeline.raw import prune_raw_day
 from cdr_pipeline.rebuild import built_by, reuse_refusal
@@ -99,7 +100,7 @@ def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_fi
         shutil.copytree(tmp_path / "shared", tmp_path / name / "shared")
         store = open_store(tmp_path / name / "data")
         store.shared = open_store(tmp_path / name / "shared")
-        erasure.record(store, p.token(number), p.key_id, None, None)
+        erasure.record(store, p.token(number), p, None, None)
         removed = erasure.erase_raw(store, env.day(DAY), env.tz, tokens, p, needle_of(number))
         assert removed > 0
         if reuse:  # interrupted first: each zone keeps its whole published version
@@ -146,18 +147,13 @@ def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_fi
         assert sum(g in was for g in now) == untouched
         assert len(now) > shared.num_row_groups  # the others in slices of 16 rows at most
 
-    # the published day stands in only for the raw layer and settings it was built from
+    # numbers read in another region than the erasures' get other tokens: refused
     store = open_store(tmp_path / "reused" / "data")
     store.shared = open_store(tmp_path / "reused" / "shared")
-    again = build_day(
-        store,
-        env.day(DAY),
-        env.tz,
-        pseudonyms=Pseudonyms(KEY, region="US"),
-        reuse=True,
-    )
-    assert not again.from_published
-    assert again.reuse_refused == "the published day was built by other code or settings"
+    before = _published(tmp_path / "reused" / "data")
+    with pytest.raises(StorageError, match="in CN, and this deployment reads them in US"):
+        build_day(store, env.day(DAY), env.tz, pseudonyms=Pseudonyms(KEY, "US"), reuse=True)
+    assert _published(tmp_path / "reused" / "data") == before
 
     # with its raw layer pruned, the published day is all there is: still erasable
     assert prune_raw_day(store, DAY)
@@ -165,7 +161,7 @@ def test_a_build_after_an_erasure_reuses_the_published_day_and_makes_the_same_fi
         build_day(store, env.day(DAY), env.tz, pseudonyms=p)
     cdr = pq.read_table(tmp_path / "reused/data/cdr" / f"date={DAY}" / "part-0.parquet")
     second = Counter(cdr.column("dst_e164").to_pylist()).most_common(1)[0][0]
-    erasure.record(store, p.token(second), p.key_id, None, None)
+    erasure.record(store, p.token(second), p, None, None)
     last = build_day(store, env.day(DAY), env.tz, pseudonyms=p, reuse=True)
     assert last.from_published
     after = pq.read_table(tmp_path / "reused/data/cdr" / f"date={DAY}" / "part-0.parquet")
@@ -190,7 +186,7 @@ def _erased_both(
         shutil.copytree(env.root.parent / "shared", root / "shared")
         store = open_store(root / "data")
         store.shared = open_store(root / "shared")
-        erasure.record(store, p.token(number), p.key_id, None, None)
+        erasure.record(store, p.token(number), p, None, None)
         assert erasure.erase_raw(store, env.day(DAY), env.tz, tokens, p, needle_of(number))
         with monkeypatch.context() as m:
             if reuse:
@@ -311,6 +307,28 @@ def test_the_published_day_stands_in_only_for_what_it_was_built_from(change, why
     assert reuse_refusal(None, {}, "a" * 64, built) == "nothing is published for the day"
 
 
+def test_a_request_is_recognised_only_under_its_key_and_region(tmp_path):
+    store, p = open_store(tmp_path), Pseudonyms(KEY)
+    old = {"token": p.token("13612345678"), "key_id": p.key_id, "days": [], "records": 0}
+    old |= {"start": None, "end": None, "requested_at": datetime(2024, 3, 1, tzinfo=UTC)}
+    store.put(ERASURES_KEY, _parquet([old]))  # kept before the region was
+    assert erasure.tokens_for(store, DAY, Pseudonyms(KEY, "US")) == {old["token"]}  # not known
+    erasure.record(store, p.token("13712345678"), p, "2024-03-02", None)
+    assert erasure.requests(store)[0]["region"] is None
+    assert erasure.tokens_for(store, DAY, Pseudonyms(KEY, "US")) == {old["token"]}  # not 02
+    with pytest.raises(StorageError, match="in CN, and this deployment reads them in US"):
+        erasure.tokens_for(store, "2024-03-02", Pseudonyms(KEY, "US"))
+    with pytest.raises(StorageError, match="another CDR_PSEUDONYM_KEY"):
+        erasure.tokens_for(store, "2024-03-02", Pseudonyms(KEY + "!"))
+    assert len(erasure.tokens_for(store, "2024-03-02", p)) == 2
+
+
+def _parquet(rows: list[dict[str, Any]]) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    return sink.getvalue().to_pybytes()
+
+
 def test_consecutive_days_are_rebuilt_in_runs_of_a_week_at_most():
     found = [erasure.Found(d, 1, 0) for d in ("2024-02-28", "2024-02-29", "2024-03-01")]
     found += [erasure.Found("2024-03-03", 2, 0), erasure.Found("2024-03-04", 0, 1)]
@@ -393,7 +411,7 @@ def test_a_shared_cdr_decides_what_is_erased_only_where_it_holds_the_same_calls(
     tokens = frozenset({p.token(number)})
     store = open_store(env.root)
     store.shared = open_store(shared)
-    erasure.record(store, p.token(number), p.key_id, None, None)
+    erasure.record(store, p.token(number), p, None, None)
     erasure.erase_raw(store, env.day(DAY), env.tz, tokens, p, needle_of(number))
     with monkeypatch.context() as m:
         if refused is None:  # the shared cdr is its rows less the erased: no key's work

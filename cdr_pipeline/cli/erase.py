@@ -90,7 +90,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     with _pool(workers) as pool:
         found = _find(pool, workers, days, args.number)
         _say(found, shown, "erasing")
-        index = erasure.record(store, token, p.key_id, start, end)  # later fetches drop them
+        index = erasure.record(store, token, p, start, end)  # later fetches drop them
         shares = _shares(found, args.workers)
         work = partial(_erase_share, tokens=tokens, needle=erasure.needle_of(args.number, p.region))
         done, raised = _in_workers(pool, work, shares)
