@@ -127,22 +127,17 @@ def tokens_for(store: Store, day: str, pseudonyms: Pseudonyms) -> frozenset[str]
             "set: without the key their records cannot be recognised; set the key they were "
             "made under"
         )
-    other = {r["key_id"] for r in covering} - {pseudonyms.key_id}
-    if other:
-        raise StorageError(
-            f"{day}: erasures were kept under another CDR_PSEUDONYM_KEY (key id "
-            f"{', '.join(sorted(other))}; this key's is {pseudonyms.key_id}): their records "
-            "can no longer be recognised; set the key they were made under (docs/privacy.md, "
-            "rotating the key)"
-        )
-    regions = {r.get("region") for r in covering} - {None, pseudonyms.region}
-    if regions:
-        raise StorageError(
-            f"{day}: erasures were made reading numbers without a country code in "
-            f"{', '.join(sorted(regions))}, and this deployment reads them in "
-            f"{pseudonyms.region} (CDR_DEFAULT_REGION): such a number would get another token, "
-            "and its records would no longer be recognised; set CDR_DEFAULT_REGION back"
-        )
+    for field, ours, setting in (
+        ("key_id", pseudonyms.key_id, "CDR_PSEUDONYM_KEY"),
+        ("region", pseudonyms.region, "CDR_DEFAULT_REGION"),  # (a number's E.164 form)
+    ):
+        if theirs := {r.get(field) for r in covering} - {None, ours}:  # None: not kept then
+            raise StorageError(
+                f"{day}: erasures were kept under another {setting} ({field} "
+                f"{', '.join(sorted(theirs))}; this deployment's is {ours}): their records can "
+                f"no longer be recognised; set the {setting} they were made under "
+                "(docs/privacy.md, the key)"
+            )
     return frozenset(r["token"] for r in covering)
 
 

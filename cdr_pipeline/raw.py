@@ -179,7 +179,7 @@ def check_cut(manifest: dict[str, Any], day: Day, timezone: str) -> None:
         raise StorageError(
             f"{day.key}: its raw layer was fetched for {fetched}, not for {day.key} in "
             f"{timezone} ({_iso(day.start)} to {_iso(day.end)}): its days were cut in "
-            f"another CDR_TIMEZONE; set it back to the one {SOURCE_KEY} names"
+            f"another CDR_TIMEZONE, which must be set back (the zone {SOURCE_KEY} names)"
         )
 
 

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache, partial
 from multiprocessing import get_context
+from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
 from cdr_pipeline.cli.days import _data_present, _date, _report_failure, local_home
 from cdr_pipeline.settings import ConfigError, load_settings
+
+if TYPE_CHECKING:
+    from cdr_pipeline.privacy import Pseudonyms
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 ONE_DAY = timedelta(days=1)
@@ -118,7 +122,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token(number: str, p) -> str:
+def _token(number: str, p: Pseudonyms) -> str:
     """The token of the number to erase, refused before anything is kept unless it is digits
     (libphonenumber would drop a stray letter and erase another subscriber's number)."""
     from cdr_pipeline.transform.phones import normalise, parse_number
