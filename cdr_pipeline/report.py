@@ -70,11 +70,10 @@ def kpi_history(
     rows = []
     for day in days:
         if day not in cache:
-            try:
-                table = publish.read_day_table(store, "call_kpis_daily", day)
-                cache[day] = {"date": day, **table.to_pylist()[0]} if table.num_rows else None
-            except layout.StorageError:
-                cache[day] = None
+            table = day_table(store, "call_kpis_daily", day)
+            cache[day] = (
+                {"date": day, **table.to_pylist()[0]} if table is not None and len(table) else None
+            )
         if cache[day] is not None:
             rows.append(cache[day])
     return rows
@@ -287,15 +286,26 @@ def outcome_breakdown(store: Store, days: Sequence[str]) -> list[dict[str, Any]]
     ]
 
 
+def day_table(store: Store, dataset: str, day: str) -> pa.Table | None:
+    """A day's table (None: not materialized); a file there that cannot be read is said, with
+    its place, rather than shown as a day without data."""
+    try:
+        return publish.read_day_table(store, dataset, day)
+    except layout.StorageError:
+        return None
+    except (pa.ArrowInvalid, OSError) as exc:
+        where = store.uri(layout.part_key(dataset, day))
+        raise layout.StorageError(
+            f"{where} cannot be read ({text.one_line(exc, 200)}): materialize {day} again"
+        ) from None
+
+
 def _read_days(store: Store, dataset: str, days: Sequence[str]) -> list[pa.Table]:
     """The days' tables of a dataset, skipping days not materialized."""
     parts = []
     for day in days:
-        try:
-            table = publish.read_day_table(store, dataset, day)
-        except layout.StorageError:
-            continue
-        parts.append(table.append_column("date", pa.array([day] * len(table), pa.string())))
+        if (table := day_table(store, dataset, day)) is not None:
+            parts.append(table.append_column("date", pa.array([day] * len(table), pa.string())))
     return parts
 
 

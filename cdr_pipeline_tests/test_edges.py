@@ -206,6 +206,19 @@ def test_the_report_is_never_written_through_a_link_in_the_data_directory(
     assert (tmp_path / "elsewhere.html").read_text().startswith("<!doctype html>")
 
 
+def test_a_published_file_that_cannot_be_read_is_said_not_shown_as_missing(
+    monkeypatch, tmp_path, sim_server, instance, capsys
+):
+    env = _materialized(monkeypatch, tmp_path, sim_server, instance, "2024-03-01")
+    kpis = env.root / "call_kpis_daily" / "date=2024-03-01" / "part-0.parquet"
+    kpis.write_bytes(kpis.read_bytes()[:100])  # a disk that lost the file's end
+    for command in ("kpis", "report"):
+        assert cli.main([command, "--start", "2024-03-01", "--end", "2024-03-01"]) == 4
+        said = capsys.readouterr()
+        assert f"storage error: {kpis} cannot be read (" in said.err
+        assert "materialize 2024-03-01 again" in said.err and "not materialized" not in said.out
+
+
 def test_publishing_refuses_a_linked_dataset_folder_and_is_not_retried(
     monkeypatch, tmp_path, sim_server, instance
 ):
