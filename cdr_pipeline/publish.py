@@ -300,7 +300,7 @@ def recover_day(store: Store, day: str, *, writer: bool = False) -> bool:
     otherwise delete what another run is staging."""
     journal = state_key("journal", day)
     try:
-        moves = json.loads(store.read_bytes(journal))["moves"]
+        moves = _json(store, journal)["moves"]
     except FileNotFoundError:
         return False
     _apply_moves(store, moves, sweep=writer)
@@ -382,11 +382,25 @@ def day_rows(store: Store, dataset: str, day: str) -> int:
         return pq.read_metadata(source).num_rows
 
 
+class DamagedRecord(StorageError):
+    """A record of the data directory that is there but is not the JSON the pipeline wrote."""
+
+
+def _json(store: Store, key: str) -> Any:
+    """A JSON record (FileNotFoundError: none); one that cannot be read is said, with its place
+    (the pipeline writes each whole, so only a disk or a hand can have damaged it)."""
+    data = store.read_bytes(key)
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise DamagedRecord(f"{store.uri(key)} is damaged ({exc})") from None
+
+
 def read_state(store: Store, kind: str, day: str) -> dict:
     recover_day(store, day)
     key = state_key(kind, day)
     try:
-        return json.loads(store.read_bytes(key))
+        return _json(store, key)
     except FileNotFoundError:
         raise StorageError(f"no {kind} record for {day}: materialize the cdr asset first") from None
 
@@ -406,6 +420,12 @@ def shrink_guard(store: Store, day: str, valid: int, max_shrink: float | None) -
         return
     try:
         published = read_state(store, "validation", day)["accounting"]["valid"]
+    except DamagedRecord as exc:
+        raise ShrinkRefused(
+            f"{day}: {exc}, so the published day's size is not known and nothing was replaced. "
+            "Re-run it with run config allow_shrink: true (cdr-pipeline materialize "
+            "--allow-shrink), which writes the record anew"
+        ) from None
     except StorageError:
         return  # nothing published yet
     if published == 0 or (valid >= published * (1 - max_shrink) and valid > 0):

@@ -287,6 +287,8 @@ def read_raw_manifest(store: Store, day: str) -> dict:
         raise StorageError(
             f"no raw CDRs for {day}: materialize the raw asset first ({store.uri(key)})"
         ) from None
+    except ValueError as exc:  # written whole: only a disk or a hand can have damaged it
+        raise StorageError(f"{store.uri(key)} is damaged ({exc}): fetch {day} again") from None
 
 
 def manifest_digest(manifest: dict) -> str:

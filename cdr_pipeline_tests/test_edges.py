@@ -219,6 +219,28 @@ def test_a_published_file_that_cannot_be_read_is_said_not_shown_as_missing(
         assert "materialize 2024-03-01 again" in said.err and "not materialized" not in said.out
 
 
+def test_a_damaged_record_is_said_with_its_place_and_the_way_out(
+    monkeypatch, tmp_path, sim_server, instance
+):
+    """Before, a validation record cut short failed every run of its day with "JSONDecodeError:
+    Expecting value", and no way out."""
+    env = _materialized(monkeypatch, tmp_path, sim_server, instance, "2024-03-01")
+    record = env.root / "_state" / "validation" / "date=2024-03-01.json"
+    record.write_text(record.read_text()[:50])
+    result = env.run(instance, "2024-03-01", raise_on_error=False)
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    said = failure.step_failure_data.error.message
+    assert f"{record} is damaged (" in said and "allow_shrink: true" in said
+    allowed = {"ops": {"cdr_day": {"config": {"allow_shrink": True}}}}
+    assert env.run(instance, "2024-03-01", run_config=allowed).success
+    assert json.loads(record.read_text())["accounting"]["valid"] > 0  # written anew
+    manifest = env.root / "raw" / "cdr" / "date=2024-03-01" / "manifest.json"
+    manifest.write_text("{")
+    with pytest.raises(day_module.StorageError, match=f"{re.escape(str(manifest))} is damaged"):
+        day_module.build_day(env.store, env.day("2024-03-01"), env.tz)
+    assert env.run(instance, "2024-03-01").success  # fetched again
+
+
 def test_publishing_refuses_a_linked_dataset_folder_and_is_not_retried(
     monkeypatch, tmp_path, sim_server, instance
 ):
