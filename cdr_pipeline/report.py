@@ -296,7 +296,8 @@ def day_table(store: Store, dataset: str, day: str) -> pa.Table | None:
     except (pa.ArrowInvalid, OSError) as exc:
         where = store.uri(layout.part_key(dataset, day))
         raise layout.StorageError(
-            f"{where} cannot be read ({text.one_line(exc, 200)}): materialize {day} again"
+            f"{where} cannot be read ({text.one_line(exc, 200)}); if it is damaged, "
+            f"materialize {day} again"
         ) from None
 
 
