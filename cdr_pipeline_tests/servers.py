@@ -9,6 +9,7 @@ A server that exits with "address already in use" is therefore started again on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,19 +33,32 @@ LOG_TAIL = 4000  # characters of a failed server's output put in the error
 
 def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
     """Ask a server and its children (``make ui`` runs ``dg dev``, which runs the webserver and
-    the daemon) to stop; kill them if they have not within ``timeout`` seconds."""
+    the daemon) to stop; kill them if they have not within ``timeout`` seconds, and kill what
+    its group still holds once it is gone (a daemon's code server, waiting on a database the
+    test has stopped, outlived it by hours)."""
+    leads = _leads(proc)
     _signal(proc, signal.SIGTERM)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         _signal(proc, signal.SIGKILL)
         proc.wait()
+    if leads:
+        with contextlib.suppress(ProcessLookupError):  # nothing left
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _leads(proc: subprocess.Popen) -> bool:
+    try:
+        return os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:  # already gone
+        return False
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
     """To its process group when it leads one, else to the process alone."""
     try:
-        if os.getpgid(proc.pid) == proc.pid:
+        if _leads(proc):
             os.killpg(proc.pid, sig)
         else:
             proc.send_signal(sig)

@@ -86,6 +86,7 @@ def test_queued_runs_on_postgres_respect_the_api_pool(tmp_path, postgres):
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, its code server in it: stop() ends both
         )
     try:
         for day in DAYS:  # four runs, queued at once
