@@ -343,7 +343,8 @@ class DayBuilder:
                 self._winners[int(bucket)] = winners.filter(pa.array(slices == bucket))
 
     def _is_repeated(self, table: pa.Table) -> pa.ChunkedArray:
-        # Arrow's hash set of the few repeated keys: a sixth of a binary search per row
+        # Arrow's hash set of the few repeated keys, not a binary search per row (measured:
+        # docs/performance.md, "Copies left out by the sort's gather")
         return pc.is_in(table.column("_k"), value_set=self._repeated)
 
     def iter_cdr(self) -> Iterator[pa.Table]:
@@ -431,7 +432,8 @@ def _sorted_part(
     if not len(indices):
         return
     # Providers list calls in time order, so a slice is often in order already; then the
-    # gather, four times the cost of the sort, is skipped.
+    # gather, dearer than the sort (docs/performance.md, "No gather for a slice already in
+    # order"), is skipped.
     if len(indices) < len(part) or (np.diff(indices) != 1).any():
         part = part.take(indices)
     yield _to_cdr(part)
