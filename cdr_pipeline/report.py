@@ -291,6 +291,8 @@ def day_table(store: Store, dataset: str, day: str) -> pa.Table | None:
     its place, rather than shown as a day without data."""
     try:
         return publish.read_day_table(store, dataset, day)
+    except publish.DamagedRecord:  # the day's journal: said as it is, not as no data
+        raise
     except layout.StorageError:
         return None
     except (pa.ArrowInvalid, OSError) as exc:

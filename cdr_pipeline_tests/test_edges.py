@@ -217,6 +217,12 @@ def test_a_published_file_that_cannot_be_read_is_said_not_shown_as_missing(
         said = capsys.readouterr()
         assert f"storage error: {kpis} cannot be read (" in said.err
         assert "materialize 2024-03-01 again" in said.err and "not materialized" not in said.out
+    journal = env.root / "_state" / "journal" / "date=2024-03-01.json"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_text("{")  # a publish's journal cut short
+    assert cli.main(["kpis", "--start", "2024-03-01", "--end", "2024-03-01"]) == 4
+    said = capsys.readouterr()
+    assert f"{journal} is damaged (" in said.err and "not materialized" not in said.out
 
 
 def test_a_damaged_record_is_said_with_its_place_and_the_way_out(
